@@ -1,0 +1,48 @@
+"""Command line: ``wsi-mil SUBCOMMAND``. Thin wrappers over :mod:`wsi_mil.stages` functions.
+
+Each subcommand lives in its own module here and registers itself on the shared Typer app.
+User errors (:class:`~wsi_mil.errors.WsiMilError`) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from wsi_mil.cli._app import app
+from wsi_mil.errors import WsiMilError
+
+#: subcommand modules, in the order they appear in ``wsi-mil --help``
+COMMAND_MODULES = ("synth", "tile")
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"wsi_mil.cli.{_name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``wsi-mil`` console script; returns the exit status."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except WsiMilError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # typer.Exit / click exits carry their own code
+        return int(exc.code or 0)
+    except KeyboardInterrupt:
+        print("interrupted: completed outputs are kept; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return exc.exit_code
+        if isinstance(exc, click.exceptions.Abort):
+            return 130
+        raise
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

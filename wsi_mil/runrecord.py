@@ -1,0 +1,92 @@
+"""Per-slide status of a batch stage: ``JOB/status/{stage}.csv``.
+
+One row per slide with its status (``done``, ``failed``, ``skipped``), the one-line reason of a
+failure, the number of tiles and the seconds it took. The file is rewritten atomically after
+every slide, so it is always readable and never half-written, even after SIGKILL.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from wsi_mil.atomic import write_text_atomic
+
+DONE = "done"
+FAILED = "failed"
+SKIPPED = "skipped"
+STATUSES = (DONE, FAILED, SKIPPED)
+
+
+@dataclass
+class SlideStatus:
+    """The outcome of one slide in one stage."""
+
+    slide_id: str
+    source: str
+    status: str
+    reason: str = ""
+    n_tiles: int = 0
+    seconds: float = 0.0
+    finished_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
+
+    @property
+    def ok(self) -> bool:
+        return self.status in (DONE, SKIPPED)
+
+
+def status_path(job: str | Path, stage: str) -> Path:
+    """Where a stage's run record lives inside a job folder."""
+    return Path(job) / "status" / f"{stage}.csv"
+
+
+class RunRecord:
+    """The run record of one stage; keeps earlier rows for slides not seen in this run."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.rows: dict[str, SlideStatus] = {}
+        if self.path.exists():
+            self.rows = {r.slide_id: r for r in read_run_record(self.path)}
+
+    def record(self, row: SlideStatus) -> None:
+        """Add or replace a slide's row and rewrite the file atomically."""
+        self.rows[row.slide_id] = row
+        self.save()
+
+    def save(self) -> None:
+        buf = io.StringIO()
+        names = [f.name for f in fields(SlideStatus)]
+        writer = csv.DictWriter(buf, fieldnames=names, lineterminator="\n")
+        writer.writeheader()
+        for row in sorted(self.rows.values(), key=lambda r: r.slide_id):
+            d = asdict(row)
+            d["seconds"] = f"{row.seconds:.3f}"
+            writer.writerow(d)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.path, buf.getvalue())
+
+    def failed(self) -> list[SlideStatus]:
+        return [r for r in self.rows.values() if r.status == FAILED]
+
+
+def read_run_record(path: str | Path) -> list[SlideStatus]:
+    """Read a run record written by :class:`RunRecord`."""
+    with open(path, newline="", encoding="utf-8") as f:
+        out = []
+        for d in csv.DictReader(f):
+            out.append(
+                SlideStatus(
+                    slide_id=d["slide_id"],
+                    source=d["source"],
+                    status=d["status"],
+                    reason=d["reason"],
+                    n_tiles=int(d["n_tiles"] or 0),
+                    seconds=float(d["seconds"] or 0.0),
+                    finished_at=d["finished_at"],
+                )
+            )
+        return out

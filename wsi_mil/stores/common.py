@@ -1,0 +1,70 @@
+"""Shared pieces of the file contracts: schema names, job-folder layout, content hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+PATCHES_SCHEMA = "wsi_mil.patches/1"
+FEATURES_SCHEMA = "wsi_mil.features/1"
+ENCODER_SCHEMA = "wsi_mil.encoder/1"
+MODEL_RUN_SCHEMA = "wsi_mil.model_run/1"
+
+
+def patches_dir(job: str | Path) -> Path:
+    """``JOB/patches``: one ``{slide_id}.zarr`` store per slide."""
+    return Path(job) / "patches"
+
+
+def patch_store_path(job: str | Path, slide_id: str) -> Path:
+    return patches_dir(job) / f"{slide_id}.zarr"
+
+
+def features_dir(job: str | Path, encoder_id: str) -> Path:
+    """``JOB/features/{encoder_id}``: one ``{slide_id}.h5`` feature file per slide."""
+    return Path(job) / "features" / encoder_id
+
+
+def feature_file_path(job: str | Path, encoder_id: str, slide_id: str) -> Path:
+    return features_dir(job, encoder_id) / f"{slide_id}.h5"
+
+
+def slide_id_of(path: str | Path) -> str:
+    """The slide id of a store or feature file: its name without the suffix."""
+    name = Path(path).name
+    for suffix in (".zarr", ".h5"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def file_fingerprint(path: str | Path, full: bool = False) -> str:
+    """A content hash of a file: sha256 of its size, first and last MiB (or all of it).
+
+    Whole-slide files are GBs; the sampled hash identifies a file in milliseconds. ``full``
+    hashes every byte. A folder (a DICOM slide) hashes its files in name order.
+    """
+    path = Path(path)
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for p in files:
+        size = p.stat().st_size
+        h.update(p.name.encode() + b"\0" + str(size).encode() + b"\0")
+        with open(p, "rb") as f:
+            if full or size <= 2 << 20:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            else:
+                h.update(f.read(1 << 20))
+                f.seek(-(1 << 20), os.SEEK_END)
+                h.update(f.read(1 << 20))
+    return ("sha256:" if full else "sha256-sampled:") + h.hexdigest()
+
+
+def path_size(path: str | Path) -> int:
+    """Bytes of a file, or of all files in a folder."""
+    path = Path(path)
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
