@@ -1,0 +1,305 @@
+"""Patch stores: ``patches/{slide_id}.zarr``, one zarr v3 group per slide (contract in DESIGN.md).
+
+Arrays: ``tiles`` (N, S, S, 3) uint8, chunked by ``k`` tiles and sharded so a store is a handful
+of files; ``coords`` (N, 2) int64 level-0 (x, y) of each tile's top-left corner; ``tissue_fraction``
+(N,) float32; ``tissue_mask`` (h, w) uint8 at ``attrs['tissue_mask_downsample']``.
+Row index = tile id everywhere downstream.
+
+A store is written into a temporary folder and renamed when complete. Its attributes carry a
+manifest (relative path and size of every data file); :func:`open_patch_store` checks schema,
+completeness and the manifest, so a truncated or half-copied store is refused by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from wsi_mil import __version__
+from wsi_mil.atomic import atomic_path
+from wsi_mil.errors import StoreError
+from wsi_mil.stores.codecs import JPEG_MAX_SIDE, tile_codecs
+from wsi_mil.stores.common import PATCHES_SCHEMA, patches_dir
+
+REQUIRED_ATTRS = (
+    "schema", "wsi_mil_version", "complete", "slide_id", "n_tiles", "tile_size", "target_mpp",
+    "mpp", "tile_size_level0", "manifest",
+)
+ARRAYS = ("tiles", "coords", "tissue_fraction", "tissue_mask")
+
+
+def _manifest(root: Path) -> dict[str, int]:
+    """Relative path -> size of every data file below ``root`` (metadata files excluded)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.name != "zarr.json":
+            out[p.relative_to(root).as_posix()] = p.stat().st_size
+    return out
+
+
+class PatchStoreWriter:
+    """Stream tiles into a new patch store; call :meth:`append` with batches, then :meth:`close`.
+
+    Memory holds one shard of raw tiles (``tiles_per_chunk * chunks_per_shard`` tiles) at most.
+    Used as a context manager: on error the temporary folder is removed and nothing is renamed.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        n_tiles: int,
+        tile_size: int,
+        attrs: dict[str, Any],
+        codec: str = "jpeg",
+        jpeg_quality: int = 90,
+        tiles_per_chunk: int = 64,
+        chunks_per_shard: int = 16,
+    ) -> None:
+        self.path = Path(path)
+        self.n_tiles = int(n_tiles)
+        self.tile_size = int(tile_size)
+        self.attrs = dict(attrs)
+        k = max(1, min(int(tiles_per_chunk), JPEG_MAX_SIDE // self.tile_size))
+        self.chunk = k
+        self.shard = k * max(1, int(chunks_per_shard))
+        self._ctx = atomic_path(self.path)
+        self._tmp = self._ctx.__enter__()
+        self._group = zarr.open_group(self._tmp, mode="w", zarr_format=3)
+        codecs = tile_codecs(codec, jpeg_quality)
+        s = self.tile_size
+        self._tiles = self._group.create_array(
+            "tiles", shape=(self.n_tiles, s, s, 3), dtype="uint8", chunks=(k, s, s, 3),
+            shards=(self.shard, s, s, 3), serializer=codecs[0], compressors=codecs[1:] or None,
+            fill_value=255,
+        )
+        self.attrs.update(codec=codec, jpeg_quality=jpeg_quality if codec == "jpeg" else None,
+                          tiles_per_chunk=k, tiles_per_shard=self.shard)
+        self._buf = np.empty((min(self.shard, max(self.n_tiles, 1)), s, s, 3), dtype=np.uint8)
+        self._fill = 0  # tiles in the buffer
+        self._written = 0  # tiles flushed to the array
+        self._closed = False
+
+    def __enter__(self) -> PatchStoreWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            self.abort(exc_type, exc, tb)
+
+    def append(self, tiles: np.ndarray) -> None:
+        """Add tiles ``(k, S, S, 3) uint8`` in tile-id order."""
+        tiles = np.asarray(tiles)
+        s = self.tile_size
+        if tiles.ndim != 4 or tiles.shape[1:] != (s, s, 3) or tiles.dtype != np.uint8:
+            raise StoreError(f"{self.path}: tiles must be uint8 (k, {s}, {s}, 3), got {tiles.dtype} {tiles.shape}")
+        if self._written + self._fill + len(tiles) > self.n_tiles:
+            raise StoreError(f"{self.path}: more tiles than the {self.n_tiles} announced")
+        i = 0
+        while i < len(tiles):
+            n = min(len(tiles) - i, len(self._buf) - self._fill)
+            self._buf[self._fill:self._fill + n] = tiles[i:i + n]
+            self._fill += n
+            i += n
+            if self._fill == len(self._buf):
+                self._flush()
+
+    def _flush(self) -> None:
+        if self._fill:
+            a = self._written
+            self._tiles[a:a + self._fill] = self._buf[: self._fill]
+            self._written += self._fill
+            self._fill = 0
+
+    def close(
+        self,
+        coords: np.ndarray,
+        tissue_fraction: np.ndarray,
+        tissue_mask: np.ndarray,
+        mask_downsample: float,
+    ) -> Path:
+        """Write the per-tile arrays and attributes, then rename the store into place."""
+        self._flush()
+        if self._written != self.n_tiles:
+            raise StoreError(f"{self.path}: {self._written} tiles written, {self.n_tiles} announced")
+        coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+        fraction = np.asarray(tissue_fraction, dtype=np.float32).reshape(-1)
+        if len(coords) != self.n_tiles or len(fraction) != self.n_tiles:
+            raise StoreError(f"{self.path}: coords/tissue_fraction length differs from {self.n_tiles} tiles")
+        g = self._group
+        g.create_array("coords", data=coords, chunks=(max(1, min(len(coords), 1 << 16)), 2))
+        g.create_array("tissue_fraction", data=fraction, chunks=(max(1, min(len(fraction), 1 << 16)),))
+        mask = np.ascontiguousarray(np.asarray(tissue_mask, dtype=np.uint8))
+        g.create_array("tissue_mask", data=mask, chunks=tuple(max(1, d) for d in mask.shape))
+        attrs = dict(self.attrs)
+        attrs.update(
+            schema=PATCHES_SCHEMA, wsi_mil_version=__version__, n_tiles=self.n_tiles,
+            tile_size=self.tile_size, tissue_mask_downsample=float(mask_downsample),
+            manifest=_manifest(self._tmp), complete=True,
+        )
+        g.attrs.update(attrs)
+        self._closed = True
+        self._ctx.__exit__(None, None, None)
+        return self.path
+
+    def abort(self, *exc_info: Any) -> None:
+        """Remove the temporary store."""
+        if not self._closed:
+            self._closed = True
+            try:
+                self._ctx.__exit__(*(exc_info or (RuntimeError, RuntimeError("aborted"), None)))
+            except BaseException:  # the context re-raises the exception it was given
+                pass
+
+
+def write_patch_store(
+    path: str | Path,
+    tiles: np.ndarray | Iterable[np.ndarray],
+    coords: np.ndarray,
+    tissue_fraction: np.ndarray,
+    tissue_mask: np.ndarray,
+    mask_downsample: float,
+    attrs: dict[str, Any],
+    codec: str = "jpeg",
+    jpeg_quality: int = 90,
+    tiles_per_chunk: int = 64,
+    chunks_per_shard: int = 16,
+) -> Path:
+    """Write a whole patch store atomically (tiles: (N, S, S, 3) array or batches of them).
+
+    ``attrs`` must hold at least ``slide_id``, ``target_mpp``, ``mpp`` and ``tile_size_level0``;
+    the writer adds schema, version, counts, codec and the manifest.
+    """
+    coords = np.asarray(coords).reshape(-1, 2)
+    n = len(coords)
+    if isinstance(tiles, np.ndarray):
+        batches: Iterable[np.ndarray] = [tiles] if len(tiles) else []
+        size = tiles.shape[1] if tiles.ndim == 4 else int(attrs.get("tile_size", 0))
+    else:
+        batches = tiles
+        size = int(attrs["tile_size"])
+    writer = PatchStoreWriter(path, n, size, attrs, codec, jpeg_quality, tiles_per_chunk, chunks_per_shard)
+    with writer:
+        for batch in batches:
+            writer.append(batch)
+        return writer.close(coords, tissue_fraction, tissue_mask, mask_downsample)
+
+
+class PatchStore:
+    """A validated, complete patch store opened for reading (see module docstring for arrays)."""
+
+    def __init__(self, path: Path, group: zarr.Group, attrs: dict[str, Any]) -> None:
+        self.path = path
+        self.attrs = attrs
+        self._group = group
+        self._tiles = group["tiles"]
+        self.slide_id: str = str(attrs["slide_id"])
+        self.n_tiles: int = int(attrs["n_tiles"])
+        self.tile_size: int = int(attrs["tile_size"])
+        self.chunk_size: int = int(self._tiles.chunks[0])
+        self.coords: np.ndarray = np.asarray(group["coords"][:], dtype=np.int64).reshape(-1, 2)
+        self.tissue_fraction: np.ndarray = np.asarray(group["tissue_fraction"][:], dtype=np.float32)
+
+    def __len__(self) -> int:
+        return self.n_tiles
+
+    @property
+    def tile_size_level0(self) -> float:
+        """Side of one tile in level-0 pixels (float: physical scale is exact)."""
+        return float(self.attrs["tile_size_level0"])
+
+    def chunk_ranges(self) -> list[tuple[int, int]]:
+        """``[start, stop)`` tile ranges aligned to storage chunks (the cheapest read units)."""
+        k = self.chunk_size
+        return [(i, min(i + k, self.n_tiles)) for i in range(0, self.n_tiles, k)]
+
+    def read_tiles(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Tiles ``[start, stop)`` as (n, S, S, 3) uint8 RGB."""
+        stop = self.n_tiles if stop is None else min(int(stop), self.n_tiles)
+        start = max(0, int(start))
+        if stop <= start:
+            return np.empty((0, self.tile_size, self.tile_size, 3), dtype=np.uint8)
+        try:
+            return np.asarray(self._tiles[start:stop])
+        except Exception as exc:
+            raise StoreError(f"{self.path}: cannot decode tiles {start}-{stop}: {exc}; the store is "
+                             "damaged: delete it and re-run 'wsi-mil tile'") from exc
+
+    def read_tile_indices(self, indices: np.ndarray) -> np.ndarray:
+        """Tiles at arbitrary ids (sorted internally, returned in the order given)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if len(indices) == 0:
+            return np.empty((0, self.tile_size, self.tile_size, 3), dtype=np.uint8)
+        return np.asarray(self._tiles.get_orthogonal_selection((indices, slice(None), slice(None), slice(None))))
+
+    def tissue_mask(self) -> tuple[np.ndarray, float]:
+        """The tissue mask (h, w) uint8 {0, 1} and its downsample relative to level 0."""
+        return np.asarray(self._group["tissue_mask"][:]), float(self.attrs["tissue_mask_downsample"])
+
+
+def _read_attrs(path: Path) -> tuple[zarr.Group, dict[str, Any]]:
+    if not path.exists():
+        raise StoreError(f"{path}: patch store not found; run 'wsi-mil tile' first")
+    if not (path / "zarr.json").is_file():
+        raise StoreError(f"{path}: not a zarr v3 patch store (no zarr.json); delete it and re-run 'wsi-mil tile'")
+    try:
+        group = zarr.open_group(path, mode="r", zarr_format=3)
+        attrs = dict(group.attrs)
+    except Exception as exc:
+        raise StoreError(f"{path}: unreadable patch store ({exc}); delete it and re-run 'wsi-mil tile'") from exc
+    return group, attrs
+
+
+def validate_patch_store(path: str | Path) -> tuple[zarr.Group, dict[str, Any]]:
+    """Check schema, completeness, arrays and manifest; return the open group and attributes."""
+    path = Path(path)
+    group, attrs = _read_attrs(path)
+    if attrs.get("schema") != PATCHES_SCHEMA:
+        raise StoreError(f"{path}: not a wsi_mil patch store (schema {attrs.get('schema')!r}, expected {PATCHES_SCHEMA!r})")
+    missing = [k for k in REQUIRED_ATTRS if k not in attrs]
+    if missing:
+        raise StoreError(f"{path}: patch store is missing attribute(s) {', '.join(missing)}; re-run 'wsi-mil tile'")
+    if attrs.get("complete") is not True:
+        raise StoreError(f"{path}: patch store is incomplete; re-run 'wsi-mil tile' to redo it")
+    for name, size in attrs["manifest"].items():
+        f = path / name
+        if not f.is_file():
+            raise StoreError(f"{path}: truncated patch store: '{name}' is missing; re-run 'wsi-mil tile --overwrite'")
+        if f.stat().st_size != size:
+            raise StoreError(f"{path}: truncated patch store: '{name}' has {f.stat().st_size} bytes, "
+                             f"expected {size}; re-run 'wsi-mil tile --overwrite'")
+    n, s = int(attrs["n_tiles"]), int(attrs["tile_size"])
+    try:
+        shapes = {k: group[k].shape for k in ARRAYS}
+    except KeyError as exc:
+        raise StoreError(f"{path}: patch store has no array {exc}; re-run 'wsi-mil tile'") from exc
+    if shapes["tiles"] != (n, s, s, 3) or shapes["coords"] != (n, 2) or shapes["tissue_fraction"] != (n,):
+        raise StoreError(f"{path}: patch store arrays disagree with n_tiles={n}, tile_size={s}: {shapes}")
+    return group, attrs
+
+
+def open_patch_store(path: str | Path) -> PatchStore:
+    """Open and validate a complete patch store; :class:`StoreError` names what is wrong."""
+    path = Path(path)
+    group, attrs = validate_patch_store(path)
+    return PatchStore(path, group, attrs)
+
+
+def is_complete_patch_store(path: str | Path) -> bool:
+    """True if ``path`` is a valid, complete patch store (used to skip work on resume)."""
+    try:
+        validate_patch_store(path)
+    except StoreError:
+        return False
+    return True
+
+
+def list_patch_stores(job: str | Path) -> list[Path]:
+    """The ``*.zarr`` stores in ``JOB/patches`` (complete or not), sorted by slide id."""
+    d = patches_dir(job)
+    if not d.is_dir():
+        return []
+    return sorted(p for p in d.glob("*.zarr") if not p.name.startswith("."))
