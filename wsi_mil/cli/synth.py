@@ -1,0 +1,42 @@
+"""``wsi-mil synth``: write a synthetic labelled cohort with tile-level ground truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from wsi_mil.cli._app import app
+
+
+@app.command("synth")
+def synth(
+    out: Path = typer.Option(..., "-o", "--out", help="Cohort folder to write (created if missing)."),
+    slides: int = typer.Option(..., "--slides", "-n", help="Number of slides.", min=1),
+    positive_fraction: float = typer.Option(0.5, "--positive-fraction", help="Share of positive slides (0-1)."),
+    size: tuple[int, int] = typer.Option((4096, 4096), "--size", help="Level-0 width and height in pixels."),
+    mpp: float = typer.Option(0.5, "--mpp", help="Microns per pixel at level 0 (0.25 = '40x', 0.5 = '20x')."),
+    lesion_fraction: tuple[float, float] = typer.Option(
+        (0.01, 0.05), "--lesion-fraction", help="Range of the lesion share of the tissue on positive slides."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same cohort."),
+    tile_size: int = typer.Option(512, "--tile-size", help="TIFF tile edge in pixels (multiple of 16)."),
+    jpeg_quality: int = typer.Option(85, "--jpeg-quality", help="JPEG quality of the slide tiles (1-100)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Regenerate slides that already exist."),
+) -> None:
+    """Write N pyramidal JPEG TIFF slides textured from real H&E tissue, labels.csv and lesion ground truth.
+
+    Positive slides carry a few small lesions (denser, darker, larger nuclei); their polygons (level-0 px)
+    go to ground_truth/{slide_id}.geojson and a mask to ground_truth/{slide_id}_mask.png. Re-running the
+    same command skips slides that are already complete.
+    """
+    from wsi_mil.synth import make_cohort, read_cohort_manifest
+
+    folder = make_cohort(
+        out, slides, positive_fraction=positive_fraction, size=size, mpp=mpp,
+        lesion_fraction=lesion_fraction, seed=seed, tile_size=tile_size, jpeg_quality=jpeg_quality,
+        overwrite=overwrite, progress=True,
+    )
+    manifest = read_cohort_manifest(folder)
+    n_pos = sum(1 for s in manifest["slides"] if s["label"] == 1)
+    print(f"wrote {len(manifest['slides'])} slides ({n_pos} positive) to {folder}")
+    print(f"labels: {folder / 'labels.csv'}  ground truth: {folder / 'ground_truth'}")

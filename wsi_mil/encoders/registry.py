@@ -1,0 +1,106 @@
+"""Ready-made encoder entries and architecture name resolution.
+
+An *entry* is a named recipe over a timm architecture: which timm model to build, an optional
+truncation (e.g. ResNet-50 cut after ``layer3`` as CLAM uses), the pretrained tag used when the
+weights are ``timm`` (local cache only), and the data config (input size, mean, std,
+interpolation) tiles are normalised with. Any other timm architecture name works too: its data
+config then comes from timm's pretrained config for that architecture.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+from wsi_mil.errors import EncoderError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class EncoderEntry:
+    """A named encoder recipe over a timm architecture.
+
+    ``truncate_after``: for ResNets, the last stage kept (``"layer3"`` drops ``layer4``; the
+    global average pool then gives the width of ``layer3``, 1024 for ResNet-50).
+    ``timm_tag``: the timm pretrained tag loaded for ``--weights timm``.
+    ``data_config``: ``input_size`` (3, H, W), ``mean``, ``std`` (RGB, on [0, 1] pixels),
+    ``interpolation`` used to resize tiles whose size differs from H x W.
+    """
+
+    name: str
+    timm_arch: str
+    description: str
+    timm_tag: str | None = None
+    truncate_after: str | None = None
+    data_config: dict[str, Any] = field(default_factory=dict)
+
+
+def _config(size: int, mean: tuple[float, ...], std: tuple[float, ...], interpolation: str) -> dict[str, Any]:
+    return {"input_size": [3, size, size], "mean": list(mean), "std": list(std), "interpolation": interpolation}
+
+
+ENTRIES: dict[str, EncoderEntry] = {
+    e.name: e
+    for e in (
+        EncoderEntry(
+            "resnet50_trunc",
+            "resnet50",
+            "ImageNet ResNet-50 truncated after layer3 + global average pool, 1024-d (CLAM style)",
+            timm_tag="tv_in1k",
+            truncate_after="layer3",
+            data_config=_config(224, IMAGENET_MEAN, IMAGENET_STD, "bilinear"),
+        ),
+        EncoderEntry(
+            "resnet50_in1k",
+            "resnet50",
+            "ImageNet ResNet-50 (torchvision weights), 2048-d",
+            timm_tag="tv_in1k",
+            data_config=_config(224, IMAGENET_MEAN, IMAGENET_STD, "bilinear"),
+        ),
+        EncoderEntry(
+            "vit_s16_in21k",
+            "vit_small_patch16_224",
+            "ViT-S/16, ImageNet-21k pretrained and 1k fine-tuned (AugReg), 384-d",
+            timm_tag="augreg_in21k_ft_in1k",
+            data_config=_config(224, HALF, HALF, "bicubic"),
+        ),
+        EncoderEntry(
+            "vit_b16_in21k",
+            "vit_base_patch16_224",
+            "ViT-B/16, ImageNet-21k pretrained and 1k fine-tuned (AugReg), 768-d",
+            timm_tag="augreg2_in21k_ft_in1k",
+            data_config=_config(224, HALF, HALF, "bicubic"),
+        ),
+    )
+}
+
+
+def list_entries() -> list[EncoderEntry]:
+    """The ready-made entries, in registry order."""
+    return list(ENTRIES.values())
+
+
+def resolve_arch(arch: str) -> EncoderEntry:
+    """An entry for ``arch``: a ready-made entry, or a plain timm architecture (``name[.tag]``).
+
+    Raises :class:`EncoderError` for an unknown name, suggesting close matches.
+    """
+    import timm
+
+    arch = arch.strip()
+    if arch in ENTRIES:
+        return ENTRIES[arch]
+    base, _, tag = arch.partition(".")
+    if timm.is_model(base):
+        return EncoderEntry(arch, base, f"timm architecture {base}", timm_tag=tag or None)
+    names = list(ENTRIES) + timm.list_models()
+    close = difflib.get_close_matches(arch, names, n=5, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}?" if close else "see `timm.list_models()` for timm names"
+    raise EncoderError(
+        f"unknown encoder architecture '{arch}': not a ready-made entry ({', '.join(ENTRIES)}) "
+        f"nor a timm architecture; {hint}"
+    )

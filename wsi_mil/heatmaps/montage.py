@@ -1,0 +1,86 @@
+"""top_tiles.png: the highest- and lowest-scoring tiles side by side, each with its score.
+
+Two rows (highest scores first, then lowest), ``k`` tiles each, drawn at ``cell`` px with a
+caption ``#tile_id  score`` (and a mark when the min-max layer selected the tile). Built with
+PIL only: a montage of 2 x 8 tiles takes milliseconds.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from wsi_mil.atomic import atomic_path
+
+PAD = 8
+CAPTION_PX = 18
+HEADING_PX = 24
+
+
+def top_bottom_indices(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the ``k`` highest (descending) and ``k`` lowest (ascending) finite scores.
+
+    With fewer than ``2k`` tiles the two rows share no tile: the lower half goes to "lowest".
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    ok = np.flatnonzero(np.isfinite(scores))
+    order = ok[np.argsort(-scores[ok], kind="stable")]
+    k_top = min(k, (order.size + 1) // 2) if order.size < 2 * k else k
+    k_bot = min(k, order.size - k_top)
+    top = order[:k_top]
+    bottom = order[::-1][:k_bot]
+    return top, bottom
+
+
+def montage_size(k: int, cell: int) -> tuple[int, int]:
+    """(width, height) of a montage with up to ``k`` tiles per row, ``cell`` px tiles."""
+    width = PAD + max(1, k) * (cell + PAD)
+    height = 2 * (HEADING_PX + cell + CAPTION_PX + PAD) + PAD
+    return width, height
+
+
+def render_montage_png(
+    path: str | Path,
+    read_tile: Callable[[int], np.ndarray],
+    scores: np.ndarray,
+    selected: np.ndarray,
+    class_name: str,
+    k: int = 8,
+    cell: int = 160,
+    message: str = "",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Write top_tiles.png (atomic); returns the (top, bottom) tile indices shown.
+
+    read_tile(i) -> (S, S, 3) uint8 RGB of tile ``i``; scores: (N,); selected: (N,) int
+    (+1 top, -1 bottom, 0 none); k: tiles per row; cell: displayed tile size in px;
+    message: written instead of tiles when there are none (e.g. no tissue).
+    """
+    top, bottom = top_bottom_indices(scores, k)
+    width, height = montage_size(k, cell)
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    sel = np.asarray(selected)
+    y = PAD
+    for heading, idx in ((f"Highest '{class_name}' scores", top), (f"Lowest '{class_name}' scores", bottom)):
+        draw.text((PAD, y + 4), heading, fill="black", font=font)
+        y += HEADING_PX
+        if idx.size == 0:
+            draw.text((PAD, y + cell // 2), message or "no tiles", fill="black", font=font)
+        for j, i in enumerate(idx):
+            x = PAD + j * (cell + PAD)
+            tile = np.asarray(read_tile(int(i)), dtype=np.uint8)
+            im = Image.fromarray(tile[..., :3]).resize((cell, cell), Image.Resampling.BILINEAR)
+            img.paste(im, (x, y))
+            mark = {1: " [top]", -1: " [bottom]"}.get(int(sel[i]) if sel.size else 0, "")
+            draw.text((x, y + cell + 3), f"#{int(i)}  {float(scores[i]):.3g}{mark}", fill="black", font=font)
+        y += cell + CAPTION_PX + PAD
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(buf.getvalue())
+    return top, bottom

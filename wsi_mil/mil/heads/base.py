@@ -1,0 +1,93 @@
+"""The contract every MIL head follows (``forward(features, mask)``), and binary handling.
+
+Shapes: ``features`` (B, N, D) float, ``mask`` (B, N) bool (True = real tile, False = padding).
+``forward`` returns ``slide_logits`` (B, C) and ``tile_scores`` (B, N, C); padded positions
+never change a result and get tile score 0.
+
+Binary problems (C = 2) are computed with one output, as in the WELDON and CHOWDER papers: the
+head scores class 1 with ``z`` (slide) and ``s`` (tiles), and the public outputs are
+``slide_logits = [0, z]`` (so softmax gives ``sigmoid(z)``) and ``tile_scores = [-s, s]``.
+For binary problems, read class 1 (column 1) for localisation. Multi-class heads have C outputs.
+
+Ensembles (CHOWDER) return E member logits for training; ``forward`` averages the members'
+probabilities (``slide_logits`` = log of the mean probability, so softmax of it is that mean).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from wsi_mil.mil.minmax import KSpec, selection_marks
+
+
+def check_inputs(features: Tensor, mask: Tensor, in_dim: int) -> None:
+    """Raise ValueError on tensors that break the (B, N, D) / (B, N) contract (a programming error)."""
+    if features.ndim != 3 or features.shape[-1] != in_dim:
+        raise ValueError(f"features must be (B, N, {in_dim}), got {tuple(features.shape)}")
+    if mask.shape != features.shape[:2] or mask.dtype != torch.bool:
+        raise ValueError(f"mask must be bool (B, N) = {tuple(features.shape[:2])}, got {mask.dtype} {tuple(mask.shape)}")
+
+
+class MILHead(nn.Module):
+    """Base class: subclasses implement :meth:`member_outputs` and optionally the hooks below."""
+
+    def __init__(self, in_dim: int, n_classes: int) -> None:
+        super().__init__()
+        if n_classes < 2:
+            raise ValueError(f"a MIL head needs at least 2 classes, got {n_classes}")
+        self.in_dim = int(in_dim)
+        self.n_classes = int(n_classes)
+        self.n_outputs = 1 if n_classes == 2 else n_classes
+
+    # -- to implement ------------------------------------------------------------------------
+    def member_outputs(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Raw outputs: member slide scores (B, E, O) and tile scores (B, N, O), O = n_outputs."""
+        raise NotImplementedError
+
+    def selection_k(self) -> tuple[KSpec | None, KSpec | None]:
+        """(k_top, k_bottom) tiles the pooling selects, or (None, None) for heads without selection."""
+        return None, None
+
+    def regularization(self) -> Tensor:
+        """A penalty added to the training loss (0 by default)."""
+        return torch.zeros((), device=next(self.parameters()).device)
+
+    @torch.no_grad()
+    def orient_(self, batches: Iterable[tuple[Tensor, Tensor]]) -> None:
+        """Optional post-training step on training bags (CHOWDER fixes the sign of its tile scores)."""
+
+    # -- shared --------------------------------------------------------------------------------
+    def _expand(self, raw: Tensor, dim_is_tiles: bool) -> Tensor:
+        if self.n_outputs == self.n_classes:
+            return raw
+        if dim_is_tiles:
+            return torch.cat([-raw, raw], dim=-1)
+        return torch.cat([torch.zeros_like(raw), raw], dim=-1)
+
+    def member_logits(self, features: Tensor, mask: Tensor) -> Tensor:
+        """Per-member slide logits (B, E, C), for the training loss."""
+        check_inputs(features, mask, self.in_dim)
+        raw, _ = self.member_outputs(features, mask)
+        return self._expand(raw, dim_is_tiles=False)
+
+    def forward(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """``features`` (B, N, D), ``mask`` (B, N) -> ``slide_logits`` (B, C), ``tile_scores`` (B, N, C)."""
+        check_inputs(features, mask, self.in_dim)
+        raw, tiles = self.member_outputs(features, mask)
+        logits = self._expand(raw, dim_is_tiles=False)
+        if logits.shape[1] == 1:
+            slide = logits[:, 0]
+        else:
+            slide = torch.logsumexp(torch.log_softmax(logits, dim=-1), dim=1) - math.log(logits.shape[1])
+        tiles = self._expand(tiles, dim_is_tiles=True)
+        tiles = torch.where(mask.unsqueeze(-1), tiles, torch.zeros_like(tiles))
+        return slide, tiles
+
+    def select(self, tile_scores: Tensor, mask: Tensor) -> Tensor:
+        """(B, N, C) int8 selection marks of the tiles the pooling used: +1 top, -1 bottom, 0 not."""
+        k_top, k_bottom = self.selection_k()
+        return selection_marks(tile_scores, mask, k_top, k_bottom)

@@ -1,0 +1,107 @@
+"""Baselines: mean pooling, max pooling (instance space) and attention MIL (Ilse et al., 2018).
+
+Mean and max pooling score every tile with the same network (a linear layer, or an MLP with one
+hidden ReLU layer) and pool the tile scores over the bag: the slide logit is their mean or their
+maximum. (Mean pooling of tile logits equals a linear classifier on the mean tile embedding.)
+
+Attention MIL (gated, as in Ilse et al.): ``h_i = ReLU(V x_i)``, attention ``a = softmax_i(w^T
+(tanh(U h_i) * sigmoid(G h_i)))`` over the real tiles, slide logits ``W (sum_i a_i h_i) + b``.
+Its tile scores are each tile's exact share of the slide logit, ``a_i (W h_i + b)``, which sum
+to the slide logits; no tile is "selected".
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from wsi_mil.config import StrictModel
+from wsi_mil.mil.heads.base import MILHead
+from wsi_mil.mil.minmax import KSpec, extreme_mean
+
+
+class PoolOptions(StrictModel):
+    """Mean/max pooling: optional hidden layer of the tile scorer."""
+
+    hidden: int | None = Field(None, ge=1, description="hidden ReLU units; null = linear tile scorer")
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+def _tile_scorer(in_dim: int, out: int, opts: PoolOptions) -> nn.Module:
+    if opts.hidden is None:
+        return nn.Linear(in_dim, out)
+    return nn.Sequential(nn.Linear(in_dim, opts.hidden), nn.ReLU(), nn.Dropout(opts.dropout),
+                         nn.Linear(opts.hidden, out))
+
+
+class MeanPool(MILHead):
+    """Slide logit = mean of tile logits over the real tiles."""
+
+    def __init__(self, in_dim: int, n_classes: int, opts: PoolOptions | None = None) -> None:
+        super().__init__(in_dim, n_classes)
+        self.opts = opts or PoolOptions()
+        self.scorer = _tile_scorer(in_dim, self.n_outputs, self.opts)
+
+    def member_outputs(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        tiles = self.scorer(features)
+        m = mask.unsqueeze(-1)
+        total = torch.where(m, tiles, torch.zeros_like(tiles)).sum(dim=1)
+        slide = total / mask.sum(dim=1, keepdim=True).clamp(min=1).to(tiles.dtype)
+        return slide.unsqueeze(1), tiles
+
+
+class MaxPool(MILHead):
+    """Slide logit = highest tile logit (per output); the arg-max tile is selected."""
+
+    def __init__(self, in_dim: int, n_classes: int, opts: PoolOptions | None = None) -> None:
+        super().__init__(in_dim, n_classes)
+        self.opts = opts or PoolOptions()
+        self.scorer = _tile_scorer(in_dim, self.n_outputs, self.opts)
+
+    def member_outputs(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        tiles = self.scorer(features)
+        return extreme_mean(tiles, mask, 1, largest=True).unsqueeze(1), tiles
+
+    def selection_k(self) -> tuple[KSpec | None, KSpec | None]:
+        return 1, None
+
+
+class AttentionOptions(StrictModel):
+    """Attention MIL sizes (Ilse et al. used L=500, D=128 on small images)."""
+
+    hidden: int = Field(256, ge=1, description="tile embedding size L")
+    attention_dim: int = Field(128, ge=1, description="attention network size D")
+    gated: bool = True
+    dropout: float = Field(0.25, ge=0, lt=1)
+
+
+class AttentionMIL(MILHead):
+    """Gated attention MIL; tile scores are each tile's share of the slide logit."""
+
+    def __init__(self, in_dim: int, n_classes: int, opts: AttentionOptions | None = None) -> None:
+        super().__init__(in_dim, n_classes)
+        self.opts = opts or AttentionOptions()
+        o = self.opts
+        self.embed = nn.Sequential(nn.Linear(in_dim, o.hidden), nn.ReLU(), nn.Dropout(o.dropout))
+        self.att_v = nn.Linear(o.hidden, o.attention_dim)
+        self.att_u = nn.Linear(o.hidden, o.attention_dim) if o.gated else None
+        self.att_w = nn.Linear(o.attention_dim, 1)
+        self.classifier = nn.Linear(o.hidden, self.n_outputs)
+
+    def attention(self, h: Tensor, mask: Tensor) -> Tensor:
+        """Attention weights (B, N) over the real tiles (0 on padding) from embeddings (B, N, L)."""
+        a = torch.tanh(self.att_v(h))
+        if self.att_u is not None:
+            a = a * torch.sigmoid(self.att_u(h))
+        logits = self.att_w(a).squeeze(-1).masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(logits, dim=1)
+        return torch.where(mask, weights, torch.zeros_like(weights))  # empty bag: 0, not NaN
+
+    def member_outputs(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.embed(features)
+        h = torch.where(mask.unsqueeze(-1), h, torch.zeros_like(h))
+        a = self.attention(h, mask)
+        slide = self.classifier(torch.einsum("bn,bnl->bl", a, h))
+        tiles = a.unsqueeze(-1) * self.classifier(h)
+        return slide.unsqueeze(1), tiles

@@ -1,0 +1,117 @@
+"""CHOWDER (Courtiol et al., 2018): an ensemble of min-max MLP models over 1-d tile embeddings.
+
+Each member ``e`` scores tiles with a linear layer to one value per output (L2-regularised
+weights), takes the R highest (descending) and R lowest (ascending) scores of the bag (the
+min-max layer, :func:`~wsi_mil.mil.minmax.extreme_values`) and feeds these 2R numbers to an MLP
+(200 then 100 sigmoid units with dropout, then one output). The E members are initialised
+independently and have disjoint parameters; they are trained side by side (the loss is the mean
+of the members' losses, so each member receives its own gradient) and their probabilities are
+averaged. Tile scores are the mean of the members' tile scores.
+
+Sign of the tile scores: the MLP can learn to *decrease* with the scores, which would make
+lesion tiles the lowest. :meth:`Chowder.orient_` fixes this after training with an exact
+reparameterisation: a member whose output falls with its scores gets ``s -> -s`` and its MLP's
+first layer re-wired (``top(-s) = -bottom(s)``), which leaves its predictions unchanged and makes
+high tile scores mean evidence for the class.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from wsi_mil.config import StrictModel
+from wsi_mil.mil.heads.base import MILHead
+from wsi_mil.mil.minmax import KSpec, extreme_values
+
+
+class ChowderOptions(StrictModel):
+    """CHOWDER hyper-parameters (paper values by default, except a 10-member ensemble)."""
+
+    r: int = Field(5, ge=1, description="top and bottom tiles kept by the min-max layer")
+    n_members: int = Field(10, ge=1, description="ensemble size E")
+    hidden: list[int] = Field(default_factory=lambda: [200, 100], description="MLP sigmoid layers")
+    dropout: float = Field(0.5, ge=0, lt=1, description="dropout after each hidden layer")
+    l2: float = Field(0.5, ge=0, description="L2 penalty on the tile embedding weights (per member)")
+
+
+class Chowder(MILHead):
+    """CHOWDER ensemble. Output shapes as in :class:`MILHead`; member logits (B, E, C)."""
+
+    def __init__(self, in_dim: int, n_classes: int, opts: ChowderOptions | None = None) -> None:
+        super().__init__(in_dim, n_classes)
+        self.opts = opts or ChowderOptions()
+        e, o, r = self.opts.n_members, self.n_outputs, self.opts.r
+        self.embedding = nn.Linear(in_dim, e * o)  # column e * O + o: member e, output o
+        sizes = [2 * r, *self.opts.hidden, 1]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
+            bound = 1.0 / math.sqrt(fan_in)
+            self.weights.append(nn.Parameter(torch.empty(e, o, fan_in, fan_out).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(e, o, 1, fan_out).uniform_(-bound, bound)))
+        self.dropout = nn.Dropout(self.opts.dropout)
+
+    def _mlp(self, x: Tensor) -> Tensor:
+        """x (E, O, B, 2R) -> (E, O, B, 1)."""
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            x = torch.matmul(x, w) + b
+            if i < last:
+                x = self.dropout(torch.sigmoid(x))
+        return x
+
+    def _extremes(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Member tile scores (B, N, E, O) and MLP inputs (E, O, B, 2R)."""
+        b, n, _ = features.shape
+        e, o = self.opts.n_members, self.n_outputs
+        scores = self.embedding(features)  # (B, N, E*O)
+        ext = extreme_values(scores, mask, self.opts.r)  # (B, 2R, E*O)
+        x = ext.reshape(b, 2 * self.opts.r, e, o).permute(2, 3, 0, 1)
+        return scores.reshape(b, n, e, o), x
+
+    def member_outputs(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        scores, x = self._extremes(features, mask)
+        slide = self._mlp(x).squeeze(-1).permute(2, 0, 1)  # (B, E, O)
+        return slide, scores.mean(dim=2)
+
+    def selection_k(self) -> tuple[KSpec | None, KSpec | None]:
+        return self.opts.r, self.opts.r
+
+    def regularization(self) -> Tensor:
+        return self.opts.l2 * self.embedding.weight.pow(2).sum() / self.opts.n_members
+
+    def output_slope(self, batches: Iterable[tuple[Tensor, Tensor]]) -> Tensor:
+        """(E, O) summed derivative of each member's output w.r.t. its 2R inputs, over the bags."""
+        was_training = self.training
+        self.eval()
+        total = torch.zeros(self.opts.n_members, self.n_outputs, device=self.embedding.weight.device)
+        with torch.enable_grad():
+            for features, mask in batches:
+                with torch.no_grad():
+                    _, x = self._extremes(features, mask)
+                x = x.detach().requires_grad_(True)
+                (grad,) = torch.autograd.grad(self._mlp(x).sum(), x)
+                total += grad.sum(dim=(2, 3))
+        self.train(was_training)
+        return total
+
+    @torch.no_grad()
+    def flip_(self, flip: Tensor) -> None:
+        """Reparameterise members/outputs where ``flip`` (E, O) bool: s -> -s, same predictions."""
+        e, o, r = self.opts.n_members, self.n_outputs, self.opts.r
+        sign = torch.where(flip, -1.0, 1.0).to(self.embedding.weight.dtype).reshape(e * o)
+        self.embedding.weight.mul_(sign.unsqueeze(1))
+        self.embedding.bias.mul_(sign)
+        w1 = self.weights[0]  # (E, O, 2R, H)
+        swapped = -torch.cat([w1[:, :, r:], w1[:, :, :r]], dim=2)
+        w1.copy_(torch.where(flip.view(e, o, 1, 1), swapped, w1))
+
+    @torch.no_grad()
+    def orient_(self, batches: Iterable[tuple[Tensor, Tensor]]) -> None:
+        """Make high tile scores mean evidence for the class (see the module docstring)."""
+        self.flip_(self.output_slope(batches) < 0)

@@ -1,0 +1,41 @@
+"""WELDON (Durand et al., CVPR 2016) with WILDCAT's negative-evidence weight (Durand et al. 2017).
+
+Tile scores ``s = W x + b`` (a 1x1 convolution over the tiles: one linear layer), slide score per
+class = mean of the ``k_top`` highest + ``negative_weight`` x mean of the ``k_bottom`` lowest.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from torch import Tensor, nn
+
+from wsi_mil.config import StrictModel
+from wsi_mil.mil.heads.base import MILHead
+from wsi_mil.mil.minmax import KSpec, minmax_pool
+
+
+class WeldonOptions(StrictModel):
+    """WELDON hyper-parameters; k is a tile count (int) or a fraction of the bag (float in (0, 1])."""
+
+    k_top: int | float = Field(10, gt=0, description="tiles of positive evidence")
+    k_bottom: int | float | None = Field(10, gt=0, description="tiles of negative evidence; null = none")
+    negative_weight: float = Field(1.0, ge=0, description="weight of the negative evidence (WILDCAT alpha)")
+
+
+class Weldon(MILHead):
+    """WELDON: linear tile scorer + min-max pooling. Output shapes as in :class:`MILHead`."""
+
+    def __init__(self, in_dim: int, n_classes: int, opts: WeldonOptions | None = None) -> None:
+        super().__init__(in_dim, n_classes)
+        self.opts = opts or WeldonOptions()
+        self.scorer = nn.Linear(in_dim, self.n_outputs)
+
+    def member_outputs(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        tiles = self.scorer(features)  # (B, N, O)
+        k_bottom = self.opts.k_bottom if self.opts.negative_weight > 0 else None
+        slide = minmax_pool(tiles, mask, self.opts.k_top, k_bottom, self.opts.negative_weight)
+        return slide.unsqueeze(1), tiles
+
+    def selection_k(self) -> tuple[KSpec | None, KSpec | None]:
+        k_bottom = self.opts.k_bottom if self.opts.negative_weight > 0 else None
+        return self.opts.k_top, k_bottom

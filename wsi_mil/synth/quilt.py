@@ -1,0 +1,126 @@
+"""Texture quilts: an endless, seamless texture made of real tissue patches, rendered tile by tile.
+
+The level-0 plane is cut into square cells of ``CELL_UM`` micrometres. Each cell shows one texture patch
+of the sample (a random window that is almost all tissue) under one of the 8 flips/rotations; neighbouring
+cells overlap by ``OVERLAP_UM`` and are cross-faded there with linear weights that sum to 1, so no seam is
+a hard edge. A cell's patch is a pure function of the slide's cell table, so any tile of any pyramid level
+is rendered on its own, in any order, without the rest of the slide in memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from wsi_mil.synth.texture import PATCH_UM, Sample
+
+#: cell edge (the part a patch shows alone) and cross-fade overlap, in micrometres
+OVERLAP_UM = 32.0
+CELL_UM = PATCH_UM - OVERLAP_UM
+
+
+def _dihedral(a: np.ndarray, d: int) -> np.ndarray:
+    """One of the 8 flips/rotations of a (h, w, c) array, as a view."""
+    v = np.rot90(a, k=d % 4, axes=(0, 1))
+    return v[:, ::-1] if d >= 4 else v
+
+
+@dataclass(frozen=True)
+class CellTable:
+    """Which patch each cell shows: (ny, nx) candidate index and (ny, nx) flip/rotation code 0-7."""
+
+    patch: np.ndarray
+    dihedral: np.ndarray
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, n_candidates: int, ny: int, nx: int) -> CellTable:
+        return cls(patch=rng.integers(0, n_candidates, size=(ny, nx), dtype=np.int32),
+                   dihedral=rng.integers(0, 8, size=(ny, nx), dtype=np.int8))
+
+
+def _axis_cells(lo: float, hi: float, cell: float, overlap: float, n_cells: int) -> range:
+    """Cells whose extended span [i*cell - overlap/2, (i+1)*cell + overlap/2] meets [lo, hi]."""
+    i0 = max(0, int(np.floor((lo - overlap / 2) / cell)))
+    i1 = min(n_cells - 1, int(np.floor((hi + overlap / 2) / cell)))
+    return range(i0, i1 + 1)
+
+
+def _axis_weight(centres: np.ndarray, i: int, cell: float, overlap: float) -> np.ndarray:
+    """(n,) float32 cross-fade weight of cell ``i`` at level-0 positions ``centres`` (partition of unity)."""
+    start, stop = i * cell, (i + 1) * cell
+    up = (centres - (start - overlap / 2)) / overlap
+    down = ((stop + overlap / 2) - centres) / overlap
+    w = np.minimum(np.minimum(up, down), 1.0)
+    if i == 0:  # no neighbour before the first cell
+        w = np.minimum(down, 1.0)
+    return np.clip(w, 0.0, 1.0).astype(np.float32)
+
+
+class Quilt:
+    """Renders a texture quilt of one slide for one source image (normal or lesion texture).
+
+    mpp: level-0 micrometres per pixel of the slide; width, height: level-0 size in pixels.
+    """
+
+    def __init__(self, sample: Sample, table: CellTable, mpp: float) -> None:
+        self.sample = sample
+        self.table = table
+        self.mpp = mpp
+        self.cell = CELL_UM / mpp           # level-0 px
+        self.overlap = OVERLAP_UM / mpp     # level-0 px
+
+    @staticmethod
+    def shape_for(width: int, height: int, mpp: float) -> tuple[int, int]:
+        """(ny, nx) cells needed to cover a slide of ``width`` x ``height`` level-0 px."""
+        cell = CELL_UM / mpp
+        return int(np.ceil(height / cell)) + 1, int(np.ceil(width / cell)) + 1
+
+    def render(self, image: np.ndarray, scale: float, downsample: float, x: int, y: int, w: int,
+               h: int, rows: np.ndarray | None = None) -> np.ndarray:
+        """(h, w, 3) float32 texture of the level-k region at (x, y), level-k px.
+
+        image: the stain-varied source crop resized by ``scale`` (sample px -> level-k px);
+        downsample: level-k downsample relative to level 0.
+        rows: optional (h,) bool; rows that are False may be left at zero (e.g. pure glass).
+        """
+        cell, ov = self.cell, self.overlap
+        ys = (np.arange(y, y + h, dtype=np.float64) + 0.5) * downsample
+        xs = (np.arange(x, x + w, dtype=np.float64) + 0.5) * downsample
+        out = np.zeros((h, w, 3), np.float32)
+        ny, nx = self.table.patch.shape
+        patch_k = int(np.floor(self.sample.patch_px * scale))
+        cand = self.sample.candidates
+        for i in _axis_cells(ys[0], ys[-1], cell, ov, ny):
+            wy = _axis_weight(ys, i, cell, ov)
+            if rows is not None:
+                wy = wy * rows
+            nzy = np.flatnonzero(wy)
+            if nzy.size == 0:
+                continue
+            r0, r1 = int(nzy[0]), int(nzy[-1]) + 1
+            ext_y = i * cell - ov / 2
+            v0 = int(np.floor((ys[r0] - ext_y) / downsample))
+            for j in _axis_cells(xs[0], xs[-1], cell, ov, nx):
+                wx = _axis_weight(xs, j, cell, ov)
+                nzx = np.flatnonzero(wx)
+                if nzx.size == 0:
+                    continue
+                c0, c1 = int(nzx[0]), int(nzx[-1]) + 1
+                ext_x = j * cell - ov / 2
+                u0 = int(np.floor((xs[c0] - ext_x) / downsample))
+                k = int(self.table.patch[i, j])
+                sx, sy = (int(round(c * scale)) for c in cand[k])
+                window = image[sy:sy + patch_k + 1, sx:sx + patch_k + 1]
+                view = _dihedral(window, int(self.table.dihedral[i, j]))
+                vh, vw = view.shape[:2]
+                nh, nw = r1 - r0, c1 - c0
+                if 0 <= v0 and v0 + nh <= vh and 0 <= u0 and u0 + nw <= vw:
+                    src = view[v0:v0 + nh, u0:u0 + nw]
+                else:  # rounding at coarse levels: repeat the window's edge pixels
+                    ri = np.clip(np.arange(v0, v0 + nh), 0, vh - 1)
+                    ci = np.clip(np.arange(u0, u0 + nw), 0, vw - 1)
+                    src = view[ri][:, ci]
+                wgt = wy[r0:r1, None] * wx[None, c0:c1]
+                out[r0:r1, c0:c1] += src * wgt[..., None]
+        return out

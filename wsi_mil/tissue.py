@@ -1,0 +1,76 @@
+"""Tissue detection on a low-resolution RGB image of a slide (pure numpy / scikit-image).
+
+Pipeline: drop near-white glass and near-black ink/dirt, drop green/blue/black pen marks, keep
+pixels whose saturation (or optical density) is above an Otsu threshold, then clean up with
+morphology whose sizes are given in µm and µm² so the result does not depend on the mask scale.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.filters import threshold_otsu
+from skimage.morphology import disk, remove_small_holes, remove_small_objects
+
+from wsi_mil.config import TissueConfig
+
+
+def pen_mask(rgb: np.ndarray) -> np.ndarray:
+    """Pixels of green, blue or black marker ink (h, w) bool.
+
+    H&E never has green-dominant pixels; blue marker is far bluer than haematoxylin; black
+    marker is darker than any stained tissue at a few µm/px.
+    """
+    r, g, b = (rgb[..., i].astype(np.int16) for i in range(3))
+    green = (g - r > 20) & (g - b > -10)
+    blue = (b - r > 60) & (b - g > 30) & (r < 120)
+    black = (r < 50) & (g < 50) & (b < 50)
+    return green | blue | black
+
+
+def saturation(rgb: np.ndarray) -> np.ndarray:
+    """HSV saturation in [0, 1], (h, w) float32."""
+    x = rgb.astype(np.float32)
+    mx = x.max(axis=2)
+    mn = x.min(axis=2)
+    return np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-6), 0.0).astype(np.float32)
+
+
+def optical_density(rgb: np.ndarray) -> np.ndarray:
+    """Mean optical density over RGB, (h, w) float32 (0 for white glass)."""
+    x = np.maximum(rgb.astype(np.float32), 1.0) / 255.0
+    return (-np.log(x)).mean(axis=2).astype(np.float32)
+
+
+def detect_tissue(rgb: np.ndarray, mpp: float, config: TissueConfig | None = None) -> np.ndarray:
+    """Tissue mask (h, w) bool of an RGB image (h, w, 3) uint8 at ``mpp`` µm per pixel."""
+    cfg = config or TissueConfig()
+    if rgb.size == 0:
+        return np.zeros(rgb.shape[:2], dtype=bool)
+    gray = rgb.astype(np.float32).mean(axis=2) / 255.0
+    sat = saturation(rgb)
+    candidate = (gray < cfg.background_brightness) & (gray > cfg.black_brightness)
+    if cfg.remove_pen:
+        pen = pen_mask(rgb)
+        if pen.any():
+            pen = ndi.binary_dilation(pen, iterations=max(1, int(round(20.0 / mpp))))
+        candidate &= ~pen
+    signal = sat if cfg.method == "otsu-saturation" else optical_density(rgb)
+    floor = cfg.min_saturation if cfg.method == "otsu-saturation" else 0.05
+    values = signal[candidate]
+    if values.size < 16:
+        return np.zeros(rgb.shape[:2], dtype=bool)
+    try:
+        thr = float(threshold_otsu(values))
+    except ValueError:  # all values equal
+        thr = floor
+    mask = candidate & (signal > max(thr, floor))
+    pixel_area = mpp * mpp
+    radius = int(round(cfg.closing_radius_um / mpp))
+    if radius >= 1:
+        mask = ndi.binary_closing(mask, structure=disk(radius), border_value=0) & candidate | mask
+    if cfg.max_hole_area_um2 > 0:
+        mask = remove_small_holes(mask, max_size=max(1, int(cfg.max_hole_area_um2 / pixel_area)))
+    if cfg.min_tissue_area_um2 > 0:
+        mask = remove_small_objects(mask, max_size=max(1, int(cfg.min_tissue_area_um2 / pixel_area)))
+    return mask
