@@ -147,10 +147,11 @@ class TilingConfig(StrictModel):
     stride: int | None = Field(None, ge=1, description="pixels at target_mpp; default tile_size")
     min_tissue_fraction: float = Field(0.25, ge=0, le=1)
     mpp: float | None = Field(None, gt=0, description="override the slide's level-0 mpp")
-    codec: Literal["jpeg", "zstd", "png"] = "jpeg"
+    codec: Literal["jpeg", "zstd"] = "jpeg"
     jpeg_quality: int = Field(90, ge=1, le=100)
+    jpeg_subsampling: Literal["444", "422", "420"] = "444"
     tiles_per_chunk: int = Field(64, ge=1, le=4096)
-    chunks_per_shard: int = Field(64, ge=1)
+    chunks_per_shard: int = Field(16, ge=1, description="chunks per shard file (bounds writer memory)")
     tissue: TissueConfig = TissueConfig()
 
     @model_validator(mode="after")

@@ -107,19 +107,16 @@ class Slide:
         out_w, out_h = max(1, math.ceil(w0 / ds)), max(1, math.ceil(h0 / ds))
         level = self.best_level_for_mpp(mpp)
         lds = self.level_downsamples[level]
-        lw, lh = self.level_dimensions[level]
         f = ds / lds  # source pixels (at `level`) per output pixel, >= ~1
         out = np.empty((out_h, out_w, 3), dtype=np.uint8)
-        rows = max(1, int(max_strip_pixels // max(1, lw) / max(f, 1.0)))  # output rows per strip
+        read_w = int(math.ceil(out_w * f))  # may pass the right edge: read_region gives white there
+        rows = max(1, int(max_strip_pixels // max(1, read_w) / max(f, 1.0)))  # output rows per strip
         for r0 in range(0, out_h, rows):
             r1 = min(out_h, r0 + rows)
             y0 = int(math.floor(r0 * f))
-            y1 = min(lh, int(math.ceil(r1 * f)))
-            if y1 <= y0:
-                out[r0:r1] = 255
-                continue
-            strip = self.read_region((0, int(round(y0 * lds))), level, (lw, y1 - y0))
-            box = (0.0, r0 * f - y0, min(out_w * f, float(lw)), min(r1 * f - y0, float(y1 - y0)))
+            y1 = int(math.ceil(r1 * f))
+            strip = self.read_region((0, int(round(y0 * lds))), level, (read_w, y1 - y0))
+            box = (0.0, r0 * f - y0, out_w * f, r1 * f - y0)
             img = Image.fromarray(strip).resize((out_w, r1 - r0), Image.Resampling.BOX, box=box)
             out[r0:r1] = np.asarray(img)
         return out, ds

@@ -13,7 +13,7 @@ from wsi_mil.cli._app import app
 from wsi_mil.errors import WsiMilError
 
 #: subcommand modules, in the order they appear in ``wsi-mil --help``
-COMMAND_MODULES = ("synth", "tile")
+COMMAND_MODULES = ("synth", "tile", "pretrain", "extract", "train", "predict", "heatmap")
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"wsi_mil.cli.{_name}")
@@ -22,7 +22,7 @@ for _name in COMMAND_MODULES:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``wsi-mil`` console script; returns the exit status."""
     try:
-        app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False)
     except WsiMilError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, click.exceptions.Abort):
             return 130
         raise
-    return 0
+    return rv if isinstance(rv, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

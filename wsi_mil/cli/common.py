@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from wsi_mil.runrecord import FAILED, SlideStatus
 
@@ -22,13 +21,9 @@ def print_batch_summary(stage: str, statuses: Sequence[SlideStatus], record_path
     parts = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
     console.print(f"[bold]{stage}[/bold]: {len(statuses)} slides ({parts}); {tiles} tiles; record: {record_path}")
     failed = [s for s in statuses if s.status == FAILED]
-    if failed:
-        table = Table("slide", "reason", title="failed slides", show_lines=False, expand=False)
-        for s in failed:
-            table.add_row(s.slide_id, s.reason)
-        console.print(table)
-        return 1
-    return 0
+    for s in failed:
+        console.print(f"  failed {s.slide_id}: {s.reason}", markup=False, soft_wrap=True)
+    return 1 if failed else 0
 
 
 def exit_with(code: int) -> None:

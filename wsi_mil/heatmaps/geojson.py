@@ -41,11 +41,13 @@ def tile_class_names(class_name: str) -> tuple[str, str, str]:
     return f"{class_name} top", f"{class_name} bottom", f"{class_name} tile"
 
 
-def _num(v: float) -> str:
-    """A JSON number (QuPath's measurement values are doubles; NaN is written as null)."""
+def _pair(key: str, v: float) -> str | None:
+    """``"key": number`` for a measurement; None for NaN/inf (QuPath reads numbers only)."""
+    v = float(v)
     if not math.isfinite(v):
-        return "null"
-    return repr(float(v)) if not float(v).is_integer() else str(int(v))
+        return None
+    text = str(int(v)) if v.is_integer() else f"{v:.9g}"  # 9 digits: float32 round-trips exactly
+    return f"{key}: {text}"
 
 
 def write_tiles_geojson(
@@ -95,16 +97,15 @@ def write_tiles_geojson(
                     x1, y1 = x + size_v, y + size_v
                     xs, ys, xe, ye = str(x), str(y), fmt.format(x1), fmt.format(y1)
                     ring = f"[[{xs}, {ys}], [{xe}, {ys}], [{xe}, {ye}], [{xs}, {ye}], [{xs}, {ys}]]"
-                    meas = [f'"score": {_num(scores[i])}']
-                    meas += [f"{k}: {_num(col[i])}" for k, col in zip(extra_keys, extra_cols)]
+                    meas = [_pair('"score"', scores[i])]
+                    meas += [_pair(k, col[i]) for k, col in zip(extra_keys, extra_cols)]
                     sel = int(np.sign(selected[i]))
-                    meas.append(f'"selected": {sel}')
-                    meas.append(f'"tile id": {i}')
+                    meas += [f'"selected": {sel}', f'"tile id": {i}']
                     parts.append(
                         '{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": ['
                         + ring + ']}, "properties": {"objectType": "tile", "classification": '
                         + classes[sel] + ', "isLocked": true, "measurements": {'
-                        + ", ".join(meas) + "}}}"
+                        + ", ".join(m for m in meas if m) + "}}}"
                     )
                 if start:
                     f.write(",")

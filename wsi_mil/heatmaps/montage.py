@@ -17,8 +17,8 @@ from PIL import Image, ImageDraw, ImageFont
 from wsi_mil.atomic import atomic_path
 
 PAD = 8
-CAPTION_PX = 18
-HEADING_PX = 24
+CAPTION_PX = 20
+HEADING_PX = 26
 
 
 def top_bottom_indices(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -45,7 +45,7 @@ def montage_size(k: int, cell: int) -> tuple[int, int]:
 
 def render_montage_png(
     path: str | Path,
-    read_tile: Callable[[int], np.ndarray],
+    read_tiles: Callable[[np.ndarray], np.ndarray] | None,
     scores: np.ndarray,
     selected: np.ndarray,
     class_name: str,
@@ -55,15 +55,22 @@ def render_montage_png(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Write top_tiles.png (atomic); returns the (top, bottom) tile indices shown.
 
-    read_tile(i) -> (S, S, 3) uint8 RGB of tile ``i``; scores: (N,); selected: (N,) int
-    (+1 top, -1 bottom, 0 none); k: tiles per row; cell: displayed tile size in px;
-    message: written instead of tiles when there are none (e.g. no tissue).
+    read_tiles(indices (k,)) -> (k, S, S, 3) uint8 RGB tiles in that order (e.g.
+    ``PatchStore.read_tile_indices``), or None when the tiles cannot be read (grey boxes are
+    drawn); scores: (N,); selected: (N,) int (+1 top, -1 bottom, 0 none); k: tiles per row;
+    cell: displayed tile size in px; message: written instead of tiles when there are none.
     """
     top, bottom = top_bottom_indices(scores, k)
+    both = np.concatenate([top, bottom])
+    pixels = read_tiles(both) if (read_tiles is not None and both.size) else None
+    by_index = {int(i): pixels[j] for j, i in enumerate(both)} if pixels is not None else {}
     width, height = montage_size(k, cell)
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
+    try:
+        font = ImageFont.load_default(size=13)  # scalable font (Pillow >= 10.1 with FreeType)
+    except (TypeError, OSError, ImportError):
+        font = ImageFont.load_default()
     sel = np.asarray(selected)
     y = PAD
     for heading, idx in ((f"Highest '{class_name}' scores", top), (f"Lowest '{class_name}' scores", bottom)):
@@ -73,9 +80,12 @@ def render_montage_png(
             draw.text((PAD, y + cell // 2), message or "no tiles", fill="black", font=font)
         for j, i in enumerate(idx):
             x = PAD + j * (cell + PAD)
-            tile = np.asarray(read_tile(int(i)), dtype=np.uint8)
-            im = Image.fromarray(tile[..., :3]).resize((cell, cell), Image.Resampling.BILINEAR)
-            img.paste(im, (x, y))
+            if int(i) in by_index:
+                tile = np.asarray(by_index[int(i)], dtype=np.uint8)
+                im = Image.fromarray(tile[..., :3]).resize((cell, cell), Image.Resampling.BILINEAR)
+                img.paste(im, (x, y))
+            else:
+                draw.rectangle((x, y, x + cell - 1, y + cell - 1), fill="#dddddd", outline="#999999")
             mark = {1: " [top]", -1: " [bottom]"}.get(int(sel[i]) if sel.size else 0, "")
             draw.text((x, y + cell + 3), f"#{int(i)}  {float(scores[i]):.3g}{mark}", fill="black", font=font)
         y += cell + CAPTION_PX + PAD

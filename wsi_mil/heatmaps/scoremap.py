@@ -99,9 +99,11 @@ def build_score_grid(
 def stride_level0(attrs: dict) -> float:
     """The tiling stride in level-0 pixels from patch-store attributes.
 
-    ``stride`` is in pixels at the target mpp, like ``tile_size``; ``tile_size_level0`` is the
-    level-0 size of a tile. Without a stride the tiles are taken as adjacent.
+    ``stride_level0`` when recorded; else ``stride`` (pixels at the target mpp, like
+    ``tile_size``) scaled by ``tile_size_level0 / tile_size``; else the tile size (adjacent tiles).
     """
+    if attrs.get("stride_level0"):
+        return float(attrs["stride_level0"])
     size0 = float(attrs["tile_size_level0"])
     stride = attrs.get("stride")
     tile_size = attrs.get("tile_size")

@@ -13,7 +13,6 @@ Tiles are returned as uint8 (B, S, S, 3) arrays, exactly as stored.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -170,7 +169,6 @@ class BatchReader:
         self.threads = max(1, int(threads))
         self.prefetch_groups = max(1, int(prefetch_groups))
         self._bounds = np.cumsum([0] + [g.n_tiles for g in self.groups])
-        self._lock = threading.Lock()
 
     def _read_chunk(self, chunk: Chunk) -> np.ndarray:
         src, s, e = chunk
@@ -188,31 +186,30 @@ class BatchReader:
             raise ValueError(f"{n_steps} steps of {b} tiles need more than the {self._bounds[-1]} tiles dealt")
         first = int(np.searchsorted(self._bounds, start_step * b, side="right") - 1)
         last = int(np.searchsorted(self._bounds, n_steps * b - 1, side="right") - 1)
-        with ThreadPoolExecutor(self.threads, thread_name_prefix="simclr-read") as pool:
-            pending: dict[int, list[Future[np.ndarray]]] = {}
+        pool = ThreadPoolExecutor(self.threads, thread_name_prefix="simclr-read")
+        pending: dict[int, list[Future[np.ndarray]]] = {}
+        loaded: dict[int, np.ndarray] = {}
 
-            def request(gi: int) -> None:
-                if gi <= last and gi not in pending:
-                    pending[gi] = [pool.submit(self._read_chunk, c) for c in self.groups[gi].chunks]
+        def request(gi: int) -> None:
+            if gi <= last and gi not in pending and gi not in loaded:
+                pending[gi] = [pool.submit(self._read_chunk, c) for c in self.groups[gi].chunks]
 
-            loaded: dict[int, np.ndarray] = {}
+        def group_tiles(gi: int) -> np.ndarray:
+            if gi not in loaded:
+                for ahead in range(gi, gi + self.prefetch_groups + 1):
+                    request(ahead)
+                parts = [f.result() for f in pending.pop(gi)]
+                loaded[gi] = np.concatenate(parts, axis=0)[self.groups[gi].perm]
+                for old in [k for k in loaded if k < gi]:
+                    del loaded[old]
+            return loaded[gi]
 
-            def group_tiles(gi: int) -> np.ndarray:
-                if gi not in loaded:
-                    for ahead in range(gi, gi + self.prefetch_groups + 1):
-                        request(ahead)
-                    parts = [f.result() for f in pending.pop(gi)]
-                    loaded[gi] = np.concatenate(parts, axis=0)[self.groups[gi].perm]
-                    for old in [k for k in loaded if k < gi]:
-                        del loaded[old]
-                return loaded[gi]
-
+        try:
             request(first)
             for step in range(start_step, n_steps):
                 lo, hi = step * b, (step + 1) * b
-                g0 = int(np.searchsorted(self._bounds, lo, side="right") - 1)
+                gi = int(np.searchsorted(self._bounds, lo, side="right") - 1)
                 parts = []
-                gi = g0
                 while lo < hi:
                     tiles = group_tiles(gi)
                     off = lo - int(self._bounds[gi])
@@ -221,6 +218,8 @@ class BatchReader:
                     lo += take
                     gi += 1
                 yield parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        finally:
             for futs in pending.values():
                 for f in futs:
                     f.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)

@@ -33,16 +33,20 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     _, world = _world()
     if world == 1:
         return x
+    import warnings
+
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x.contiguous()), dim=0)
+    with warnings.catch_warnings():  # deprecated in favour of a functional collective whose
+        warnings.simplefilter("ignore", FutureWarning)  # backward (reduce-scatter) gloo lacks
+        return torch.cat(all_gather(x.contiguous()), dim=0)
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1, gather: bool = True) -> torch.Tensor:
     """NT-Xent loss of two views. z1, z2: (N, D) projections (any scale); returns a scalar.
 
-    The loss is computed in float32 whatever the input dtype (bf16 logits lose the ranking of
-    close negatives). With ``gather`` and an initialised process group, the negatives come from
+    The loss is computed in float32 (float64 for float64 inputs) whatever the input dtype: bf16
+    logits lose the ranking of close negatives. With ``gather`` and an initialised process group, the negatives come from
     every process (see the module docstring); the value returned is this process's mean over
     its own 2N anchors.
     """
@@ -51,8 +55,9 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1, gather
     n = z1.shape[0]
     if n < 1:
         raise ValueError("nt_xent needs at least one pair")
-    z1 = F.normalize(z1.float(), dim=1)
-    z2 = F.normalize(z2.float(), dim=1)
+    dtype = torch.float64 if z1.dtype == torch.float64 else torch.float32
+    z1 = F.normalize(z1.to(dtype), dim=1)
+    z2 = F.normalize(z2.to(dtype), dim=1)
     rank, world = _world() if gather else (0, 1)
     if world > 1:
         k1, k2 = gather_with_grad(z1), gather_with_grad(z2)

@@ -129,7 +129,7 @@ def _tile(source: SlideSource, out: Path, cfg: TilingConfig) -> int:
         )
         n = len(grid.coords)
         with PatchStoreWriter(out, n, cfg.tile_size, attrs, cfg.codec, cfg.jpeg_quality,
-                              cfg.tiles_per_chunk, cfg.chunks_per_shard) as writer:
+                              cfg.tiles_per_chunk, cfg.chunks_per_shard, cfg.jpeg_subsampling) as writer:
             batch = np.empty((min(max(n, 1), writer.chunk), cfg.tile_size, cfg.tile_size, 3), dtype=np.uint8)
             fill = 0
             for x, y in grid.coords:

@@ -2,11 +2,10 @@
 
 ``wsi_mil.jpeg_tiles``: a zarr v3 array-to-bytes codec for chunks of RGB tiles
 ``(k, S, S, 3) uint8``. A chunk is encoded as one baseline JPEG of ``(k*S, S, 3)`` (tiles stacked
-vertically), so decoding ``k`` tiles is one libjpeg-turbo call. With S a multiple of 16, JPEG's
-8x8 blocks and 16x16 chroma MCUs never straddle two tiles, so a tile decodes exactly as if it had
-been encoded alone. Measured on this project's machine: ~7 KB per 224 px tile at quality 90 and
-~4,000 tiles/s decode per core, against ~50 KB and ~11,000 tiles/s for lossless zstd
-(``BENCHMARKS.md``). Importing this module registers the codec with zarr.
+vertically), so decoding ``k`` tiles is one libjpeg-turbo call. The default keeps full chroma
+(4:4:4): with S a multiple of 8, JPEG blocks never straddle two tiles, so a tile decodes exactly
+as if it had been encoded alone (4:2:0 is smaller and faster, but the decoder's chroma
+upsampling then blends one pixel row across tile borders). Figures in ``BENCHMARKS.md``. Importing this module registers the codec with zarr.
 """
 
 from __future__ import annotations
@@ -33,16 +32,21 @@ class JpegTilesCodec(ArrayBytesCodec):
 
     is_fixed_size = False
     quality: int = 90
+    subsampling: str = "444"
 
-    def __init__(self, *, quality: int = 90) -> None:
+    def __init__(self, *, quality: int = 90, subsampling: str = "444") -> None:
+        if subsampling not in ("444", "422", "420"):
+            raise ValueError(f"JPEG chroma subsampling must be 444, 422 or 420, not {subsampling!r}")
         object.__setattr__(self, "quality", int(quality))
+        object.__setattr__(self, "subsampling", str(subsampling))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JpegTilesCodec:
         return cls(**(data.get("configuration") or {}))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": JPEG_CODEC_NAME, "configuration": {"quality": self.quality}}
+        return {"name": JPEG_CODEC_NAME,
+                "configuration": {"quality": self.quality, "subsampling": self.subsampling}}
 
     def validate(self, *, shape: tuple[int, ...], dtype: Any, chunk_grid: Any) -> None:
         chunk = getattr(chunk_grid, "chunk_shape", None)
@@ -60,7 +64,8 @@ class JpegTilesCodec(ArrayBytesCodec):
     def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
         k, s, w, c = chunk_spec.shape
         tiles = np.ascontiguousarray(chunk_array.as_ndarray_like(), dtype=np.uint8)
-        data = imagecodecs.jpeg8_encode(tiles.reshape(k * s, w, c), level=self.quality)
+        data = imagecodecs.jpeg8_encode(tiles.reshape(k * s, w, c), level=self.quality,
+                                        subsampling=self.subsampling)
         return chunk_spec.prototype.buffer.from_bytes(data)
 
     async def _encode_single(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
@@ -73,12 +78,12 @@ class JpegTilesCodec(ArrayBytesCodec):
 register_codec(JPEG_CODEC_NAME, JpegTilesCodec)
 
 
-def tile_codecs(codec: str, quality: int = 90) -> list[Any]:
+def tile_codecs(codec: str, quality: int = 90, subsampling: str = "444") -> list[Any]:
     """The inner codec chain for a tile chunk: ``"jpeg"`` (lossy) or ``"zstd"`` (lossless)."""
     from zarr.codecs import BytesCodec, ZstdCodec
 
     if codec == "jpeg":
-        return [JpegTilesCodec(quality=quality)]
+        return [JpegTilesCodec(quality=quality, subsampling=subsampling)]
     if codec == "zstd":
         return [BytesCodec(), ZstdCodec(level=1)]
     raise ValueError(f"unknown tile codec {codec!r}; choose 'jpeg' or 'zstd'")

@@ -58,6 +58,7 @@ class PatchStoreWriter:
         jpeg_quality: int = 90,
         tiles_per_chunk: int = 64,
         chunks_per_shard: int = 16,
+        jpeg_subsampling: str = "444",
     ) -> None:
         self.path = Path(path)
         self.n_tiles = int(n_tiles)
@@ -69,7 +70,7 @@ class PatchStoreWriter:
         self._ctx = atomic_path(self.path)
         self._tmp = self._ctx.__enter__()
         self._group = zarr.open_group(self._tmp, mode="w", zarr_format=3)
-        codecs = tile_codecs(codec, jpeg_quality)
+        codecs = tile_codecs(codec, jpeg_quality, jpeg_subsampling)
         s = self.tile_size
         self._tiles = self._group.create_array(
             "tiles", shape=(self.n_tiles, s, s, 3), dtype="uint8", chunks=(k, s, s, 3),
@@ -77,6 +78,7 @@ class PatchStoreWriter:
             fill_value=255,
         )
         self.attrs.update(codec=codec, jpeg_quality=jpeg_quality if codec == "jpeg" else None,
+                          jpeg_subsampling=jpeg_subsampling if codec == "jpeg" else None,
                           tiles_per_chunk=k, tiles_per_shard=self.shard)
         self._buf = np.empty((min(self.shard, max(self.n_tiles, 1)), s, s, 3), dtype=np.uint8)
         self._fill = 0  # tiles in the buffer
@@ -167,6 +169,7 @@ def write_patch_store(
     jpeg_quality: int = 90,
     tiles_per_chunk: int = 64,
     chunks_per_shard: int = 16,
+    jpeg_subsampling: str = "444",
 ) -> Path:
     """Write a whole patch store atomically (tiles: (N, S, S, 3) array or batches of them).
 
@@ -181,7 +184,8 @@ def write_patch_store(
     else:
         batches = tiles
         size = int(attrs["tile_size"])
-    writer = PatchStoreWriter(path, n, size, attrs, codec, jpeg_quality, tiles_per_chunk, chunks_per_shard)
+    writer = PatchStoreWriter(path, n, size, attrs, codec, jpeg_quality, tiles_per_chunk, chunks_per_shard,
+                              jpeg_subsampling)
     with writer:
         for batch in batches:
             writer.append(batch)

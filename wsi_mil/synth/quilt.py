@@ -28,15 +28,19 @@ def _dihedral(a: np.ndarray, d: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class CellTable:
-    """Which patch each cell shows: (ny, nx) candidate index and (ny, nx) flip/rotation code 0-7."""
+    """Which patch each cell shows: (ny, nx) candidate index, (ny, nx) flip/rotation code 0-7, and
+    (ny,) horizontal offset of each row of cells in cells (0-1): rows are staggered like bricks so that
+    the cross-fades do not line up into a grid."""
 
     patch: np.ndarray
     dihedral: np.ndarray
+    row_offset: np.ndarray
 
     @classmethod
     def draw(cls, rng: np.random.Generator, n_candidates: int, ny: int, nx: int) -> CellTable:
         return cls(patch=rng.integers(0, n_candidates, size=(ny, nx), dtype=np.int32),
-                   dihedral=rng.integers(0, 8, size=(ny, nx), dtype=np.int8))
+                   dihedral=rng.integers(0, 8, size=(ny, nx), dtype=np.int8),
+                   row_offset=rng.uniform(0.0, 1.0, size=ny))
 
 
 def _axis_cells(lo: float, hi: float, cell: float, overlap: float, n_cells: int) -> range:
@@ -74,7 +78,7 @@ class Quilt:
     def shape_for(width: int, height: int, mpp: float) -> tuple[int, int]:
         """(ny, nx) cells needed to cover a slide of ``width`` x ``height`` level-0 px."""
         cell = CELL_UM / mpp
-        return int(np.ceil(height / cell)) + 1, int(np.ceil(width / cell)) + 1
+        return int(np.ceil(height / cell)) + 1, int(np.ceil(width / cell)) + 2
 
     def render(self, image: np.ndarray, scale: float, downsample: float, x: int, y: int, w: int,
                h: int, rows: np.ndarray | None = None) -> np.ndarray:
@@ -101,14 +105,15 @@ class Quilt:
             r0, r1 = int(nzy[0]), int(nzy[-1]) + 1
             ext_y = i * cell - ov / 2
             v0 = int(np.floor((ys[r0] - ext_y) / downsample))
-            for j in _axis_cells(xs[0], xs[-1], cell, ov, nx):
-                wx = _axis_weight(xs, j, cell, ov)
+            xs_row = xs + self.table.row_offset[i] * cell
+            for j in _axis_cells(xs_row[0], xs_row[-1], cell, ov, nx):
+                wx = _axis_weight(xs_row, j, cell, ov)
                 nzx = np.flatnonzero(wx)
                 if nzx.size == 0:
                     continue
                 c0, c1 = int(nzx[0]), int(nzx[-1]) + 1
                 ext_x = j * cell - ov / 2
-                u0 = int(np.floor((xs[c0] - ext_x) / downsample))
+                u0 = int(np.floor((xs_row[c0] - ext_x) / downsample))
                 k = int(self.table.patch[i, j])
                 sx, sy = (int(round(c * scale)) for c in cand[k])
                 window = image[sy:sy + patch_k + 1, sx:sx + patch_k + 1]

@@ -5,11 +5,12 @@ process with OpenSlide. Colours are handled in optical density (OD) space with t
 haematoxylin / eosin / residual stain vectors:
 
 * ``od = -ln((rgb + 1) / 256)`` per channel, ``conc = od @ inv(M)``; back: ``rgb = 256 exp(-conc @ M) - 1``.
-* Normal texture: the sample's own stain concentrations.
+* Normal texture: the sample as scanned.
 * Lesion texture: the same tissue with hyperchromatic, enlarged and crowded nuclei (the haematoxylin of the
   nuclei is dilated, darkened and duplicated at an offset), a change a pathologist sees at 10-20x.
 * Per slide: the stain vectors are perturbed, each stain's amount is scaled, and a white balance tints the
-  glass, as different labs and scanners do (:class:`StainVariation`).
+  glass, as different labs and scanners do (:class:`StainVariation`); applied with per-channel look-up
+  tables, since re-staining is linear in OD.
 
 Only windows of the sample that are almost entirely tissue are used as texture patches
 (:func:`patch_candidates`); all sizes here are in sample pixels unless stated.
@@ -43,15 +44,15 @@ MIN_PATCH_TISSUE = 0.92
 class Sample:
     """The real H&E sample cut to the region that holds texture patches.
 
-    conc: (h, w, 3) float32 stain concentrations (H, E, residual) of the crop.
-    lesion_conc: (h, w, 3) float32, the same with lesion-like nuclei.
+    rgb: (h, w, 3) uint8 the crop as scanned.
+    lesion_rgb: (h, w, 3) uint8 the same tissue with lesion-like nuclei.
     candidates: (K, 2) int64 (x, y) top-left corners, in crop pixels, of windows of ``patch_px`` that are
     at least ``MIN_PATCH_TISSUE`` tissue.
     mpp: micrometres per sample pixel; patch_px: window edge in sample pixels.
     """
 
-    conc: np.ndarray
-    lesion_conc: np.ndarray
+    rgb: np.ndarray
+    lesion_rgb: np.ndarray
     candidates: np.ndarray
     mpp: float
     patch_px: int
@@ -95,9 +96,9 @@ def _read_sample_rgb(path: Path) -> tuple[np.ndarray, float]:
 
 
 def tissue_pixels(rgb: np.ndarray) -> np.ndarray:
-    """(h, w, 3) uint8 -> (h, w) bool: stained tissue (not glass, not the sample's green ink)."""
+    """(h, w, 3) uint8 -> (h, w) bool: stained tissue (OD sum > 0.25, not the sample's green ink)."""
     lut = -np.log((np.arange(256, dtype=np.float64) + 1.0) / 256.0).astype(np.float32)
-    od_sum = lut[rgb].sum(axis=-1)
+    od_sum = lut[rgb[..., 0]] + lut[rgb[..., 1]] + lut[rgb[..., 2]]
     r, g = rgb[..., 0].astype(np.int16), rgb[..., 1].astype(np.int16)
     return (od_sum > 0.25) & (g < r + 8)
 
@@ -143,18 +144,19 @@ def patch_candidates(tissue: np.ndarray, patch_px: int, min_tissue: float = MIN_
 def load_sample(path: str = str(SAMPLE_PATH)) -> Sample:
     """Read and prepare the texture sample (cached per process): crop, concentrations, candidates."""
     rgb, mpp = _read_sample_rgb(Path(path))
-    tissue = tissue_pixels(rgb)
     patch_px = int(np.ceil(PATCH_UM / mpp)) + 2
-    cand = patch_candidates(tissue, patch_px)
+    from PIL import Image
+
+    small = np.asarray(Image.fromarray(rgb).reduce(4))  # windows are found at 1/4 resolution
+    cand = patch_candidates(tissue_pixels(small), patch_px // 4, stride=2) * 4
     if len(cand) < 16:
         raise SlideError(f"{path}: too little tissue for texture patches ({len(cand)} windows)")
     x0, y0 = cand.min(axis=0)
     x1, y1 = cand.max(axis=0) + patch_px
-    crop = rgb[y0:y1, x0:x1]
-    conc = rgb_to_conc(crop)
-    lesion = lesion_concentrations(conc, mpp)
+    crop = np.ascontiguousarray(rgb[y0:y1, x0:x1])
+    lesion = conc_to_rgb(lesion_concentrations(rgb_to_conc(crop), mpp))
     cand = cand - np.array([x0, y0])
-    return Sample(conc=conc, lesion_conc=lesion, candidates=cand, mpp=mpp, patch_px=patch_px)
+    return Sample(rgb=crop, lesion_rgb=lesion, candidates=cand, mpp=mpp, patch_px=patch_px)
 
 
 @dataclass(frozen=True)
@@ -180,9 +182,31 @@ class StainVariation:
         white = np.clip(level + rng.normal(0.0, 3.0 * strength, size=3), 200.0, 255.0)
         return cls(stains=stains, amounts=amounts, white=white)
 
-    def apply(self, conc: np.ndarray) -> np.ndarray:
-        """(h, w, 3) float32 concentrations -> (h, w, 3) uint8 RGB as this slide shows them."""
-        return conc_to_rgb(conc * self.amounts.astype(np.float32), self.stains, self.white)
+    def channel_luts(self) -> np.ndarray:
+        """(3, 3, 256) float32 ``L[k, c, v]``: factor of input channel k at value v on output channel c.
+
+        OD is linear in the stains, so re-staining an image is an affine map of its OD,
+        ``od' = od @ A`` with ``A = inv(M) diag(amounts) M'``, and ``rgb'_c = (white_c + 1) prod_k L[k, c,
+        rgb_k] - 1``: nine table look-ups per pixel instead of a log, a matrix product and an exp.
+        """
+        a = np.linalg.inv(STAIN_MATRIX) @ np.diag(self.amounts) @ self.stains
+        od = -np.log((np.arange(256, dtype=np.float64) + 1.0) / 256.0)
+        return np.exp(-od[None, None, :] * a[:, :, None]).astype(np.float32)
+
+    def restain(self, rgb: np.ndarray) -> np.ndarray:
+        """(h, w, 3) uint8 RGB of the sample -> (h, w, 3) uint8 as this slide's lab and scanner show it."""
+        lut = self.channel_luts()
+        out = np.empty(rgb.shape, np.uint8)
+        planes = [rgb[..., k] for k in range(3)]
+        for c in range(3):
+            acc = lut[0, c][planes[0]]
+            acc *= lut[1, c][planes[1]]
+            acc *= lut[2, c][planes[2]]
+            acc *= np.float32(self.white[c] + 1.0)
+            acc -= 0.5  # -1 then +0.5 for rounding
+            np.clip(acc, 0.0, 255.0, out=acc)
+            out[..., c] = acc
+        return out
 
     @property
     def background(self) -> tuple[int, int, int]:
@@ -191,13 +215,18 @@ class StainVariation:
 
 
 def resample(rgb: np.ndarray, factor: float) -> np.ndarray:
-    """Resize (h, w, 3) uint8 by ``factor`` (>1 enlarges): box filter down, bicubic up."""
+    """Resize (h, w, 3) uint8 by ``factor`` (>1 enlarges): box filter down, bicubic up.
+
+    Factors within 1% of 1/n (n = 1, 2, 3, ...) use an exact n x n box reduction (fast; the texture is
+    then at most 1% off its nominal scale).
+    """
     from PIL import Image
 
+    n = round(1.0 / factor) if factor < 1.0 else 1
+    if n >= 1 and abs(n * factor - 1.0) < 0.01:
+        return rgb if n == 1 else np.asarray(Image.fromarray(rgb).reduce(n))
     h, w = rgb.shape[:2]
     nw, nh = max(1, int(round(w * factor))), max(1, int(round(h * factor)))
-    if (nw, nh) == (w, h):
-        return rgb
     method = Image.Resampling.BOX if factor < 1 else Image.Resampling.BICUBIC
     return np.asarray(Image.fromarray(rgb).resize((nw, nh), method))
 
@@ -218,8 +247,8 @@ class SlideTextures:
     def base(self, kind: str) -> np.ndarray:
         """(h, w, 3) uint8 stain-varied crop at the sample's resolution."""
         if kind not in self._base:
-            conc = self.sample.conc if kind == "normal" else self.sample.lesion_conc
-            self._base[kind] = self.stain.apply(conc)
+            src = self.sample.rgb if kind == "normal" else self.sample.lesion_rgb
+            self._base[kind] = self.stain.restain(src)
         return self._base[kind]
 
     def level_image(self, kind: str, scale: float) -> np.ndarray:

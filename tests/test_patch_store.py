@@ -1,0 +1,114 @@
+"""Patch stores: round trip, codecs, validation of incomplete and truncated stores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wsi_mil.errors import StoreError
+from wsi_mil.stores.patches import (
+    PatchStoreWriter, is_complete_patch_store, list_patch_stores, open_patch_store, write_patch_store,
+)
+
+ATTRS = dict(slide_id="s", target_mpp=0.5, mpp=0.5, tile_size_level0=32.0, tile_size=32)
+
+
+def _tiles(n: int, s: int = 32) -> np.ndarray:
+    """Smooth, distinct tiles (JPEG-friendly): tile i is a gradient offset by 3*i."""
+    yy, xx = np.mgrid[:s, :s]
+    base = np.stack([xx * 4, yy * 4, (xx + yy) * 2], -1)
+    return np.stack([(base + 3 * i) % 256 for i in range(n)]).astype(np.uint8)
+
+
+@pytest.mark.parametrize("codec", ["jpeg", "zstd"])
+def test_round_trip(tmp_path: Path, codec: str) -> None:
+    tiles = _tiles(150)
+    coords = np.stack([np.arange(150) * 32, np.zeros(150)], 1)
+    path = write_patch_store(tmp_path / "s.zarr", tiles, coords, np.linspace(0, 1, 150), np.eye(4), 8.0,
+                             ATTRS, codec=codec, tiles_per_chunk=16, chunks_per_shard=4)
+    store = open_patch_store(path)
+    assert store.n_tiles == 150 and store.tile_size == 32 and store.chunk_size == 16
+    assert store.chunk_ranges()[0] == (0, 16) and store.chunk_ranges()[-1] == (144, 150)
+    np.testing.assert_array_equal(store.coords, coords)
+    assert store.coords.dtype == np.int64
+    back = store.read_tiles(10, 40)
+    err = np.abs(back.astype(int) - tiles[10:40].astype(int))
+    assert err.max() == 0 if codec == "zstd" else err.mean() < 2.0
+    picked = store.read_tile_indices(np.array([149, 3]))
+    assert np.abs(picked.astype(int) - tiles[[149, 3]].astype(int)).mean() < 2.0
+    mask, ds = store.tissue_mask()
+    assert ds == 8.0 and mask.shape == (4, 4)
+    files = [p for p in path.rglob("*") if p.is_file()]
+    assert len(files) < 25, "sharding keeps a store to a handful of files"
+
+
+def test_jpeg_tiles_decode_independently(tmp_path: Path) -> None:
+    """A tile's pixels do not depend on its neighbours in the chunk (S multiple of 16)."""
+    rng = np.random.default_rng(1)
+    tiles = _tiles(4)
+    tiles[1] = rng.integers(0, 255, tiles[1].shape, dtype=np.uint8)
+    a = open_patch_store(write_patch_store(tmp_path / "a.zarr", tiles, np.zeros((4, 2)), np.ones(4),
+                                           np.ones((1, 1)), 1.0, ATTRS)).read_tiles()
+    tiles[1] = 0
+    b = open_patch_store(write_patch_store(tmp_path / "b.zarr", tiles, np.zeros((4, 2)), np.ones(4),
+                                           np.ones((1, 1)), 1.0, ATTRS)).read_tiles()
+    np.testing.assert_array_equal(a[[0, 2, 3]], b[[0, 2, 3]])
+
+
+def test_empty_store_is_valid(tmp_path: Path) -> None:
+    path = write_patch_store(tmp_path / "e.zarr", np.zeros((0, 32, 32, 3), np.uint8), np.zeros((0, 2)),
+                             np.zeros(0), np.zeros((3, 3)), 8.0, ATTRS)
+    store = open_patch_store(path)
+    assert store.n_tiles == 0 and store.chunk_ranges() == [] and store.read_tiles().shape == (0, 32, 32, 3)
+
+
+def test_streaming_writer_and_abort(tmp_path: Path) -> None:
+    tiles = _tiles(40)
+    with PatchStoreWriter(tmp_path / "w.zarr", 40, 32, ATTRS, tiles_per_chunk=8, chunks_per_shard=2) as w:
+        for i in range(0, 40, 7):
+            w.append(tiles[i:i + 7])
+        w.close(np.zeros((40, 2)), np.ones(40), np.ones((2, 2)), 4.0)
+    assert open_patch_store(tmp_path / "w.zarr").n_tiles == 40
+    with pytest.raises(RuntimeError):
+        with PatchStoreWriter(tmp_path / "x.zarr", 40, 32, ATTRS) as w:
+            w.append(tiles[:10])
+            raise RuntimeError("killed")
+    assert not (tmp_path / "x.zarr").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary removed"
+
+
+def test_wrong_tiles_are_refused(tmp_path: Path) -> None:
+    w = PatchStoreWriter(tmp_path / "w.zarr", 2, 32, ATTRS)
+    with pytest.raises(StoreError, match=r"w.zarr: tiles must be uint8"):
+        w.append(np.zeros((1, 16, 16, 3), np.uint8))
+    with pytest.raises(StoreError, match="more tiles"):
+        w.append(np.zeros((3, 32, 32, 3), np.uint8))
+    w.abort()
+
+
+def test_truncated_and_incomplete_stores_are_named(tmp_path: Path) -> None:
+    path = write_patch_store(tmp_path / "t.zarr", _tiles(20), np.zeros((20, 2)), np.ones(20), np.ones((2, 2)),
+                             1.0, ATTRS)
+    shard = next(p for p in (path / "tiles").rglob("*") if p.is_file() and p.name != "zarr.json")
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    with pytest.raises(StoreError, match=r"t.zarr: truncated patch store"):
+        open_patch_store(path)
+    assert not is_complete_patch_store(path)
+    shard.unlink()
+    with pytest.raises(StoreError, match=r"t.zarr: truncated patch store: .* is missing"):
+        open_patch_store(path)
+    with pytest.raises(StoreError, match="patch store not found"):
+        open_patch_store(tmp_path / "none.zarr")
+    (tmp_path / "junk.zarr").mkdir()
+    with pytest.raises(StoreError, match=r"junk.zarr: not a zarr v3 patch store"):
+        open_patch_store(tmp_path / "junk.zarr")
+
+
+def test_list_patch_stores(tmp_path: Path) -> None:
+    (tmp_path / "patches" / "b.zarr").mkdir(parents=True)
+    (tmp_path / "patches" / "a.zarr").mkdir()
+    (tmp_path / "patches" / ".a.zarr.tmp-1-x").mkdir()
+    assert [p.name for p in list_patch_stores(tmp_path)] == ["a.zarr", "b.zarr"]

@@ -1,0 +1,93 @@
+"""Tissue detection and the exact-scale tile grid (pure functions)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wsi_mil.config import TissueConfig
+from wsi_mil.slide import open_slide
+from wsi_mil.tiling import make_tile_grid, tissue_fractions
+from wsi_mil.tissue import detect_tissue, pen_mask
+
+
+def _synthetic_thumbnail() -> np.ndarray:
+    """White glass, a pink/purple tissue disc, a green and a blue pen stroke, a black blob."""
+    rng = np.random.default_rng(0)
+    img = np.full((200, 300, 3), 245, dtype=np.uint8)
+    yy, xx = np.mgrid[:200, :300]
+    disc = (yy - 100) ** 2 + (xx - 100) ** 2 < 60**2
+    tissue = np.stack([200 + rng.integers(-20, 20, disc.shape), 120 + rng.integers(-20, 20, disc.shape),
+                       180 + rng.integers(-20, 20, disc.shape)], -1).astype(np.uint8)
+    img[disc] = tissue[disc]
+    img[20:30, 180:290] = (40, 160, 60)  # green pen
+    img[170:180, 180:290] = (30, 40, 200)  # blue pen
+    img[90:110, 240:260] = (15, 15, 15)  # black ink
+    return img
+
+
+def test_detects_tissue_and_removes_pen_and_background() -> None:
+    img = _synthetic_thumbnail()
+    mask = detect_tissue(img, mpp=8.0, config=TissueConfig(min_tissue_area_um2=1000))
+    yy, xx = np.mgrid[:200, :300]
+    disc = (yy - 100) ** 2 + (xx - 100) ** 2 < 55**2
+    assert mask[disc].mean() > 0.97
+    assert not mask[:, 170:].any(), "pen marks and ink must not be tissue"
+    assert not mask[:5, :5].any()
+
+
+def test_pen_mask_spares_he_colours() -> None:
+    he = np.array([[[200, 120, 180], [110, 60, 150], [70, 40, 110], [230, 170, 200]]], dtype=np.uint8)
+    assert not pen_mask(he).any()
+    ink = np.array([[[40, 160, 60], [30, 40, 200], [15, 15, 15]]], dtype=np.uint8)
+    assert pen_mask(ink).all()
+
+
+def test_blank_image_has_no_tissue() -> None:
+    assert not detect_tissue(np.full((50, 50, 3), 250, np.uint8), mpp=8.0).any()
+
+
+def test_real_slide_mask_covers_the_tissue(cmu_slide: Path) -> None:
+    with open_slide(cmu_slide) as s:
+        img, ds = s.read_at_mpp(8.0)
+    mask = detect_tissue(img, ds * 0.499)
+    gray = img.mean(axis=2)
+    assert 0.2 < mask.mean() < 0.5
+    assert gray[mask].mean() < gray[~mask].mean() - 30
+
+
+def test_grid_is_exact_in_micrometres() -> None:
+    mask = np.ones((100, 100), dtype=bool)
+    grid = make_tile_grid((10000, 8000), mpp=0.25, target_mpp=0.5, tile_size=224, stride=224,
+                          mask=mask, mask_downsample=100.0, min_tissue_fraction=0.5)
+    assert grid.tile_size_level0 == pytest.approx(448.0)
+    assert grid.grid_shape == (8000 // 448, 10000 // 448)
+    assert (grid.coords[:, 0] + 448 <= 10000).all() and (grid.coords[:, 1] + 448 <= 8000).all()
+    # non-integer level-0 tile size: positions are rounded, never drift
+    g2 = make_tile_grid((5000, 5000), mpp=0.499, target_mpp=0.5, tile_size=224, stride=224,
+                        mask=np.ones((10, 10), bool), mask_downsample=500.0, min_tissue_fraction=0.1)
+    xs = np.unique(g2.coords[:, 0])
+    assert np.allclose(xs, np.round(np.arange(len(xs)) * 224 * 0.5 / 0.499))
+
+
+def test_grid_keeps_only_tissue_tiles() -> None:
+    mask = np.zeros((40, 40), dtype=bool)
+    mask[:, :20] = True  # left half is tissue; mask at 10x downsample of 400x400 px
+    grid = make_tile_grid((400, 400), mpp=1.0, target_mpp=1.0, tile_size=100, stride=100,
+                          mask=mask, mask_downsample=10.0, min_tissue_fraction=0.5)
+    assert sorted(set(grid.coords[:, 0].tolist())) == [0, 100]
+    assert len(grid.coords) == 8 and np.allclose(grid.tissue_fraction, 1.0)
+
+
+def test_tissue_fraction_partial() -> None:
+    mask = np.zeros((10, 10), dtype=bool)
+    mask[:, :5] = True
+    frac = tissue_fractions(mask, 1.0, np.array([[0, 0], [3, 0], [5, 0]]), 4.0)
+    assert np.allclose(frac, [1.0, 0.5, 0.0])
+
+
+def test_slide_smaller_than_a_tile_has_no_tiles() -> None:
+    grid = make_tile_grid((16, 16), 0.5, 0.5, 224, 224, np.ones((2, 2), bool), 8.0, 0.1)
+    assert grid.coords.shape == (0, 2)

@@ -1,0 +1,29 @@
+"""``wsi-mil predict``: a model run + feature files -> slide probabilities and per-tile scores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from wsi_mil.cli._app import app
+from wsi_mil.cli.common import console
+
+
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="model run folder written by 'wsi-mil train'")],
+    features_dir: Annotated[Path, typer.Argument(help="folder of feature files from the run's encoder")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="slide predictions CSV; tile scores go to OUT.tiles/")],
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    quiet: Annotated[bool, typer.Option(help="print the summary only")] = False,
+) -> None:
+    """Predict every slide with the run's final model; write OUT.csv and OUT.tiles/{slide_id}.csv."""
+    from wsi_mil.mil.stages import predict_stage
+
+    log = (lambda s: None) if quiet else (lambda s: console.print(s, markup=False, highlight=False))
+    summary = predict_stage(run, features_dir, out, device=device, log=log)
+    console.print(f"[bold]predict[/bold]: {summary.n_slides} slides -> {summary.out_csv}; tiles: {summary.tiles_dir}")
+    for w in summary.warnings:
+        console.print(f"warning: {w}", markup=False)

@@ -1,0 +1,53 @@
+"""``wsi-mil train``: feature files + slide labels -> cross-validated MIL head (a model run folder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from wsi_mil.cli._app import app
+from wsi_mil.cli.common import console
+
+
+@app.command()
+def train(
+    features_dir: Annotated[Path, typer.Argument(help="folder of feature files (JOB/features/{encoder_id})")],
+    labels: Annotated[Path, typer.Option("--labels", "-l", help="labels CSV: slide_id,label[,case_id][,split]")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="run folder to write (e.g. models/chowder-1)")],
+    head: Annotated[Optional[str], typer.Option(help="weldon, chowder, mean, max, attention [default chowder]")] = None,
+    folds: Annotated[Optional[int], typer.Option(help="cross-validation folds K [default 5]")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML file (whole study or its 'train' section)")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda [default auto]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="random seed [default 0]")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="override, e.g. --set head_options.r=10 --set tiles_per_bag=null")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing run folder")] = False,
+    quiet: Annotated[bool, typer.Option(help="print the summary only")] = False,
+) -> None:
+    """Cross-validate a MIL head (grouped by case_id), then train the final model on all training slides."""
+    from wsi_mil.config import build_config, load_yaml
+    from wsi_mil.mil.config import TrainConfig
+    from wsi_mil.mil.stages import train_stage
+
+    section = "train" if config is not None and "train" in load_yaml(config) else None
+    cfg = build_config(TrainConfig, config, set_, section=section,
+                       cli=dict(head=head, folds=folds, device=device, seed=seed))
+    log = (lambda s: None) if quiet else (lambda s: console.print(s, markup=False, highlight=False))
+    summary = train_stage(features_dir, labels, out, cfg, log=log, overwrite=overwrite)
+    oof = summary.metrics["out_of_fold"]
+    m, ci = oof["metrics"], oof["ci"] or {}
+    parts = []
+    for k in ("auc", "accuracy", "balanced_accuracy"):
+        v = m.get(k)
+        band = ci.get(k)
+        parts.append(f"{k} {'n/a' if v is None else f'{v:.3f}'}"
+                     + (f" [{band[0]:.3f}, {band[1]:.3f}]" if band else ""))
+    console.print(f"[bold]train[/bold] {cfg.head}: out-of-fold ({oof['n_slides']} slides) " + ", ".join(parts))
+    if "test" in summary.metrics:
+        t = summary.metrics["test"]["metrics"]["auc"]
+        console.print(f"test split ({summary.metrics['test']['n_slides']} slides): auc {'n/a' if t is None else f'{t:.3f}'}")
+    for w in summary.warnings:
+        console.print(f"warning: {w}", markup=False)
+    console.print(f"run: {summary.run_dir}")

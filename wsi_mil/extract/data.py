@@ -1,0 +1,138 @@
+"""Tile loading for extraction: whole storage chunks of patch stores through a DataLoader.
+
+Each dataset item is a run of consecutive storage chunks of one store, ``[start, stop)`` with
+at most ``batch_size`` tiles (never less than one chunk), decoded in a worker process into one
+``(n, S, S, 3) uint8`` tensor. Items follow the slides' order and, within a slide, the row order
+of the store, and the DataLoader returns them in that order, so features come out in store order.
+Decoding stays on uint8 in the workers; conversion, resizing and normalisation happen on the
+device (:mod:`wsi_mil.extract.engine`).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+@dataclass(frozen=True)
+class TileRange:
+    """Tiles ``[start, stop)`` of slide number ``slide`` (an index into the run's slide list)."""
+
+    slide: int
+    path: str
+    start: int
+    stop: int
+
+
+@dataclass
+class TileBatch:
+    """What a worker hands back: the tiles of one :class:`TileRange`, or why they failed.
+
+    ``tiles``: (n, S, S, 3) uint8 (pinned when the loader pins memory); ``error``: one line.
+    """
+
+    slide: int
+    start: int
+    stop: int
+    tiles: torch.Tensor | None
+    error: str = ""
+
+    def pin_memory(self) -> TileBatch:
+        """Called by the DataLoader's pinning thread (custom batch types must pin themselves)."""
+        if self.tiles is not None:
+            self.tiles = self.tiles.pin_memory()
+        return self
+
+
+def plan_ranges(slide: int, path: str | Path, chunk_ranges: Sequence[tuple[int, int]], batch_size: int) -> list[TileRange]:
+    """Group consecutive storage chunks into reads of at most ``batch_size`` tiles (>= 1 chunk)."""
+    out: list[TileRange] = []
+    start = stop = None
+    for a, b in chunk_ranges:
+        if start is None:
+            start, stop = a, b
+        elif b - start <= batch_size and a == stop:
+            stop = b
+        else:
+            out.append(TileRange(slide, str(path), start, stop))
+            start, stop = a, b
+    if start is not None:
+        out.append(TileRange(slide, str(path), start, stop))
+    return out
+
+
+class TileRangeDataset(Dataset):
+    """Reads :class:`TileRange` items; each worker keeps its opened stores (one per path)."""
+
+    def __init__(self, ranges: Sequence[TileRange]) -> None:
+        self.ranges = list(ranges)
+        self._stores: dict[str, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.ranges)
+
+    def _store(self, path: str) -> Any:
+        store = self._stores.get(path)
+        if store is None:
+            from wsi_mil.stores.patches import open_patch_store
+
+            self._stores.clear()  # stores are read one after the other: keep one open
+            store = self._stores[path] = open_patch_store(path)
+        return store
+
+    def __getitem__(self, i: int) -> TileBatch:
+        r = self.ranges[i]
+        try:
+            tiles = self._store(r.path).read_tiles(r.start, r.stop)
+            if tiles.shape[0] != r.stop - r.start:
+                raise ValueError(f"{r.path}: read {tiles.shape[0]} tiles for rows {r.start}-{r.stop}")
+            return TileBatch(r.slide, r.start, r.stop, torch.from_numpy(tiles))
+        except Exception as exc:  # a damaged store fails its slide, never the run
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+            return TileBatch(r.slide, r.start, r.stop, None, reason)
+
+
+def _identity(item: TileBatch) -> TileBatch:
+    return item
+
+
+def default_num_workers(device: torch.device) -> int:
+    """Loader processes: all cores but one feeding a GPU; one beside a CPU model."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        cores = os.cpu_count() or 1
+    if device.type == "cuda":
+        per_gpu = max(1, (cores - 1) // max(1, torch.cuda.device_count()))
+        return per_gpu
+    return 1 if cores > 2 else 0
+
+
+def make_loader(ranges: Sequence[TileRange], device: torch.device, num_workers: int | None = None,
+                prefetch: int = 2) -> DataLoader:
+    """A DataLoader over ``ranges`` in order: ``num_workers`` processes, pinned memory on CUDA.
+
+    Inside a daemonic process (a Dask worker), which may not start children, it reads in-process.
+    """
+    workers = default_num_workers(device) if num_workers is None else max(0, int(num_workers))
+    if multiprocessing.current_process().daemon:
+        workers = 0
+    kwargs: dict[str, Any] = {}
+    if workers > 0:
+        kwargs.update(prefetch_factor=prefetch, persistent_workers=False)
+    return DataLoader(
+        TileRangeDataset(ranges),
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_identity,
+        pin_memory=device.type == "cuda",
+        **kwargs,
+    )

@@ -1,0 +1,152 @@
+"""Batched inference on the device: uint8 tiles in, feature rows out, in order.
+
+On the device, a batch of tiles ``(n, S, S, 3) uint8`` is viewed as NCHW (which is already the
+channels_last memory layout), converted to float, resized to the model's input size when S
+differs (antialiased), and normalised with the data config's mean and std in one fused
+multiply-add. The model runs under ``torch.inference_mode``, with bf16 (or fp16) autocast on
+CUDA and fp32 on the CPU by default, optionally compiled with ``torch.compile``. A CUDA
+out-of-memory error halves the batch size and retries the same tiles.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wsi_mil.errors import WsiMilError
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` on CUDA (``fp16`` if the GPU lacks bf16), ``fp32`` elsewhere."""
+    if precision not in PRECISIONS:
+        raise WsiMilError(f"precision '{precision}': choose one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def _interp_mode(name: str) -> str:
+    return {"bicubic": "bicubic", "bilinear": "bilinear", "nearest": "nearest"}.get(str(name), "bilinear")
+
+
+class InferenceEngine:
+    """Runs an encoder over uint8 tiles on one device.
+
+    ``data_config``: ``input_size`` [3, H, W], ``mean``, ``std`` (on [0, 1] pixels),
+    ``interpolation``. ``batch_size``: tiles per forward pass (halved on CUDA OOM, kept lower
+    afterwards). ``out_dtype``: dtype of the returned features (float32 or float16).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data_config: Mapping[str, Any],
+        device: str | torch.device = "cpu",
+        batch_size: int = 256,
+        precision: str = "auto",
+        compile: bool = False,
+        out_dtype: torch.dtype = torch.float32,
+        channels_last: bool = True,
+    ) -> None:
+        if int(batch_size) < 1:
+            raise WsiMilError(f"batch size {batch_size}: must be >= 1")
+        self.device = torch.device(device)
+        self.batch_size = int(batch_size)
+        self.precision = resolve_precision(precision, self.device)
+        self.out_dtype = out_dtype
+        self.channels_last = channels_last
+        _, h, w = (int(v) for v in data_config["input_size"])
+        self.input_hw = (h, w)
+        self.interpolation = _interp_mode(data_config.get("interpolation", "bilinear"))
+        std = torch.tensor([float(s) for s in data_config["std"]], dtype=torch.float32)
+        mean = torch.tensor([float(m) for m in data_config["mean"]], dtype=torch.float32)
+        # x01 = x / 255; (x01 - mean) / std == x * scale + shift
+        self._scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1).to(self.device)
+        self._shift = (-mean / std).view(1, 3, 1, 1).to(self.device)
+        model = model.eval().to(self.device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model: nn.Module = model
+        self.compiled = bool(compile)
+        self._forward: Any = torch.compile(model) if compile else model
+        self.oom_retries = 0
+
+    # -- preprocessing -------------------------------------------------------------------
+    def preprocess(self, tiles: torch.Tensor) -> torch.Tensor:
+        """(n, S, S, 3) uint8 on the device -> (n, 3, H, W) float32 normalised, channels_last."""
+        x = tiles.permute(0, 3, 1, 2).float()
+        if tuple(x.shape[-2:]) != self.input_hw:
+            down = x.shape[-2] > self.input_hw[0] or x.shape[-1] > self.input_hw[1]
+            kwargs = {"antialias": down} if self.interpolation in ("bilinear", "bicubic") else {}
+            x = F.interpolate(x, size=self.input_hw, mode=self.interpolation, **kwargs)
+        x = torch.addcmul(self._shift, x, self._scale)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _run(self, tiles: torch.Tensor) -> torch.Tensor:
+        n = tiles.shape[0]
+        if self.compiled and n < self.batch_size:
+            # a constant batch shape avoids recompiling for every slide's last batch
+            pad = tiles.new_zeros((self.batch_size - n, *tiles.shape[1:]))
+            tiles = torch.cat([tiles, pad])
+        x = self.preprocess(tiles)
+        if self.precision in _AUTOCAST:
+            with torch.autocast(self.device.type, dtype=_AUTOCAST[self.precision]):
+                y = self._forward(x)
+        else:
+            y = self._forward(x)
+        if y.ndim != 2:
+            raise WsiMilError(f"the encoder returned shape {tuple(y.shape)}; expected (batch, features): "
+                              "build it with num_classes=0")
+        return y[:n].to(self.out_dtype)
+
+    # -- public --------------------------------------------------------------------------
+    @torch.inference_mode()
+    def embed(self, tiles: torch.Tensor) -> torch.Tensor:
+        """Features of ``tiles`` (n, S, S, 3) uint8 (host or device) -> (n, D) on the device.
+
+        The host-to-device copy is non-blocking (pinned host memory makes it asynchronous).
+        On ``torch.cuda.OutOfMemoryError`` the batch size is halved and the same rows retried;
+        at batch size 1 the error is raised.
+        """
+        tiles = tiles.to(self.device, non_blocking=True)
+        out = []
+        i = 0
+        n = tiles.shape[0]
+        while i < n:
+            j = min(n, i + self.batch_size)
+            try:
+                out.append(self._run(tiles[i:j]))
+            except torch.cuda.OutOfMemoryError:
+                if self.batch_size == 1:
+                    raise
+                self.batch_size = max(1, self.batch_size // 2)
+                self.oom_retries += 1
+                log.warning("CUDA out of memory: batch size lowered to %d", self.batch_size)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            i = j
+        if not out:
+            dim = self.embed_dim_probe()
+            return torch.empty((0, dim), dtype=self.out_dtype, device=self.device)
+        return out[0] if len(out) == 1 else torch.cat(out)
+
+    def embed_dim_probe(self) -> int:
+        """Feature width, from one forward pass of a blank tile (used for empty inputs)."""
+        h, w = self.input_hw
+        with torch.inference_mode():
+            return int(self.model(torch.zeros(1, 3, h, w, device=self.device)).shape[1])

@@ -1,0 +1,340 @@
+"""``extract_features``: every patch store of a job -> one HDF5 feature file per slide.
+
+Resumable: a slide whose ``features/{encoder_id}/{slide_id}.h5`` is complete, made by the same
+encoder and from the same patch store (content fingerprint) is skipped. Every slide ends as a
+:class:`~wsi_mil.runrecord.SlideStatus` in ``JOB/status/extract-{encoder_id}.csv``.
+
+Where it runs: one device runs in this process (no Dask). Several devices run one process per
+device, slides spread across them by tile count. ``scheduler`` sends one task per slide to an
+existing Dask cluster (its workers use their own GPU, or the CPU).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from wsi_mil.atomic import remove_stale_temporaries
+from wsi_mil.config import config_to_dict
+from wsi_mil.encoders import Encoder, create_encoder
+from wsi_mil.errors import EncoderError, StoreError, WsiMilError
+from wsi_mil.extract.config import ExtractConfig
+from wsi_mil.extract.engine import InferenceEngine
+from wsi_mil.extract.runner import SlideJob, _one_line, run_slides
+from wsi_mil.runrecord import FAILED, SKIPPED, RunRecord, SlideStatus, status_path
+from wsi_mil.stores.common import feature_file_path, features_dir, file_fingerprint, slide_id_of
+from wsi_mil.stores.features import read_feature_attrs
+from wsi_mil.stores.patches import list_patch_stores, open_patch_store
+
+#: patch-store attributes copied into every feature file
+STORE_ATTRS = ("slide_path", "slide_hash", "mpp", "mpp_source", "target_mpp", "tile_size", "tile_size_um",
+               "tile_size_level0", "stride", "read_level", "level0_width", "level0_height", "vendor")
+
+
+@dataclass
+class ExtractReport:
+    """What :func:`extract_features` did: one status per store in slide-id order, and where."""
+
+    statuses: list[SlideStatus]
+    encoder_id: str
+    features_dir: Path
+    record_path: Path
+
+    @property
+    def failed(self) -> list[SlideStatus]:
+        return [s for s in self.statuses if s.status == FAILED]
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What rebuilds an encoder in another process: ``create_encoder(arch, weights)``."""
+
+    arch: str | None
+    weights: str
+
+    def build(self) -> Encoder:
+        return create_encoder(self.arch, self.weights)
+
+
+def stage_name(encoder_id: str) -> str:
+    """The run-record name of an extraction: ``extract-{encoder_id}``."""
+    return f"extract-{encoder_id}"
+
+
+def resolve_devices(device: str) -> list[torch.device]:
+    """``auto``/``cuda``/``cuda:0,cuda:1``/``cpu`` -> the devices to run on (one process each)."""
+    text = device.strip().lower()
+    if text == "auto":
+        text = "cuda" if torch.cuda.is_available() else "cpu"
+    if text == "cuda":
+        if not torch.cuda.is_available():
+            raise WsiMilError("--device cuda: no CUDA GPU is visible (check CUDA_VISIBLE_DEVICES and the "
+                              "driver), or use --device cpu")
+        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            dev = torch.device(part)
+        except RuntimeError as exc:
+            raise WsiMilError(f"--device '{device}': '{part}' is not a device (use cpu, cuda, cuda:N)") from exc
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                raise WsiMilError(f"--device '{device}': no CUDA GPU is visible; use --device cpu")
+            if dev.index is not None and dev.index >= torch.cuda.device_count():
+                raise WsiMilError(f"--device '{device}': only {torch.cuda.device_count()} GPU(s) are visible")
+        elif dev.type != "cpu":
+            raise WsiMilError(f"--device '{device}': '{part}' is not supported (use cpu, cuda, cuda:N)")
+        out.append(dev)
+    if not out:
+        raise WsiMilError(f"--device '{device}': no device given")
+    return out
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    return torch.float16 if name == "float16" else torch.float32
+
+
+def make_engine(encoder: Encoder, device: torch.device, cfg: ExtractConfig) -> InferenceEngine:
+    """An :class:`InferenceEngine` for ``encoder`` on ``device`` configured by ``cfg``."""
+    return InferenceEngine(
+        encoder.model, encoder.data_config, device=device, batch_size=cfg.batch_size,
+        precision=cfg.precision, compile=cfg.compile, out_dtype=_torch_dtype(cfg.features_dtype),
+        channels_last=cfg.channels_last,
+    )
+
+
+def prepare_slide(store_path: Path, out_path: Path, encoder_id: str, overwrite: bool = False) -> SlideJob | SlideStatus:
+    """Open and check one store; a status when it fails or its valid output exists, else a job."""
+    t0 = time.perf_counter()
+    slide_id = slide_id_of(store_path)
+    try:
+        store = open_patch_store(store_path)
+        fingerprint = file_fingerprint(store_path)
+    except (StoreError, OSError) as exc:
+        return SlideStatus(slide_id, str(store_path), FAILED, reason=_one_line(exc), seconds=time.perf_counter() - t0)
+    if not overwrite and out_path.exists():
+        try:
+            attrs = read_feature_attrs(out_path)
+        except StoreError:
+            attrs = {}
+        if (attrs.get("encoder_id") == encoder_id and attrs.get("patch_store_hash") == fingerprint
+                and int(attrs.get("n_tiles", -1)) == store.n_tiles):
+            return SlideStatus(slide_id, str(store_path), SKIPPED, n_tiles=store.n_tiles,
+                               seconds=time.perf_counter() - t0)
+    attrs = {k: store.attrs[k] for k in STORE_ATTRS if k in store.attrs}
+    attrs.update(patch_store=str(Path(store_path).resolve()), patch_store_hash=fingerprint,
+                 tiling_config=store.attrs.get("config", {}))
+    return SlideJob(
+        slide_id=store.slide_id if store.slide_id else slide_id,
+        store_path=str(store_path),
+        out_path=str(out_path),
+        n_tiles=store.n_tiles,
+        coords=store.coords,
+        chunk_ranges=store.chunk_ranges(),
+        attrs=attrs,
+    )
+
+
+def _balance(jobs: Sequence[SlideJob], n: int) -> list[list[SlideJob]]:
+    """Spread slides over ``n`` devices: largest first onto the least-loaded device."""
+    loads = [0] * n
+    parts: list[list[SlideJob]] = [[] for _ in range(n)]
+    for job in sorted(jobs, key=lambda j: -j.n_tiles):
+        k = loads.index(min(loads))
+        parts[k].append(job)
+        loads[k] += job.n_tiles + 64  # a per-slide cost even for tiny slides
+    return parts
+
+
+def extract_features(
+    job: str | Path,
+    encoder: str | None | Encoder = None,
+    weights: str | Path | None = None,
+    cfg: ExtractConfig | None = None,
+    scheduler: str | None = None,
+    overwrite: bool = False,
+    slides: Sequence[str] | None = None,
+    on_done: Callable[[SlideStatus], None] | None = None,
+    progress: bool = False,
+) -> ExtractReport:
+    """Embed every complete patch store of ``job`` (or the ``slides`` named) with one encoder.
+
+    ``encoder``/``weights``: as :func:`~wsi_mil.encoders.create_encoder` (``encoder`` may also
+    be a ready :class:`Encoder`, then this process runs everything). Returns the report: one
+    status per store in slide-id order; the run record is ``JOB/status/extract-{encoder_id}.csv``.
+    """
+    cfg = cfg or ExtractConfig()
+    job = Path(job)
+    if isinstance(encoder, Encoder):
+        enc, spec = encoder, None
+    else:
+        if weights is None:
+            raise EncoderError("give --weights: a weights file, an encoder folder, 'timm' or 'random'")
+        spec = EncoderSpec(encoder, str(weights))
+        enc = spec.build()
+    stores = list_patch_stores(job)
+    if slides is not None:
+        wanted = set(slides)
+        stores = [p for p in stores if slide_id_of(p) in wanted]
+        unknown = wanted - {slide_id_of(p) for p in stores}
+        if unknown:
+            raise StoreError(f"{job / 'patches'}: no patch store for slide(s) {', '.join(sorted(unknown))}")
+    if not stores:
+        raise StoreError(f"{job / 'patches'}: no patch stores; run 'wsi-mil tile' first")
+    out_dir = features_dir(job, enc.encoder_id)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
+    record = RunRecord(status_path(job, stage_name(enc.encoder_id)))
+    bar = Progress(TextColumn("[bold]extract"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"),
+                   TimeElapsedColumn(), disable=not progress)
+    task = bar.add_task("extract", total=len(stores), last="")
+
+    def done(st: SlideStatus) -> None:
+        record.record(st)
+        bar.update(task, advance=1, last=f"{st.slide_id}: {st.status}")
+        if on_done is not None:
+            on_done(st)
+
+    jobs: list[SlideJob] = []
+    statuses: list[SlideStatus] = []
+    for p in stores:
+        item = prepare_slide(p, feature_file_path(job, enc.encoder_id, slide_id_of(p)), enc.encoder_id, overwrite)
+        if isinstance(item, SlideStatus):
+            done(item)
+            statuses.append(item)
+        else:
+            jobs.append(item)
+    extra = {"extract_config": config_to_dict(cfg)}
+    with bar:
+        statuses += _dispatch(enc, spec, jobs, cfg, extra, done, scheduler, progress)
+    return ExtractReport(sorted(statuses, key=lambda s: s.slide_id), enc.encoder_id, out_dir, record.path)
+
+
+def _dispatch(enc: Encoder, spec: EncoderSpec | None, jobs: list[SlideJob], cfg: ExtractConfig,
+              extra: dict[str, Any], done: Callable[[SlideStatus], None], scheduler: str | None,
+              progress: bool) -> list[SlideStatus]:
+    """Run ``jobs`` here (one device), in one process per device, or on a Dask cluster."""
+    statuses: list[SlideStatus] = []
+    if jobs:
+        if scheduler:
+            if spec is None:
+                raise WsiMilError("a Dask scheduler needs an encoder spec (arch + weights), not a built Encoder")
+            statuses += _run_dask(scheduler, spec, enc.encoder_id, jobs, cfg, extra, done, False)
+        else:
+            devices = resolve_devices(cfg.device)
+            if len(devices) == 1 or spec is None:
+                engine = make_engine(enc, devices[0], cfg)
+                statuses += run_slides(engine, jobs, enc.attrs(), enc.embed_dim, done, cfg.num_workers, extra)
+            else:
+                statuses += _run_processes(devices, spec, enc.encoder_id, jobs, cfg, extra, done)
+    return statuses
+
+
+# -- several devices: one process each -------------------------------------------------------
+def _device_main(device: str, spec: EncoderSpec, encoder_id: str, jobs: list[SlideJob], cfg: ExtractConfig,
+                 extra: dict[str, Any], queue: Any) -> None:
+    """Entry point of one device process: embeds its slides, reports each status on ``queue``."""
+    try:
+        dev = torch.device(device)
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        enc = spec.build()
+        if enc.encoder_id != encoder_id:
+            raise EncoderError(f"{spec.weights}: the weights changed during the run "
+                               f"(encoder id {enc.encoder_id}, expected {encoder_id})")
+        engine = make_engine(enc, dev, cfg)
+        run_slides(engine, jobs, enc.attrs(), enc.embed_dim, queue.put, cfg.num_workers, extra)
+    except Exception as exc:  # report, the parent fails this process's remaining slides
+        queue.put(("error", _one_line(exc)))
+    queue.put(("exit", device))
+
+
+def _run_processes(devices: Sequence[torch.device], spec: EncoderSpec, encoder_id: str, jobs: list[SlideJob],
+                   cfg: ExtractConfig, extra: dict[str, Any], done: Callable[[SlideStatus], None]) -> list[SlideStatus]:
+    """One spawned process per device; statuses are recorded here as they arrive."""
+    import multiprocessing as mp
+    import queue as queue_mod
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    parts = _balance(jobs, len(devices))
+    procs = []
+    for dev, part in zip(devices, parts):
+        if part:
+            proc = ctx.Process(target=_device_main, args=(str(dev), spec, encoder_id, part, cfg, extra, q),
+                               name=f"wsi_mil-extract-{dev}")
+            proc.start()
+            procs.append((proc, part))
+    seen: dict[str, SlideStatus] = {}
+    errors: list[str] = []
+    running = len(procs)
+    while running:
+        try:
+            msg = q.get(timeout=5.0)
+        except queue_mod.Empty:
+            if all(not p.is_alive() for p, _ in procs):
+                break
+            continue
+        if isinstance(msg, SlideStatus):
+            seen[msg.slide_id] = msg
+            done(msg)
+        elif msg[0] == "error":
+            errors.append(msg[1])
+        elif msg[0] == "exit":
+            running -= 1
+    for proc, _ in procs:
+        proc.join(timeout=30)
+    out = list(seen.values())
+    reason = errors[0] if errors else "its device process ended before the slide was done"
+    for _, part in procs:
+        for j in part:
+            if j.slide_id not in seen:
+                st = SlideStatus(j.slide_id, j.store_path, FAILED, reason=reason)
+                done(st)
+                out.append(st)
+    return out
+
+
+# -- an existing Dask cluster: one task per slide --------------------------------------------
+_WORKER_CACHE: dict[tuple, tuple[Encoder, InferenceEngine]] = {}
+
+
+def extract_slide_task(spec: EncoderSpec, encoder_id: str, slide: SlideJob, cfg: ExtractConfig,
+                       extra: dict[str, Any]) -> SlideStatus:
+    """Dask task: embed one slide on this worker's device (its GPU if it has one, else the CPU).
+
+    The encoder and engine are built once per worker process and reused for its next slides.
+    """
+    t0 = time.perf_counter()
+    try:
+        device = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
+        key = (spec, encoder_id, str(device), cfg.model_dump_json())
+        if key not in _WORKER_CACHE:
+            enc = spec.build()
+            if enc.encoder_id != encoder_id:
+                raise EncoderError(f"{spec.weights}: on this worker the weights give encoder id "
+                                   f"{enc.encoder_id}, expected {encoder_id}; give every worker the same file")
+            _WORKER_CACHE.clear()
+            _WORKER_CACHE[key] = (enc, make_engine(enc, device, cfg))
+        enc, engine = _WORKER_CACHE[key]
+        workers = cfg.num_workers if cfg.num_workers is not None else (0 if device.type == "cpu" else None)
+        return run_slides(engine, [slide], enc.attrs(), enc.embed_dim, lambda s: None, workers, extra)[0]
+    except WsiMilError as exc:
+        return SlideStatus(slide.slide_id, slide.store_path, FAILED, reason=str(exc),
+                           seconds=time.perf_counter() - t0)
+
+
+def _run_dask(scheduler: str, spec: EncoderSpec, encoder_id: str, jobs: list[SlideJob], cfg: ExtractConfig,
+              extra: dict[str, Any], done: Callable[[SlideStatus], None], progress: bool) -> list[SlideStatus]:
+    from wsi_mil.parallel import dask_client, run_slide_tasks
+
+    items = [(j.slide_id, j.store_path, (spec, encoder_id, j, cfg, extra)) for j in jobs]
+    with dask_client(scheduler) as client:
+        return run_slide_tasks(client, extract_slide_task, items, done, "extract", progress)
+

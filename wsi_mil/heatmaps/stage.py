@@ -1,0 +1,306 @@
+"""The heatmap stage: a MIL run + a job folder -> per-slide pictures and a cohort page.
+
+For each slide: read the feature file (``JOB/features/{encoder_id}/{slide_id}.h5``), score it
+with the run (:func:`wsi_mil.mil.load_model_run` -> ``predict_bag``), read coordinates, tissue
+mask and tiles from the patch store (``JOB/patches/{slide_id}.zarr``) and a thumbnail from the
+original slide (``slide_path`` in the store's attributes), then write
+``OUT/{slide_id}/`` = overlay.png, tiles.geojson, overlay.ome.tif, top_tiles.png, scores.csv and
+``slide.json`` (what was shown). The slide folder is written to a temporary sibling and renamed
+into place when complete. Finally ``OUT/index.html`` lists every slide.
+
+Per-slide status goes to ``OUT/status.csv`` (a :class:`~wsi_mil.runrecord.RunRecord`): the
+heatmaps of one run live with their status, and two runs rendered from the same job do not
+overwrite each other's record. A slide that fails (no feature file, no store, features from
+another encoder, coordinates that disagree) is recorded with its reason, shown on the cohort
+page, and the other slides are still rendered. A slide whose slide file cannot be read is drawn
+without thumbnail, with a note. A slide with no tissue is drawn (empty outputs) with a note.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from wsi_mil import __version__
+from wsi_mil.atomic import atomic_path, remove_stale_temporaries, write_json_atomic
+from wsi_mil.config import StrictModel, config_to_dict
+from wsi_mil.errors import ConfigError, StoreError, WsiMilError
+from wsi_mil.heatmaps.render import OUTPUTS, RenderOptions, SlideArrays, choose_class, render_slide
+from wsi_mil.heatmaps.report import ReportRow, render_report_html
+from wsi_mil.heatmaps.scoremap import stride_level0
+from wsi_mil.runrecord import DONE, FAILED, SKIPPED, RunRecord, SlideStatus
+from wsi_mil.stores.common import feature_file_path, features_dir, patch_store_path, slide_id_of
+
+HEATMAP_SCHEMA = "wsi_mil.heatmap/1"
+SLIDE_JSON = "slide.json"
+STATUS_CSV = "status.csv"
+INDEX_HTML = "index.html"
+
+
+class HeatmapConfig(StrictModel):
+    """Options of ``wsi-mil heatmap`` (YAML section ``heatmap``)."""
+
+    class_name: str | None = Field(None, description="class whose scores are shown; default: class 1 of a "
+                                   "binary run, else each slide's predicted class")
+    pixels_per_tile: int = Field(4, ge=1, le=64, description="overlay.ome.tif pixels per tile step")
+    overlay_width: int = Field(1200, ge=400, le=8000, description="overlay.png width in pixels")
+    thumbnail_px: int = Field(2048, ge=256, le=8192, description="longer side of the slide thumbnail read")
+    montage_tiles: int = Field(8, ge=1, le=64, description="tiles per row of top_tiles.png")
+    montage_cell: int = Field(160, ge=32, le=512, description="tile size in top_tiles.png, pixels")
+    cmap: str = Field("coolwarm", description="matplotlib colour map of the scores")
+    alpha: float = Field(0.55, gt=0.0, le=1.0, description="opacity of the score layer in overlay.png")
+    vmin: float | None = Field(None, description="score at the bottom of the colour scale (default: slide min)")
+    vmax: float | None = Field(None, description="score at the top of the colour scale (default: slide max)")
+    embed_images: bool = Field(False, description="inline the overlays in index.html (single-file page)")
+
+    def render_options(self) -> RenderOptions:
+        return RenderOptions(self.pixels_per_tile, self.overlay_width, self.montage_tiles, self.montage_cell,
+                             self.cmap, self.alpha, self.vmin, self.vmax)
+
+
+def check_cmap(name: str) -> None:
+    """Refuse an unknown matplotlib colour map before any slide is drawn."""
+    import matplotlib
+
+    if name not in matplotlib.colormaps:
+        raise ConfigError(f"heatmap.cmap: unknown colour map {name!r}; use a matplotlib name such as "
+                          "coolwarm, viridis, inferno, turbo")
+
+
+@functools.lru_cache(maxsize=4)
+def _load_run(run_dir: str) -> Any:
+    """The MIL run (cached per process: Dask workers load it once)."""
+    from wsi_mil.mil import load_model_run
+
+    return load_model_run(run_dir)
+
+
+def read_run_labels(run_dir: str | Path) -> dict[str, str]:
+    """slide id -> label recorded by the run (``RUN/predictions.csv`` with a ``label`` column)."""
+    path = Path(run_dir) / "predictions.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "slide_id" not in reader.fieldnames or "label" not in reader.fieldnames:
+            return {}
+        return {r["slide_id"]: r["label"] for r in reader if r.get("slide_id") and r.get("label") not in (None, "")}
+
+
+def read_thumbnail(slide_path: str | Path, mpp: float | None, max_px: int) -> np.ndarray:
+    """The whole slide as (h, w, 3) uint8 RGB, longer side about ``max_px``.
+
+    Reads through :func:`wsi_mil.slide.open_slide` at the matching scale: a pyramid's coarse
+    level makes this cheap; memory is one strip of the level read plus the thumbnail.
+    """
+    from wsi_mil.slide import open_slide
+
+    with open_slide(slide_path, mpp=mpp) as slide:
+        w0, h0 = slide.dimensions
+        target_mpp = slide.mpp * max(w0, h0) / float(max_px)
+        thumb, _ = slide.read_at_mpp(max(target_mpp, slide.mpp))
+    return thumb
+
+
+def _manifest_ok(folder: Path, run_key: str, cfg_key: dict) -> bool:
+    import json
+
+    try:
+        m = json.loads((folder / SLIDE_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (m.get("schema") == HEATMAP_SCHEMA and m.get("run") == run_key and m.get("config") == cfg_key
+            and all((folder / f).is_file() for f in OUTPUTS))
+
+
+def _slide_arrays(slide_id: str, run: Any, job: Path, cfg: HeatmapConfig, label: str | None) -> SlideArrays:
+    """Everything one slide needs, read from the job folder and scored with the run."""
+    from wsi_mil.stores.features import read_feature_file
+    from wsi_mil.stores.patches import open_patch_store
+
+    store = open_patch_store(patch_store_path(job, slide_id))
+    fpath = feature_file_path(job, run.encoder_id, slide_id)
+    if not fpath.is_file():
+        raise StoreError(f"{fpath}: no feature file for slide '{slide_id}' from encoder '{run.encoder_id}'; "
+                         "run 'wsi-mil extract' with the run's encoder")
+    ff = read_feature_file(fpath, encoder_id=run.encoder_id, embed_dim=getattr(run, "embed_dim", None))
+    if ff.coords.shape != store.coords.shape or not np.array_equal(ff.coords, store.coords):
+        raise StoreError(f"{fpath}: its tile coordinates differ from the patch store {store.path}; the features "
+                         "come from another tiling: re-run 'wsi-mil extract --overwrite'")
+    attrs = store.attrs
+    n = store.n_tiles
+    c = len(run.class_names)
+    if n:
+        pred = run.predict_bag(ff.features)
+        probs = np.asarray(pred.probs, dtype=np.float64)
+        scores = np.asarray(pred.tile_scores, dtype=np.float32).reshape(n, c)
+        selected = np.asarray(pred.selected).astype(np.int8).reshape(n, c)
+    else:
+        probs = None
+        scores = np.zeros((0, c), np.float32)
+        selected = np.zeros((0, c), np.int8)
+    mask, mask_ds = store.tissue_mask()
+    notes: list[str] = []
+    thumb = None
+    slide_path = attrs.get("slide_path")
+    try:
+        if not slide_path:
+            raise WsiMilError(f"{store.path}: no slide_path attribute")
+        thumb = read_thumbnail(slide_path, float(attrs["mpp"]), cfg.thumbnail_px)
+    except WsiMilError as exc:
+        notes.append(f"slide thumbnail unavailable ({exc}); drawn over the tissue outline only")
+    return SlideArrays(
+        slide_id=slide_id, coords=store.coords, tile_scores=scores, selected=selected,
+        class_names=list(run.class_names), width0=int(attrs["level0_width"]), height0=int(attrs["level0_height"]),
+        mpp=float(attrs["mpp"]), tile_size_level0=float(attrs["tile_size_level0"]), step_level0=stride_level0(attrs),
+        thumbnail=thumb, tissue_mask=mask, mask_downsample=mask_ds, probs=probs, label=label,
+        read_tiles=store.read_tile_indices, notes=notes,
+    )
+
+
+def heatmap_one_slide(slide_id: str, run_dir: str, job: str, out_dir: str, cfg: HeatmapConfig,
+                      label: str | None = None, overwrite: bool = False) -> SlideStatus:
+    """Render ``OUT/{slide_id}/``; never raises for bad input (returns a failed status)."""
+    t0 = time.perf_counter()
+    folder = Path(out_dir) / slide_id
+    source = str(patch_store_path(job, slide_id))
+    cfg_key = config_to_dict(cfg)
+    try:
+        run_key = str(Path(run_dir).resolve())
+        if not overwrite and _manifest_ok(folder, run_key, cfg_key):
+            import json
+
+            n = int(json.loads((folder / SLIDE_JSON).read_text(encoding="utf-8")).get("n_tiles", 0))
+            return SlideStatus(slide_id, source, SKIPPED, "complete heatmaps exist", n, time.perf_counter() - t0)
+        run = _load_run(run_key)
+        arrays = _slide_arrays(slide_id, run, Path(job), cfg, label)
+        cls = choose_class(run.class_names, cfg.class_name, arrays.probs)
+        with atomic_path(folder) as tmp:
+            summary = render_slide(tmp, arrays, cls, cfg.render_options())
+            summary.update(schema=HEATMAP_SCHEMA, wsi_mil_version=__version__, run=run_key,
+                           encoder_id=run.encoder_id, job=str(Path(job).resolve()), config=cfg_key)
+            write_json_atomic(Path(tmp) / SLIDE_JSON, summary)
+    except WsiMilError as exc:
+        return SlideStatus(slide_id, source, FAILED, str(exc), 0, time.perf_counter() - t0)
+    except MemoryError:
+        return SlideStatus(slide_id, source, FAILED, f"{source}: out of memory while drawing heatmaps", 0,
+                           time.perf_counter() - t0)
+    except Exception as exc:  # a library error we did not anticipate: record it, carry on
+        reason = " ".join(f"{slide_id}: unexpected {type(exc).__name__}: {exc}".split())
+        return SlideStatus(slide_id, source, FAILED, reason, 0, time.perf_counter() - t0)
+    note = "; ".join(summary["notes"])
+    return SlideStatus(slide_id, source, DONE, note, summary["n_tiles"], time.perf_counter() - t0)
+
+
+def discover_slides(run_dir: Path, job: Path, encoder_id: str) -> list[str]:
+    """Slides to draw by default: every patch store, feature file or slide of the run's predictions."""
+    ids: set[str] = set()
+    pdir = job / "patches"
+    if pdir.is_dir():
+        ids.update(slide_id_of(p) for p in pdir.glob("*.zarr") if not p.name.startswith("."))
+    fdir = features_dir(job, encoder_id)
+    if fdir.is_dir():
+        ids.update(slide_id_of(p) for p in fdir.glob("*.h5") if not p.name.startswith("."))
+    pred = run_dir / "predictions.csv"
+    if pred.is_file():
+        with open(pred, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames and "slide_id" in reader.fieldnames:
+                ids.update(r["slide_id"] for r in reader if r.get("slide_id"))
+    return sorted(ids)
+
+
+@dataclass
+class HeatmapReport:
+    """What the stage did: every slide's status (slide-id order), the record and the page."""
+
+    statuses: list[SlideStatus]
+    record_path: Path
+    index_path: Path
+
+    @property
+    def failed(self) -> list[SlideStatus]:
+        return [s for s in self.statuses if s.status == FAILED]
+
+
+def _report_row(out_dir: Path, st: SlideStatus, label: str | None) -> ReportRow:
+    import json
+
+    folder = out_dir / st.slide_id
+    if st.status != FAILED and (folder / SLIDE_JSON).is_file():
+        m = json.loads((folder / SLIDE_JSON).read_text(encoding="utf-8"))
+        files = {f: f"{st.slide_id}/{f}" for f in OUTPUTS if (folder / f).is_file()}
+        return ReportRow(st.slide_id, st.status, "; ".join(m.get("notes") or []) or st.reason,
+                         m.get("label") if m.get("label") is not None else label,
+                         m.get("predicted"), m.get("probability"), m.get("n_tiles"), files)
+    return ReportRow(st.slide_id, st.status, st.reason, label, None, None, None, {})
+
+
+def run_heatmaps(
+    run_dir: str | Path,
+    job: str | Path,
+    out_dir: str | Path,
+    cfg: HeatmapConfig | None = None,
+    slides: list[str] | None = None,
+    labels_csv: str | Path | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> HeatmapReport:
+    """Draw the heatmaps of ``slides`` (default: every slide of the job) and the cohort page.
+
+    ``workers=0`` draws in this process (no Dask); otherwise one Dask task per slide on a local
+    cluster of ``workers`` processes (default: one per core), or on the cluster at ``scheduler``.
+    """
+    cfg = cfg or HeatmapConfig()
+    check_cmap(cfg.cmap)
+    run_dir, job, out_dir = Path(run_dir), Path(job), Path(out_dir)
+    if not job.is_dir():
+        raise StoreError(f"{job}: job folder not found")
+    run = _load_run(str(run_dir.resolve()))
+    if cfg.class_name is not None and cfg.class_name not in list(run.class_names):
+        raise ConfigError(f"--class {cfg.class_name!r} is not a class of run {run_dir}; choose one of "
+                          f"{', '.join(run.class_names)}")
+    labels = read_run_labels(run_dir)
+    if labels_csv is not None:
+        from wsi_mil.mil.labels import read_labels
+
+        labels.update({r.slide_id: r.label for r in read_labels(labels_csv).rows})
+    ids = list(dict.fromkeys(slides)) if slides else discover_slides(run_dir, job, run.encoder_id)
+    if not ids:
+        raise StoreError(f"{job}: no slides found (no patch stores, feature files or predictions); run "
+                         "'wsi-mil tile' and 'wsi-mil extract' first")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
+    record = RunRecord(out_dir / STATUS_CSV)
+    items = [(s, str(patch_store_path(job, s)),
+              (s, str(run_dir.resolve()), str(job.resolve()), str(out_dir.resolve()), cfg, labels.get(s), overwrite))
+             for s in ids]
+    if workers == 0 and not scheduler:
+        statuses = []
+        for _, _, args in items:
+            st = heatmap_one_slide(*args)
+            record.record(st)
+            statuses.append(st)
+    else:
+        from wsi_mil.parallel import dask_client, run_slide_tasks
+
+        with dask_client(scheduler, workers) as client:
+            statuses = run_slide_tasks(client, heatmap_one_slide, items, record.record, "heatmap", progress)
+    statuses = sorted(statuses, key=lambda s: s.slide_id)
+    rows = [_report_row(out_dir, st, labels.get(st.slide_id)) for st in statuses]
+    n_failed = sum(st.status == FAILED for st in statuses)
+    shown = cfg.class_name or (run.class_names[1] if len(run.class_names) == 2 else "predicted class of each slide")
+    meta = (f"run {run_dir.resolve()} · encoder {run.encoder_id} · classes {', '.join(run.class_names)} · "
+            f"scores shown: {shown} · {len(statuses)} slides, {n_failed} failed · "
+            f"{time.strftime('%Y-%m-%d %H:%M')} · wsi_mil {__version__}")
+    index = render_report_html(out_dir, rows, f"Heatmaps: {run_dir.name}", meta, embed=cfg.embed_images)
+    return HeatmapReport(statuses, record.path, index)

@@ -1,0 +1,137 @@
+"""Bags of tile features in memory: load feature files once, sample tiles, pad and mask.
+
+A bag is the (N, D) feature matrix of one slide. :class:`BagSet` keeps every bag as one tensor
+in its storage dtype (float16 files stay float16: half the memory) on the training device when
+they fit (else in host memory, copied per batch), and builds padded float32 batches
+``features`` (B, T, D) with ``mask`` (B, T) bool (True = real tile, padding is zeros).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
+
+from wsi_mil.stores.features import check_encoder, read_feature_attrs, read_feature_file
+
+#: share of the free GPU memory the bags may take before they are kept in host memory instead
+GPU_MEMORY_SHARE = 0.6
+
+
+@dataclass
+class Bag:
+    """One slide's features (N, D) in storage dtype and level-0 tile coordinates (N, 2) int64."""
+
+    slide_id: str
+    features: np.ndarray
+    coords: np.ndarray
+    path: Path | None = None
+
+    @property
+    def n_tiles(self) -> int:
+        return int(self.features.shape[0])
+
+
+def feature_encoder(path: str | Path) -> tuple[str, int]:
+    """(encoder id, embed dim) recorded in a feature file."""
+    attrs = read_feature_attrs(path)
+    return str(attrs["encoder_id"]), int(attrs["embed_dim"])
+
+
+def load_bags(paths: Sequence[Path], encoder_id: str | None = None, embed_dim: int | None = None) -> list[Bag]:
+    """Read feature files once into memory, keeping their dtype.
+
+    Every file must come from ``encoder_id`` with ``embed_dim`` (when None, the first file's
+    values are required of all others): a file from another encoder is a StoreError naming it.
+    """
+    bags = []
+    for p in paths:
+        if encoder_id is None or embed_dim is None:
+            encoder_id, embed_dim = feature_encoder(p)
+        ff = read_feature_file(p, encoder_id, embed_dim, dtype=None)
+        bags.append(Bag(ff.slide_id, ff.features, ff.coords, Path(p)))
+    return bags
+
+
+def check_same_encoder(paths: Sequence[Path], encoder_id: str, embed_dim: int) -> None:
+    """Validate the encoder of every file before any is loaded (cheap: attributes only)."""
+    for p in paths:
+        check_encoder(p, read_feature_attrs(p), encoder_id, embed_dim)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is an error for the caller."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class BagSet:
+    """Bags as tensors, on ``device`` when they fit; padded batches in float32 on ``device``."""
+
+    def __init__(self, features: Sequence[np.ndarray | Tensor], device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        tensors = [torch.as_tensor(f) for f in features]
+        total = sum(t.numel() * t.element_size() for t in tensors)
+        self.on_device = self.device.type == "cpu"
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            self.on_device = total <= GPU_MEMORY_SHARE * free
+        if self.on_device:
+            tensors = [t.to(self.device) for t in tensors]
+        elif self.device.type == "cuda":
+            tensors = [t.pin_memory() for t in tensors]
+        self.bags: list[Tensor] = tensors
+        self.sizes = np.array([t.shape[0] for t in tensors], dtype=np.int64)
+        self.nbytes = total
+
+    def __len__(self) -> int:
+        return len(self.bags)
+
+    def _pad(self, parts: list[Tensor]) -> tuple[Tensor, Tensor]:
+        lengths = torch.tensor([p.shape[0] for p in parts], device=self.device)
+        padded = pad_sequence(parts, batch_first=True).to(self.device, torch.float32, non_blocking=True)
+        mask = torch.arange(padded.shape[1], device=self.device).unsqueeze(0) < lengths.unsqueeze(1)
+        return padded, mask
+
+    def sample_batch(
+        self, positions: Sequence[int], tiles_per_bag: int | None, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
+        """A training batch: up to ``tiles_per_bag`` tiles drawn without replacement from each bag.
+
+        Bags with fewer tiles are used whole (padded). ``None`` uses whole bags.
+        Returns features (B, T, D) float32 and mask (B, T) bool on the device.
+        """
+        parts = []
+        for p in positions:
+            bag = self.bags[p]
+            n = bag.shape[0]
+            if tiles_per_bag is not None and n > tiles_per_bag:
+                pick = torch.randperm(n, generator=generator)[:tiles_per_bag]
+                bag = bag[pick.to(bag.device)]
+            parts.append(bag)
+        return self._pad(parts)
+
+    def whole_batches(
+        self, positions: Sequence[int], tile_budget: int
+    ) -> Iterator[tuple[list[int], Tensor, Tensor]]:
+        """Whole bags, grouped by size so a batch holds at most ``tile_budget`` padded tiles.
+
+        Yields (positions in this batch, features (B, N, D) float32, mask (B, N)).
+        """
+        order = sorted(positions, key=lambda p: -int(self.sizes[p]))
+        i = 0
+        while i < len(order):
+            width = max(1, int(self.sizes[order[i]]))
+            j = i + 1
+            while j < len(order) and (j - i + 1) * width <= tile_budget:
+                j += 1
+            batch = order[i:j]
+            feats, mask = self._pad([self.bags[p] for p in batch])
+            yield batch, feats, mask
+            i = j

@@ -1,0 +1,42 @@
+"""The ``train`` config section (YAML ``train:`` mapping or a flat file; CLI options override)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from wsi_mil.config import StrictModel
+
+
+class TrainConfig(StrictModel):
+    """How ``wsi-mil train`` fits and evaluates a MIL head. Epoch = one pass over the training bags."""
+
+    head: str = Field("chowder", description="weldon, chowder, mean, max or attention")
+    head_options: dict[str, Any] = Field(default_factory=dict, description="options of the head (see docs/train.md)")
+    folds: int = Field(5, ge=2, description="cross-validation folds K")
+    val_fraction: float = Field(0.2, gt=0, le=0.5, description="share of a training fold held out for early stopping")
+    max_epochs: int = Field(100, ge=1)
+    min_epochs: int = Field(5, ge=1, description="no early stop before this many epochs")
+    patience: int = Field(10, ge=1, description="epochs without improvement before stopping")
+    monitor: Literal["loss", "auc"] = Field("loss", description="validation metric for early stopping")
+    batch_size: int = Field(16, ge=1, description="bags per optimisation step")
+    tiles_per_bag: int | None = Field(1000, ge=1, description="tiles sampled per bag per step; null = whole bags")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay (all parameters)")
+    class_weighting: Literal["balanced", "none"] = Field("balanced", description="loss weights n / (C * n_c)")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    eval_tiles_per_batch: int = Field(1 << 18, ge=1, description="padded tiles per whole-bag inference batch")
+    bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for confidence intervals (0 = none)")
+    ci_level: float = Field(0.95, gt=0, lt=1)
+    classes: list[str] | None = Field(None, description="class order (index 1 = positive for binary)")
+    missing_features: Literal["error", "drop"] = Field("error", description="labelled slides without a feature file")
+    final_epochs: int | None = Field(None, ge=1, description="epochs of the final model; null = median best epoch of the folds")
+
+    @model_validator(mode="after")
+    def _check_head(self) -> TrainConfig:
+        from wsi_mil.mil.registry import validate_head_options
+
+        object.__setattr__(self, "head_options", validate_head_options(self.head, self.head_options))
+        return self

@@ -1,0 +1,165 @@
+"""Labels CSV: ``slide_id,label[,case_id][,split]`` read, validated and matched to feature files.
+
+Rules (every problem names the file, the rows and the fix):
+- ``slide_id`` and ``label`` columns are required; ``case_id`` (patient) and ``split``
+  (``train``/``val``/``test``) are optional. Empty slide ids or labels, duplicate slide ids, an
+  unknown split value, a case with slides in both the test and the training split, a label
+  outside ``classes`` (when given) or fewer than two classes are errors.
+- Labels may be 0/1 (any integers: ordered numerically) or class names (ordered alphabetically,
+  or as given by ``classes``). Class index i is ``class_names[i]``; for binary problems class 1
+  is the positive one.
+- ``val`` rows are used as training rows: the early-stopping validation part is drawn inside
+  each training fold. This is reported as a warning, not silently.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wsi_mil.errors import LabelsError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class LabelRow:
+    """One slide of the labels CSV; ``line`` is its 1-based line number in the file."""
+
+    slide_id: str
+    label: str
+    case_id: str
+    split: str
+    line: int
+
+
+@dataclass
+class LabelTable:
+    """A validated labels CSV. ``targets[i]`` is the class index of ``rows[i]``."""
+
+    path: Path
+    rows: list[LabelRow]
+    class_names: list[str]
+    has_case_id: bool
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def targets(self) -> list[int]:
+        index = {c: i for i, c in enumerate(self.class_names)}
+        return [index[r.label] for r in self.rows]
+
+    def subset(self, slide_ids: set[str]) -> LabelTable:
+        """The rows whose slide id is in ``slide_ids`` (same classes, same warnings)."""
+        rows = [r for r in self.rows if r.slide_id in slide_ids]
+        return LabelTable(self.path, rows, self.class_names, self.has_case_id, list(self.warnings))
+
+
+def _lines(items: list[int], limit: int = 5) -> str:
+    shown = ", ".join(str(i) for i in items[:limit])
+    return shown + (f" (and {len(items) - limit} more)" if len(items) > limit else "")
+
+
+def _order_classes(labels: list[str]) -> list[str]:
+    unique = sorted(set(labels))
+    try:
+        return sorted(unique, key=lambda s: int(s))
+    except ValueError:
+        return unique
+
+
+def read_labels(path: str | Path, classes: list[str] | None = None) -> LabelTable:
+    """Read and validate a labels CSV (see the module docstring); raises :class:`LabelsError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise LabelsError(f"{path}: labels CSV not found")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        missing = [c for c in ("slide_id", "label") if c not in header]
+        if missing:
+            raise LabelsError(f"{path}: missing column(s) {', '.join(missing)}; the header must be "
+                              "slide_id,label[,case_id][,split]")
+        raw = [({(k or "").strip(): (v or "").strip() for k, v in rec.items() if k is not None}, i + 2)
+               for i, rec in enumerate(reader)]
+    has_case = "case_id" in header
+    has_split = "split" in header
+    if not raw:
+        raise LabelsError(f"{path}: no rows; add one line per slide (slide_id,label)")
+    for col in ("slide_id", "label") + (("case_id",) if has_case else ()):
+        empty = [line for rec, line in raw if not rec.get(col)]
+        if empty:
+            raise LabelsError(f"{path}: empty '{col}' on line(s) {_lines(empty)}; fill it in or remove the row")
+    by_id: dict[str, list[int]] = defaultdict(list)
+    for rec, line in raw:
+        by_id[rec["slide_id"]].append(line)
+    dups = {s: ls for s, ls in by_id.items() if len(ls) > 1}
+    if dups:
+        shown = "; ".join(f"'{s}' on lines {_lines(ls)}" for s, ls in list(dups.items())[:3])
+        raise LabelsError(f"{path}: duplicate slide_id(s): {shown}; keep one row per slide")
+    rows = []
+    for rec, line in raw:
+        split = rec.get("split", "").lower() if has_split else ""
+        split = split or "train"
+        if split not in SPLITS:
+            raise LabelsError(f"{path}: line {line}: split '{rec.get('split')}' is not one of {', '.join(SPLITS)}")
+        case = rec["case_id"] if has_case else rec["slide_id"]
+        rows.append(LabelRow(rec["slide_id"], rec["label"], case, split, line))
+    warnings: list[str] = []
+    n_val = sum(r.split == "val" for r in rows)
+    if n_val:
+        warnings.append(f"{path}: {n_val} slide(s) with split=val are used for training; the early-stopping "
+                        "validation part is drawn inside each training fold")
+    splits_of_case: dict[str, set[bool]] = defaultdict(set)
+    for r in rows:
+        splits_of_case[r.case_id].add(r.split == "test")
+    mixed = sorted(c for c, s in splits_of_case.items() if len(s) > 1)
+    if mixed:
+        raise LabelsError(f"{path}: case(s) {', '.join(mixed[:5])} have slides in both the test split and "
+                          "training; put all slides of a case in the same split")
+    labels = [r.label for r in rows]
+    if classes is not None:
+        unknown = sorted(set(labels) - set(classes))
+        if unknown:
+            lines = [r.line for r in rows if r.label in unknown]
+            raise LabelsError(f"{path}: label(s) {', '.join(unknown)} (line(s) {_lines(lines)}) are not in the "
+                              f"configured classes {', '.join(classes)}")
+        class_names = list(classes)
+    else:
+        class_names = _order_classes(labels)
+    if len(class_names) < 2:
+        raise LabelsError(f"{path}: only one class ({class_names[0]!r}); a classifier needs at least two")
+    return LabelTable(path, rows, class_names, has_case, warnings)
+
+
+def match_feature_files(
+    table: LabelTable, files: dict[str, Path], missing: str = "error"
+) -> tuple[LabelTable, list[str]]:
+    """Keep the labelled slides that have a feature file; report both kinds of mismatch.
+
+    ``files`` maps slide id -> feature file. A labelled slide without a feature file is an error
+    (``missing="error"``, default) or dropped with a warning (``missing="drop"``). Feature files
+    without a label are ignored with a warning. Returns the matched table and the warnings.
+    """
+    labelled = {r.slide_id for r in table.rows}
+    no_file = [r for r in table.rows if r.slide_id not in files]
+    warnings = list(table.warnings)
+    if no_file:
+        ids = ", ".join(r.slide_id for r in no_file[:5]) + (f" (and {len(no_file) - 5} more)" if len(no_file) > 5 else "")
+        msg = f"{table.path}: {len(no_file)} labelled slide(s) have no feature file: {ids}"
+        if missing != "drop":
+            raise LabelsError(msg + "; run extract for them, remove the rows, or set missing_features: drop")
+        warnings.append(msg + "; dropped (missing_features: drop)")
+    unlabelled = sorted(set(files) - labelled)
+    if unlabelled:
+        shown = ", ".join(unlabelled[:5]) + (f" (and {len(unlabelled) - 5} more)" if len(unlabelled) > 5 else "")
+        warnings.append(f"{len(unlabelled)} feature file(s) have no row in {table.path} and are not used: {shown}")
+    matched = table.subset(set(files) & labelled)
+    matched.warnings = warnings
+    counts = Counter(r.label for r in matched.rows)
+    present = [c for c in matched.class_names if counts[c] > 0]
+    if len(present) < 2:
+        raise LabelsError(f"{table.path}: after matching feature files only class(es) {present} remain; "
+                          "a classifier needs slides of at least two classes")
+    return matched, warnings

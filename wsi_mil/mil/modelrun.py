@@ -1,0 +1,156 @@
+"""Model runs ``models/{run}/``: save, load, and predict one bag (the API of ``predict`` and heatmaps).
+
+A run folder holds ``model.safetensors`` (the final model: trained on all training slides, i.e.
+every labelled slide not in ``split=test``, for the median best epoch of the CV folds),
+``config.json`` (schema, head and its options, class names, encoder id, embed dim, training
+config), ``splits.csv``, ``metrics.json``, ``predictions.csv`` (out-of-fold) and
+``history.json``. The folder is written atomically: it appears complete or not at all.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wsi_mil import __version__
+from wsi_mil.atomic import atomic_path
+from wsi_mil.errors import StoreError, WsiMilError
+from wsi_mil.mil.heads.base import MILHead
+from wsi_mil.mil.registry import create_head
+from wsi_mil.stores.common import MODEL_RUN_SCHEMA
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+@dataclass
+class BagPrediction:
+    """One slide: ``probs`` (C,), ``tile_scores`` (N, C) float32, ``selected`` (N, C) int8 (+1 top, -1 bottom)."""
+
+    probs: np.ndarray
+    tile_scores: np.ndarray
+    selected: np.ndarray
+
+
+def rows_to_csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """CSV text of ``rows`` with the given column order."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+class ModelRun:
+    """A trained run loaded for inference (on ``device``; CPU by default)."""
+
+    def __init__(self, run_dir: Path, config: dict[str, Any], head: MILHead, device: torch.device) -> None:
+        self.run_dir = run_dir
+        self.config = config
+        self.head = head.to(device).eval()
+        self.device = device
+
+    @property
+    def encoder_id(self) -> str:
+        return str(self.config["encoder_id"])
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.config["embed_dim"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.config["class_names"])
+
+    @property
+    def head_name(self) -> str:
+        return str(self.config["head"])
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    @torch.no_grad()
+    def predict_bag(self, features: np.ndarray) -> BagPrediction:
+        """Predict one whole bag ``features`` (N, D): probabilities, tile scores and selection marks.
+
+        A bag with no tile gives NaN probabilities and empty (0, C) arrays.
+        """
+        features = np.asarray(features)
+        if features.ndim != 2 or features.shape[1] != self.embed_dim:
+            raise StoreError(f"{self.run_dir}: expected features (N, {self.embed_dim}) from encoder "
+                             f"'{self.encoder_id}', got shape {features.shape}")
+        c = self.n_classes
+        if features.shape[0] == 0:
+            return BagPrediction(np.full(c, np.nan), np.zeros((0, c), np.float32), np.zeros((0, c), np.int8))
+        x = torch.as_tensor(features).to(self.device, torch.float32).unsqueeze(0)
+        mask = torch.ones(x.shape[:2], dtype=torch.bool, device=self.device)
+        logits, tiles = self.head(x, mask)
+        selected = self.head.select(tiles, mask)
+        return BagPrediction(
+            torch.softmax(logits.float(), dim=-1)[0].cpu().numpy().astype(np.float64),
+            tiles[0].float().cpu().numpy().astype(np.float32),
+            selected[0].cpu().numpy().astype(np.int8),
+        )
+
+
+def save_model_run(
+    run_dir: str | Path, head: MILHead, config: dict[str, Any], files: dict[str, str],
+) -> Path:
+    """Write a run folder atomically: weights, ``config.json`` and the given text ``files`` (name -> text)."""
+    from safetensors.torch import save_file
+
+    run_dir = Path(run_dir)
+    meta = {"schema": MODEL_RUN_SCHEMA, "wsi_mil_version": __version__, "weights_file": WEIGHTS_FILE, **config}
+    with atomic_path(run_dir) as tmp:
+        tmp.mkdir(parents=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"schema": MODEL_RUN_SCHEMA})
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
+        for name, text in files.items():
+            (tmp / name).write_text(text, encoding="utf-8")
+    return run_dir
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """Validate and return ``run_dir/config.json``."""
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise StoreError(f"{run_dir}: not a model run (no {CONFIG_FILE}); train one with 'wsi-mil train'")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise StoreError(f"{path}: not valid JSON ({exc})") from exc
+    if config.get("schema") != MODEL_RUN_SCHEMA:
+        raise StoreError(f"{path}: schema {config.get('schema')!r}, expected {MODEL_RUN_SCHEMA!r}")
+    missing = [k for k in ("head", "head_options", "class_names", "encoder_id", "embed_dim") if k not in config]
+    if missing:
+        raise StoreError(f"{path}: missing key(s) {', '.join(missing)}; re-train the run")
+    return config
+
+
+def load_model_run(run_dir: str | Path, device: str | torch.device = "cpu") -> ModelRun:
+    """Load a run folder for inference; raises :class:`StoreError` on a missing or damaged run."""
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    weights = run_dir / str(config.get("weights_file", WEIGHTS_FILE))
+    if not weights.is_file():
+        raise StoreError(f"{run_dir}: weights file {weights.name} is missing; re-train the run")
+    try:
+        head = create_head(config["head"], int(config["embed_dim"]), len(config["class_names"]), **config["head_options"])
+        head.load_state_dict(load_file(str(weights)), strict=True)
+    except WsiMilError:
+        raise
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise StoreError(f"{weights}: cannot load the weights ({str(exc).splitlines()[0]}); re-train the run") from exc
+    return ModelRun(run_dir, config, head, torch.device(device))

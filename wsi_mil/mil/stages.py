@@ -1,0 +1,261 @@
+"""Stage functions behind ``wsi-mil train`` and ``wsi-mil predict``.
+
+``train_stage``: labels + feature files -> K-fold cross-validation (grouped by case, stratified)
+with out-of-fold predictions and metrics, then the final model on all training slides (every
+slide not in ``split=test``, for the median of the folds' best epochs), evaluated on the test
+split when there is one. ``predict_stage``: a run + feature files -> slide probabilities and
+per-tile scores.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wsi_mil.atomic import atomic_path, write_text_atomic
+from wsi_mil.config import config_to_dict
+from wsi_mil.errors import ConfigError, StoreError
+from wsi_mil.mil.bags import BagSet, check_same_encoder, feature_encoder, load_bags, resolve_device
+from wsi_mil.mil.config import TrainConfig
+from wsi_mil.mil.labels import match_feature_files, read_labels
+from wsi_mil.mil.metrics import bootstrap_ci, classification_metrics, summarize
+from wsi_mil.mil.modelrun import load_model_run, rows_to_csv, save_model_run
+from wsi_mil.mil.splits import assign_folds, check_fold_counts, validation_split
+from wsi_mil.mil.training import build_head, fit, predict_probs
+from wsi_mil.stores.common import slide_id_of
+from wsi_mil.stores.features import list_feature_files, read_feature_file
+
+Log = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+@dataclass
+class TrainSummary:
+    """What ``train_stage`` did: run folder, metrics (as in metrics.json) and warnings reported."""
+
+    run_dir: Path
+    metrics: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+
+def _device(cfg: TrainConfig) -> torch.device:
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' asked for but no CUDA GPU is available; use --device cpu")
+    return device
+
+
+def _prob_columns(class_names: list[str]) -> list[str]:
+    return [f"prob_{c}" for c in class_names]
+
+
+def train_stage(
+    features_dir: str | Path, labels_csv: str | Path, run_dir: str | Path, cfg: TrainConfig,
+    log: Log = _quiet, overwrite: bool = False,
+) -> TrainSummary:
+    """Cross-validate and train ``cfg.head`` on the labelled feature files; write the run folder."""
+    t_start = time.perf_counter()
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not overwrite:
+        raise StoreError(f"{run_dir}: run folder exists; choose another -o or pass --overwrite")
+    device = _device(cfg)
+    files = {slide_id_of(p): p for p in list_feature_files(features_dir)}
+    if not files:
+        raise StoreError(f"{features_dir}: no feature files (*.h5); run 'wsi-mil extract' first")
+    table = read_labels(labels_csv, cfg.classes)
+    table, warnings = match_feature_files(table, files, cfg.missing_features)
+    paths = [files[r.slide_id] for r in table.rows]
+    encoder_id, embed_dim = feature_encoder(paths[0])
+    check_same_encoder(paths, encoder_id, embed_dim)
+    log(f"loading {len(paths)} feature files ({encoder_id}, {embed_dim}-d)")
+    bags = load_bags(paths, encoder_id, embed_dim)
+    empty = [b.slide_id for b in bags if b.n_tiles == 0]
+    if empty:
+        warnings.append(f"{len(empty)} slide(s) have no tiles and are left out: {', '.join(empty[:5])}")
+        keep = {b.slide_id for b in bags if b.n_tiles > 0}
+        table = table.subset(keep)
+        bags = [b for b in bags if b.n_tiles > 0]
+    for w in warnings:
+        log(f"warning: {w}")
+    names = table.class_names
+    targets = np.array(table.targets, dtype=np.int64)
+    groups = np.array([r.case_id for r in table.rows])
+    is_test = np.array([r.split == "test" for r in table.rows])
+    train_all = np.flatnonzero(~is_test)
+    test_pos = np.flatnonzero(is_test)
+    check_fold_counts(targets[train_all], groups[train_all], names, cfg.folds, str(table.path))
+    bagset = BagSet([b.features for b in bags], device)
+    log(f"{len(train_all)} training slides, {len(test_pos)} test slides, classes {names}; "
+        f"bags {'on' if bagset.on_device else 'copied per batch to'} {device} ({bagset.nbytes / 2**20:.0f} MiB)")
+
+    folds = np.full(len(bags), -1, dtype=np.int64)
+    folds[train_all] = assign_folds(targets[train_all], groups[train_all], cfg.folds, cfg.seed)
+    oof = np.full((len(bags), len(names)), np.nan)
+    fold_metrics, best_epochs, history = [], [], {}
+    in_val = np.zeros(len(bags), dtype=np.int64)
+    for f in range(cfg.folds):
+        held = np.flatnonzero(folds == f)
+        rest = np.flatnonzero((folds >= 0) & (folds != f))
+        tr, va = validation_split(rest, targets, groups, cfg.val_fraction, cfg.seed + f)
+        in_val[va] += 1
+        head = build_head(cfg, embed_dim, len(names), cfg.seed + 1000 * (f + 1))
+        res = fit(head, bagset, targets, tr, va, cfg, cfg.seed + f, log=None, class_names=names)
+        oof[held] = predict_probs(head, bagset, held.tolist(), cfg.eval_tiles_per_batch)
+        m = classification_metrics(targets[held], oof[held], names)
+        m.update(fold=f, n_slides=int(len(held)), best_epoch=res.best_epoch, epochs_run=res.epochs_run)
+        fold_metrics.append(m)
+        best_epochs.append(res.best_epoch)
+        history[f"fold_{f}"] = res.history
+        log(f"fold {f + 1}/{cfg.folds}: {len(tr)} train / {len(va)} val / {len(held)} held out; best epoch "
+            f"{res.best_epoch} of {res.epochs_run}; AUC {_fmt(m['auc'])}, balanced accuracy {_fmt(m['balanced_accuracy'])}")
+
+    metric_keys = [k for k in fold_metrics[0] if k not in ("fold", "n_slides", "best_epoch", "epochs_run")]
+    oof_metrics = classification_metrics(targets[train_all], oof[train_all], names)
+    metrics: dict[str, Any] = {
+        "head": cfg.head,
+        "class_names": names,
+        "folds": fold_metrics,
+        "fold_summary": summarize([{k: m[k] for k in metric_keys} for m in fold_metrics]),
+        "out_of_fold": {
+            "n_slides": int(len(train_all)),
+            "metrics": oof_metrics,
+            "ci": bootstrap_ci(targets[train_all], oof[train_all], names, cfg.bootstrap, cfg.ci_level, cfg.seed)
+            if cfg.bootstrap else None,
+            "ci_level": cfg.ci_level, "bootstrap": cfg.bootstrap,
+        },
+    }
+
+    final_epochs = cfg.final_epochs or max(1, int(round(float(np.median(best_epochs)))))
+    log(f"final model: {len(train_all)} training slides, {final_epochs} epochs")
+    head = build_head(cfg, embed_dim, len(names), cfg.seed)
+    res = fit(head, bagset, targets, train_all, train_all[:0], cfg, cfg.seed, n_epochs=final_epochs)
+    history["final"] = res.history
+    _orient(head, bagset, train_all, cfg)
+    test_probs = None
+    if len(test_pos):
+        test_probs = predict_probs(head, bagset, test_pos.tolist(), cfg.eval_tiles_per_batch)
+        metrics["test"] = {
+            "n_slides": int(len(test_pos)),
+            "metrics": classification_metrics(targets[test_pos], test_probs, names),
+            "ci": bootstrap_ci(targets[test_pos], test_probs, names, cfg.bootstrap, cfg.ci_level, cfg.seed)
+            if cfg.bootstrap else None,
+        }
+        log(f"test split: {len(test_pos)} slides, AUC {_fmt(metrics['test']['metrics']['auc'])}")
+    metrics["warnings"] = warnings
+    metrics["seconds"] = round(time.perf_counter() - t_start, 2)
+
+    split_rows = [{"slide_id": r.slide_id, "case_id": r.case_id, "label": r.label,
+                   "split": "test" if is_test[i] else "train", "fold": int(folds[i]) if folds[i] >= 0 else ""}
+                  for i, r in enumerate(table.rows)]
+    pred_rows = []
+    for i, r in enumerate(table.rows):
+        probs = test_probs[np.searchsorted(test_pos, i)] if is_test[i] else oof[i]
+        row = {"slide_id": r.slide_id, "label": r.label, "split": "test" if is_test[i] else "train",
+               "fold": int(folds[i]) if folds[i] >= 0 else "", "predicted": names[int(np.argmax(probs))]}
+        row.update({c: f"{p:.6f}" for c, p in zip(_prob_columns(names), probs, strict=True)})
+        pred_rows.append(row)
+    config = {
+        "head": cfg.head, "head_options": cfg.head_options, "class_names": names, "n_classes": len(names),
+        "encoder_id": encoder_id, "embed_dim": embed_dim, "train_config": config_to_dict(cfg),
+        "labels_csv": str(Path(labels_csv).resolve()), "features_dir": str(Path(features_dir).resolve()),
+        "final_model": {"trained_on": "all slides with split != test", "n_slides": int(len(train_all)),
+                        "epochs": final_epochs, "fold_best_epochs": best_epochs},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    import json
+
+    save_model_run(run_dir, head, config, {
+        "splits.csv": rows_to_csv(split_rows, ["slide_id", "case_id", "label", "split", "fold"]),
+        "predictions.csv": rows_to_csv(pred_rows, ["slide_id", "label", "split", "fold", "predicted",
+                                                   *_prob_columns(names)]),
+        "metrics.json": json.dumps(metrics, indent=2, default=str) + "\n",
+        "history.json": json.dumps(history, indent=1) + "\n",
+    })
+    return TrainSummary(run_dir, metrics, warnings)
+
+
+def _orient(head: Any, bagset: BagSet, positions: np.ndarray, cfg: TrainConfig) -> None:
+    """Let the head fix the sign of its tile scores on the training bags (CHOWDER; no-op otherwise)."""
+    batches = ((f, m) for _, f, m in bagset.whole_batches(positions.tolist(), cfg.eval_tiles_per_batch))
+    head.orient_(batches)
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+@dataclass
+class PredictSummary:
+    """What ``predict_stage`` wrote: the slide CSV, the tiles folder, slides predicted and warnings."""
+
+    out_csv: Path
+    tiles_dir: Path
+    n_slides: int
+    warnings: list[str] = field(default_factory=list)
+
+
+def tiles_dir_of(out_csv: str | Path) -> Path:
+    """``OUT.csv`` -> ``OUT.tiles``: where per-tile scores go."""
+    out_csv = Path(out_csv)
+    return out_csv.with_name(out_csv.stem + ".tiles")
+
+
+def predict_stage(
+    run_dir: str | Path, features_dir: str | Path, out_csv: str | Path, device: str = "auto", log: Log = _quiet,
+) -> PredictSummary:
+    """Predict every feature file in ``features_dir`` with the run's final model.
+
+    Writes ``OUT.csv`` (slide_id, n_tiles, prob_<class>..., predicted) and
+    ``OUT.tiles/{slide_id}.csv`` (tile_id, x, y, score_<class>..., selected_<class>...; selected
+    is +1 top, -1 bottom, 0 not). Feature files from another encoder or dimension are refused.
+    """
+    dev = resolve_device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' asked for but no CUDA GPU is available; use --device cpu")
+    run = load_model_run(run_dir, dev)
+    paths = list_feature_files(features_dir)
+    if not paths:
+        raise StoreError(f"{features_dir}: no feature files (*.h5); run 'wsi-mil extract' first")
+    check_same_encoder(paths, run.encoder_id, run.embed_dim)
+    out_csv = Path(out_csv)
+    tiles_dir = tiles_dir_of(out_csv)
+    names = run.class_names
+    rows, warnings = [], []
+    with atomic_path(tiles_dir) as tmp:
+        tmp.mkdir(parents=True)
+        for p in paths:
+            ff = read_feature_file(p, run.encoder_id, run.embed_dim)
+            pred = run.predict_bag(ff.features)
+            row: dict[str, Any] = {"slide_id": ff.slide_id, "n_tiles": ff.n_tiles}
+            if ff.n_tiles == 0:
+                warnings.append(f"{p}: no tiles; probabilities left empty")
+                row.update({c: "" for c in _prob_columns(names)}, predicted="")
+            else:
+                row.update({c: f"{v:.6f}" for c, v in zip(_prob_columns(names), pred.probs, strict=True)})
+                row["predicted"] = names[int(np.argmax(pred.probs))]
+            rows.append(row)
+            (tmp / f"{ff.slide_id}.csv").write_text(_tile_csv(ff.coords, pred, names), encoding="utf-8")
+            log(f"{ff.slide_id}: {ff.n_tiles} tiles" + (f", predicted {row['predicted']}" if ff.n_tiles else ""))
+    write_text_atomic(out_csv, rows_to_csv(rows, ["slide_id", "n_tiles", *_prob_columns(names), "predicted"]))
+    for w in warnings:
+        log(f"warning: {w}")
+    return PredictSummary(out_csv, tiles_dir, len(rows), warnings)
+
+
+def _tile_csv(coords: np.ndarray, pred: Any, names: list[str]) -> str:
+    cols = ["tile_id", "x", "y"] + [f"score_{c}" for c in names] + [f"selected_{c}" for c in names]
+    lines = [",".join(cols)]
+    for i in range(coords.shape[0]):
+        scores = ",".join(f"{v:.6g}" for v in pred.tile_scores[i])
+        sel = ",".join(str(int(v)) for v in pred.selected[i])
+        lines.append(f"{i},{int(coords[i, 0])},{int(coords[i, 1])},{scores},{sel}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,154 @@
+"""Fitting one MIL head: AdamW, tile sampling, class weighting, early stopping, seeds.
+
+Training steps sample ``tiles_per_bag`` tiles per bag (fresh every step); validation and
+prediction use whole bags. The loss is the class-weighted cross-entropy of every ensemble member
+(averaged over members) plus the head's regularisation. Early stopping watches the validation
+loss (or AUC) of the whole-bag ensemble prediction and restores the best epoch's weights.
+Everything random (initialisation, batch order, tile draws, dropout) follows ``seed``.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from wsi_mil.mil.bags import BagSet
+from wsi_mil.mil.config import TrainConfig
+from wsi_mil.mil.heads.base import MILHead
+from wsi_mil.mil.metrics import classification_metrics
+from wsi_mil.mil.registry import create_head
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class FitResult:
+    """The weights kept (CPU copies), the epoch they come from (1-based) and per-epoch history."""
+
+    state: dict[str, Tensor]
+    best_epoch: int
+    epochs_run: int
+    history: list[dict[str, float | None]] = field(default_factory=list)
+
+
+def class_weights(targets: np.ndarray, n_classes: int, mode: str) -> Tensor:
+    """(C,) loss weights: ``n / (C * n_c)`` for 'balanced' (absent classes get 0), ones for 'none'."""
+    if mode == "none":
+        return torch.ones(n_classes)
+    counts = np.bincount(targets, minlength=n_classes).astype(np.float64)
+    w = np.where(counts > 0, len(targets) / (n_classes * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def build_head(cfg: TrainConfig, in_dim: int, n_classes: int, seed: int) -> MILHead:
+    """A freshly initialised head; initialisation depends only on ``seed``."""
+    torch.manual_seed(seed)
+    return create_head(cfg.head, in_dim, n_classes, **cfg.head_options)
+
+
+def member_loss(head: MILHead, features: Tensor, mask: Tensor, targets: Tensor, weights: Tensor) -> Tensor:
+    """Class-weighted cross-entropy averaged over members, plus the head's regularisation."""
+    logits = head.member_logits(features, mask)  # (B, E, C)
+    b, e, c = logits.shape
+    ce = F.cross_entropy(logits.reshape(b * e, c), targets.repeat_interleave(e), weight=weights)
+    return ce + head.regularization()
+
+
+def train_epoch(
+    head: MILHead, opt: torch.optim.Optimizer, bags: BagSet, positions: np.ndarray, targets: Tensor,
+    weights: Tensor, cfg: TrainConfig, rng: np.random.Generator, gen: torch.Generator,
+) -> float:
+    """One pass over ``positions`` in shuffled batches; returns the mean training loss."""
+    head.train()
+    order = rng.permutation(positions)
+    total, count = 0.0, 0
+    for start in range(0, len(order), cfg.batch_size):
+        batch = order[start:start + cfg.batch_size].tolist()
+        feats, mask = bags.sample_batch(batch, cfg.tiles_per_bag, gen)
+        loss = member_loss(head, feats, mask, targets[batch], weights)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += float(loss.detach()) * len(batch)
+        count += len(batch)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def predict_probs(head: MILHead, bags: BagSet, positions: Sequence[int], tile_budget: int) -> np.ndarray:
+    """(len(positions), C) class probabilities from whole bags, in the order of ``positions``."""
+    head.eval()
+    out = np.zeros((len(positions), head.n_classes), dtype=np.float64)
+    where = {p: i for i, p in enumerate(positions)}
+    for batch, feats, mask in bags.whole_batches(list(positions), tile_budget):
+        logits, _ = head(feats, mask)
+        probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        for p, row in zip(batch, probs, strict=True):
+            out[where[p]] = row
+    return out
+
+
+def _weighted_nll(probs: np.ndarray, y: np.ndarray, weights: np.ndarray) -> float:
+    p = np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0)
+    w = weights[y]
+    return float(-(w * np.log(p)).sum() / max(w.sum(), 1e-12))
+
+
+def fit(
+    head: MILHead, bags: BagSet, targets: np.ndarray, train_pos: np.ndarray, val_pos: np.ndarray,
+    cfg: TrainConfig, seed: int, n_epochs: int | None = None, log: Log | None = None, class_names: list[str] | None = None,
+) -> FitResult:
+    """Train ``head`` on ``train_pos``; early-stop on ``val_pos`` unless it is empty or ``n_epochs`` is set.
+
+    ``targets`` (n_bags,) int class index per bag position. Returns the best weights (or the
+    last ones when there is no validation part).
+    """
+    device = bags.device
+    head.to(device)
+    names = class_names or [str(i) for i in range(head.n_classes)]
+    weights = class_weights(targets[train_pos], head.n_classes, cfg.class_weighting)
+    weights_dev = weights.to(device)
+    targets_dev = torch.as_tensor(targets, dtype=torch.int64, device=device)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # dropout
+    use_val = len(val_pos) > 0 and n_epochs is None
+    max_epochs = n_epochs or cfg.max_epochs
+    best_score, best_epoch, best_state, stale = None, 0, None, 0
+    history: list[dict[str, float | None]] = []
+    for epoch in range(1, max_epochs + 1):
+        t0 = time.perf_counter()
+        train_loss = train_epoch(head, opt, bags, train_pos, targets_dev, weights_dev, cfg, rng, gen)
+        row: dict[str, float | None] = {"epoch": epoch, "train_loss": train_loss}
+        if use_val:
+            probs = predict_probs(head, bags, val_pos.tolist(), cfg.eval_tiles_per_batch)
+            y = targets[val_pos]
+            row["val_loss"] = _weighted_nll(probs, y, weights.numpy())
+            row["val_auc"] = classification_metrics(y, probs, names)["auc"]
+            score = -row["val_loss"] if cfg.monitor == "loss" or row["val_auc"] is None else row["val_auc"]
+            if best_score is None or score > best_score + 1e-9:
+                best_score, best_epoch, stale = score, epoch, 0
+                best_state = copy.deepcopy(head.state_dict())
+            else:
+                stale += 1
+        row["seconds"] = time.perf_counter() - t0
+        history.append(row)
+        if log is not None:
+            log("  epoch {epoch:3d}  train loss {train_loss:.4f}".format(**row)
+                + (f"  val loss {row['val_loss']:.4f}  val auc {row['val_auc'] if row['val_auc'] is None else round(row['val_auc'], 4)}" if use_val else ""))
+        if use_val and stale >= cfg.patience and epoch >= cfg.min_epochs:
+            break
+    if best_state is not None:
+        head.load_state_dict(best_state)
+    else:
+        best_epoch = len(history)
+    state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
+    return FitResult(state, best_epoch, len(history), history)

@@ -1,0 +1,33 @@
+"""Synthetic cohorts from real tissue, with ground truth (``wsi-mil synth``).
+
+Slides are pyramidal JPEG TIFFs that OpenSlide opens like scanner files, textured with real H&E tissue
+(the bundled CMU-1-Small-Region sample) under per-slide stain variation; positive slides carry a few
+small lesions with denser, darker, larger nuclei whose polygons and masks are written beside them.
+
+Public API: :func:`make_cohort`, :func:`make_slide`, :func:`load_lesion_mask`, :func:`lesion_fraction`,
+:func:`load_tissue_mask`, :func:`load_lesion_polygons`, :func:`load_ground_truth`,
+:func:`read_cohort_manifest`, :class:`SlideTruth`.
+"""
+
+from wsi_mil.synth.cohort import make_cohort, read_cohort_manifest
+from wsi_mil.synth.slide import make_slide
+from wsi_mil.synth.truth import (
+    SlideTruth,
+    lesion_fraction,
+    load_ground_truth,
+    load_lesion_mask,
+    load_lesion_polygons,
+    load_tissue_mask,
+)
+
+__all__ = [
+    "SlideTruth",
+    "lesion_fraction",
+    "load_ground_truth",
+    "load_lesion_mask",
+    "load_lesion_polygons",
+    "load_tissue_mask",
+    "make_cohort",
+    "make_slide",
+    "read_cohort_manifest",
+]

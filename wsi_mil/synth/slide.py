@@ -1,0 +1,71 @@
+"""``make_slide``: write one synthetic slide (pyramidal JPEG TIFF) and return its ground truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from wsi_mil.synth.render import SlideRenderer, SlideSpec
+from wsi_mil.synth.shapes import polygon_area, rasterize_lesions
+from wsi_mil.synth.truth import SlideTruth, write_ground_truth
+from wsi_mil.synth.writer import WriteStats, pyramid_levels, write_pyramidal_tiff
+
+
+def make_slide(
+    path: str | Path,
+    width: int,
+    height: int,
+    mpp: float = 0.5,
+    seed: int = 0,
+    positive: bool = True,
+    lesion_fraction: float | tuple[float, float] = (0.01, 0.05),
+    *,
+    slide_id: str | None = None,
+    n_lesions: int | None = None,
+    tile_size: int = 512,
+    jpeg_quality: int = 85,
+    level_downsample: int = 2,
+    stain_strength: float = 1.0,
+    lesion_texture: bool = True,
+    ground_truth_dir: str | Path | None = None,
+    params: dict | None = None,
+) -> SlideTruth:
+    """Write a ``width`` x ``height`` px slide at ``mpp`` to ``path`` (atomically) and return its truth.
+
+    The file is a tiled (``tile_size``) JPEG TIFF with levels reduced by ``level_downsample`` (2: a 0.25 mpp
+    slide has a 0.5 mpp level) until the longest side is <= ``tile_size``; OpenSlide reports its mpp.
+    Positive slides get ``n_lesions`` (default 1-3) lesions covering ``lesion_fraction`` of the tissue (a
+    value, or a range to draw from). ``lesion_texture=False`` renders the same slide with the lesions
+    left as normal tissue (for checks). ``stain_strength`` scales the per-slide colour variation.
+    When ``ground_truth_dir`` is given the ground-truth files are written there too.
+    Memory: one tile plus the texture sources (~100 MB) and the coarse shape grids, at any slide size.
+    """
+    path = Path(path)
+    sid = slide_id or path.name.split(".")[0]
+    spec = SlideSpec.draw(width, height, mpp, seed, positive, lesion_fraction, n_lesions=n_lesions,
+                          stain_strength=stain_strength)
+    levels = pyramid_levels(width, height, level_downsample, min_size=tile_size)
+    renderer = SlideRenderer(spec, levels, lesion_texture=lesion_texture)
+    desc = (f"wsi_mil synthetic slide {sid}: {width}x{height} px, mpp {mpp}, seed {seed}, "
+            f"{'positive' if positive else 'negative'}")
+    stats: WriteStats = write_pyramidal_tiff(path, levels, mpp, renderer, background=spec.stain.background,
+                                             tile_size=tile_size, quality=jpeg_quality, description=desc)
+    ds = spec.mask_downsample
+    polys = [les.polygon() for les in spec.lesions]
+    truth = SlideTruth(
+        slide_id=sid, path=path, width=width, height=height, mpp=mpp,
+        level_dimensions=[(lv.width, lv.height) for lv in levels],
+        level_downsamples=[lv.downsample for lv in levels],
+        positive=positive, seed=seed, lesions=polys,
+        lesion_area=float(sum(polygon_area(p) for p in polys)), tissue_area=spec.tissue_area,
+        mask=rasterize_lesions(list(spec.lesions), width, height, ds),
+        tissue_mask=spec.tissue.mask(ds), mask_downsample=ds,
+        params={**(params or {}), "tile_size": tile_size, "jpeg_quality": jpeg_quality,
+                "level_downsample": level_downsample, "stain_strength": stain_strength,
+                "target_lesion_fraction": spec.target_lesion_fraction,
+                "tiles_written": stats.tiles, "glass_tiles": stats.glass_tiles,
+                "file_bytes": stats.file_bytes},
+    )
+    if ground_truth_dir is not None:
+        write_ground_truth(ground_truth_dir, truth)
+    return truth
+
