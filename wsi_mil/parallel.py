@@ -43,7 +43,7 @@ def dask_client(
 
     if scheduler:
         try:
-            client = Client(scheduler, timeout="20s")
+            client = Client(scheduler)  # connect timeout: dask config distributed.comm.timeouts.connect
         except OSError as exc:
             raise WsiMilError(
                 f"cannot reach the Dask scheduler at {scheduler}: {exc}; check the address "

@@ -16,7 +16,7 @@ def heatmap(
     run: Annotated[Path, typer.Argument(help="model run folder written by 'wsi-mil train' (models/RUN)")],
     job: Annotated[Path, typer.Argument(help="job folder with patches/ and features/")],
     out: Annotated[Path, typer.Option("-o", "--out", help="output folder: OUT/{slide_id}/ and OUT/index.html")],
-    slides: Annotated[Optional[list[str]], typer.Option("--slides", help="slide id to draw (repeat); default: all")] = None,
+    slides: Annotated[Optional[list[str]], typer.Option("--slides", help="slide ids to draw (repeat or comma-separate); default: all")] = None,
     class_name: Annotated[Optional[str], typer.Option("--class", help="class whose scores are shown "
                                                       "[default: class 1 of a binary run, else the predicted class]")] = None,
     labels: Annotated[Optional[Path], typer.Option(help="labels CSV (slide_id,label) to show beside predictions")] = None,
@@ -45,7 +45,8 @@ def heatmap(
         cli=dict(class_name=class_name, pixels_per_tile=pixels_per_tile, vmin=vmin, vmax=vmax, cmap=cmap,
                  embed_images=embed_images),
     )
-    report = run_heatmaps(run, job, out, cfg, slides=slides, labels_csv=labels, workers=workers,
+    ids = [s for value in (slides or []) for s in value.split(",") if s.strip()] or None
+    report = run_heatmaps(run, job, out, cfg, slides=ids, labels_csv=labels, workers=workers,
                           scheduler=scheduler, overwrite=overwrite, progress=progress)
     code = print_batch_summary("heatmap", report.statuses, report.record_path)
     console.print(f"cohort page: {report.index_path}")

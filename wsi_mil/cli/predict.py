@@ -22,7 +22,7 @@ def predict(
     """Predict every slide with the run's final model; write OUT.csv and OUT.tiles/{slide_id}.csv."""
     from wsi_mil.mil.stages import predict_stage
 
-    log = (lambda s: None) if quiet else (lambda s: console.print(s, markup=False, highlight=False))
+    log = (lambda s: None) if quiet else (lambda s: console.print(s, markup=False, highlight=False, soft_wrap=True))
     summary = predict_stage(run, features_dir, out, device=device, log=log)
     console.print(f"[bold]predict[/bold]: {summary.n_slides} slides -> {summary.out_csv}; tiles: {summary.tiles_dir}")
     for w in summary.warnings:

@@ -34,7 +34,7 @@ def train(
     section = "train" if config is not None and "train" in load_yaml(config) else None
     cfg = build_config(TrainConfig, config, set_, section=section,
                        cli=dict(head=head, folds=folds, device=device, seed=seed))
-    log = (lambda s: None) if quiet else (lambda s: console.print(s, markup=False, highlight=False))
+    log = (lambda s: None) if quiet else (lambda s: console.print(s, markup=False, highlight=False, soft_wrap=True))
     summary = train_stage(features_dir, labels, out, cfg, log=log, overwrite=overwrite)
     oof = summary.metrics["out_of_fold"]
     m, ci = oof["metrics"], oof["ci"] or {}
@@ -44,7 +44,7 @@ def train(
         band = ci.get(k)
         parts.append(f"{k} {'n/a' if v is None else f'{v:.3f}'}"
                      + (f" [{band[0]:.3f}, {band[1]:.3f}]" if band else ""))
-    console.print(f"[bold]train[/bold] {cfg.head}: out-of-fold ({oof['n_slides']} slides) " + ", ".join(parts))
+    console.print(f"[bold]train[/bold] {cfg.head}: out-of-fold ({oof['n_slides']} slides) " + ", ".join(parts), soft_wrap=True)
     if "test" in summary.metrics:
         t = summary.metrics["test"]["metrics"]["auc"]
         console.print(f"test split ({summary.metrics['test']['n_slides']} slides): auc {'n/a' if t is None else f'{t:.3f}'}")

@@ -3,7 +3,8 @@
 One table row per slide: slide id, label (when known), predicted class, probability of the
 shown class, number of tiles, status (with the reason of a failure or a note such as "no
 tissue"), the overlay picture and links to the slide's five outputs. Clicking a column header
-sorts by it (numbers numerically, again to reverse). Images are referenced by relative path
+sorts by it (numbers numerically, again to reverse); the order is kept in the address
+(``index.html#sort=probability-desc``), so a sorted view can be bookmarked or shared. Images are referenced by relative path
 (``{slide_id}/overlay.png``), so the folder can be moved or zipped as a whole and opened from
 the file system; ``embed=True`` inlines them as data URIs for a single-file page instead.
 
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from wsi_mil.atomic import write_text_atomic
 
-OUTPUT_FILES = ("overlay.png", "tiles.geojson", "overlay.ome.tif", "top_tiles.png", "scores.csv")
+COLUMNS = ("Slide", "Label", "Predicted", "Probability", "Tiles", "Status", "Overlay", "Files")
 
 
 @dataclass
@@ -60,19 +61,28 @@ tr.failed td{background:#fff2f2}
 
 JS = """
 (function(){
-  function key(td){var v=td.getAttribute('data-sort');var n=parseFloat(v);
-    return (v!==null&&v!==''&&!isNaN(n)&&isFinite(v))?[0,n]:[1,(v||td.textContent).toLowerCase()];}
+  function key(td){var v=td.getAttribute('data-sort');if(v===null){v=td.textContent;}
+    if(v===''){return [2,''];}  // empty cells stay at the bottom in both directions
+    var n=parseFloat(v);return (!isNaN(n)&&isFinite(v))?[0,n]:[1,v.toLowerCase()];}
   function cmp(a,b){if(a[0]!==b[0])return a[0]-b[0];return a[1]<b[1]?-1:a[1]>b[1]?1:0;}
   var table=document.getElementById('slides');
   var ths=table.tHead.rows[0].cells;
-  Array.prototype.forEach.call(ths,function(th,i){th.addEventListener('click',function(){
-    var asc=!th.classList.contains('sorted-asc');
+  function sortBy(i,asc){
     Array.prototype.forEach.call(ths,function(h){h.classList.remove('sorted-asc','sorted-desc');});
-    th.classList.add(asc?'sorted-asc':'sorted-desc');
+    ths[i].classList.add(asc?'sorted-asc':'sorted-desc');
     var body=table.tBodies[0];var rows=Array.prototype.slice.call(body.rows);
-    rows.sort(function(r1,r2){var c=cmp(key(r1.cells[i]),key(r2.cells[i]));return asc?c:-c;});
+    rows.sort(function(r1,r2){var a=key(r1.cells[i]),b=key(r2.cells[i]);
+      if(a[0]===2||b[0]===2){return a[0]===b[0]?0:(a[0]===2?1:-1);}
+      var c=cmp(a,b);return asc?c:-c;});
     rows.forEach(function(r){body.appendChild(r);});
+    document.body.setAttribute('data-sorted',ths[i].getAttribute('data-col')+'-'+(asc?'asc':'desc'));
+  }
+  Array.prototype.forEach.call(ths,function(th,i){th.addEventListener('click',function(){
+    var asc=!th.classList.contains('sorted-asc');sortBy(i,asc);
+    if(history.replaceState){history.replaceState(null,'','#sort='+th.getAttribute('data-col')+'-'+(asc?'asc':'desc'));}
   });});
+  var m=/^#sort=([a-z]+)-(asc|desc)$/.exec(location.hash);
+  if(m){Array.prototype.forEach.call(ths,function(th,i){if(th.getAttribute('data-col')===m[1]){sortBy(i,m[2]==='asc');}});}
   function check(){
     var imgs=document.images,loaded=0,failed=0,pending=0;
     for(var i=0;i<imgs.length;i++){var im=imgs[i];
@@ -144,8 +154,9 @@ def render_report_html(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>{e(title)}</title>"
         f"<style>{CSS}</style></head>\n<body>\n<h1>{e(title)}</h1><p class=\"meta\">{e(meta)}</p>\n"
-        "<table id=\"slides\"><thead><tr><th>Slide</th><th>Label</th><th>Predicted</th>"
-        "<th>Probability</th><th>Tiles</th><th>Status</th><th>Overlay</th><th>Files</th></tr></thead>\n"
+        "<table id=\"slides\"><thead><tr>"
+        + "".join(f'<th data-col="{c.lower()}">{c}</th>' for c in COLUMNS)
+        + "</tr></thead>\n"
         "<tbody>\n" + "\n".join(body) + "\n</tbody></table>\n"
         f"<script>{JS}</script>\n</body></html>\n"
     )

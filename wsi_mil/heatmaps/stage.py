@@ -31,7 +31,7 @@ from pydantic import Field
 from wsi_mil import __version__
 from wsi_mil.atomic import atomic_path, remove_stale_temporaries, write_json_atomic
 from wsi_mil.config import StrictModel, config_to_dict
-from wsi_mil.errors import ConfigError, StoreError, WsiMilError
+from wsi_mil.errors import ConfigError, LabelsError, StoreError, WsiMilError
 from wsi_mil.heatmaps.render import OUTPUTS, RenderOptions, SlideArrays, choose_class, render_slide
 from wsi_mil.heatmaps.report import ReportRow, render_report_html
 from wsi_mil.heatmaps.scoremap import stride_level0
@@ -94,6 +94,32 @@ def read_run_labels(run_dir: str | Path) -> dict[str, str]:
         return {r["slide_id"]: r["label"] for r in reader if r.get("slide_id") and r.get("label") not in (None, "")}
 
 
+def read_display_labels(path: str | Path) -> dict[str, str]:
+    """slide id -> label from a labels CSV (``slide_id,label``, other columns ignored).
+
+    Lenient on purpose: labels are only shown, so a file of one class or a subset of the
+    cohort is fine; a missing column, an empty cell or a duplicate slide id is an error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LabelsError(f"{path}: labels CSV not found")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        if "slide_id" not in header or "label" not in header:
+            raise LabelsError(f"{path}: needs the columns slide_id and label (header: {','.join(header)})")
+        out: dict[str, str] = {}
+        for line, rec in enumerate(reader, start=2):
+            rec = {(k or "").strip(): (v or "").strip() for k, v in rec.items() if k is not None}
+            sid, label = rec.get("slide_id", ""), rec.get("label", "")
+            if not sid or not label:
+                raise LabelsError(f"{path}: line {line}: empty slide_id or label; fill it in or remove the row")
+            if sid in out:
+                raise LabelsError(f"{path}: line {line}: duplicate slide_id '{sid}'; keep one row per slide")
+            out[sid] = label
+    return out
+
+
 def read_thumbnail(slide_path: str | Path, mpp: float | None, max_px: int) -> np.ndarray:
     """The whole slide as (h, w, 3) uint8 RGB, longer side about ``max_px``.
 
@@ -135,6 +161,9 @@ def _slide_arrays(slide_id: str, run: Any, job: Path, cfg: HeatmapConfig, label:
         raise StoreError(f"{fpath}: its tile coordinates differ from the patch store {store.path}; the features "
                          "come from another tiling: re-run 'wsi-mil extract --overwrite'")
     attrs = store.attrs
+    missing = [k for k in ("level0_width", "level0_height", "mpp", "tile_size_level0") if not attrs.get(k)]
+    if missing:
+        raise StoreError(f"{store.path}: patch store lacks attribute(s) {', '.join(missing)}; re-run 'wsi-mil tile'")
     n = store.n_tiles
     c = len(run.class_names)
     if n:
@@ -271,9 +300,7 @@ def run_heatmaps(
                           f"{', '.join(run.class_names)}")
     labels = read_run_labels(run_dir)
     if labels_csv is not None:
-        from wsi_mil.mil.labels import read_labels
-
-        labels.update({r.slide_id: r.label for r in read_labels(labels_csv).rows})
+        labels.update(read_display_labels(labels_csv))
     ids = list(dict.fromkeys(slides)) if slides else discover_slides(run_dir, job, run.encoder_id)
     if not ids:
         raise StoreError(f"{job}: no slides found (no patch stores, feature files or predictions); run "

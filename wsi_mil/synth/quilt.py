@@ -86,46 +86,86 @@ class Quilt:
 
         image: the stain-varied source crop resized by ``scale`` (sample px -> level-k px);
         downsample: level-k downsample relative to level 0.
-        rows: optional (h,) bool; rows that are False may be left at zero (e.g. pure glass).
+        rows: optional (h,) bool; only rows from the first to the last True one are rendered, the others
+        stay zero (e.g. pure glass).
         """
         cell, ov = self.cell, self.overlap
+        out = np.zeros((h, w, 3), np.float32)
+        row_lo, row_hi = 0, h
+        if rows is not None:
+            on = np.flatnonzero(rows)
+            if on.size == 0:
+                return out
+            row_lo, row_hi = int(on[0]), int(on[-1]) + 1
         ys = (np.arange(y, y + h, dtype=np.float64) + 0.5) * downsample
         xs = (np.arange(x, x + w, dtype=np.float64) + 0.5) * downsample
-        out = np.zeros((h, w, 3), np.float32)
         ny, nx = self.table.patch.shape
         patch_k = int(np.floor(self.sample.patch_px * scale))
         cand = self.sample.candidates
-        for i in _axis_cells(ys[0], ys[-1], cell, ov, ny):
+        for i in _axis_cells(ys[row_lo], ys[row_hi - 1], cell, ov, ny):
             wy = _axis_weight(ys, i, cell, ov)
-            if rows is not None:
-                wy = wy * rows
-            nzy = np.flatnonzero(wy)
-            if nzy.size == 0:
+            wy[:row_lo] = 0
+            wy[row_hi:] = 0
+            ry = _spans(wy)
+            if ry is None:
                 continue
-            r0, r1 = int(nzy[0]), int(nzy[-1]) + 1
             ext_y = i * cell - ov / 2
-            v0 = int(np.floor((ys[r0] - ext_y) / downsample))
+            v0 = int(np.floor((ys[ry[0]] - ext_y) / downsample))
             xs_row = xs + self.table.row_offset[i] * cell
             for j in _axis_cells(xs_row[0], xs_row[-1], cell, ov, nx):
                 wx = _axis_weight(xs_row, j, cell, ov)
-                nzx = np.flatnonzero(wx)
-                if nzx.size == 0:
+                rx = _spans(wx)
+                if rx is None:
                     continue
-                c0, c1 = int(nzx[0]), int(nzx[-1]) + 1
                 ext_x = j * cell - ov / 2
-                u0 = int(np.floor((xs_row[c0] - ext_x) / downsample))
+                u0 = int(np.floor((xs_row[rx[0]] - ext_x) / downsample))
                 k = int(self.table.patch[i, j])
                 sx, sy = (int(round(c * scale)) for c in cand[k])
                 window = image[sy:sy + patch_k + 1, sx:sx + patch_k + 1]
                 view = _dihedral(window, int(self.table.dihedral[i, j]))
-                vh, vw = view.shape[:2]
-                nh, nw = r1 - r0, c1 - c0
-                if 0 <= v0 and v0 + nh <= vh and 0 <= u0 and u0 + nw <= vw:
-                    src = view[v0:v0 + nh, u0:u0 + nw]
-                else:  # rounding at coarse levels: repeat the window's edge pixels
-                    ri = np.clip(np.arange(v0, v0 + nh), 0, vh - 1)
-                    ci = np.clip(np.arange(u0, u0 + nw), 0, vw - 1)
-                    src = view[ri][:, ci]
-                wgt = wy[r0:r1, None] * wx[None, c0:c1]
-                out[r0:r1, c0:c1] += src * wgt[..., None]
+                src = _window(view, v0, ry[3] - ry[0], u0, rx[3] - rx[0])
+                _paste(out, src, wy, wx, ry, rx)
         return out
+
+
+def _spans(weight: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(start, core_start, core_stop, stop) of a cell along one axis: weight > 0 on [start, stop) and
+    == 1 on [core_start, core_stop) (empty core: core_start == core_stop); None when all zero."""
+    nz = np.flatnonzero(weight)
+    if nz.size == 0:
+        return None
+    a, b = int(nz[0]), int(nz[-1]) + 1
+    core = np.flatnonzero(weight[a:b] >= 1.0)
+    if core.size == 0:
+        return a, a, a, b
+    return a, a + int(core[0]), a + int(core[-1]) + 1, b
+
+
+def _window(view: np.ndarray, v0: int, nh: int, u0: int, nw: int) -> np.ndarray:
+    """``view[v0:v0+nh, u0:u0+nw]``, repeating edge pixels where rounding at coarse levels overruns it."""
+    vh, vw = view.shape[:2]
+    if 0 <= v0 and v0 + nh <= vh and 0 <= u0 and u0 + nw <= vw:
+        return view[v0:v0 + nh, u0:u0 + nw]
+    ri = np.clip(np.arange(v0, v0 + nh), 0, vh - 1)
+    ci = np.clip(np.arange(u0, u0 + nw), 0, vw - 1)
+    return view[ri][:, ci]
+
+
+def _paste(out: np.ndarray, src: np.ndarray, wy: np.ndarray, wx: np.ndarray,
+           ry: tuple[int, int, int, int], rx: tuple[int, int, int, int]) -> None:
+    """Add ``src`` weighted by wy x wx into ``out`` over rows ry[0]:ry[3], cols rx[0]:rx[3].
+
+    Where both weights are 1 (the cell's core, which no other cell reaches) the pixels are copied; only
+    the cross-fade bands are multiplied and added.
+    """
+    r0, rc0, rc1, r1 = ry
+    c0, cc0, cc1, c1 = rx
+    if rc1 > rc0 and cc1 > cc0:
+        out[rc0:rc1, cc0:cc1] = src[rc0 - r0:rc1 - r0, cc0 - c0:cc1 - c0]
+        bands = [(r0, rc0, c0, c1), (rc1, r1, c0, c1), (rc0, rc1, c0, cc0), (rc0, rc1, cc1, c1)]
+    else:
+        bands = [(r0, r1, c0, c1)]
+    for a, b, c, d in bands:
+        if b > a and d > c:
+            wgt = wy[a:b, None] * wx[None, c:d]
+            out[a:b, c:d] += src[a - r0:b - r0, c - c0:d - c0] * wgt[..., None]

@@ -138,13 +138,15 @@ class SlideRenderer:
             les -= tex
             les *= alpha[..., None]
             tex += les
-        if sd.min() < reach:
-            dark = 1.0 - tex.mean(axis=-1) / float(self.glass.mean())
-            sd_eff = sd + ragged * np.clip((dark - 0.18) / 0.1, -1.0, 1.0)
+        edge_rows = np.flatnonzero(sd.min(axis=1) < reach)
+        if edge_rows.size:  # tissue border: anti-aliased, ragged along the texture (pale parts recede)
+            a, b = int(edge_rows[0]), int(edge_rows[-1]) + 1
+            part = tex[a:b]
+            dark = 1.0 - (part[..., 0] + part[..., 1] + part[..., 2]) / float(3 * self.glass.mean())
+            sd_eff = sd[a:b] + ragged * np.clip((dark - 0.18) / 0.1, -1.0, 1.0)
             at = np.clip(sd_eff / edge + 0.5, 0.0, 1.0)[..., None]
-            tex -= self.glass
-            tex *= at
-            tex += self.glass
-        np.clip(tex, 0, 255, out=tex)
-        tex += 0.5
+            part -= self.glass
+            part *= at
+            part += self.glass
+        tex += 0.5  # values are convex combinations of 0-255 pixels: no clipping needed
         return tex.astype(np.uint8)

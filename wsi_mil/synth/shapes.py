@@ -81,7 +81,9 @@ class TissueShape:
             noise = ndi.gaussian_filter(rng.normal(size=(gh, gw)), sigma, mode="wrap")
             field = field + amp * noise / (noise.std() + 1e-12)
         margin = np.minimum.reduce([xx, yy, 1.0 - xx, 1.0 - yy])
-        field = np.where(margin < 0.04, -np.inf, field)
+        # pieces bend away from the slide borders instead of being cut straight by them
+        field = field - 12.0 * np.clip(1.0 - margin / 0.12, 0.0, 1.0) ** 2
+        field = np.where(margin < 0.015, -np.inf, field)
         inside_slide = (xx <= 1.0) & (yy <= 1.0)
         target = rng.uniform(*tissue_fraction)
         thr = np.quantile(field[inside_slide], 1.0 - target)

@@ -1,0 +1,236 @@
+"""MIL heads: the min-max layer, WELDON and CHOWDER against hand-computed references, the
+(features, mask) contract, padding invariance and where gradients flow."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from wsi_mil.errors import ConfigError
+from wsi_mil.mil import create_head, list_heads
+from wsi_mil.mil.minmax import extreme_mean, extreme_values, minmax_pool, resolve_k, selection_marks
+
+torch.set_default_dtype(torch.float64)  # exact comparisons, no ties from rounding
+
+
+def _s(values, n_pad: int = 0, fill: float = 1e6) -> tuple[torch.Tensor, torch.Tensor]:
+    """One bag of scores (1, N+n_pad, 1) with padding ``fill`` and its mask."""
+    v = torch.tensor(list(values) + [fill] * n_pad).view(1, -1, 1)
+    mask = torch.zeros(1, v.shape[1], dtype=torch.bool)
+    mask[0, : len(values)] = True
+    return v, mask
+
+
+# -- min-max layer ------------------------------------------------------------------------------
+
+def test_minmax_hand_computed() -> None:
+    s, m = _s([1.0, 5.0, 3.0, 2.0, 4.0], n_pad=3)
+    assert extreme_mean(s, m, 2, largest=True).item() == pytest.approx(4.5)
+    assert extreme_mean(s, m, 2, largest=False).item() == pytest.approx(1.5)
+    assert minmax_pool(s, m, 2, 2).item() == pytest.approx(6.0)
+    assert minmax_pool(s, m, 2, 2, negative_weight=0.5).item() == pytest.approx(5.25)
+    assert minmax_pool(s, m, 2, None).item() == pytest.approx(4.5)
+    # fraction: ceil(0.4 * 5) = 2 tiles; ceil(0.1 * 5) = 1
+    assert minmax_pool(s, m, 0.4, 0.1).item() == pytest.approx(4.5 + 1.0)
+
+
+def test_minmax_k_larger_than_bag_and_fewer_than_2k() -> None:
+    s, m = _s([2.0, 6.0], n_pad=4, fill=-1e6)
+    # k=3 > n=2: both tiles, in the top and the bottom mean
+    assert extreme_mean(s, m, 3, largest=True).item() == pytest.approx(4.0)
+    assert extreme_mean(s, m, 3, largest=False).item() == pytest.approx(4.0)
+    s, m = _s([1.0, 2.0, 9.0])  # n=3 < 2k=4: tile 2.0 is in both
+    assert minmax_pool(s, m, 2, 2).item() == pytest.approx(5.5 + 1.5)
+    marks = selection_marks(s, m, 2, 2)[0, :, 0].tolist()
+    assert marks == [-1, 1, 1]  # top wins for the shared tile
+
+
+def test_resolve_k_rules() -> None:
+    n = torch.tensor([0, 1, 10, 101])
+    assert resolve_k(5, n).tolist() == [0, 1, 5, 5]
+    assert resolve_k(0.1, n).tolist() == [0, 1, 1, 11]
+    assert resolve_k(1.0, n).tolist() == [0, 1, 10, 101]
+    assert resolve_k(3.0, n).tolist() == [0, 1, 3, 3]
+    with pytest.raises(ValueError):
+        resolve_k(2.5, n)
+    with pytest.raises(ValueError):
+        resolve_k(0, n)
+
+
+def test_extreme_values_sorted_and_repeat_last_rank() -> None:
+    s, m = _s([3.0, 1.0, 4.0, 1.5, 5.0, 9.0, 2.0], n_pad=2)
+    assert extreme_values(s, m, 3)[0, :, 0].tolist() == [9.0, 5.0, 4.0, 1.0, 1.5, 2.0]
+    s, m = _s([3.0, 7.0], n_pad=5)  # fewer than R tiles: repeat the last available rank
+    assert extreme_values(s, m, 3)[0, :, 0].tolist() == [7.0, 3.0, 3.0, 3.0, 7.0, 7.0]
+    s, m = _s([], n_pad=4)
+    assert extreme_values(s, m, 2).abs().sum().item() == 0.0
+
+
+def test_minmax_empty_bag_is_zero_not_nan() -> None:
+    s, m = _s([], n_pad=3)
+    assert minmax_pool(s, m, 2, 2).item() == 0.0
+
+
+# -- WELDON and CHOWDER against references ------------------------------------------------------
+
+def _bag(n: int, d: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, d))
+
+
+def test_weldon_matches_hand_reference() -> None:
+    x = _bag(9, 4, 0)
+    head = create_head("weldon", 4, 2, k_top=3, k_bottom=2, negative_weight=0.7).eval()
+    w = np.array([0.5, -1.0, 2.0, 0.25])
+    with torch.no_grad():
+        head.scorer.weight.copy_(torch.tensor(w).view(1, 4))
+        head.scorer.bias.fill_(0.1)
+    s = x @ w + 0.1
+    order = np.sort(s)
+    z = order[-3:].mean() + 0.7 * order[:2].mean()
+    with torch.no_grad():
+        logits, tiles = head(torch.tensor(x)[None], torch.ones(1, 9, dtype=torch.bool))
+    np.testing.assert_allclose(logits[0].numpy(), [0.0, z], rtol=1e-12)
+    np.testing.assert_allclose(tiles[0].numpy(), np.stack([-s, s], 1), rtol=1e-12)
+    sel = head.select(tiles, torch.ones(1, 9, dtype=torch.bool))[0, :, 1].numpy()
+    assert set(np.flatnonzero(sel == 1)) == set(np.argsort(s)[-3:])
+    assert set(np.flatnonzero(sel == -1)) == set(np.argsort(s)[:2])
+
+
+def _sigmoid(a: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-a))
+
+
+def _chowder_reference(x: np.ndarray, head, member: int, out: int, r: int) -> float:
+    """One CHOWDER member's output, written out by hand in numpy."""
+    o = head.n_outputs
+    w = head.embedding.weight.detach().numpy()[member * o + out]
+    b = head.embedding.bias.detach().numpy()[member * o + out]
+    s = x @ w + b
+    desc = np.sort(s)[::-1]
+    top = [desc[min(i, len(s) - 1)] for i in range(r)]
+    asc = np.sort(s)
+    bottom = [asc[min(i, len(s) - 1)] for i in range(r)]
+    h = np.array(top + bottom)
+    layers = list(zip(head.weights, head.biases))
+    for i, (wl, bl) in enumerate(layers):
+        h = h @ wl.detach().numpy()[member, out] + bl.detach().numpy()[member, out, 0]
+        if i < len(layers) - 1:
+            h = _sigmoid(h)
+    return float(h[0])
+
+
+@pytest.mark.parametrize("n_tiles", [12, 2])  # 2 < R: the repeat-last-rank rule
+def test_chowder_matches_hand_reference_binary(n_tiles: int) -> None:
+    torch.manual_seed(0)
+    head = create_head("chowder", 5, 2, r=3, n_members=1, hidden=[4, 3]).eval()
+    x = _bag(n_tiles, 5, 1)
+    with torch.no_grad():
+        logits, tiles = head(torch.tensor(x)[None], torch.ones(1, n_tiles, dtype=torch.bool))
+    z = _chowder_reference(x, head, 0, 0, 3)
+    np.testing.assert_allclose(logits[0].numpy(), [0.0, z], rtol=1e-10)
+    s = x @ head.embedding.weight.detach().numpy()[0] + head.embedding.bias.detach().numpy()[0]
+    np.testing.assert_allclose(tiles[0, :, 1].numpy(), s, rtol=1e-10)
+
+
+def test_chowder_ensemble_averages_member_probabilities_multiclass() -> None:
+    torch.manual_seed(1)
+    head = create_head("chowder", 6, 3, r=2, n_members=3, hidden=[5, 4]).eval()
+    x = _bag(10, 6, 2)
+    with torch.no_grad():
+        logits, tiles = head(torch.tensor(x)[None], torch.ones(1, 10, dtype=torch.bool))
+    member = np.array([[_chowder_reference(x, head, e, c, 2) for c in range(3)] for e in range(3)])
+    probs = np.exp(member) / np.exp(member).sum(1, keepdims=True)
+    np.testing.assert_allclose(torch.softmax(logits, -1)[0].numpy(), probs.mean(0), rtol=1e-10)
+    w = head.embedding.weight.detach().numpy().reshape(3, 3, 6)
+    b = head.embedding.bias.detach().numpy().reshape(3, 3)
+    np.testing.assert_allclose(tiles[0].numpy(), (np.einsum("nd,eod->neo", x, w) + b).mean(1), rtol=1e-10)
+    # independently initialised members
+    assert not torch.allclose(head.weights[0][0], head.weights[0][1])
+
+
+def test_chowder_orientation_is_exact_and_makes_slope_positive() -> None:
+    torch.manual_seed(3)
+    head = create_head("chowder", 6, 2, r=2, n_members=4, hidden=[5, 4]).eval()
+    x = torch.tensor(_bag(15, 6, 4))[None]
+    m = torch.ones(1, 15, dtype=torch.bool)
+    logits0, tiles0 = head(x, m)
+    flip = torch.tensor([[True], [False], [True], [False]])
+    s0 = head.embedding(x).reshape(1, 15, 4, 1)
+    head.flip_(flip)
+    logits1, _ = head(x, m)
+    s1 = head.embedding(x).reshape(1, 15, 4, 1)
+    torch.testing.assert_close(logits1, logits0)  # same predictions
+    sign = torch.where(flip, -1.0, 1.0).view(1, 1, 4, 1)
+    torch.testing.assert_close(s1, s0 * sign)
+    head.orient_([(x, m)])
+    assert (head.output_slope([(x, m)]) >= 0).all()
+    torch.testing.assert_close(head(x, m)[0], logits0)
+
+
+# -- contract: every head ------------------------------------------------------------------------
+
+HEAD_KW = {"weldon": {"k_top": 3, "k_bottom": 2}, "chowder": {"r": 3, "n_members": 3, "hidden": [8, 4]},
+           "mean": {"hidden": 8}, "max": {}, "attention": {"hidden": 8, "attention_dim": 4}}
+
+
+def test_registry_lists_every_head_and_rejects_unknown() -> None:
+    assert set(list_heads()) == set(HEAD_KW)
+    with pytest.raises(ConfigError, match="unknown MIL head 'nope'"):
+        create_head("nope", 4, 2)
+    with pytest.raises(ConfigError, match="unknown key 'kk'"):
+        create_head("weldon", 4, 2, kk=3)
+    with pytest.raises(ConfigError, match="'r'"):
+        create_head("chowder", 4, 2, r=0)
+
+
+@pytest.mark.parametrize("name", sorted(HEAD_KW))
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_padding_never_changes_the_result(name: str, n_classes: int) -> None:
+    torch.manual_seed(0)
+    head = create_head(name, 6, n_classes, **HEAD_KW[name]).eval()
+    bags = [torch.randn(n, 6) for n in (7, 2, 13)]
+    alone = [head(b[None], torch.ones(1, len(b), dtype=torch.bool)) for b in bags]
+    width = 20
+    feats = torch.full((3, width, 6), 1e3)  # garbage in the padding
+    mask = torch.zeros(3, width, dtype=torch.bool)
+    for i, b in enumerate(bags):
+        feats[i, : len(b)] = b
+        mask[i, : len(b)] = True
+    logits, tiles = head(feats, mask)
+    marks = head.select(tiles, mask)
+    for i, (b, (lg, tl)) in enumerate(zip(bags, alone)):
+        torch.testing.assert_close(logits[i], lg[0])
+        torch.testing.assert_close(tiles[i, : len(b)], tl[0])
+        assert tiles[i, len(b):].abs().sum() == 0
+        assert marks[i, len(b):].abs().sum() == 0
+        torch.testing.assert_close(marks[i, : len(b)], head.select(tl, torch.ones(1, len(b), dtype=torch.bool))[0])
+    assert logits.shape == (3, n_classes) and tiles.shape == (3, width, n_classes)
+    assert head.member_logits(feats, mask).shape[::2] == (3, n_classes)
+
+
+@pytest.mark.parametrize(("name", "n_selected"), [("weldon", 5), ("chowder", 6), ("max", 1)])
+def test_gradients_reach_only_selected_tiles(name: str, n_selected: int) -> None:
+    """One model (a CHOWDER ensemble's gradient reaches the union of its members' selections)."""
+    torch.manual_seed(0)
+    kw = {**HEAD_KW[name], "n_members": 1} if name == "chowder" else HEAD_KW[name]
+    head = create_head(name, 6, 2, **kw).eval()
+    x = torch.randn(1, 12, 6, requires_grad=True)
+    pad = torch.zeros(1, 4, 6, requires_grad=True)
+    feats = torch.cat([x, pad], dim=1)
+    mask = torch.zeros(1, 16, dtype=torch.bool)
+    mask[0, :12] = True
+    logits, tiles = head(feats, mask)
+    logits[:, 1].sum().backward()
+    touched = set(torch.nonzero(x.grad[0].abs().sum(-1) > 0).flatten().tolist())
+    selected = set(torch.nonzero(head.select(tiles, mask)[0, :, 1] != 0).flatten().tolist())
+    assert touched == selected and len(selected) == n_selected
+    assert pad.grad.abs().sum() == 0
+
+
+def test_contract_shape_errors() -> None:
+    head = create_head("weldon", 4, 2)
+    with pytest.raises(ValueError, match="features must be"):
+        head(torch.zeros(2, 3, 5), torch.ones(2, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="mask must be bool"):
+        head(torch.zeros(2, 3, 4), torch.ones(2, 3))
