@@ -38,3 +38,18 @@ def job(tmp_path: Path) -> Path:
     d = tmp_path / "job"
     d.mkdir()
     return d
+
+
+@pytest.fixture(scope="session")
+def synth_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic cohort, generated once per session (``wsi_mil.synth.make_cohort``).
+
+    8 slides of 3072 x 3072 px at 0.5 mpp (4 levels: downsamples 1, 2, 4, 8), 4 positive, seed 0;
+    lesions cover 4-8% of the tissue, so each positive slide has several 224 px lesion tiles.
+    Holds ``slide_XXX.tiff``, ``labels.csv`` (slide_id,label,case_id), ``cohort.json`` and
+    ``ground_truth/`` (see ``wsi_mil.synth.load_lesion_mask``). Treat it as read-only.
+    """
+    from wsi_mil.synth import make_cohort
+
+    return make_cohort(tmp_path_factory.mktemp("synth") / "cohort", 8, positive_fraction=0.5,
+                       size=(3072, 3072), mpp=0.5, lesion_fraction=(0.04, 0.08), seed=0)

@@ -194,10 +194,9 @@ def test_oom_halves_the_batch_and_keeps_every_row(encoder) -> None:
 
 def test_oom_back_off_through_the_stage(job: Path, encoder) -> None:
     make_store(job, "s", 30)
-    wrapped = create_encoder(None, encoder.model_dir) if hasattr(encoder, "model_dir") else encoder
     import copy
 
-    enc = copy.copy(wrapped)
+    enc = copy.copy(encoder)
     enc.model = OomAbove(encoder.model, limit=7)
     report = extract_features(job, enc, cfg=ExtractConfig(device="cpu", batch_size=32, num_workers=0))
     assert report.statuses[0].status == "done"
@@ -229,6 +228,7 @@ def test_resolve_devices() -> None:
     assert resolve_devices("auto")[0].type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+@pytest.mark.slow
 def test_several_devices_run_one_process_each(job: Path, encoder_dir: Path, encoder) -> None:
     """Two 'devices' (CPU here, GPUs on a GPU node) in spawned processes share the slides."""
     for i, n in enumerate((12, 3, 7)):
@@ -247,7 +247,7 @@ def test_dask_scheduler_runs_one_task_per_slide(job: Path, encoder_dir: Path, en
 
     make_store(job, "a", 5)
     make_store(job, "b", 9, offset=50)
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
         report = extract_features(job, None, encoder_dir, ExtractConfig(device="cpu", batch_size=4),
                                   scheduler=cluster.scheduler_address)
     assert [(s.slide_id, s.status) for s in report.statuses] == [("a", "done"), ("b", "done")]
@@ -274,3 +274,33 @@ def test_device_path_bf16_channels_last(job: Path) -> None:
         assert engine.precision in ("bf16", "fp16")
         x = engine.preprocess(torch.from_numpy(colour_tiles(2, 64)).to(device))
         assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _crash_in_worker(self, i):  # replaces TileRangeDataset.__getitem__ in the forked loader worker
+    import os
+
+    from torch.utils.data import get_worker_info
+
+    if self.ranges[i].path.endswith("crash.zarr") and get_worker_info() is not None:
+        os._exit(3)  # like a segfault in a codec: the worker dies without a Python exception
+    return _ORIGINAL_GETITEM(self, i)
+
+
+from wsi_mil.extract.data import TileRangeDataset  # noqa: E402
+
+_ORIGINAL_GETITEM = TileRangeDataset.__getitem__
+
+
+def test_a_dying_loader_worker_fails_one_slide_and_the_rest_carry_on(job: Path, encoder,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    make_store(job, "a", 9)
+    make_store(job, "crash", 9)
+    make_store(job, "empty", 0)
+    make_store(job, "z", 9, offset=30)
+    monkeypatch.setattr(TileRangeDataset, "__getitem__", _crash_in_worker)
+    report = extract_features(job, encoder, cfg=ExtractConfig(device="cpu", batch_size=8, num_workers=1))
+    st = {s.slide_id: s for s in report.statuses}
+    assert st["a"].status == "done" and st["empty"].status == "done" and st["z"].status == "done"
+    assert st["crash"].status == "failed" and "loader process died" in st["crash"].reason
+    f = read_feature_file(report.features_dir / "z.h5")
+    np.testing.assert_allclose(f.features, reference(encoder, colour_tiles(9, 32, 30)), rtol=1e-4, atol=1e-4)

@@ -227,6 +227,19 @@ def test_geojson_empty_and_fractional_tile_size(tmp_path):
     assert doc["features"][0]["geometry"]["coordinates"][0][2] == [234.45, 244.45]
 
 
+def test_geojson_leaves_out_non_finite_measurements(tmp_path):
+    coords = np.array([[0, 0], [224, 0], [448, 0]])
+    p = write_tiles_geojson(tmp_path / "n.geojson", coords, np.array([1.5, np.nan, -2.0]), np.array([1, 0, -1]),
+                            SIZE0, "t", {"score other": np.array([0.25, 0.5, np.inf])})
+    doc = json.loads(p.read_text())
+    validate_qupath_geojson(doc)
+    meas = [f["properties"]["measurements"] for f in doc["features"]]
+    assert meas[0] == {"score": 1.5, "score other": 0.25, "selected": 1, "tile id": 0}
+    assert meas[1] == {"score other": 0.5, "selected": 0, "tile id": 1}
+    assert meas[2] == {"score": -2, "selected": -1, "tile id": 2}
+    assert doc["features"][1]["geometry"]["coordinates"][0][2] == [448, 224]
+
+
 def test_geojson_refuses_mismatched_arrays(tmp_path):
     with pytest.raises(WsiMilError, match="selected"):
         write_tiles_geojson(tmp_path / "x.geojson", np.zeros((3, 2)), np.zeros(3), np.zeros(2), SIZE0, "t")

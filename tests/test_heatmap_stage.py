@@ -197,8 +197,9 @@ def test_resume_skips_complete_slides_and_overwrite_redraws(rendered):
     again = run_heatmaps(run, job, out, HeatmapConfig(overlay_width=800), slides=["s1", "s2"], workers=0,
                          progress=False)
     assert [s.status for s in again.statuses] == ["skipped", "skipped"]
-    # the record keeps the other slides' rows
+    # the record keeps the other slides' rows, and the page still lists every slide
     assert len(read_run_record(out / "status.csv")) == 7
+    assert (out / "index.html").read_text().count("<tr class=") == 7
     other = run_heatmaps(run, job, out, HeatmapConfig(overlay_width=600), slides=["s1"], workers=0, progress=False)
     assert other.statuses[0].status == "done"  # another config redraws
     with Image.open(out / "s1" / "overlay.png") as im:

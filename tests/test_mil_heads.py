@@ -11,7 +11,17 @@ from wsi_mil.errors import ConfigError
 from wsi_mil.mil import create_head, list_heads
 from wsi_mil.mil.minmax import extreme_mean, extreme_values, minmax_pool, resolve_k, selection_marks
 
-torch.set_default_dtype(torch.float64)  # exact comparisons, no ties from rounding
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread avoids oversubscription on the shared 2-core machine."""
+    before, dtype = torch.get_num_threads(), torch.get_default_dtype()
+    torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float64)  # exact comparisons, no ties from rounding
+    yield
+    torch.set_num_threads(before)
+    torch.set_default_dtype(dtype)
 
 
 def _s(values, n_pad: int = 0, fill: float = 1e6) -> tuple[torch.Tensor, torch.Tensor]:

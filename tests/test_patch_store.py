@@ -35,26 +35,36 @@ def test_round_trip(tmp_path: Path, codec: str) -> None:
     assert store.coords.dtype == np.int64
     back = store.read_tiles(10, 40)
     err = np.abs(back.astype(int) - tiles[10:40].astype(int))
-    assert err.max() == 0 if codec == "zstd" else err.mean() < 2.0
+    assert err.max() == 0 if codec == "zstd" else err.mean() < 8.0  # saturated gradients, 4:2:0
+    # our direct shard reader and zarr's reader agree byte for byte
+    np.testing.assert_array_equal(store.read_tiles(16, 32), np.asarray(store._tiles[16:32]))
+    np.testing.assert_array_equal(store.read_tiles(144, 150), np.asarray(store._tiles[144:150]))
     picked = store.read_tile_indices(np.array([149, 3]))
-    assert np.abs(picked.astype(int) - tiles[[149, 3]].astype(int)).mean() < 2.0
+    assert np.abs(picked.astype(int) - tiles[[149, 3]].astype(int)).mean() < 8.0
     mask, ds = store.tissue_mask()
     assert ds == 8.0 and mask.shape == (4, 4)
     files = [p for p in path.rglob("*") if p.is_file()]
     assert len(files) < 25, "sharding keeps a store to a handful of files"
 
 
-def test_jpeg_tiles_decode_independently(tmp_path: Path) -> None:
-    """A tile's pixels do not depend on its neighbours in the chunk (S multiple of 16)."""
+@pytest.mark.parametrize("subsampling", ["444", "420"])
+def test_jpeg_tiles_decode_independently(tmp_path: Path, subsampling: str) -> None:
+    """A tile's pixels do not depend on its neighbours in the chunk (S multiple of 16); with
+    4:2:0 only the colour of its first and last pixel rows may (chroma upsampling)."""
     rng = np.random.default_rng(1)
     tiles = _tiles(4)
     tiles[1] = rng.integers(0, 255, tiles[1].shape, dtype=np.uint8)
+    kw = dict(jpeg_subsampling=subsampling)
     a = open_patch_store(write_patch_store(tmp_path / "a.zarr", tiles, np.zeros((4, 2)), np.ones(4),
-                                           np.ones((1, 1)), 1.0, ATTRS)).read_tiles()
+                                           np.ones((1, 1)), 1.0, ATTRS, **kw)).read_tiles()
     tiles[1] = 0
     b = open_patch_store(write_patch_store(tmp_path / "b.zarr", tiles, np.zeros((4, 2)), np.ones(4),
-                                           np.ones((1, 1)), 1.0, ATTRS)).read_tiles()
-    np.testing.assert_array_equal(a[[0, 2, 3]], b[[0, 2, 3]])
+                                           np.ones((1, 1)), 1.0, ATTRS, **kw)).read_tiles()
+    if subsampling == "444":
+        np.testing.assert_array_equal(a[[0, 2, 3]], b[[0, 2, 3]])
+    else:
+        np.testing.assert_array_equal(a[[0, 2, 3], 1:-1], b[[0, 2, 3], 1:-1])
+        np.testing.assert_array_equal(a[3], b[3])
 
 
 def test_empty_store_is_valid(tmp_path: Path) -> None:

@@ -29,8 +29,14 @@ def small_cfg(**kw: object) -> PretrainConfig:
 
 
 def make_sources(seed: int = 0) -> list[ArrayTileSource]:
+    """Two sources (40 and 30 tiles of 40 px) of smooth random colour fields."""
     rng = np.random.default_rng(seed)
-    return [ArrayTileSource(rng.integers(0, 256, (n, 40, 40, 3), dtype=np.uint8), chunk=8) for n in (40, 30)]
+    out = []
+    for n in (40, 30):
+        low = torch.tensor(rng.uniform(0, 255, (n, 3, 5, 5)))
+        t = torch.nn.functional.interpolate(low, size=(40, 40), mode="bicubic", align_corners=False)
+        out.append(ArrayTileSource(t.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy().copy(), chunk=8))
+    return out
 
 
 def run(cfg: PretrainConfig, ckpt: Path | None, resume: bool = False, stop_at: int | None = None,
@@ -88,11 +94,14 @@ def test_without_resume_a_run_starts_over(tmp_path: Path) -> None:
     assert again.resumed_from is None and again.global_step == again.total_steps
 
 
-def test_loss_falls_on_repeated_tiles(tmp_path: Path) -> None:
-    cfg = small_cfg(epochs=6, lr=3e-3, warmup_epochs=0.5)
+def test_loss_falls(tmp_path: Path) -> None:
+    from wsi_mil.ssl.config import AugmentConfig
+
+    aug = AugmentConfig(crop_scale=(0.6, 1.0), hed_p=0, color_p=0, blur_p=0)
+    cfg = small_cfg(epochs=8, lr=3e-3, warmup_epochs=0.5, temperature=0.2, augment=aug)
     res = run(cfg, None)
     assert all(math.isfinite(v) for v in res.epoch_losses)
-    assert res.epoch_losses[-1] < res.epoch_losses[0] - 0.3
+    assert np.mean(res.epoch_losses[-2:]) < res.epoch_losses[0] - 1.0
 
 
 def test_max_steps_stops_early(tmp_path: Path) -> None:

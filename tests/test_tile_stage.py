@@ -73,7 +73,8 @@ def test_store_content_matches_openslide(cmu_slide: Path, job: Path) -> None:
         for i in (0, 17, store.n_tiles - 1):
             x, y = store.coords[i]
             ref = s.read_region((int(x), int(y)), 0, (224, 224))
-            assert np.abs(tiles[i].astype(int) - ref.astype(int)).mean() < 6.0  # JPEG q90 4:4:4, ~33 dB
+            mse = ((tiles[i].astype(float) - ref.astype(float)) ** 2).mean()
+            assert 10 * np.log10(255**2 / mse) > 25.0  # JPEG q90 4:2:0 re-encoding: ~29 dB PSNR
 
 
 def test_lossless_codec_is_exact(cmu_slide: Path, job: Path) -> None:

@@ -91,3 +91,12 @@ def test_tissue_fraction_partial() -> None:
 def test_slide_smaller_than_a_tile_has_no_tiles() -> None:
     grid = make_tile_grid((16, 16), 0.5, 0.5, 224, 224, np.ones((2, 2), bool), 8.0, 0.1)
     assert grid.coords.shape == (0, 2)
+
+
+def test_grid_order_is_banded() -> None:
+    grid = make_tile_grid((2000, 500), 1.0, 1.0, 100, 100, np.ones((50, 200), bool), 10.0, 0.5, band_tiles=8)
+    xs, ys = grid.coords[:, 0], grid.coords[:, 1]
+    assert len(grid.coords) == 100 and len({(x, y) for x, y in grid.coords}) == 100
+    first_band = grid.coords[:40]
+    assert (first_band[:, 0] < 800).all() and list(first_band[:8, 1]) == [0] * 8
+    assert list(ys[:9]) == [0] * 8 + [100] and xs[40] == 800

@@ -149,7 +149,9 @@ class TilingConfig(StrictModel):
     mpp: float | None = Field(None, gt=0, description="override the slide's level-0 mpp")
     codec: Literal["jpeg", "zstd"] = "jpeg"
     jpeg_quality: int = Field(90, ge=1, le=100)
-    jpeg_subsampling: Literal["444", "422", "420"] = "444"
+    jpeg_subsampling: Literal["444", "422", "420"] = Field(
+        "420", description="JPEG chroma subsampling: 420 (default: smallest, fastest to decode) or 444 "
+        "(full chroma, each tile decodes independently of its chunk neighbours)")
     tiles_per_chunk: int = Field(64, ge=1, le=4096)
     chunks_per_shard: int = Field(16, ge=1, description="chunks per shard file (bounds writer memory)")
     tissue: TissueConfig = TissueConfig()

@@ -123,12 +123,15 @@ class Slide:
 
 
 def composite_on_white(rgba: np.ndarray) -> np.ndarray:
-    """(h, w, 4) RGBA uint8 (non-premultiplied) -> (h, w, 3) RGB over a white background."""
+    """(h, w, 4) RGBA uint8 (non-premultiplied) -> (h, w, 3) RGB over a white background.
+
+    An opaque image comes back as a view of ``rgba`` (no copy): copy it where you store it.
+    """
     if rgba.ndim != 3 or rgba.shape[2] == 3:
         return rgba
     alpha = rgba[..., 3]
     if alpha.min() == 255:
-        return np.ascontiguousarray(rgba[..., :3])
+        return rgba[..., :3]
     a = alpha[..., None].astype(np.uint16)
     rgb = (rgba[..., :3].astype(np.uint16) * a + 255 * (255 - a) + 127) // 255
     return rgb.astype(np.uint8)

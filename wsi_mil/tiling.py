@@ -16,7 +16,8 @@ import numpy as np
 class TileGrid:
     """Tiles kept for one slide.
 
-    coords: (N, 2) int64 level-0 (x, y) of the top-left corners, row-major order.
+    coords: (N, 2) int64 level-0 (x, y) of the top-left corners, in reading order: vertical
+    bands of ``band_tiles`` columns, row-major inside a band (see :func:`make_tile_grid`).
     tissue_fraction: (N,) float32. tile_size_level0 / stride_level0: level-0 pixels (float).
     """
 
@@ -57,8 +58,15 @@ def make_tile_grid(
     mask: np.ndarray,
     mask_downsample: float,
     min_tissue_fraction: float,
+    band_tiles: int = 8,
 ) -> TileGrid:
-    """All whole tiles inside the slide whose tissue fraction is at least ``min_tissue_fraction``."""
+    """All whole tiles inside the slide whose tissue fraction is at least ``min_tissue_fraction``.
+
+    Order: vertical bands ``band_tiles`` tiles wide, row-major within each band. Reading in that
+    order keeps the slide's own JPEG tiles under a row of our tiles in OpenSlide's tile cache
+    until every tile that needs them is read, so each is decoded about once, whatever the slide
+    width (row-major order over a wide slide decodes each source tile once per tile row it spans).
+    """
     w0, h0 = level0_size
     size0 = tile_size * target_mpp / mpp
     step0 = stride * target_mpp / mpp
@@ -71,4 +79,6 @@ def make_tile_grid(
     coords = np.stack([np.round(xs.ravel() * step0), np.round(ys.ravel() * step0)], axis=1).astype(np.int64)
     frac = tissue_fractions(mask, mask_downsample, coords, size0)
     keep = frac >= max(min_tissue_fraction, 1e-9)
-    return TileGrid(coords[keep], frac[keep], size0, step0, (rows, cols))
+    band = (xs.ravel() // max(1, band_tiles))[keep]
+    order = np.lexsort((xs.ravel()[keep], ys.ravel()[keep], band))
+    return TileGrid(coords[keep][order], frac[keep][order], size0, step0, (rows, cols))

@@ -13,7 +13,7 @@ from wsi_mil.cli._app import app
 from wsi_mil.errors import WsiMilError
 
 #: subcommand modules, in the order they appear in ``wsi-mil --help``
-COMMAND_MODULES = ("synth", "tile", "pretrain", "extract", "train", "predict", "heatmap")
+COMMAND_MODULES = ("run", "demo", "synth", "tile", "pretrain", "extract", "train", "predict", "heatmap")
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"wsi_mil.cli.{_name}")

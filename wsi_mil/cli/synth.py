@@ -12,7 +12,7 @@ from wsi_mil.cli._app import app
 @app.command("synth")
 def synth(
     out: Path = typer.Option(..., "-o", "--out", help="Cohort folder to write (created if missing)."),
-    slides: int = typer.Option(..., "--slides", "-n", help="Number of slides.", min=1),
+    slides: int = typer.Option(..., "--slides", "-n", help="Number of slides (>= 1)."),
     positive_fraction: float = typer.Option(0.5, "--positive-fraction", help="Share of positive slides (0-1)."),
     size: tuple[int, int] = typer.Option((4096, 4096), "--size", help="Level-0 width and height in pixels."),
     mpp: float = typer.Option(0.5, "--mpp", help="Microns per pixel at level 0 (0.25 = '40x', 0.5 = '20x')."),

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -93,10 +95,18 @@ class TileRangeDataset(Dataset):
             tiles = self._store(r.path).read_tiles(r.start, r.stop)
             if tiles.shape[0] != r.stop - r.start:
                 raise ValueError(f"{r.path}: read {tiles.shape[0]} tiles for rows {r.start}-{r.stop}")
-            return TileBatch(r.slide, r.start, r.stop, torch.from_numpy(tiles))
+            return TileBatch(r.slide, r.start, r.stop, as_tensor(tiles))
         except Exception as exc:  # a damaged store fails its slide, never the run
             reason = " ".join(f"{type(exc).__name__}: {exc}".split())
             return TileBatch(r.slide, r.start, r.stop, None, reason)
+
+
+def as_tensor(tiles: np.ndarray) -> torch.Tensor:
+    """A tensor sharing ``tiles``' memory. zarr may hand back read-only arrays; the pipeline never
+    writes to tiles (the device copy is converted out of place), so no copy is made."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(tiles)
 
 
 def _identity(item: TileBatch) -> TileBatch:

@@ -4,8 +4,8 @@ One DataLoader streams every slide's tiles in order (no pipeline drain between s
 engine embeds them on the device; when a slide's last rows arrive, its features are copied to
 pinned host memory asynchronously and a background thread writes the feature file atomically.
 A slide whose store cannot be read, or whose file cannot be written, fails alone; the others
-carry on. If a loader worker dies (e.g. a crash in a codec), the slide being read fails and the
-loader restarts at the next slide.
+carry on. If a loader process dies (e.g. a crash in a codec), the unfinished slides are read
+again one per loader until the one that kills it is found; it fails, and streaming resumes.
 """
 
 from __future__ import annotations
@@ -131,9 +131,17 @@ def run_slides(
         pending.append((i, writer.submit(write), slide.t0))
 
     try:
-        start = 0
+        start, isolate = 0, False
         while start < len(jobs):
-            start = _stream(engine, jobs, start, num_workers, submit, finish, reap)
+            stop = start + 1 if isolate else len(jobs)
+            resume, crash = _stream(engine, jobs, start, stop, num_workers, submit, finish, reap)
+            if crash and isolate:  # the slide read alone crashed its loader: it is the culprit
+                finish(start, FAILED, f"{jobs[start].store_path}: a loader process died while reading "
+                                      f"it ({crash})")
+                start, isolate = start + 1, False
+            else:
+                # after a crash in a shared loader, slides are read alone until the culprit is found
+                start, isolate = resume, bool(crash)
         reap(block=True)
     finally:
         writer.shutdown(wait=True)
@@ -144,14 +152,19 @@ def _stream(
     engine: InferenceEngine,
     jobs: Sequence[SlideJob],
     start: int,
+    stop: int,
     num_workers: int | None,
     submit: Callable[[int, _Slide], None],
     finish: Callable[..., None],
     reap: Callable[[bool], None],
-) -> int:
-    """Stream slides ``start..`` through one loader; returns where to resume (len(jobs) when done)."""
+) -> tuple[int, str]:
+    """Stream slides ``start..stop-1`` through one loader.
+
+    Returns ``(stop, "")`` when done, or ``(first unfinished slide, reason)`` when a loader
+    process died: that slide and the ones after it were not recorded and must be redone.
+    """
     ranges = []
-    for i in range(start, len(jobs)):
+    for i in range(start, stop):
         ranges += plan_ranges(i, jobs[i].store_path, jobs[i].chunk_ranges, engine.batch_size)
     slides: dict[int, _Slide] = {}
     nxt = start  # next slide not yet opened
@@ -164,11 +177,9 @@ def _stream(
                 submit(nxt, slides.pop(nxt))
             nxt += 1
 
-    current = start
     try:
         for batch in make_loader(ranges, engine.device, num_workers):
             batch: TileBatch
-            current = batch.slide
             open_until(batch.slide)
             slide = slides.get(batch.slide)
             if slide is None:  # failed earlier: drop its remaining tiles
@@ -190,22 +201,14 @@ def _stream(
             if slide.rows == slide.job.n_tiles:
                 submit(batch.slide, slides.pop(batch.slide))
             reap(False)
-        open_until(len(jobs) - 1)
+        open_until(stop - 1)
     except RuntimeError as exc:
         if "DataLoader worker" not in str(exc):
             raise
-        # a loader process died: the slide being read (or the next one) fails; resume after it.
-        # Slides with tiles before it are finished already: items arrive in slide order.
-        bad = current if (current in slides or current >= nxt) else current + 1
-        while bad < len(jobs) and jobs[bad].n_tiles == 0 and bad >= nxt:
-            open_until(bad)
-            bad += 1
-        if bad >= len(jobs):
-            return len(jobs)
-        slides.pop(bad, None)
-        finish(bad, FAILED, f"{jobs[bad].store_path}: a loader process died while reading it "
-                            f"({_one_line(exc)})")
-        return bad + 1
+        # a loader process died (a crash in a codec, the OOM killer). Workers read ahead, so the
+        # slide at fault may be any unfinished one: they are all redone.
+        unfinished = [i for i, sl in slides.items() if i < nxt] + [nxt]
+        return min(unfinished), _one_line(exc)
     for i, slide in sorted(slides.items()):  # a store that ended early
         finish(i, FAILED, f"{slide.job.store_path}: got {slide.rows} of {slide.job.n_tiles} tiles")
-    return len(jobs)
+    return stop, ""

@@ -81,32 +81,41 @@ def write_tiles_geojson(
         return json.dumps({"name": name, "color": list(color)})
 
     classes = {1: cls(top_name, TOP_COLOR), -1: cls(bottom_name, BOTTOM_COLOR), 0: cls(tile_name, TILE_COLOR)}
+    # one %-template per feature: a single formatting call per tile (about 2 µs)
+    c1 = "%d" if size.is_integer() else "%.2f"  # far corner: integral sizes stay integral, else 0.01 px
+    ring = f"[[%d, %d], [{c1}, %d], [{c1}, {c1}], [%d, {c1}], [%d, %d]]"
+    meas = '"score": %.9g' + "".join(f", {json.dumps(k).replace('%', '%%')}: %.9g" for k in extra)
+    template = ('{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [' + ring + ']}, '
+                '"properties": {"objectType": "tile", "classification": %s, "isLocked": true, '
+                '"measurements": {' + meas + ', "selected": %d, "tile id": %d}}}')
     extra_keys = [json.dumps(k) for k in extra]
     extra_cols = list(extra.values())
-    # integral sizes keep coordinates integral (smaller, exact); else 2 decimals (0.01 px)
-    fmt = "{:d}" if size.is_integer() else "{:.2f}"
-    size_v = int(size) if size.is_integer() else size
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write('{"type": "FeatureCollection", "features": [')
             for start in range(0, n, CHUNK):
                 stop = min(n, start + CHUNK)
+                x = coords[start:stop, 0]
+                y = coords[start:stop, 1]
+                xs, ys = x.tolist(), y.tolist()
+                x1s, y1s = (x + size).tolist(), (y + size).tolist()
+                sel = np.sign(selected[start:stop]).tolist()
+                sc = scores[start:stop].tolist()
+                ex = [c[start:stop].tolist() for c in extra_cols]
+                finite = np.isfinite(scores[start:stop])
+                for c in extra_cols:
+                    finite &= np.isfinite(c[start:stop])
                 parts = []
-                for i in range(start, stop):
-                    x, y = int(coords[i, 0]), int(coords[i, 1])
-                    x1, y1 = x + size_v, y + size_v
-                    xs, ys, xe, ye = str(x), str(y), fmt.format(x1), fmt.format(y1)
-                    ring = f"[[{xs}, {ys}], [{xe}, {ys}], [{xe}, {ye}], [{xs}, {ye}], [{xs}, {ys}]]"
-                    meas = [_pair('"score"', scores[i])]
-                    meas += [_pair(k, col[i]) for k, col in zip(extra_keys, extra_cols)]
-                    sel = int(np.sign(selected[i]))
-                    meas += [f'"selected": {sel}', f'"tile id": {i}']
-                    parts.append(
-                        '{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": ['
-                        + ring + ']}, "properties": {"objectType": "tile", "classification": '
-                        + classes[sel] + ', "isLocked": true, "measurements": {'
-                        + ", ".join(m for m in meas if m) + "}}}"
-                    )
+                for j in range(stop - start):
+                    a, b, c, d = xs[j], ys[j], x1s[j], y1s[j]
+                    if finite[j]:
+                        parts.append(template % (a, b, c, b, c, d, a, d, a, b, classes[sel[j]], sc[j],
+                                                 *[e[j] for e in ex], sel[j], start + j))
+                    else:  # NaN/inf measurements are left out (QuPath reads numbers only)
+                        m = [_pair('"score"', sc[j])] + [_pair(k, e[j]) for k, e in zip(extra_keys, ex)]
+                        m += [f'"selected": {sel[j]}', f'"tile id": {start + j}']
+                        head = template.split('"measurements": {')[0] % (a, b, c, b, c, d, a, d, a, b, classes[sel[j]])
+                        parts.append(head + '"measurements": {' + ", ".join(p for p in m if p) + "}}}")
                 if start:
                     f.write(",")
                 f.write("\n" + ",\n".join(parts))

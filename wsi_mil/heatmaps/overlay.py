@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,7 +170,10 @@ def render_overlay_png(
     cb.set_label(score_label, fontsize=9)
     cb.ax.tick_params(labelsize=8)
     fig.text(MARGIN_PX / lay.width, 1 - 8 / lay.height, title, ha="left", va="top", fontsize=13, weight="bold")
-    fig.text(MARGIN_PX / lay.width, 1 - 34 / lay.height, subtitle, ha="left", va="top", fontsize=10)
+    chars = max(40, int((lay.width - 2 * MARGIN_PX) / 6.2))  # ~6 px per character at 9 pt
+    lines = textwrap.wrap(subtitle, chars)[:2]
+    fig.text(MARGIN_PX / lay.width, 1 - 32 / lay.height, "\n".join(lines), ha="left", va="top",
+             fontsize=10 if len(lines) == 1 else 9, linespacing=1.15)
     handles = [Patch(facecolor="none", edgecolor=TOP_MARK, linewidth=1.4, label="selected top tile"),
                Patch(facecolor="none", edgecolor=BOTTOM_MARK, linestyle="dashed", linewidth=1.4,
                      label="selected bottom tile"),

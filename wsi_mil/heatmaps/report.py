@@ -57,6 +57,7 @@ tr.failed td{background:#fff2f2}
 .msg{color:#555;font-size:12px;max-width:320px}
 .files a{display:block;font-size:12px}
 .noimg{color:#888;font-style:italic}
+td.wrong{color:#b00020;font-weight:600}
 """
 
 JS = """
@@ -137,12 +138,14 @@ def render_report_html(
         else:
             img = '<span class="noimg">no overlay</span>'
         status_cls = f"status-{e(r.status)}"
+        mismatch = r.label is not None and r.predicted is not None and r.label != r.predicted
+        wrong = ' class="wrong" title="prediction differs from the label"' if mismatch else ""
         n_tiles = "" if r.n_tiles is None else str(int(r.n_tiles))
         body.append(
             f'<tr class="{e(r.status)}" data-slide="{e(r.slide_id)}">'
             f'<td data-sort="{e(r.slide_id)}">{e(r.slide_id)}</td>'
             f'<td data-sort="{e(r.label or "")}">{e(r.label or "")}</td>'
-            f'<td data-sort="{e(r.predicted or "")}">{e(r.predicted or "")}</td>'
+            f'<td data-sort="{e(r.predicted or "")}"{wrong}>{e(r.predicted or "")}</td>'
             f'<td class="num" data-sort="{prob_sort}">{prob_text}</td>'
             f'<td class="num" data-sort="{n_tiles}">{n_tiles}</td>'
             f'<td data-sort="{e(r.status)}"><span class="{status_cls}">{e(r.status)}</span>'

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,8 +137,6 @@ def read_thumbnail(slide_path: str | Path, mpp: float | None, max_px: int) -> np
 
 
 def _manifest_ok(folder: Path, run_key: str, cfg_key: dict) -> bool:
-    import json
-
     try:
         m = json.loads((folder / SLIDE_JSON).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -204,8 +203,6 @@ def heatmap_one_slide(slide_id: str, run_dir: str, job: str, out_dir: str, cfg: 
     try:
         run_key = str(Path(run_dir).resolve())
         if not overwrite and _manifest_ok(folder, run_key, cfg_key):
-            import json
-
             n = int(json.loads((folder / SLIDE_JSON).read_text(encoding="utf-8")).get("n_tiles", 0))
             return SlideStatus(slide_id, source, SKIPPED, "complete heatmaps exist", n, time.perf_counter() - t0)
         run = _load_run(run_key)
@@ -260,8 +257,6 @@ class HeatmapReport:
 
 
 def _report_row(out_dir: Path, st: SlideStatus, label: str | None) -> ReportRow:
-    import json
-
     folder = out_dir / st.slide_id
     if st.status != FAILED and (folder / SLIDE_JSON).is_file():
         m = json.loads((folder / SLIDE_JSON).read_text(encoding="utf-8"))
@@ -323,11 +318,13 @@ def run_heatmaps(
         with dask_client(scheduler, workers) as client:
             statuses = run_slide_tasks(client, heatmap_one_slide, items, record.record, "heatmap", progress)
     statuses = sorted(statuses, key=lambda s: s.slide_id)
-    rows = [_report_row(out_dir, st, labels.get(st.slide_id)) for st in statuses]
-    n_failed = sum(st.status == FAILED for st in statuses)
+    # the page lists every slide recorded in OUT_DIR (earlier runs with --slides included)
+    listed = sorted(record.rows.values(), key=lambda s: s.slide_id)
+    rows = [_report_row(out_dir, st, labels.get(st.slide_id)) for st in listed]
+    n_failed = sum(st.status == FAILED for st in listed)
     shown = cfg.class_name or (run.class_names[1] if len(run.class_names) == 2 else "predicted class of each slide")
     meta = (f"run {run_dir.resolve()} · encoder {run.encoder_id} · classes {', '.join(run.class_names)} · "
-            f"scores shown: {shown} · {len(statuses)} slides, {n_failed} failed · "
+            f"scores shown: {shown} · {len(listed)} slides, {n_failed} failed · "
             f"{time.strftime('%Y-%m-%d %H:%M')} · wsi_mil {__version__}")
     index = render_report_html(out_dir, rows, f"Heatmaps: {run_dir.name}", meta, embed=cfg.embed_images)
     return HeatmapReport(statuses, record.path, index)

@@ -56,15 +56,13 @@ def write_scores_csv(
             head = io.StringIO()
             csv.writer(head, lineterminator="\n").writerow(column_names(class_names))
             f.write(head.getvalue())
+            template = "%d,%d,%d," + size_text.replace("%", "%%") + ",%.6g" * c + ",%d" * c
             for start in range(0, n, CHUNK):
                 stop = min(n, start + CHUNK)
-                ids = np.arange(start, stop)
-                cols = [ids.astype(str), coords[start:stop, 0].astype(str), coords[start:stop, 1].astype(str),
-                        np.full(stop - start, size_text)]
-                cols += [np.char.mod("%.6g", tile_scores[start:stop, j]) for j in range(c)]
-                cols += [selected[start:stop, j].astype(str) for j in range(c)]
-                rows = [",".join(r) for r in zip(*cols)]
-                f.write("\n".join(rows) + "\n")
+                cols = [range(start, stop), coords[start:stop, 0].tolist(), coords[start:stop, 1].tolist()]
+                cols += [tile_scores[start:stop, j].tolist() for j in range(c)]
+                cols += [selected[start:stop, j].tolist() for j in range(c)]
+                f.write("\n".join(template % row for row in zip(*cols)) + "\n")
     return path
 
 

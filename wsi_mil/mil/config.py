@@ -27,7 +27,7 @@ class TrainConfig(StrictModel):
     class_weighting: Literal["balanced", "none"] = Field("balanced", description="loss weights n / (C * n_c)")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    eval_tiles_per_batch: int = Field(1 << 18, ge=1, description="padded tiles per whole-bag inference batch")
+    eval_tiles_per_batch: int = Field(1 << 16, ge=1, description="padded tiles per whole-bag inference batch")
     bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for confidence intervals (0 = none)")
     ci_level: float = Field(0.95, gt=0, lt=1)
     classes: list[str] | None = Field(None, description="class order (index 1 = positive for binary)")

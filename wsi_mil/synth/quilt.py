@@ -82,15 +82,18 @@ class Quilt:
 
     def render(self, image: np.ndarray, scale: float, downsample: float, x: int, y: int, w: int,
                h: int, rows: np.ndarray | None = None) -> np.ndarray:
-        """(h, w, 3) float32 texture of the level-k region at (x, y), level-k px.
+        """(h, w, 3) uint8 texture of the level-k region at (x, y), level-k px.
 
         image: the stain-varied source crop resized by ``scale`` (sample px -> level-k px);
         downsample: level-k downsample relative to level 0.
         rows: optional (h,) bool; only rows from the first to the last True one are rendered, the others
-        stay zero (e.g. pure glass).
+        are left undefined (e.g. pure glass, overwritten by the caller).
+        Cell cores are copied as they are; only the cross-fade bands are computed in floating point.
         """
         cell, ov = self.cell, self.overlap
-        out = np.zeros((h, w, 3), np.float32)
+        out = np.zeros((h, w, 3), np.uint8)
+        acc = np.zeros((h, w, 3), np.float32)  # cross-fade bands only (calloc: untouched pages cost nothing)
+        bands: list[tuple[int, int, int, int]] = []
         row_lo, row_hi = 0, h
         if rows is not None:
             on = np.flatnonzero(rows)
@@ -124,7 +127,9 @@ class Quilt:
                 window = image[sy:sy + patch_k + 1, sx:sx + patch_k + 1]
                 view = _dihedral(window, int(self.table.dihedral[i, j]))
                 src = _window(view, v0, ry[3] - ry[0], u0, rx[3] - rx[0])
-                _paste(out, src, wy, wx, ry, rx)
+                bands += _paste(out, acc, src, wy, wx, ry, rx)
+        for a, b, c, d in bands:
+            out[a:b, c:d] = acc[a:b, c:d] + 0.5
         return out
 
 
@@ -151,12 +156,13 @@ def _window(view: np.ndarray, v0: int, nh: int, u0: int, nw: int) -> np.ndarray:
     return view[ri][:, ci]
 
 
-def _paste(out: np.ndarray, src: np.ndarray, wy: np.ndarray, wx: np.ndarray,
-           ry: tuple[int, int, int, int], rx: tuple[int, int, int, int]) -> None:
-    """Add ``src`` weighted by wy x wx into ``out`` over rows ry[0]:ry[3], cols rx[0]:rx[3].
+def _paste(out: np.ndarray, acc: np.ndarray, src: np.ndarray, wy: np.ndarray, wx: np.ndarray,
+           ry: tuple[int, int, int, int], rx: tuple[int, int, int, int]) -> list[tuple[int, int, int, int]]:
+    """Put ``src`` (uint8) over rows ry[0]:ry[3], cols rx[0]:rx[3], weighted by wy x wx.
 
-    Where both weights are 1 (the cell's core, which no other cell reaches) the pixels are copied; only
-    the cross-fade bands are multiplied and added.
+    Where both weights are 1 (the cell's core, which no other cell reaches) the pixels are copied into
+    ``out``; the cross-fade bands are accumulated, weighted, in ``acc``. Returns the band rectangles
+    (row start, row stop, col start, col stop) for the caller to copy from ``acc`` once all cells are in.
     """
     r0, rc0, rc1, r1 = ry
     c0, cc0, cc1, c1 = rx
@@ -165,7 +171,10 @@ def _paste(out: np.ndarray, src: np.ndarray, wy: np.ndarray, wx: np.ndarray,
         bands = [(r0, rc0, c0, c1), (rc1, r1, c0, c1), (rc0, rc1, c0, cc0), (rc0, rc1, cc1, c1)]
     else:
         bands = [(r0, r1, c0, c1)]
+    done = []
     for a, b, c, d in bands:
         if b > a and d > c:
             wgt = wy[a:b, None] * wx[None, c:d]
-            out[a:b, c:d] += src[a - r0:b - r0, c - c0:d - c0] * wgt[..., None]
+            acc[a:b, c:d] += src[a - r0:b - r0, c - c0:d - c0] * wgt[..., None]
+            done.append((a, b, c, d))
+    return done

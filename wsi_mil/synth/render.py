@@ -14,7 +14,6 @@ from wsi_mil.errors import ConfigError
 from wsi_mil.synth.quilt import CellTable, Quilt
 from wsi_mil.synth.shapes import LESION_BLEND_UM, Lesion, TissueShape, place_lesions
 from wsi_mil.synth.texture import Sample, SlideTextures, StainVariation, load_sample
-from wsi_mil.synth.writer import Level
 
 #: tissue edge anti-aliasing width and ragged-edge depth, micrometres
 EDGE_UM = 2.0
@@ -90,12 +89,11 @@ class SlideSpec:
 
 
 class SlideRenderer:
-    """Renders any tile of any pyramid level of a :class:`SlideSpec` (callable for the TIFF writer)."""
+    """Renders any level-0 tile of a :class:`SlideSpec`, independently of the others (callable for the
+    TIFF writer, which derives the reduced levels)."""
 
-    def __init__(self, spec: SlideSpec, levels: list[Level], sample: Sample | None = None,
-                 lesion_texture: bool = True) -> None:
+    def __init__(self, spec: SlideSpec, sample: Sample | None = None, lesion_texture: bool = True) -> None:
         self.spec = spec
-        self.levels = levels
         self.sample = sample or load_sample()
         self.textures = SlideTextures(self.sample, spec.stain)
         self.normal = Quilt(self.sample, spec.normal_cells, spec.mpp)
@@ -115,10 +113,11 @@ class SlideRenderer:
             alpha = a if alpha is None else np.maximum(alpha, a)
         return alpha
 
-    def __call__(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray | None:
-        """(h, w, 3) uint8 pixels of level ``level`` at (x, y) (level px), or None for glass only."""
+    def __call__(self, x: int, y: int, w: int, h: int, downsample: float = 1.0) -> np.ndarray | None:
+        """(h, w, 3) uint8 pixels at (x, y) (px of a level reduced ``downsample`` times; the writer uses
+        level 0), or None when the region is glass only."""
         spec = self.spec
-        d = self.levels[level].downsample
+        d = float(downsample)
         xs = (np.arange(x, x + w, dtype=np.float64) + 0.5) * d
         ys = (np.arange(y, y + h, dtype=np.float64) + 0.5) * d
         sd = spec.tissue.sample(xs, ys)
@@ -133,20 +132,21 @@ class SlideRenderer:
         tex = self.normal.render(self.textures.level_image("normal", scale), scale, d, x, y, w, h, rows)
         alpha = self.lesion_alpha(xs, ys, d) if (spec.lesions and self.lesion_texture) else None
         if alpha is not None and alpha.max() > 0:
-            les = self.lesion.render(self.textures.level_image("lesion", scale), scale, d, x, y, w, h,
-                                     alpha.max(axis=1) > 0)
-            les -= tex
-            les *= alpha[..., None]
-            tex += les
+            on = np.flatnonzero(alpha.max(axis=1) > 0)
+            a, b = int(on[0]), int(on[-1]) + 1
+            les = self.lesion.render(self.textures.level_image("lesion", scale), scale, d, x, y + a, w, b - a)
+            part = tex[a:b].astype(np.float32)
+            part += (les - part) * alpha[a:b, :, None]
+            tex[a:b] = part + 0.5
         edge_rows = np.flatnonzero(sd.min(axis=1) < reach)
         if edge_rows.size:  # tissue border: anti-aliased, ragged along the texture (pale parts recede)
             a, b = int(edge_rows[0]), int(edge_rows[-1]) + 1
-            part = tex[a:b]
+            part = tex[a:b].astype(np.float32)
             dark = 1.0 - (part[..., 0] + part[..., 1] + part[..., 2]) / float(3 * self.glass.mean())
             sd_eff = sd[a:b] + ragged * np.clip((dark - 0.18) / 0.1, -1.0, 1.0)
             at = np.clip(sd_eff / edge + 0.5, 0.0, 1.0)[..., None]
             part -= self.glass
             part *= at
-            part += self.glass
-        tex += 0.5  # values are convex combinations of 0-255 pixels: no clipping needed
-        return tex.astype(np.uint8)
+            part += self.glass + 0.5
+            tex[a:b] = part  # values are convex combinations of 0-255 pixels: no clipping needed
+        return tex

@@ -27,23 +27,31 @@ POLYGON_VERTICES = 160
 RADIUS_TABLE = 4096
 
 
+def _interp_matrix(pos: np.ndarray, spacing: float, n: int) -> tuple[np.ndarray, int]:
+    """(len(pos), m) float32 bilinear weights of grid nodes lo..lo+m-1 at positions ``pos``, and lo."""
+    f = np.clip(pos / spacing, 0, n - 1.000001)
+    i0 = f.astype(np.int64)
+    t = (f - i0).astype(np.float32)
+    lo = int(i0.min())
+    m = int(i0.max()) + 2 - lo
+    mat = np.zeros((len(pos), m), np.float32)
+    rows = np.arange(len(pos))
+    mat[rows, i0 - lo] = 1 - t
+    mat[rows, i0 - lo + 1] = t
+    return mat, lo
+
+
 def interpolate_grid(grid: np.ndarray, spacing: float, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     """Bilinear interpolation of ``grid`` (gh, gw) with nodes at (j * spacing, i * spacing) level-0 px.
 
     xs: (w,), ys: (h,) level-0 positions -> (h, w) float32. Positions beyond the grid are clamped.
+    Computed as two small matrix products (the interpolation is separable).
     """
     gh, gw = grid.shape
-    fy = np.clip(ys / spacing, 0, gh - 1.000001)
-    fx = np.clip(xs / spacing, 0, gw - 1.000001)
-    i0 = fy.astype(np.int64)
-    j0 = fx.astype(np.int64)
-    ty = (fy - i0).astype(np.float32)[:, None]
-    tx = (fx - j0).astype(np.float32)[None, :]
-    jlo, jhi = int(j0.min()), int(j0.max()) + 2
-    sub = grid[:, jlo:jhi]
-    rows = sub[i0] * (1 - ty) + sub[i0 + 1] * ty          # (h, jhi - jlo)
-    jj = j0 - jlo
-    return (rows[:, jj] * (1 - tx) + rows[:, jj + 1] * tx).astype(np.float32)
+    wy, ylo = _interp_matrix(ys, spacing, gh)
+    wx, xlo = _interp_matrix(xs, spacing, gw)
+    sub = grid[ylo:ylo + wy.shape[1], xlo:xlo + wx.shape[1]].astype(np.float32)
+    return (wy @ sub) @ wx.T
 
 
 @dataclass(frozen=True)
@@ -219,14 +227,14 @@ def place_lesions(rng: np.random.Generator, tissue: TissueShape, total_area: flo
     return placed
 
 
-def rasterize_lesions(lesions: list[Lesion], width: int, height: int, downsample: float) -> np.ndarray:
-    """(ceil(H/ds), ceil(W/ds)) bool: mask pixels whose centre lies inside a lesion polygon."""
+def rasterize_polygons(polygons: list[np.ndarray], width: int, height: int, downsample: float) -> np.ndarray:
+    """(ceil(H/ds), ceil(W/ds)) bool: mask pixels whose centre lies inside one of the (K, 2) level-0
+    (x, y) polygons."""
     from skimage.draw import polygon as draw_polygon
 
     h, w = int(np.ceil(height / downsample)), int(np.ceil(width / downsample))
     mask = np.zeros((h, w), bool)
-    for les in lesions:
-        poly = les.polygon()
+    for poly in polygons:
         rr, cc = draw_polygon(poly[:, 1] / downsample - 0.5, poly[:, 0] / downsample - 0.5, shape=(h, w))
         mask[rr, cc] = True
     return mask

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from wsi_mil.synth.render import SlideRenderer, SlideSpec
-from wsi_mil.synth.shapes import polygon_area, rasterize_lesions
+from wsi_mil.synth.shapes import polygon_area, rasterize_polygons
 from wsi_mil.synth.truth import SlideTruth, write_ground_truth
 from wsi_mil.synth.writer import WriteStats, pyramid_levels, write_pyramidal_tiff
 
@@ -44,7 +44,7 @@ def make_slide(
     spec = SlideSpec.draw(width, height, mpp, seed, positive, lesion_fraction, n_lesions=n_lesions,
                           stain_strength=stain_strength)
     levels = pyramid_levels(width, height, level_downsample, min_size=tile_size)
-    renderer = SlideRenderer(spec, levels, lesion_texture=lesion_texture)
+    renderer = SlideRenderer(spec, lesion_texture=lesion_texture)
     desc = (f"wsi_mil synthetic slide {sid}: {width}x{height} px, mpp {mpp}, seed {seed}, "
             f"{'positive' if positive else 'negative'}")
     stats: WriteStats = write_pyramidal_tiff(path, levels, mpp, renderer, background=spec.stain.background,
@@ -57,7 +57,7 @@ def make_slide(
         level_downsamples=[lv.downsample for lv in levels],
         positive=positive, seed=seed, lesions=polys,
         lesion_area=float(sum(polygon_area(p) for p in polys)), tissue_area=spec.tissue_area,
-        mask=rasterize_lesions(list(spec.lesions), width, height, ds),
+        mask=rasterize_polygons(polys, width, height, ds),
         tissue_mask=spec.tissue.mask(ds), mask_downsample=ds,
         params={**(params or {}), "tile_size": tile_size, "jpeg_quality": jpeg_quality,
                 "level_downsample": level_downsample, "stain_strength": stain_strength,

@@ -121,8 +121,8 @@ def lesion_concentrations(conc: np.ndarray, mpp: float) -> np.ndarray:
     shift = (int(round(11.5 / mpp)), int(round(-8.5 / mpp)))
     crowd = np.roll(grown, shift, axis=(0, 1))
     out = conc.copy()
-    out[..., 0] = np.maximum.reduce([h_chan, grown * 1.05, crowd * 0.8])
-    out[..., 1] = conc[..., 1] * 0.85
+    out[..., 0] = np.maximum.reduce([h_chan, grown * 0.95, crowd * 0.75])
+    out[..., 1] = conc[..., 1] * 0.9
     return out
 
 

@@ -1,0 +1,410 @@
+"""Extract-stage benchmark: our pipeline vs the encoder's own limit and a CLAM-style extractor.
+
+Prints, in one run on one machine, for each model (and each mode: eager, ``torch.compile``):
+1. ``limit``: the encoder on random tensors already on the device (same batch size, precision
+   and memory format as the pipeline): the most any extractor can reach;
+2. ``ours``: end to end, patch stores -> written feature files (opening stores, decoding chunks
+   in DataLoader workers, uint8 to the device, normalisation there, inference, writes), and its
+   ratio to the limit (target >= 0.8 on an H100 for ResNet-50 and ViT-S/16);
+3. ``clam``: a CLAM-style extractor on the same tiles: OpenSlide ``read_region`` per tile in
+   DataLoader workers (one per core), ToTensor + Normalize there, fp32 model, batch 256,
+   one HDF5 file per slide; and our ratio to it (target >= 2.5x eager, >= 4x compiled);
+4. each data path alone (no model): our chunk loader and the per-tile OpenSlide loader;
+5. peak device memory per phase and peak host memory (this process and its children).
+
+Tiles: the slide (default: the real ``CMU-1-Small-Region.svs``) is tiled once with our tile
+stage; its tiles are cycled into ``--slides`` patch stores of ``--tiles-per-slide`` tiles each
+(JPEG, the tile stage's chunking), and the CLAM baseline reads the same slide regions, in the
+same number, with OpenSlide.
+
+Usage:
+  CPU (small):  OMP_NUM_THREADS=1 python benchmarks/bench_extract.py --device cpu --models resnet18
+  H100:         python benchmarks/bench_extract.py --device cuda --models resnet50,vit_small_patch16_224 \
+                    --batch-size 512 --modes eager,compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DEFAULT_SLIDE = ROOT.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
+BUNDLED_SLIDE = ROOT / "wsi_mil" / "data" / "CMU-1-Small-Region.svs"
+
+
+# -- measurement helpers ----------------------------------------------------------------------
+class PeakHostMemory:
+    """Samples the resident memory of this process and all its children; ``.peak_gb``."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        import psutil
+
+        me = psutil.Process()
+        total = 0
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakHostMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_gb(self) -> float:
+        return self.peak / 2**30
+
+
+def sync(device: Any) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_device_peak(device: Any) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def device_peak_gb(device: Any) -> float:
+    import torch
+
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+
+
+def machine(device: Any) -> str:
+    import platform
+
+    import torch
+
+    cpu = platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0))
+    gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    return f"{cpu}, {cores} cores{gpu}; Python {platform.python_version()}, torch {torch.__version__}"
+
+
+# -- inputs -----------------------------------------------------------------------------------
+def prepare_stores(slide: Path, out: Path, n_slides: int, per_slide: int) -> tuple[np.ndarray, list[Path]]:
+    """Tile ``slide`` with our tile stage, then cycle its tiles into ``n_slides`` stores.
+
+    Returns the level-0 coords (per_slide, 2) of the source tiles used (the CLAM baseline reads
+    these regions) and the store paths.
+    """
+    from wsi_mil.config import TilingConfig
+    from wsi_mil.stages.tile import tile_slides
+    from wsi_mil.stores.patches import open_patch_store, write_patch_store
+
+    cfg = TilingConfig()
+    src_job = out / "source"
+    rep = tile_slides([slide], src_job, cfg, workers=0, progress=False, overwrite=True)
+    st = rep.statuses[0]
+    if st.status != "done":
+        raise SystemExit(f"tiling {slide} failed: {st.reason}")
+    src = open_patch_store(src_job / "patches" / f"{st.slide_id}.zarr")
+    if src.n_tiles == 0:
+        raise SystemExit(f"{slide}: no tissue tiles")
+    idx = np.arange(per_slide) % src.n_tiles
+    tiles = src.read_tiles()[idx]
+    coords = src.coords[idx]
+    job = out / "job"
+    shutil.rmtree(job, ignore_errors=True)
+    stores = [job / "patches" / f"bench{i:03d}.zarr" for i in range(n_slides)]
+
+    def write(path: Path) -> None:
+        attrs = {k: src.attrs[k] for k in ("target_mpp", "mpp", "tile_size_level0", "tile_size")}
+        attrs.update(slide_id=path.stem, slide_path=str(slide))
+        write_patch_store(path, tiles, coords, np.ones(per_slide, np.float32), np.ones((4, 4), np.uint8),
+                          16.0, attrs, codec=cfg.codec, jpeg_quality=cfg.jpeg_quality,
+                          tiles_per_chunk=cfg.tiles_per_chunk, chunks_per_shard=cfg.chunks_per_shard,
+                          jpeg_subsampling=cfg.jpeg_subsampling)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
+        list(pool.map(write, stores))
+    return coords, stores
+
+
+# -- 1. the limit -----------------------------------------------------------------------------
+def encoder_limit(engine: Any, batch: int, seconds: float) -> tuple[float, float]:
+    """img/s of the engine's model (same precision, channels_last, compile) on device tensors."""
+    import torch
+
+    h, w = engine.input_hw
+    x = torch.randn(batch, 3, h, w, device=engine.device)
+    if engine.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(engine.precision)
+
+    def step() -> None:
+        with torch.inference_mode():
+            if dtype is not None:
+                with torch.autocast(engine.device.type, dtype=dtype):
+                    engine._forward(x)
+            else:
+                engine._forward(x)
+
+    for _ in range(3):
+        step()
+    sync(engine.device)
+    reset_device_peak(engine.device)
+    n, t0 = 0, time.perf_counter()
+    while True:
+        step()
+        n += batch
+        if n >= 4 * batch:
+            sync(engine.device)
+            if time.perf_counter() - t0 >= seconds:
+                break
+    sync(engine.device)
+    return n / (time.perf_counter() - t0), device_peak_gb(engine.device)
+
+
+# -- 2. our pipeline --------------------------------------------------------------------------
+def ours_end_to_end(enc: Any, engine: Any, stores: list[Path], out_dir: Path, num_workers: int | None) -> float:
+    """tiles/s from patch stores to written feature files (stores opened inside the timing)."""
+    from wsi_mil.extract.runner import run_slides
+    from wsi_mil.extract.stage import prepare_slide
+
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    t0 = time.perf_counter()
+    jobs = [prepare_slide(p, out_dir / f"{p.stem}.h5", enc.encoder_id) for p in stores]
+    statuses = run_slides(engine, jobs, enc.attrs(), enc.embed_dim, lambda s: None, num_workers)
+    sync(engine.device)
+    dt = time.perf_counter() - t0
+    bad = [s for s in statuses if s.status != "done"]
+    if bad:
+        raise SystemExit(f"extraction failed: {bad[0].reason}")
+    return sum(j.n_tiles for j in jobs) / dt
+
+
+def ours_loader_only(stores: list[Path], device: Any, batch: int, num_workers: int | None) -> float:
+    """tiles/s of our data path alone (decode chunks in workers, pinned memory), no model."""
+    from wsi_mil.extract.data import make_loader, plan_ranges
+    from wsi_mil.stores.patches import open_patch_store
+
+    ranges = []
+    for i, p in enumerate(stores):
+        ranges += plan_ranges(i, p, open_patch_store(p).chunk_ranges(), batch)
+    n, t0 = 0, time.perf_counter()
+    for item in make_loader(ranges, device, num_workers):
+        if item.error:
+            raise SystemExit(item.error)
+        n += item.tiles.shape[0]
+    return n / (time.perf_counter() - t0)
+
+
+# -- 3. CLAM-style baseline -------------------------------------------------------------------
+class OpenSlideTiles:
+    """CLAM-style dataset: one ``read_region`` per tile at level 0, ToTensor + Normalize here."""
+
+    def __init__(self, slide: str, coords: np.ndarray, size: int, mean: list[float], std: list[float]) -> None:
+        self.slide, self.coords, self.size = slide, coords, size
+        self.mean = np.asarray(mean, np.float32).reshape(3, 1, 1)
+        self.std = np.asarray(std, np.float32).reshape(3, 1, 1)
+        self._osr = None
+
+    def __len__(self) -> int:
+        return len(self.coords)
+
+    def __getitem__(self, i: int) -> Any:
+        import openslide
+        import torch
+
+        if self._osr is None:
+            self._osr = openslide.OpenSlide(self.slide)
+        x, y = (int(v) for v in self.coords[i])
+        img = self._osr.read_region((x, y), 0, (self.size, self.size)).convert("RGB")
+        a = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0  # ToTensor
+        return torch.from_numpy((a - self.mean) / self.std)  # Normalize
+
+
+def clam_style(model: Any, slide: Path, coords: np.ndarray, n_slides: int, size: int, data_config: dict,
+               device: Any, out_dir: Path, workers: int, batch: int = 256, model_on: bool = True) -> float:
+    """tiles/s of the CLAM-style extractor over ``n_slides`` passes of ``coords`` (fp32)."""
+    import h5py
+    import torch
+    from torch.utils.data import DataLoader
+
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    if model_on:
+        model = model.to(device).eval().float()
+    n, t0 = 0, time.perf_counter()
+    for s in range(n_slides):
+        ds = OpenSlideTiles(str(slide), coords, size, data_config["mean"], data_config["std"])
+        loader = DataLoader(ds, batch_size=batch, num_workers=workers, pin_memory=device.type == "cuda")
+        feats = []
+        for x in loader:
+            n += x.shape[0]
+            if model_on:
+                with torch.inference_mode():
+                    feats.append(model(x.to(device, non_blocking=True)).cpu().numpy())
+        if model_on:
+            with h5py.File(out_dir / f"bench{s:03d}.h5", "w") as f:
+                f.create_dataset("features", data=np.concatenate(feats))
+                f.create_dataset("coords", data=coords)
+    sync(device)
+    return n / (time.perf_counter() - t0)
+
+
+# -- driver -----------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda", help="cuda or cpu")
+    p.add_argument("--models", default=None, help="comma-separated timm names [cuda: resnet50,vit_small_patch16_224; "
+                                                   "cpu: resnet18]")
+    p.add_argument("--modes", default="eager", help="eager and/or compile, comma-separated")
+    p.add_argument("--batch-size", type=int, default=None, help="[cuda 512, cpu 64]")
+    p.add_argument("--precision", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32")
+    p.add_argument("--slide", type=Path, default=None, help="slide to tile [../shared CMU-1-Small-Region.svs]")
+    p.add_argument("--slides", type=int, default=None, help="patch stores [cuda 16, cpu 2]")
+    p.add_argument("--tiles-per-slide", type=int, default=None, help="[cuda 8192, cpu 256]")
+    p.add_argument("--workers", type=int, default=None, help="our loader processes [cores - 1]")
+    p.add_argument("--clam-workers", type=int, default=None, help="CLAM loader processes [cores]")
+    p.add_argument("--limit-seconds", type=float, default=None, help="timing of the limit [cuda 10, cpu 20]")
+    p.add_argument("--skip-clam", action="store_true", help="skip the CLAM-style baseline")
+    p.add_argument("--out", type=Path, default=ROOT / "bench_output" / "extract")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from wsi_mil.encoders import create_encoder
+    from wsi_mil.extract import ExtractConfig
+    from wsi_mil.extract.stage import make_engine
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no GPU visible; use --device cpu")
+    gpu = device.type == "cuda"
+    models = (args.models or ("resnet50,vit_small_patch16_224" if gpu else "resnet18")).split(",")
+    modes = args.modes.split(",")
+    batch = args.batch_size or (512 if gpu else 64)
+    n_slides = args.slides or (16 if gpu else 2)
+    per_slide = args.tiles_per_slide or (8192 if gpu else 256)
+    limit_s = args.limit_seconds or (10.0 if gpu else 20.0)
+    cores = len(os.sched_getaffinity(0))
+    workers = args.workers if args.workers is not None else max(1, cores - 1)
+    clam_workers = args.clam_workers if args.clam_workers is not None else cores
+    slide = args.slide or (DEFAULT_SLIDE if DEFAULT_SLIDE.exists() else BUNDLED_SLIDE)
+    torch.backends.cudnn.benchmark = True
+
+    print(f"machine: {machine(device)}")
+    print(f"tiles: {n_slides} stores x {per_slide} tiles of 224 px from {slide.name}; batch {batch}; "
+          f"our loader workers {workers}, CLAM workers {clam_workers}")
+    t = time.perf_counter()
+    coords, stores = prepare_stores(slide, args.out, n_slides, per_slide)
+    print(f"prepared stores in {time.perf_counter() - t:.1f} s")
+
+    with PeakHostMemory() as mem:
+        loader_tps = ours_loader_only(stores, device, batch, workers)
+    results: list[dict[str, Any]] = []
+    print(f"our loader alone: {loader_tps:,.0f} tiles/s (peak host {mem.peak_gb:.2f} GB)")
+    clam_loader_tps = float("nan")
+    if not args.skip_clam:
+        with PeakHostMemory() as mem:
+            clam_loader_tps = clam_style(None, slide, coords, 1, 224, {"mean": [0] * 3, "std": [1] * 3}, device,
+                                         args.out / "clam_loader", clam_workers, model_on=False)
+        print(f"CLAM-style loader alone (OpenSlide read_region per tile): {clam_loader_tps:,.0f} tiles/s "
+              f"(peak host {mem.peak_gb:.2f} GB)")
+
+    for name in models:
+        enc = create_encoder(name, "random")
+        clam_tps = clam_dev_gb = clam_host_gb = float("nan")
+        if not args.skip_clam:
+            reset_device_peak(device)
+            with PeakHostMemory() as mem:
+                import copy
+
+                clam_tps = clam_style(copy.deepcopy(enc.model), slide, coords, n_slides, 224, enc.data_config,
+                                      device, args.out / "clam", clam_workers)
+            clam_dev_gb, clam_host_gb = device_peak_gb(device), mem.peak_gb
+            print(f"{name}: CLAM-style fp32 batch 256: {clam_tps:,.1f} tiles/s")
+        for mode in modes:
+            cfg = ExtractConfig(device=str(device), batch_size=batch, precision=args.precision,
+                                compile=mode == "compile", num_workers=workers)
+            engine = make_engine(enc, device, cfg)
+            t = time.perf_counter()
+            limit, limit_gb = encoder_limit(engine, batch, limit_s)
+            warm = time.perf_counter() - t
+            # warm the pipeline (compile for the last-batch shape, cudnn autotune) on one store
+            ours_end_to_end(enc, engine, stores[:1], args.out / "warm", workers)
+            reset_device_peak(device)
+            with PeakHostMemory() as mem:
+                e2e = ours_end_to_end(enc, engine, stores, args.out / "ours", workers)
+            row = {
+                "model": name, "mode": mode, "precision": engine.precision, "batch": batch,
+                "limit": limit, "ours": e2e, "ours/limit": e2e / limit,
+                "clam": clam_tps, "ours/clam": e2e / clam_tps if clam_tps == clam_tps else float("nan"),
+                "loader": loader_tps, "clam_loader": clam_loader_tps,
+                "dev_gb_limit": limit_gb, "dev_gb_ours": device_peak_gb(device), "host_gb_ours": mem.peak_gb,
+                "dev_gb_clam": clam_dev_gb, "host_gb_clam": clam_host_gb, "final_batch": engine.batch_size,
+                "limit_warmup_s": warm,
+            }
+            results.append(row)
+            print(f"{name} {mode}: limit {limit:,.0f} img/s, ours {e2e:,.0f} tiles/s ({e2e / limit:.2f} of limit)")
+
+    print()
+    head = ("model", "mode", "prec", "limit img/s", "ours tiles/s", "ours/limit", "CLAM tiles/s", "ours/CLAM",
+            "dev GB ours/CLAM", "host GB ours/CLAM")
+    rows = [head]
+    for r in results:
+        rows.append((r["model"], r["mode"], r["precision"], f"{r['limit']:,.0f}", f"{r['ours']:,.0f}",
+                     f"{r['ours/limit']:.2f}", f"{r['clam']:,.0f}", f"{r['ours/clam']:.2f}x",
+                     f"{r['dev_gb_ours']:.1f}/{r['dev_gb_clam']:.1f}", f"{r['host_gb_ours']:.1f}/{r['host_gb_clam']:.1f}"))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
+    for k, row in enumerate(rows):
+        print(" | ".join(str(v).rjust(w) for v, w in zip(row, widths)))
+        if k == 0:
+            print("-+-".join("-" * w for w in widths))
+    print(f"\ndata paths alone: ours {loader_tps:,.0f} tiles/s ({workers} workers), "
+          f"CLAM-style {clam_loader_tps:,.0f} tiles/s ({clam_workers} workers)")
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine(device), "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

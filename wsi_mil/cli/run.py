@@ -1,0 +1,55 @@
+"""``wsi-mil run STUDY.yaml``: every stage of a study, resumable, with a final summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from wsi_mil.cli._app import app
+from wsi_mil.cli.common import console, exit_with
+
+
+def _log(text: str) -> None:
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="study YAML (see configs/ and the README)")],
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="override a key, e.g. --set tiling.target_mpp=0.25 --set train.head=weldon")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(
+        help="existing Dask scheduler tcp://HOST:PORT for tile, heatmap (and extract unless --extract-scheduler)")] = None,
+    extract_scheduler: Annotated[Optional[str], typer.Option(
+        help="Dask scheduler whose workers have GPUs, for extraction [default: --scheduler, else this process]")] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        help="local worker processes for tile and heatmap [default: one per core; 0: no Dask]")] = None,
+    stop_after: Annotated[Optional[str], typer.Option(
+        help="stop after this stage: tile, pretrain, extract, train, predict or heatmap")] = None,
+    check: Annotated[bool, typer.Option(
+        "--check", help="validate the config and the inputs (slides, labels, weights), print the study, run nothing")] = False,
+    progress: Annotated[bool, typer.Option(help="show progress of each stage")] = True,
+) -> None:
+    """Run a whole study from slides to heatmaps: tile, [pretrain], extract, train, predict, heatmap.
+
+    Every stage skips what is already done and valid: run the same command again after an
+    interruption, or after adding slides, and only the missing work is done.
+    """
+    from wsi_mil.pipeline import format_summary, preflight, run_study
+    from wsi_mil.study import load_study, study_to_yaml
+
+    cfg = load_study(config, set_)
+    if check:
+        slides = [p.expanduser().resolve() for p in cfg.slides]
+        found, warnings = preflight(cfg, slides, cfg.labels.expanduser().resolve())
+        console.print(study_to_yaml(cfg), markup=False, highlight=False)
+        for w in warnings:
+            _log(f"warning: {w}")
+        _log(f"ok: {config} is a valid study; {len(found)} slides found")
+        return
+    report = run_study(cfg, scheduler=scheduler, workers=workers, extract_scheduler=extract_scheduler,
+                       progress=progress, log=_log, stop_after=stop_after)
+    _log(format_summary(report))
+    exit_with(report.exit_code)
