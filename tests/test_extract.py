@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from wsi_mil.cli import main
 from wsi_mil.encoders import create_encoder, save_encoder_dir
 from wsi_mil.extract import ExtractConfig, InferenceEngine, extract_features, resolve_devices
+from wsi_mil.extract.data import TileRangeDataset
 from wsi_mil.stores.features import is_complete_feature_file, read_feature_file
 from wsi_mil.stores.patches import open_patch_store, write_patch_store
 
@@ -286,8 +287,6 @@ def _crash_in_worker(self, i):  # replaces TileRangeDataset.__getitem__ in the f
     return _ORIGINAL_GETITEM(self, i)
 
 
-from wsi_mil.extract.data import TileRangeDataset  # noqa: E402
-
 _ORIGINAL_GETITEM = TileRangeDataset.__getitem__
 
 
@@ -304,3 +303,13 @@ def test_a_dying_loader_worker_fails_one_slide_and_the_rest_carry_on(job: Path, 
     assert st["crash"].status == "failed" and "loader process died" in st["crash"].reason
     f = read_feature_file(report.features_dir / "z.h5")
     np.testing.assert_allclose(f.features, reference(encoder, colour_tiles(9, 32, 30)), rtol=1e-4, atol=1e-4)
+
+
+def test_reads_group_whole_chunks_up_to_the_batch() -> None:
+    from wsi_mil.extract.data import plan_ranges
+
+    chunks = [(0, 8), (8, 16), (16, 24), (24, 30)]
+    assert [(r.start, r.stop) for r in plan_ranges(0, "s", chunks, 16)] == [(0, 16), (16, 30)]
+    assert [(r.start, r.stop) for r in plan_ranges(0, "s", chunks, 5)] == [(0, 8), (8, 16), (16, 24), (24, 30)]
+    assert [(r.start, r.stop) for r in plan_ranges(2, "s", chunks, 100)] == [(0, 30)]
+    assert plan_ranges(0, "s", [], 16) == []

@@ -29,22 +29,22 @@ D = 6
 
 
 def write_slide(path: Path) -> None:
-    """A small pyramidal JPEG TIFF: glass with one pink tissue blob (OpenSlide reads it as a slide)."""
-    from wsi_mil.synth.writer import pyramid_levels, write_pyramidal_tiff
+    """A small pyramidal JPEG TIFF (levels 1, 2, 4, 8): glass with one pink tissue blob.
 
-    levels = pyramid_levels(W0, H0, 2, min_size=512)
+    Reduced levels carry NewSubfileType 1 and resolution tags, so OpenSlide reads a pyramid and
+    its mpp (see ../shared/NOTES.md).
+    """
+    import tifffile
 
-    def render(k, x, y, w, h):
-        d = levels[k].downsample
-        yy, xx = np.mgrid[y:y + h, x:x + w] * d
-        inside = (xx - 2048) ** 2 / 1500**2 + (yy - 1536) ** 2 / 1100**2 < 1
-        if not inside.any():
-            return None
-        img = np.full((h, w, 3), 255, np.uint8)
-        img[inside] = (205, 120, 185)
-        return img
-
-    write_pyramidal_tiff(path, levels, MPP, render, tile_size=256)
+    with tifffile.TiffWriter(path) as tif:
+        for k, d in enumerate((1, 2, 4, 8)):
+            h, w = H0 // d, W0 // d
+            yy, xx = np.mgrid[0:h, 0:w] * d
+            img = np.full((h, w, 3), 255, np.uint8)
+            img[(xx - 2048) ** 2 / 1500**2 + (yy - 1536) ** 2 / 1100**2 < 1] = (205, 120, 185)
+            res = 1e4 / (MPP * d)
+            tif.write(img, tile=(256, 256), photometric="rgb", compression="jpeg", subfiletype=1 if k else 0,
+                      resolution=(res, res), resolutionunit="CENTIMETER", metadata=None)
 
 
 def tile_grid() -> np.ndarray:

@@ -152,11 +152,13 @@ class _Context:
     warnings: list[str] = field(default_factory=list)
     encoder_id: str | None = None
     train_fp: str | None = None
+    ok: list[str] = field(default_factory=list)  # slides that went through every stage so far
 
     def fail(self, stage: str, statuses: list[SlideStatus]) -> None:
         for s in statuses:
             if s.status == FAILED and s.slide_id not in self.failed:
                 self.failed[s.slide_id] = f"{stage}: {s.reason}"
+        self.ok = sorted(s.slide_id for s in statuses if s.ok and s.slide_id not in self.failed)
 
 
 def _counts(statuses: list[SlideStatus]) -> dict[str, int]:
@@ -216,6 +218,27 @@ def preflight(cfg: StudyConfig, slides: list[Path], labels: Path) -> tuple[list[
     if unlabelled:
         warnings.append(f"{unlabelled} slide(s) are not in {labels.name}: tiled, extracted and drawn, not trained on")
     return found, warnings
+
+
+def check_existing_stores(job: Path, cfg: StudyConfig) -> None:
+    """Refuse a job folder whose patch stores were cut with other tiling parameters.
+
+    Mixing tilings in one job would silently train on stale tiles; the fix is another job
+    folder (or deleting ``JOB/patches`` to re-tile).
+    """
+    from wsi_mil.stores.patches import is_complete_patch_store, list_patch_stores, open_patch_store
+
+    want = config_to_dict(cfg.tiling)
+    for p in list_patch_stores(job):
+        if not is_complete_patch_store(p):
+            continue
+        have = open_patch_store(p).attrs.get("config")
+        if have != want:
+            diff = sorted(k for k in set(want) | set(have or {}) if (have or {}).get(k) != want.get(k))
+            raise ConfigError(
+                f"tiling: {p} was cut with other tiling parameters ({', '.join('tiling.' + k for k in diff)} "
+                f"differ from this study); use another 'job' folder, set them back, or delete {job / 'patches'} "
+                "to tile again")
 
 
 # -- stages ----------------------------------------------------------------------------------------
@@ -284,7 +307,7 @@ def _stage_extract(ctx: _Context) -> StageResult:
 
     arch, weights = _encoder_args(ctx)
     report = extract_features(ctx.job, arch, weights, ctx.cfg.extract_config(), scheduler=ctx.extract_scheduler,
-                              progress=ctx.progress)
+                              slides=ctx.ok, progress=ctx.progress)
     ctx.encoder_id = report.encoder_id
     ctx.fail("extract", report.statuses)
     c = _counts(report.statuses)
@@ -293,11 +316,12 @@ def _stage_extract(ctx: _Context) -> StageResult:
                        counts=c)
 
 
-def _features_fingerprint(folder: Path, skip: set[str]) -> list[tuple[str, str]]:
+def _features_fingerprint(folder: Path, slides: set[str]) -> list[tuple[str, str]]:
+    """(slide id, content fingerprint) of the feature files of ``slides`` in ``folder``."""
     from wsi_mil.stores.common import file_fingerprint, slide_id_of
     from wsi_mil.stores.features import list_feature_files
 
-    return [(slide_id_of(p), file_fingerprint(p)) for p in list_feature_files(folder) if slide_id_of(p) not in skip]
+    return [(slide_id_of(p), file_fingerprint(p)) for p in list_feature_files(folder) if slide_id_of(p) in slides]
 
 
 def _stage_train(ctx: _Context) -> StageResult:
@@ -313,7 +337,7 @@ def _stage_train(ctx: _Context) -> StageResult:
     run_dir = ctx.cfg.run_dir(ctx.job)
     fp = _digest({"train": config_to_dict(tcfg), "encoder": ctx.encoder_id,
                   "labels": file_fingerprint(ctx.labels, full=True),
-                  "features": _features_fingerprint(fdir, set())})
+                  "features": _features_fingerprint(fdir, set(ctx.ok))})
     ctx.train_fp = fp
     old_fp, status = ctx.state.fingerprint("train")
     if old_fp == fp and status == DONE and (run_dir / "metrics.json").is_file():
@@ -332,14 +356,14 @@ def _stage_predict(ctx: _Context) -> StageResult:
     from wsi_mil.stores.common import features_dir
 
     out = ctx.cfg.predictions_csv(ctx.job)
-    fp = _digest({"run": ctx.train_fp, "features": _features_fingerprint(features_dir(ctx.job, ctx.encoder_id or ""), set())})
+    fdir = features_dir(ctx.job, ctx.encoder_id or "")
+    fp = _digest({"run": ctx.train_fp, "features": _features_fingerprint(fdir, set(ctx.ok))})
     old_fp, status = ctx.state.fingerprint("predict")
     if old_fp == fp and status == DONE and out.is_file():
         return StageResult("predict", SKIPPED, detail=f"{out} is up to date")
     ctx.state.mark("predict", fp, "running")
     out.parent.mkdir(parents=True, exist_ok=True)
-    summary = predict_stage(ctx.cfg.run_dir(ctx.job), features_dir(ctx.job, ctx.encoder_id or ""), out,
-                            device=ctx.cfg.device)
+    summary = predict_stage(ctx.cfg.run_dir(ctx.job), fdir, out, device=ctx.cfg.device)
     ctx.warnings += summary.warnings
     ctx.state.mark("predict", fp, DONE)
     return StageResult("predict", DONE, detail=f"{summary.n_slides} slides -> {out}")
@@ -355,10 +379,13 @@ def _stage_heatmap(ctx: _Context) -> StageResult:
     old_fp, _ = ctx.state.fingerprint("heatmap")
     overwrite = out.exists() and old_fp != fp
     ctx.state.mark("heatmap", fp, "running")
-    report = run_heatmaps(ctx.cfg.run_dir(ctx.job), ctx.job, out, ctx.cfg.heatmap, labels_csv=ctx.labels,
-                          workers=ctx.workers, scheduler=ctx.scheduler, overwrite=overwrite, progress=ctx.progress)
+    report = run_heatmaps(ctx.cfg.run_dir(ctx.job), ctx.job, out, ctx.cfg.heatmap, slides=ctx.ok,
+                          labels_csv=ctx.labels, workers=ctx.workers, scheduler=ctx.scheduler, overwrite=overwrite,
+                          progress=ctx.progress)
     ctx.state.mark("heatmap", fp, DONE)
-    ctx.fail("heatmap", [s for s in report.statuses if s.slide_id not in ctx.failed])
+    ok_before = list(ctx.ok)
+    ctx.fail("heatmap", report.statuses)
+    ctx.ok = [s for s in ok_before if s not in ctx.failed]
     c = _counts(report.statuses)
     return StageResult("heatmap", DONE if c[DONE] or c[FAILED] else SKIPPED,
                        detail=f"{len(report.statuses)} slides ({_count_text(c)}); page {report.index_path}", counts=c)
@@ -393,6 +420,7 @@ def run_study(
         raise ConfigError(f"job: {job} is a file; 'job' must be a folder")
     found, warnings = preflight(cfg, slides, labels)
     job.mkdir(parents=True, exist_ok=True)
+    check_existing_stores(job, cfg)
     write_text_atomic(job / "study.yaml", "# the effective study config of the last 'wsi-mil run' (written by it)\n"
                       + study_to_yaml(cfg))
     state = PipelineState(job)

@@ -129,12 +129,14 @@ class SlideRenderer:
             return None
         rows = row_max > -reach
         scale = self.sample.mpp / (spec.mpp * d)
-        tex = self.normal.render(self.textures.level_image("normal", scale), scale, d, x, y, w, h, rows)
+        tex = self.normal.render(lambda k: self.textures.level_image("normal", scale, k), scale, d, x, y, w, h,
+                                 rows)
         alpha = self.lesion_alpha(xs, ys, d) if (spec.lesions and self.lesion_texture) else None
         if alpha is not None and alpha.max() > 0:
             on = np.flatnonzero(alpha.max(axis=1) > 0)
             a, b = int(on[0]), int(on[-1]) + 1
-            les = self.lesion.render(self.textures.level_image("lesion", scale), scale, d, x, y + a, w, b - a)
+            les = self.lesion.render(lambda k: self.textures.level_image("lesion", scale, k), scale, d, x, y + a,
+                                     w, b - a)
             part = tex[a:b].astype(np.float32)
             part += (les - part) * alpha[a:b, :, None]
             tex[a:b] = part + 0.5

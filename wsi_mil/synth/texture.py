@@ -234,8 +234,8 @@ def resample(rgb: np.ndarray, factor: float) -> np.ndarray:
 class SlideTextures:
     """The texture sources of one slide at every pyramid level it renders.
 
-    ``level_image(kind, scale)`` gives the stain-varied sample crop (``kind`` 'normal' or 'lesion') resized
-    by ``scale`` = sample mpp / rendered mpp, computed once and cached.
+    ``level_image(kind, scale, d)`` gives the stain-varied sample crop (``kind`` 'normal' or 'lesion')
+    resized by ``scale`` = sample mpp / rendered mpp and flipped/rotated (``d``), computed once and cached.
     """
 
     def __init__(self, sample: Sample, stain: StainVariation) -> None:
@@ -251,9 +251,16 @@ class SlideTextures:
             self._base[kind] = self.stain.restain(src)
         return self._base[kind]
 
-    def level_image(self, kind: str, scale: float) -> np.ndarray:
-        """(h', w', 3) uint8 crop resized by ``scale``."""
-        key = (kind, round(scale, 6))
+    def level_image(self, kind: str, scale: float, d: int = 0) -> np.ndarray:
+        """(h', w', 3) uint8 crop resized by ``scale`` and flipped/rotated by dihedral code ``d`` (0-7),
+        C-contiguous (cached: a window of it is a cheap slice)."""
+        from wsi_mil.synth.quilt import dihedral
+
+        key = (kind, round(scale, 6), d)
         if key not in self._scaled:
-            self._scaled[key] = np.ascontiguousarray(resample(self.base(kind), scale))
+            if d == 0:
+                img = resample(self.base(kind), scale)
+            else:
+                img = dihedral(self.level_image(kind, scale, 0), d)
+            self._scaled[key] = np.ascontiguousarray(img)
         return self._scaled[key]
