@@ -313,3 +313,16 @@ def test_reads_group_whole_chunks_up_to_the_batch() -> None:
     assert [(r.start, r.stop) for r in plan_ranges(0, "s", chunks, 5)] == [(0, 8), (8, 16), (16, 24), (24, 30)]
     assert [(r.start, r.stop) for r in plan_ranges(2, "s", chunks, 100)] == [(0, 30)]
     assert plan_ranges(0, "s", [], 16) == []
+
+
+@pytest.mark.gpu
+def test_compiled_engine_matches_eager() -> None:
+    """``torch.compile`` path: same features as eager, the last partial batch padded (no recompile)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    enc = create_encoder("test_resnet", "random:6")
+    tiles = torch.from_numpy(colour_tiles(21, 64))
+    eager = InferenceEngine(enc.model, enc.data_config, device, batch_size=8, precision="fp32")
+    compiled = InferenceEngine(enc.model, enc.data_config, device, batch_size=8, precision="fp32", compile=True)
+    a, b = eager.embed(tiles).cpu().numpy(), compiled.embed(tiles).cpu().numpy()
+    assert b.shape == (21, 96)
+    np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-3)
