@@ -46,9 +46,10 @@ BUNDLED_SLIDE = ROOT / "wsi_mil" / "data" / "CMU-1-Small-Region.svs"
 
 # -- measurement helpers ----------------------------------------------------------------------
 class PeakHostMemory:
-    """Samples the resident memory of this process and all its children; ``.peak_gb``."""
+    """Samples the memory of this process and all its children (PSS: pages shared between forked
+    loader workers are counted once, split among them); ``.peak_gb``."""
 
-    def __init__(self, interval: float = 0.1) -> None:
+    def __init__(self, interval: float = 0.2) -> None:
         self.interval = interval
         self.peak = 0
         self._stop = threading.Event()
@@ -61,9 +62,12 @@ class PeakHostMemory:
         total = 0
         for p in [me, *me.children(recursive=True)]:
             try:
-                total += p.memory_info().rss
-            except psutil.Error:
-                pass
+                total += p.memory_full_info().pss
+            except (psutil.Error, AttributeError):
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
         return total
 
     def _run(self) -> None:
@@ -384,15 +388,19 @@ def main(argv: list[str] | None = None) -> int:
                 "limit_warmup_s": warm,
             }
             results.append(row)
-            print(f"{name} {mode}: limit {limit:,.0f} img/s, ours {e2e:,.0f} tiles/s ({e2e / limit:.2f} of limit)")
+            print(f"{name} {mode}: limit {limit:,.1f} img/s, ours {e2e:,.1f} tiles/s ({e2e / limit:.2f} of limit)")
 
     print()
     head = ("model", "mode", "prec", "limit img/s", "ours tiles/s", "ours/limit", "CLAM tiles/s", "ours/CLAM",
             "dev GB ours/CLAM", "host GB ours/CLAM")
     rows = [head]
+
+    def rate(v: float) -> str:
+        return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
+
     for r in results:
-        rows.append((r["model"], r["mode"], r["precision"], f"{r['limit']:,.0f}", f"{r['ours']:,.0f}",
-                     f"{r['ours/limit']:.2f}", f"{r['clam']:,.0f}", f"{r['ours/clam']:.2f}x",
+        rows.append((r["model"], r["mode"], r["precision"], rate(r["limit"]), rate(r["ours"]),
+                     f"{r['ours/limit']:.2f}", rate(r["clam"]), f"{r['ours/clam']:.2f}x",
                      f"{r['dev_gb_ours']:.1f}/{r['dev_gb_clam']:.1f}", f"{r['host_gb_ours']:.1f}/{r['host_gb_clam']:.1f}"))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
     for k, row in enumerate(rows):

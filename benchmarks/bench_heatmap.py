@@ -54,12 +54,10 @@ def write_bench_slide(path: Path, width: int, height: int) -> Path:
     levels = pyramid_levels(width, height, 2, min_size=1024)
     blobs = [(bx * width, by * height, r * width) for bx, by, r in BLOBS]
 
-    def render(k: int, x: int, y: int, w: int, h: int):
-        d = levels[k].downsample
-        x0, y0, x1, y1 = x * d, y * d, (x + w) * d, (y + h) * d
-        if not any(x1 > cx - r and x0 < cx + r and y1 > cy - r and y0 < cy + r for cx, cy, r in blobs):
+    def render(x: int, y: int, w: int, h: int):  # level-0 tile; the writer box-reduces the levels
+        if not any(x + w > cx - r and x < cx + r and y + h > cy - r and y < cy + r for cx, cy, r in blobs):
             return None
-        yy, xx = np.mgrid[y:y + h, x:x + w].astype(np.float64) * d
+        yy, xx = np.mgrid[y:y + h, x:x + w].astype(np.float64)
         inside = np.zeros((h, w), bool)
         for cx, cy, r in blobs:
             inside |= (xx - cx) ** 2 + (yy - cy) ** 2 < r * r
@@ -205,6 +203,49 @@ def run_naive(out: str, width: int, height: int, tile0: float) -> dict:
             "n_tiles": int(len(coords))}
 
 
+def write_bench_features(path: Path, run_dir: Path, n: int, dim: int) -> None:
+    """A float16 feature file of ``n`` tiles x ``dim`` and a WELDON run that reads it (scoring inputs)."""
+    import torch
+
+    from wsi_mil.mil.modelrun import save_model_run
+    from wsi_mil.mil.registry import create_head
+    from wsi_mil.stores.features import write_feature_file
+
+    if not path.is_file():
+        rng = np.random.default_rng(0)
+        feats = rng.standard_normal((n, dim), dtype=np.float32).astype(np.float16)
+        coords = np.zeros((n, 2), np.int64)
+        write_feature_file(path, feats, coords, {"encoder_id": "bench", "slide_id": "bench"})
+        del feats
+    if not run_dir.is_dir():
+        torch.manual_seed(0)
+        head = create_head("weldon", dim, 2, k_top=10, k_bottom=10)
+        save_model_run(run_dir, head, {"head": "weldon", "head_options": {"k_top": 10, "k_bottom": 10},
+                                       "class_names": ["normal", "tumor"], "encoder_id": "bench",
+                                       "embed_dim": dim}, {})
+
+
+def run_scoring(features: str, run_dir: str) -> dict:
+    """The stage's scoring step for one slide: read the whole feature file, ``predict_bag``."""
+    from wsi_mil.heatmaps.stage import read_features_float32
+    from wsi_mil.mil import load_model_run
+
+    run = load_model_run(run_dir)
+    t0, c0 = time.perf_counter(), time.process_time()
+    feats, _ = read_features_float32(Path(features), run.encoder_id, run.embed_dim)
+    pred = run.predict_bag(feats)
+    return {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+            "n_tiles": int(pred.tile_scores.shape[0]), "dim": int(feats.shape[1])}
+
+
+def run_stage_path(features: str, run_dir: str, slide: str, out: str, width: int, height: int, tile0: float) -> dict:
+    """Scoring then drawing in one process, as the stage does for one slide (whole-slide peak RSS)."""
+    scoring = run_scoring(features, run_dir)
+    drawing = run_ours(slide, out, width, height, tile0)
+    return {"scoring": scoring, "drawing": drawing, "cpu_s": scoring["cpu_s"] + drawing["cpu_s"],
+            "wall_s": scoring["wall_s"] + drawing["wall_s"]}
+
+
 def isolated(call: str) -> dict:
     code = (
         "import os, sys\n"
@@ -224,6 +265,8 @@ def main() -> None:
     ap.add_argument("--naive-scale", type=int, default=10, help="the baseline runs on a slide this many times smaller per side")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--keep", action="store_true", help="keep the outputs in --cache")
+    ap.add_argument("--features-dim", type=int, default=384,
+                    help="also time reading a float16 feature file of that width + predict_bag (0: skip)")
     args = ap.parse_args()
 
     cache = args.cache / "heatmap"
@@ -259,7 +302,23 @@ def main() -> None:
         ("memory ratio (naive / ours)", f"{naive_image_gb * 1e9 / 2**20 / ours['peak_rss_mb']:.0f}x "
                                         "(naive level-0 image vs our whole-process peak RSS)"),
     ])
-    print(json.dumps({"ours": ours, "naive": naive, "naive_extrapolated_cpu_s": naive_full_cpu}))
+    scoring = None
+    if args.features_dim:
+        fpath = cache / f"bench_{ours['n_tiles']}x{args.features_dim}.h5"
+        rdir = cache / f"run_{args.features_dim}"
+        write_bench_features(fpath, rdir, ours["n_tiles"], args.features_dim)
+        shutil.rmtree(out, ignore_errors=True)
+        scoring = isolated(f"run_stage_path({str(fpath)!r}, {str(rdir)!r}, {str(slide)!r}, {str(out)!r}, "
+                           f"{args.width}, {args.height}, {args.tile})")
+        sc = scoring["scoring"]
+        report("whole per-slide path: read features + predict_bag, then draw (one process)", [
+            ("read features + predict_bag", f"cpu {sc['cpu_s']:.2f} s (wall {sc['wall_s']:.2f} s), "
+                                            f"{sc['n_tiles']} tiles x {sc['dim']} (float16 file, WELDON)"),
+            ("scoring + drawing", f"cpu {scoring['cpu_s']:.2f} s (wall {scoring['wall_s']:.2f} s)"),
+            ("peak RSS", f"{scoring['peak_rss_mb']:.0f} MiB (torch import alone is ~680 MiB here; target < 2048)"),
+        ])
+    print(json.dumps({"ours": ours, "naive": naive, "naive_extrapolated_cpu_s": naive_full_cpu,
+                      "scoring": scoring}))
     if not args.keep:
         shutil.rmtree(cache / "ours", ignore_errors=True)
         shutil.rmtree(cache / "naive", ignore_errors=True)

@@ -13,6 +13,13 @@ head time / data time. Peak memory: CUDA max allocated, or the process peak RSS 
 
     python benchmarks/bench_mil.py --device cpu --bags 40 --distinct 4       # CPU, reduced
     python benchmarks/bench_mil.py --device cuda                               # H100, full size
+
+Second mode, ``cohort``: the whole pipeline on a synthetic image cohort with ground truth
+(synth -> tile -> extract -> train every head -> tile AUC against the lesion masks). A quarter of
+the slides form a ``split=test`` set: slide AUC is reported out-of-fold (CV on the training
+slides) and on the test slides (final model); tile AUC is over the test slides only.
+
+    python benchmarks/bench_mil.py cohort --slides 40 --work /tmp/mil_cohort --encoder resnet18
 """
 
 from __future__ import annotations
@@ -65,7 +72,82 @@ def data_epoch(bags: BagSet, positions: np.ndarray, cfg: TrainConfig, gen: torch
     return time.perf_counter() - t
 
 
+def cohort_main(argv: list[str]) -> None:
+    """Synthetic image cohort -> every head -> slide and tile AUC table (markdown)."""
+    from wsi_mil.cli import main as cli
+    from wsi_mil.mil import load_model_run
+    from wsi_mil.mil.evaluate import evaluate_tiles, synth_truth
+
+    ap = argparse.ArgumentParser(prog="bench_mil.py cohort")
+    ap.add_argument("--slides", type=int, default=40)
+    ap.add_argument("--size", type=int, default=3072, help="slide side in level-0 px (0.5 mpp)")
+    ap.add_argument("--lesion-fraction", type=float, nargs=2, default=(0.01, 0.05))
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--encoder", default="resnet18")
+    ap.add_argument("--weights", default="random")
+    ap.add_argument("--heads", default="mean,max,attention,weldon,chowder")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="train overrides, e.g. lr=0.01")
+    args = ap.parse_args(argv)
+    work: Path = args.work
+    cohort, job = work / "cohort", work / "job"
+    t = time.perf_counter()
+
+    def step(name: str, cmd: list[str]) -> None:
+        t0 = time.perf_counter()
+        code = cli(cmd)
+        print(f"[{name}] exit {code} in {time.perf_counter() - t0:.0f} s", flush=True)
+        if code != 0:
+            raise SystemExit(f"{name} failed: {' '.join(cmd)}")
+
+    if not (cohort / "labels.csv").is_file():
+        step("synth", ["synth", "-o", str(cohort), "-n", str(args.slides), "--size", str(args.size), str(args.size),
+                       "--lesion-fraction", *map(str, args.lesion_fraction), "--seed", str(args.seed)])
+    step("tile", ["tile", str(cohort), "-o", str(job), "--workers", "0", "--no-progress"])
+    step("extract", ["extract", str(job), "--encoder", args.encoder, "--weights", args.weights,
+                     "--device", args.device])
+    feats = sorted(p for p in (job / "features").iterdir() if p.is_dir())[0]
+    lines = (cohort / "labels.csv").read_text().strip().splitlines()
+    labelled = [lines[0] + ",split"] + [f"{row},{'test' if i % 4 == 3 else 'train'}" for i, row in enumerate(lines[1:])]
+    labels = work / "labels_split.csv"
+    labels.write_text("\n".join(labelled) + "\n")
+    truth = synth_truth(cohort, job)
+    test_feats = work / "test_features"
+    test_feats.mkdir(exist_ok=True)
+    for i, row in enumerate(lines[1:]):
+        sid = row.split(",")[0]
+        link = test_feats / f"{sid}.h5"
+        if i % 4 == 3 and not link.exists():
+            link.symlink_to((feats / f"{sid}.h5").resolve())
+    table = []
+    for head in args.heads.split(","):
+        run = work / "runs" / head
+        t0 = time.perf_counter()
+        step(f"train {head}", ["train", str(feats), "--labels", str(labels), "--head", head, "-o", str(run),
+                               "--folds", str(args.folds), "--device", args.device, "--seed", str(args.seed),
+                               "--overwrite", "--quiet", *sum((["--set", s] for s in args.sets), [])])
+        import json
+
+        m = json.loads((run / "metrics.json").read_text())
+        ev = evaluate_tiles(load_model_run(run), test_feats, truth)
+        oof, ci = m["out_of_fold"]["metrics"], m["out_of_fold"]["ci"] or {}
+        table.append((head, oof["auc"], ci.get("auc"), m.get("test", {}).get("metrics", {}).get("auc"),
+                      ev.tile_auc_mean, ev.tile_auc_pooled, ev.n_lesion_tiles, time.perf_counter() - t0))
+    print(f"\nfeatures: {feats.name}; {args.slides} slides; total {time.perf_counter() - t:.0f} s\n")
+    print("| head | slide AUC out-of-fold [95% CI] | slide AUC test | tile AUC test (mean per slide) | tile AUC test (pooled) | lesion tiles (test) | train s |")
+    print("|---|---|---|---|---|---|---|")
+    f = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    for head, auc, ci, test_auc, tmean, tpool, nles, secs in table:
+        band = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+        print(f"| {head} | {f(auc)}{band} | {f(test_auc)} | {f(tmean)} | {f(tpool)} | {nles} | {secs:.0f} |")
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "cohort":
+        cohort_main(sys.argv[2:])
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bags", type=int, default=400)
     ap.add_argument("--tiles", type=int, default=10_000)

@@ -73,8 +73,8 @@ def lesion_signal(coords: np.ndarray) -> np.ndarray:
     return np.where(coords[:, 0] > 2800, 3.0, -1.0) + 0.01 * np.arange(len(coords)) % 0.5
 
 
-def write_features(job: Path, slide_id: str, coords: np.ndarray, encoder: str = ENCODER) -> np.ndarray:
-    rng = np.random.default_rng(len(coords))
+def write_features(job: Path, slide_id: str, coords: np.ndarray, encoder: str = ENCODER, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
     f = rng.normal(scale=0.1, size=(len(coords), D)).astype(np.float32)
     f[:, 0] = lesion_signal(coords)
     write_feature_file(feature_file_path(job, encoder, slide_id), f, coords, {"encoder_id": encoder})
@@ -204,6 +204,13 @@ def test_resume_skips_complete_slides_and_overwrite_redraws(rendered):
     assert other.statuses[0].status == "done"  # another config redraws
     with Image.open(out / "s1" / "overlay.png") as im:
         assert im.size[0] == 600
+    cfg600 = HeatmapConfig(overlay_width=600)
+    again = run_heatmaps(run, job, out, cfg600, slides=["s1", "s2"], workers=0, progress=False)
+    assert [s.status for s in again.statuses] == ["skipped", "done"]
+    # s2 re-extracted (same tiles, new features): its heatmaps are stale and redrawn, s1's are kept
+    write_features(job, "s2", coords, seed=99)
+    again = run_heatmaps(run, job, out, cfg600, slides=["s1", "s2"], workers=0, progress=False)
+    assert [s.status for s in again.statuses] == ["skipped", "done"]
 
 
 def test_unknown_class_and_missing_run_are_errors(job_and_run, tmp_path):
@@ -234,3 +241,13 @@ def test_cli(job_and_run, tmp_path, capsys):
     assert code == 1  # a failed slide
     code = main(["heatmap", str(run), str(job), "-o", str(tmp_path / "hm3"), "--class", "zzz", "--workers", "0"])
     assert code == 2 and "choose one of" in capsys.readouterr().err
+
+
+def test_dask_workers(job_and_run, tmp_path):
+    """One Dask task per slide on a local cluster: the task and its config travel to a worker process."""
+    job, run, coords = job_and_run
+    report = run_heatmaps(run, job, tmp_path / "hm", HeatmapConfig(overlay_width=600), slides=["s1", "s-nostore"],
+                          workers=1, progress=False)
+    assert [(s.slide_id, s.status) for s in report.statuses] == [("s-nostore", "failed"), ("s1", "done")]
+    sc = read_scores_csv(tmp_path / "hm" / "s1" / "scores.csv")
+    np.testing.assert_allclose(sc["score_tumor"], lesion_signal(coords), rtol=1e-5)

@@ -157,3 +157,13 @@ def test_bagset_sampling_and_whole_batches() -> None:
             np.testing.assert_array_equal(fi[mi].numpy(), bags[p].astype(np.float32))
             seen.append(p)
     assert sorted(seen) == [0, 1, 2]
+
+
+def test_validation_split_on_tiny_folds_stays_grouped() -> None:
+    targets = np.array([0, 0, 0, 1, 1, 1])
+    groups = np.array(["a", "a", "b", "c", "d", "e"])
+    tr, va = validation_split(np.arange(6), targets, groups, 0.2, seed=0)
+    assert len(va) > 0 and not set(groups[tr].tolist()) & set(groups[va].tolist())
+    assert sorted(tr.tolist() + va.tolist()) == list(range(6))
+    tr, va = validation_split(np.arange(2), targets, np.array(["a", "a", "a", "b", "b", "b"]), 0.2, seed=0)
+    assert len(va) == 0 and tr.tolist() == [0, 1]

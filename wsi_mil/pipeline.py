@@ -375,14 +375,17 @@ def _stage_heatmap(ctx: _Context) -> StageResult:
     out = ctx.cfg.heatmap_dir(ctx.job)
     # same model and options as the (possibly interrupted) last drawing: resume per slide;
     # a retrained model makes every existing picture stale: redraw
-    fp = _digest({"run": ctx.train_fp, "heatmap": config_to_dict(ctx.cfg.heatmap)})
-    old_fp, _ = ctx.state.fingerprint("heatmap")
+    fp = _digest({"run": ctx.train_fp, "heatmap": config_to_dict(ctx.cfg.heatmap), "slides": ctx.ok})
+    old_fp, status = ctx.state.fingerprint("heatmap")
+    if old_fp == fp and status == DONE and (out / "index.html").is_file():
+        return StageResult("heatmap", SKIPPED, detail=f"{out} is up to date; page {out / 'index.html'}")
     overwrite = out.exists() and old_fp != fp
     ctx.state.mark("heatmap", fp, "running")
     report = run_heatmaps(ctx.cfg.run_dir(ctx.job), ctx.job, out, ctx.cfg.heatmap, slides=ctx.ok,
                           labels_csv=ctx.labels, workers=ctx.workers, scheduler=ctx.scheduler, overwrite=overwrite,
                           progress=ctx.progress)
-    ctx.state.mark("heatmap", fp, DONE)
+    # drawn with the same model: a later run only retries failed slides (the others are skipped)
+    ctx.state.mark("heatmap", fp, DONE if not report.failed else "partial")
     ok_before = list(ctx.ok)
     ctx.fail("heatmap", report.statuses)
     ctx.ok = [s for s in ok_before if s not in ctx.failed]

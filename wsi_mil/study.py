@@ -138,7 +138,16 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
 
     Raises :class:`~wsi_mil.errors.ConfigError` naming the file and every bad key.
     """
-    return build_config(StudyConfig, path, overrides)
+    from wsi_mil.errors import ConfigError
+
+    try:
+        return build_config(StudyConfig, path, overrides)
+    except ConfigError as exc:
+        msg = str(exc)
+        if msg.startswith(str(path)):
+            raise
+        # errors raised inside a section's own validation (e.g. train.head_options) name the file too
+        raise ConfigError(f"{path}: train.{msg}" if msg.startswith("head_options") else f"{path}: {msg}") from exc
 
 
 def study_to_dict(cfg: StudyConfig) -> dict[str, Any]:

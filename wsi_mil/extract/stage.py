@@ -166,11 +166,13 @@ def extract_features(
     """Embed every complete patch store of ``job`` (or the ``slides`` named) with one encoder.
 
     ``encoder``/``weights``: as :func:`~wsi_mil.encoders.create_encoder` (``encoder`` may also
-    be a ready :class:`Encoder`, then this process runs everything). Returns the report: one
-    status per store in slide-id order; the run record is ``JOB/status/extract-{encoder_id}.csv``.
+    be a ready :class:`Encoder`: then this process runs everything, on the first device of
+    ``cfg.device``). Returns the report: one status per store in slide-id order; the run record
+    is ``JOB/status/extract-{encoder_id}.csv``.
     """
     cfg = cfg or ExtractConfig()
     job = Path(job)
+    devices = resolve_devices(cfg.device) if not scheduler else []
     if isinstance(encoder, Encoder):
         enc, spec = encoder, None
     else:
@@ -212,22 +214,21 @@ def extract_features(
             jobs.append(item)
     extra = {"extract_config": config_to_dict(cfg)}
     with bar:
-        statuses += _dispatch(enc, spec, jobs, cfg, extra, done, scheduler, progress)
+        statuses += _dispatch(enc, spec, jobs, cfg, extra, done, scheduler, devices)
     return ExtractReport(sorted(statuses, key=lambda s: s.slide_id), enc.encoder_id, out_dir, record.path)
 
 
 def _dispatch(enc: Encoder, spec: EncoderSpec | None, jobs: list[SlideJob], cfg: ExtractConfig,
               extra: dict[str, Any], done: Callable[[SlideStatus], None], scheduler: str | None,
-              progress: bool) -> list[SlideStatus]:
+              devices: list[torch.device]) -> list[SlideStatus]:
     """Run ``jobs`` here (one device), in one process per device, or on a Dask cluster."""
     statuses: list[SlideStatus] = []
     if jobs:
         if scheduler:
             if spec is None:
                 raise WsiMilError("a Dask scheduler needs an encoder spec (arch + weights), not a built Encoder")
-            statuses += _run_dask(scheduler, spec, enc.encoder_id, jobs, cfg, extra, done, False)
+            statuses += _run_dask(scheduler, spec, enc.encoder_id, jobs, cfg, extra, done)
         else:
-            devices = resolve_devices(cfg.device)
             if len(devices) == 1 or spec is None:
                 engine = make_engine(enc, devices[0], cfg)
                 statuses += run_slides(engine, jobs, enc.attrs(), enc.embed_dim, done, cfg.num_workers, extra)
@@ -331,10 +332,10 @@ def extract_slide_task(spec: EncoderSpec, encoder_id: str, slide: SlideJob, cfg:
 
 
 def _run_dask(scheduler: str, spec: EncoderSpec, encoder_id: str, jobs: list[SlideJob], cfg: ExtractConfig,
-              extra: dict[str, Any], done: Callable[[SlideStatus], None], progress: bool) -> list[SlideStatus]:
+              extra: dict[str, Any], done: Callable[[SlideStatus], None]) -> list[SlideStatus]:
     from wsi_mil.parallel import dask_client, run_slide_tasks
 
     items = [(j.slide_id, j.store_path, (spec, encoder_id, j, cfg, extra)) for j in jobs]
     with dask_client(scheduler) as client:
-        return run_slide_tasks(client, extract_slide_task, items, done, "extract", progress)
+        return run_slide_tasks(client, extract_slide_task, items, done, "extract", show_progress=False)
 

@@ -99,7 +99,7 @@ def write_score_ometiff(
         resolution = (1e4 / size_um, 1e4 / size_um)
     options = dict(tile=(TIFF_TILE, TIFF_TILE), compression=compression, dtype=np.float32,
                    photometric="minisblack")
-    bigtiff = base_h * base_w * 4 > 2**31
+    bigtiff = base_h * base_w * 4 * 4 // 3 > 2**31 - 2**26  # all levels, uncompressed, with margin
     with atomic_path(path) as tmp:
         with tifffile.TiffWriter(tmp, bigtiff=bigtiff, ome=True) as tif:
             tif.write(_level_tiles(grid, (base_h, base_w), d, TIFF_TILE), shape=(base_h, base_w),

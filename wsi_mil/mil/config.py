@@ -17,7 +17,7 @@ class TrainConfig(StrictModel):
     folds: int = Field(5, ge=2, description="cross-validation folds K")
     val_fraction: float = Field(0.2, gt=0, le=0.5, description="share of a training fold held out for early stopping")
     max_epochs: int = Field(100, ge=1)
-    min_epochs: int = Field(5, ge=1, description="no early stop before this many epochs")
+    min_epochs: int = Field(10, ge=1, description="the best epoch is searched from here on (no stop before)")
     patience: int = Field(10, ge=1, description="epochs without improvement before stopping")
     monitor: Literal["loss", "auc"] = Field("loss", description="validation metric for early stopping")
     batch_size: int = Field(16, ge=1, description="bags per optimisation step")

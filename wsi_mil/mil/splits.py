@@ -10,7 +10,7 @@ import warnings
 from collections import defaultdict
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
 from wsi_mil.errors import LabelsError
 
@@ -46,14 +46,22 @@ def validation_split(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split slide positions ``index`` into (train, validation) parts, grouped and stratified.
 
-    The validation part is about ``fraction`` of the slides. With fewer than two cases there is
-    no validation part (an empty array): training then runs the full number of epochs.
+    The validation part is about ``fraction`` of the slides (one of ``round(1 / fraction)``
+    grouped folds). When some class has fewer slides than that many folds (tiny cohorts), the
+    split is grouped but not stratified. With fewer than two cases there is no validation part
+    (an empty array): training then runs ``max_epochs``.
     """
-    n_splits = max(2, int(round(1.0 / fraction)))
     sub_groups = groups[index]
-    if len(set(sub_groups.tolist())) < n_splits:
+    n_groups = len(set(sub_groups.tolist()))
+    if n_groups < 2:
         return index, index[:0]
-    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    n_splits = min(max(2, int(round(1.0 / fraction))), n_groups)
+    counts = np.bincount(targets[index])
+    smallest = int(counts[counts > 0].min())
+    if smallest >= n_splits:
+        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    else:
+        splitter = GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         train, val = next(splitter.split(np.zeros(len(index)), targets[index], sub_groups))

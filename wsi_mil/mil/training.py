@@ -3,7 +3,8 @@
 Training steps sample ``tiles_per_bag`` tiles per bag (fresh every step); validation and
 prediction use whole bags. The loss is the class-weighted cross-entropy of every ensemble member
 (averaged over members) plus the head's regularisation. Early stopping watches the validation
-loss (or AUC) of the whole-bag ensemble prediction and restores the best epoch's weights.
+loss (or AUC) of the whole-bag ensemble prediction from ``min_epochs`` on (a noisy small
+validation set must not pick an untrained epoch 1) and restores the best epoch's weights.
 Everything random (initialisation, batch order, tile draws, dropout) follows ``seed``.
 """
 
@@ -134,7 +135,9 @@ def fit(
             row["val_loss"] = _weighted_nll(probs, y, weights.numpy())
             row["val_auc"] = classification_metrics(y, probs, names)["auc"]
             score = -row["val_loss"] if cfg.monitor == "loss" or row["val_auc"] is None else row["val_auc"]
-            if best_score is None or score > best_score + 1e-9:
+            if epoch < cfg.min_epochs:
+                pass  # warm-up: the best epoch is searched from min_epochs on
+            elif best_score is None or score > best_score + 1e-9:
                 best_score, best_epoch, stale = score, epoch, 0
                 best_state = copy.deepcopy(head.state_dict())
             else:

@@ -21,25 +21,6 @@ OVERLAP_UM = 32.0
 CELL_UM = PATCH_UM - OVERLAP_UM
 
 
-def dihedral(a: np.ndarray, d: int) -> np.ndarray:
-    """One of the 8 flips/rotations of a (h, w, ...) array (d = 0-7), as a view."""
-    v = np.rot90(a, k=d % 4, axes=(0, 1))
-    return v[:, ::-1] if d >= 4 else v
-
-
-def dihedral_window(shape: tuple[int, int], d: int, x: int, y: int, size: int) -> tuple[int, int]:
-    """Top-left (x, y) in ``dihedral(image, d)`` of the ``size`` window at (x, y) of an image of ``shape``
-    (h, w): the same pixels, flipped/rotated."""
-    h, w = shape
-    r0, c0 = y, x
-    for _ in range(d % 4):  # np.rot90: new[i, j] = old[j, w - 1 - i]; shape becomes (w, h)
-        r0, c0 = w - c0 - size, r0
-        h, w = w, h
-    if d >= 4:
-        c0 = w - c0 - size
-    return c0, r0
-
-
 @dataclass(frozen=True)
 class CellTable:
     """Which patch each cell shows: (ny, nx) candidate index, (ny, nx) flip/rotation code 0-7, and
@@ -94,12 +75,13 @@ class Quilt:
         cell = CELL_UM / mpp
         return int(np.ceil(height / cell)) + 1, int(np.ceil(width / cell)) + 2
 
-    def render(self, images: Callable[[int], np.ndarray], scale: float, downsample: float, x: int, y: int,
-               w: int, h: int, rows: np.ndarray | None = None) -> np.ndarray:
+    def render(self, window: Callable[[int, int, int, int], np.ndarray], scale: float, downsample: float,
+               x: int, y: int, w: int, h: int, rows: np.ndarray | None = None) -> np.ndarray:
         """(h, w, 3) uint8 texture of the level-k region at (x, y), level-k px.
 
-        images: d -> the stain-varied source crop resized by ``scale`` (sample px -> level-k px) and
-        flipped/rotated by :func:`dihedral` code d, C-contiguous (windows are then plain slices);
+        window: (d, x, y, size) -> the ``size`` window at (x, y) of the stain-varied source crop resized by
+        ``scale`` (sample px -> level-k px), flipped/rotated by dihedral code d
+        (:meth:`~wsi_mil.synth.texture.SlideTextures.window`);
         downsample: level-k downsample relative to level 0.
         rows: optional (h,) bool; only rows from the first to the last True one are rendered, the others
         are left undefined (e.g. pure glass, overwritten by the caller).
@@ -138,12 +120,8 @@ class Quilt:
                 ext_x = j * cell - ov / 2
                 u0 = int(np.floor((xs_row[rx[0]] - ext_x) / downsample))
                 k = int(self.table.patch[i, j])
-                dh = int(self.table.dihedral[i, j])
-                img = images(dh)
                 sx, sy = (int(round(c * scale)) for c in cand[k])
-                base_shape = img.shape[:2] if dh % 2 == 0 else img.shape[1::-1]
-                tx, ty = dihedral_window(base_shape, dh, sx, sy, patch_k + 1)
-                view = img[max(ty, 0):ty + patch_k + 1, max(tx, 0):tx + patch_k + 1]
+                view = window(int(self.table.dihedral[i, j]), sx, sy, patch_k + 1)
                 src = _window(view, v0, ry[3] - ry[0], u0, rx[3] - rx[0])
                 bands += _paste(out, acc, src, wy, wx, ry, rx)
         for a, b, c, d in bands:

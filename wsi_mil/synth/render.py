@@ -6,6 +6,7 @@ negative version of one seed share tissue, colours and texture and differ only i
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -129,13 +130,13 @@ class SlideRenderer:
             return None
         rows = row_max > -reach
         scale = self.sample.mpp / (spec.mpp * d)
-        tex = self.normal.render(lambda k: self.textures.level_image("normal", scale, k), scale, d, x, y, w, h,
+        tex = self.normal.render(functools.partial(self.textures.window, "normal", scale), scale, d, x, y, w, h,
                                  rows)
         alpha = self.lesion_alpha(xs, ys, d) if (spec.lesions and self.lesion_texture) else None
         if alpha is not None and alpha.max() > 0:
             on = np.flatnonzero(alpha.max(axis=1) > 0)
             a, b = int(on[0]), int(on[-1]) + 1
-            les = self.lesion.render(lambda k: self.textures.level_image("lesion", scale, k), scale, d, x, y + a,
+            les = self.lesion.render(functools.partial(self.textures.window, "lesion", scale), scale, d, x, y + a,
                                      w, b - a)
             part = tex[a:b].astype(np.float32)
             part += (les - part) * alpha[a:b, :, None]

@@ -153,7 +153,10 @@ def load_sample(path: str = str(SAMPLE_PATH)) -> Sample:
         raise SlideError(f"{path}: too little tissue for texture patches ({len(cand)} windows)")
     x0, y0 = cand.min(axis=0)
     x1, y1 = cand.max(axis=0) + patch_px
-    crop = np.ascontiguousarray(rgb[y0:y1, x0:x1])
+    margin = 8  # windows may be a pixel or two larger than a patch after resizing
+    padded = np.pad(rgb, ((margin, margin), (margin, margin), (0, 0)), mode="edge")
+    crop = np.ascontiguousarray(padded[y0:y1 + 2 * margin, x0:x1 + 2 * margin])
+    x0, y0 = x0 - margin, y0 - margin
     lesion = conc_to_rgb(lesion_concentrations(rgb_to_conc(crop), mpp))
     cand = cand - np.array([x0, y0])
     return Sample(rgb=crop, lesion_rgb=lesion, candidates=cand, mpp=mpp, patch_px=patch_px)
@@ -231,11 +234,36 @@ def resample(rgb: np.ndarray, factor: float) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((nw, nh), method))
 
 
-class SlideTextures:
-    """The texture sources of one slide at every pyramid level it renders.
+def dihedral(a: np.ndarray, d: int) -> np.ndarray:
+    """One of the 8 flips/rotations of a (h, w, ...) array (d = 0-7), as a view."""
+    v = np.rot90(a, k=d % 4, axes=(0, 1))
+    return v[:, ::-1] if d >= 4 else v
 
-    ``level_image(kind, scale, d)`` gives the stain-varied sample crop (``kind`` 'normal' or 'lesion')
-    resized by ``scale`` = sample mpp / rendered mpp and flipped/rotated (``d``), computed once and cached.
+
+def dihedral_window(shape: tuple[int, int], d: int, x: int, y: int, size: int) -> tuple[int, int]:
+    """Top-left (x, y) in ``dihedral(image, d)`` of the ``size`` window at (x, y) of an image of ``shape``
+    (h, w): the same pixels, flipped/rotated."""
+    h, w = shape
+    r0, c0 = y, x
+    for _ in range(d % 4):  # np.rot90: new[i, j] = old[j, w - 1 - i]; shape becomes (w, h)
+        r0, c0 = w - c0 - size, r0
+        h, w = w, h
+    if d >= 4:
+        c0 = w - c0 - size
+    return c0, r0
+
+
+#: windows of one orientation cut from a source before a rotated copy of the whole source pays off
+#: (copying from a rotated view is slow; a rotated copy costs about as much as this many windows)
+VARIANT_AFTER = 24
+
+
+class SlideTextures:
+    """The texture sources of one slide.
+
+    ``level_image(kind, scale)`` is the stain-varied sample crop (``kind`` 'normal' or 'lesion') resized by
+    ``scale`` = sample mpp / rendered mpp; ``window(kind, scale, d, x, y, size)`` a flipped/rotated window of
+    it. Both are cached; rotated copies of a whole source are made once enough windows need them.
     """
 
     def __init__(self, sample: Sample, stain: StainVariation) -> None:
@@ -243,6 +271,8 @@ class SlideTextures:
         self.stain = stain
         self._base: dict[str, np.ndarray] = {}
         self._scaled: dict[tuple[str, float], np.ndarray] = {}
+        self._variants: dict[tuple[str, float, int], np.ndarray] = {}
+        self._uses: dict[tuple[str, float, int], int] = {}
 
     def base(self, kind: str) -> np.ndarray:
         """(h, w, 3) uint8 stain-varied crop at the sample's resolution."""
@@ -251,16 +281,26 @@ class SlideTextures:
             self._base[kind] = self.stain.restain(src)
         return self._base[kind]
 
-    def level_image(self, kind: str, scale: float, d: int = 0) -> np.ndarray:
-        """(h', w', 3) uint8 crop resized by ``scale`` and flipped/rotated by dihedral code ``d`` (0-7),
-        C-contiguous (cached: a window of it is a cheap slice)."""
-        from wsi_mil.synth.quilt import dihedral
-
-        key = (kind, round(scale, 6), d)
+    def level_image(self, kind: str, scale: float) -> np.ndarray:
+        """(h', w', 3) uint8 crop resized by ``scale``, C-contiguous."""
+        key = (kind, round(scale, 6))
         if key not in self._scaled:
-            if d == 0:
-                img = resample(self.base(kind), scale)
-            else:
-                img = dihedral(self.level_image(kind, scale, 0), d)
-            self._scaled[key] = np.ascontiguousarray(img)
+            self._scaled[key] = np.ascontiguousarray(resample(self.base(kind), scale))
         return self._scaled[key]
+
+    def window(self, kind: str, scale: float, d: int, x: int, y: int, size: int) -> np.ndarray:
+        """(size, size, 3) uint8 view: the window at (x, y) of :meth:`level_image`, flipped/rotated by ``d``.
+
+        The window must lie inside the image (texture patches do: the crop has a margin).
+        """
+        img = self.level_image(kind, scale)
+        key = (kind, round(scale, 6), d)
+        var = self._variants.get(key)
+        if var is None and d:
+            self._uses[key] = self._uses.get(key, 0) + 1
+            if self._uses[key] > VARIANT_AFTER:
+                var = self._variants[key] = np.ascontiguousarray(dihedral(img, d))
+        if var is None:
+            return dihedral(img[y:y + size, x:x + size], d)
+        tx, ty = dihedral_window(img.shape[:2], d, x, y, size)
+        return var[ty:ty + size, tx:tx + size]

@@ -1,0 +1,43 @@
+"""Shared by the cluster recipes: build the `wsi-mil run` command and run it.
+
+The recipes only start Dask clusters; the study itself is always the same `wsi-mil run`
+command, pointed at them with ``--scheduler`` (tile, heatmap) and ``--extract-scheduler``
+(extraction on GPU workers).
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+
+def wsi_mil_executable() -> str:
+    """The ``wsi-mil`` next to this Python (a venv), else the one on PATH."""
+    here = Path(sys.executable).parent / "wsi-mil"
+    return str(here) if here.is_file() else (shutil.which("wsi-mil") or "wsi-mil")
+
+
+def run_command(config: str, sets: list[str], scheduler: str | None, extract_scheduler: str | None,
+                extra: list[str] | None = None) -> list[str]:
+    """``wsi-mil run CONFIG [--set ...] --scheduler A --extract-scheduler B [extra]`` as an argv list."""
+    cmd = [wsi_mil_executable(), "run", config]
+    for s in sets:
+        cmd += ["--set", s]
+    if scheduler:
+        cmd += ["--scheduler", scheduler]
+    if extract_scheduler:
+        cmd += ["--extract-scheduler", extract_scheduler]
+    return cmd + list(extra or [])
+
+
+def show(cmd: list[str]) -> str:
+    return " ".join(shlex.quote(c) for c in cmd)
+
+
+def run(cmd: list[str]) -> int:
+    """Run the study; its exit status (0 ok, 1 some slides failed, 2 bad input)."""
+    print(f"+ {show(cmd)}", flush=True)
+    return subprocess.call(cmd)

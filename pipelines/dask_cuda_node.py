@@ -1,0 +1,66 @@
+#!/usr/bin/env python
+"""Run a study on one node with several GPUs: dask-cuda for extraction, CPU processes for tiling.
+
+Starts a ``dask_cuda.LocalCUDACluster`` (one worker per visible GPU, each pinned to its
+device) and a CPU ``LocalCluster`` (one process per remaining core), then runs
+``wsi-mil run CONFIG --scheduler CPU --extract-scheduler GPU``. SimCLR pretraining and the MIL
+head run in the ``wsi-mil run`` process on the first GPU.
+
+    python pipelines/dask_cuda_node.py configs/resnet50_chowder.yaml --set slides=/data/slides --set job=/data/job
+
+Needs ``pip install dask-cuda`` on the GPU node. ``--dry-run`` prints the plan and starts nothing.
+(Without dask-cuda, ``wsi-mil run`` alone already runs extraction as one process per GPU.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from common import run, run_command, show
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="study YAML for wsi-mil run")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override passed on to wsi-mil run (repeatable)")
+    p.add_argument("--gpus", default=os.environ.get("CUDA_VISIBLE_DEVICES"),
+                   help="GPU ids to use, e.g. 0,1,2,3 [CUDA_VISIBLE_DEVICES, else all]")
+    p.add_argument("--cpu-workers", type=int, default=None,
+                   help="CPU worker processes for tiling and heatmaps [cores minus one per GPU]")
+    p.add_argument("--dry-run", action="store_true", help="print the plan; start nothing")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    cores = len(os.sched_getaffinity(0))
+    if a.dry_run:
+        gpus = a.gpus or "all visible GPUs"
+        print(f"# GPU cluster: dask_cuda.LocalCUDACluster(CUDA_VISIBLE_DEVICES={gpus}), one worker per GPU")
+        print(f"# CPU cluster: distributed.LocalCluster({a.cpu_workers or 'cores - GPUs'} processes, 1 thread each)")
+        print(show(run_command(a.config, a.sets, "tcp://CPU-SCHEDULER", "tcp://GPU-SCHEDULER")))
+        return 0
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError:
+        print("error: dask-cuda is not installed: pip install dask-cuda (or run 'wsi-mil run' alone: it "
+              "already extracts with one process per GPU)", file=sys.stderr)
+        return 2
+    from distributed import LocalCluster
+
+    # loader processes inside GPU workers need non-daemonic workers
+    os.environ["DASK_DISTRIBUTED__WORKER__DAEMON"] = "False"
+    with LocalCUDACluster(CUDA_VISIBLE_DEVICES=a.gpus, threads_per_worker=1, dashboard_address=None) as gpu:
+        n_gpu = len(gpu.workers)
+        n_cpu = a.cpu_workers or max(1, cores - n_gpu)
+        with LocalCluster(n_workers=n_cpu, threads_per_worker=1, processes=True, dashboard_address=None) as cpu:
+            print(f"{n_gpu} GPU worker(s) at {gpu.scheduler_address}; {n_cpu} CPU worker(s) at {cpu.scheduler_address}")
+            return run(run_command(a.config, a.sets, cpu.scheduler_address, gpu.scheduler_address))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
