@@ -180,16 +180,13 @@ def write_patch_store(
     tissue_mask: np.ndarray,
     mask_downsample: float,
     attrs: dict[str, Any],
-    codec: str = "jpeg",
-    jpeg_quality: int = 90,
-    tiles_per_chunk: int = 64,
-    chunks_per_shard: int = 16,
-    jpeg_subsampling: str = "420",
+    **options: Any,
 ) -> Path:
     """Write a whole patch store atomically (tiles: (N, S, S, 3) array or batches of them).
 
     ``attrs`` must hold at least ``slide_id``, ``target_mpp``, ``mpp`` and ``tile_size_level0``;
-    the writer adds schema, version, counts, codec and the manifest.
+    the writer adds schema, version, counts, codec and the manifest. ``options`` are those of
+    :class:`PatchStoreWriter` (``codec``, ``jpeg_quality``, ``tiles_per_chunk``, ...).
     """
     coords = np.asarray(coords).reshape(-1, 2)
     n = len(coords)
@@ -199,8 +196,7 @@ def write_patch_store(
     else:
         batches = tiles
         size = int(attrs["tile_size"])
-    writer = PatchStoreWriter(path, n, size, attrs, codec, jpeg_quality, tiles_per_chunk, chunks_per_shard,
-                              jpeg_subsampling)
+    writer = PatchStoreWriter(path, n, size, attrs, **options)
     with writer:
         for batch in batches:
             writer.append(batch)
