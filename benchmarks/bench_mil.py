@@ -20,6 +20,11 @@ the slides form a ``split=test`` set: slide AUC is reported out-of-fold (CV on t
 slides) and on the test slides (final model); tile AUC is over the test slides only.
 
     python benchmarks/bench_mil.py cohort --slides 40 --work /tmp/mil_cohort --encoder resnet18
+
+Third mode, ``bags``: the same comparison on synthetic feature bags (no images; lesion tiles
+shifted in a few dimensions, 1-5 % of a bag, slide-level offsets):
+
+    python benchmarks/bench_mil.py bags --slides 200 --work /tmp/mil_bags
 """
 
 from __future__ import annotations
@@ -75,8 +80,7 @@ def data_epoch(bags: BagSet, positions: np.ndarray, cfg: TrainConfig, gen: torch
 def cohort_main(argv: list[str]) -> None:
     """Synthetic image cohort -> every head -> slide and tile AUC table (markdown)."""
     from wsi_mil.cli import main as cli
-    from wsi_mil.mil import load_model_run
-    from wsi_mil.mil.evaluate import evaluate_tiles, synth_truth
+    from wsi_mil.mil.evaluate import synth_truth
 
     ap = argparse.ArgumentParser(prog="bench_mil.py cohort")
     ap.add_argument("--slides", type=int, default=40)
@@ -121,22 +125,35 @@ def cohort_main(argv: list[str]) -> None:
         link = test_feats / f"{sid}.h5"
         if i % 4 == 3 and not link.exists():
             link.symlink_to((feats / f"{sid}.h5").resolve())
+    print(f"\nfeatures: {feats.name}; {args.slides} slides; pipeline {time.perf_counter() - t:.0f} s\n")
+    compare_heads(feats, labels, test_feats, truth, args)
+
+
+def compare_heads(feats: Path, labels: Path, test_feats: Path, truth, args: argparse.Namespace) -> None:
+    """Train every head with CV (+ final model), print a markdown table of slide and tile AUC."""
+    import json
+
+    from wsi_mil.cli import main as cli
+    from wsi_mil.mil import load_model_run
+    from wsi_mil.mil.evaluate import evaluate_tiles
+
     table = []
     for head in args.heads.split(","):
-        run = work / "runs" / head
+        run = args.work / "runs" / head
         t0 = time.perf_counter()
-        step(f"train {head}", ["train", str(feats), "--labels", str(labels), "--head", head, "-o", str(run),
-                               "--folds", str(args.folds), "--device", args.device, "--seed", str(args.seed),
-                               "--overwrite", "--quiet", *sum((["--set", s] for s in args.sets), [])])
-        import json
-
+        code = cli(["train", str(feats), "--labels", str(labels), "--head", head, "-o", str(run),
+                    "--folds", str(args.folds), "--device", args.device, "--seed", str(args.seed),
+                    "--overwrite", "--quiet", *sum((["--set", s] for s in args.sets), [])])
+        if code != 0:
+            raise SystemExit(f"train {head} failed")
         m = json.loads((run / "metrics.json").read_text())
         ev = evaluate_tiles(load_model_run(run), test_feats, truth)
         oof, ci = m["out_of_fold"]["metrics"], m["out_of_fold"]["ci"] or {}
         table.append((head, oof["auc"], ci.get("auc"), m.get("test", {}).get("metrics", {}).get("auc"),
                       ev.tile_auc_mean, ev.tile_auc_pooled, ev.n_lesion_tiles, time.perf_counter() - t0))
-    print(f"\nfeatures: {feats.name}; {args.slides} slides; total {time.perf_counter() - t:.0f} s\n")
-    print("| head | slide AUC out-of-fold [95% CI] | slide AUC test | tile AUC test (mean per slide) | tile AUC test (pooled) | lesion tiles (test) | train s |")
+        print(f"[train {head}] {time.perf_counter() - t0:.0f} s", flush=True)
+    print("\n| head | slide AUC out-of-fold [95% CI] | slide AUC test | tile AUC test (mean per slide) "
+          "| tile AUC test (pooled) | lesion tiles (test) | train s |")
     print("|---|---|---|---|---|---|---|")
     f = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     for head, auc, ci, test_auc, tmean, tpool, nles, secs in table:
@@ -144,9 +161,41 @@ def cohort_main(argv: list[str]) -> None:
         print(f"| {head} | {f(auc)}{band} | {f(test_auc)} | {f(tmean)} | {f(tpool)} | {nles} | {secs:.0f} |")
 
 
+def bags_main(argv: list[str]) -> None:
+    """Synthetic feature bags (no images) -> every head -> the same table as ``cohort``."""
+    from wsi_mil.mil.synthbags import make_synthetic_bags, write_synthetic_cohort
+
+    ap = argparse.ArgumentParser(prog="bench_mil.py bags")
+    ap.add_argument("--slides", type=int, default=200)
+    ap.add_argument("--tiles", type=int, nargs=2, default=(200, 1000))
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--heads", default="mean,max,attention,weldon,chowder")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="train overrides, e.g. lr=0.01")
+    args = ap.parse_args(argv)
+    co = make_synthetic_bags(n_slides=args.slides, tiles=tuple(args.tiles), dim=args.dim, seed=args.seed)
+    feats, _ = write_synthetic_cohort(co, args.work / "features" / "synthetic", labels_csv=args.work / "labels.csv")
+    labels = args.work / "labels_split.csv"
+    rows = [f"{s},{y},{c},{'test' if i % 4 == 3 else 'train'}"
+            for i, (s, y, c) in enumerate(zip(co.slide_ids, co.labels, co.case_ids))]
+    labels.write_text("slide_id,label,case_id,split\n" + "\n".join(rows) + "\n")
+    test_feats = args.work / "test_features"
+    test_feats.mkdir(exist_ok=True)
+    for i, sid in enumerate(co.slide_ids):
+        if i % 4 == 3 and not (test_feats / f"{sid}.h5").exists():
+            (test_feats / f"{sid}.h5").symlink_to((feats / f"{sid}.h5").resolve())
+    lesion = dict(zip(co.slide_ids, co.lesion))
+    print(f"{args.slides} synthetic bags, {args.tiles[0]}-{args.tiles[1]} tiles, {args.dim}-d, lesions 1-5 %")
+    compare_heads(feats, labels, test_feats,
+                  lambda sid, coords: lesion[sid][coords[:, 0] // 224].astype(np.float32), args)
+
+
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "cohort":
-        cohort_main(sys.argv[2:])
+    if len(sys.argv) > 1 and sys.argv[1] in ("cohort", "bags"):
+        (cohort_main if sys.argv[1] == "cohort" else bags_main)(sys.argv[2:])
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bags", type=int, default=400)

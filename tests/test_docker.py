@@ -105,49 +105,33 @@ def test_entrypoint_help_lists_every_command() -> None:
         assert re.search(rf"^\W*{cmd}\b", res.stdout, re.M), f"'{cmd}' missing from wsi-mil --help"
 
 
-def _offline_env(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({k: v for k, v in env_vars().items() if k.startswith(("HF_", "TRANSFORMERS_"))})
-    env["HF_HOME"] = str(tmp_path / "weights" / "hf")  # the image's /weights/hf, here a temp folder
-    env["TORCH_HOME"] = str(tmp_path / "weights" / "torch")
-    # no route to the internet: a download attempt would fail loudly rather than hang
-    env["HF_ENDPOINT"] = "http://127.0.0.1:9"
-    return env
-
-
-CHECK = """
-import sys
-from wsi_mil.errors import EncoderError
-from wsi_mil.encoders import create_encoder
-try:
-    enc = create_encoder("test_resnet", "timm")
-except EncoderError as exc:
-    print("ERROR", exc)
-    sys.exit(3)
-print("OK", enc.weights_source)
-"""
-
-
-def test_offline_variables_are_honoured(tmp_path: Path) -> None:
+def test_offline_variables_are_honoured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With the image's environment, timm weights come only from the cache under HF_HOME."""
-    env = _offline_env(tmp_path)
-    res = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 3, res.stdout + res.stderr
-    assert "not in the local cache" in res.stdout and "nothing is downloaded" in res.stdout
+    from wsi_mil.encoders import create_encoder
+    from wsi_mil.errors import EncoderError
 
-    # put weights into the local cache layout, as a user would copy them to /weights/hf
+    for k, v in env_vars().items():
+        if k.startswith(("HF_", "TRANSFORMERS_")):
+            monkeypatch.setenv(k, v)
+    hf_home = tmp_path / "weights" / "hf"  # the image's /weights/hf, here a temp folder
+    monkeypatch.setenv("HF_HOME", str(hf_home))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "weights" / "torch"))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # a download attempt would fail, not hang
+    with pytest.raises(EncoderError, match="not in the local cache.*nothing is downloaded"):
+        create_encoder("test_resnet", "timm")
+
+    # weights copied into the local cache layout, as a user would copy them to /weights/hf
     import timm
     from safetensors.torch import save_file
     from timm.models import get_pretrained_cfg
 
-    cfg = get_pretrained_cfg("test_resnet").to_dict()
-    repo = cfg["hf_hub_id"]
-    snap = Path(env["HF_HOME"]) / "hub" / f"models--{repo.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    repo = get_pretrained_cfg("test_resnet").to_dict()["hf_hub_id"]
+    snap = hf_home / "hub" / f"models--{repo.replace('/', '--')}" / "snapshots" / ("0" * 40)
     snap.mkdir(parents=True)
     (snap.parents[1] / "refs").mkdir()
     (snap.parents[1] / "refs" / "main").write_text("0" * 40)
     model = timm.create_model("test_resnet", pretrained=False)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(snap / "model.safetensors"))
-    res = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0 and res.stdout.startswith("OK timm:"), res.stdout + res.stderr
-    assert str(snap / "model.safetensors") in res.stdout
+    enc = create_encoder("test_resnet", "timm")
+    assert enc.weights_source.startswith("timm:") and str(snap / "model.safetensors") in enc.weights_source

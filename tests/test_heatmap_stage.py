@@ -251,3 +251,23 @@ def test_dask_workers(job_and_run, tmp_path):
     assert [(s.slide_id, s.status) for s in report.statuses] == [("s-nostore", "failed"), ("s1", "done")]
     sc = read_scores_csv(tmp_path / "hm" / "s1" / "scores.csv")
     np.testing.assert_allclose(sc["score_tumor"], lesion_signal(coords), rtol=1e-5)
+
+
+def test_display_labels_csv(tmp_path):
+    from wsi_mil.errors import LabelsError
+    from wsi_mil.heatmaps.stage import read_display_labels
+
+    p = tmp_path / "l.csv"
+    p.write_text("slide_id,label,case_id\na,tumor,c1\nb,tumor,c2\n")
+    assert read_display_labels(p) == {"a": "tumor", "b": "tumor"}  # one class is fine for display
+    p.write_text("slide,label\na,1\n")
+    with pytest.raises(LabelsError, match="needs the columns slide_id and label"):
+        read_display_labels(p)
+    p.write_text("slide_id,label\na,1\na,0\n")
+    with pytest.raises(LabelsError, match="line 3: duplicate slide_id 'a'"):
+        read_display_labels(p)
+    p.write_text("slide_id,label\na,\n")
+    with pytest.raises(LabelsError, match="line 2: empty"):
+        read_display_labels(p)
+    with pytest.raises(LabelsError, match="not found"):
+        read_display_labels(tmp_path / "missing.csv")

@@ -38,7 +38,7 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("mil")
-    co = make_synthetic_bags(n_slides=36, tiles=(40, 90), dim=16, slides_per_case=2, seed=3)
+    co = make_synthetic_bags(n_slides=36, tiles=(40, 90), dim=16, lesion_fraction=(0.05, 0.12), shift=4.0, slides_per_case=2, seed=3)
     features, labels = write_synthetic_cohort(co, root / "features" / "enc-a", encoder_id="enc-a",
                                               labels_csv=root / "labels.csv")
     return root, features, labels, co
@@ -226,6 +226,7 @@ def test_evaluate_tiles_against_ground_truth(cohort, tmp_path: Path) -> None:
     root, features, labels, co = cohort
     cfg = TrainConfig(head="max", folds=2, lr=0.01, max_epochs=2, min_epochs=1, bootstrap=0, device="cpu",
                       tiles_per_bag=None, batch_size=4, final_epochs=60)
+    # (2 CV epochs only: this test is about the final model that evaluate_tiles uses)
     train_stage(features, labels, tmp_path / "run", cfg)
     lesion = dict(zip(co.slide_ids, co.lesion))
 

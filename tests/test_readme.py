@@ -73,8 +73,14 @@ _HELP: dict[str, str] = {}
 
 def _help(sub: str, capsys: pytest.CaptureFixture) -> str:
     if sub not in _HELP:
+        import os
+
         capsys.readouterr()
-        code = main([sub, "--help"])
+        os.environ["COLUMNS"] = "300"  # rich wraps and truncates option names in narrow terminals
+        try:
+            code = main([sub, "--help"])
+        finally:
+            os.environ.pop("COLUMNS", None)
         out = capsys.readouterr().out
         assert code == 0, f"wsi-mil {sub} --help failed"
         _HELP[sub] = re.sub(r"\x1b\[[0-9;]*m", "", out)
@@ -100,6 +106,8 @@ def _check_run(args: list[str]) -> None:
     """`wsi-mil run CONFIG [--set ...]`: the config validates with the overrides shown."""
     from wsi_mil.study import load_study
 
+    if not args:
+        return
     config = args[0]
     if _placeholder(config) or not config.endswith(".yaml"):
         return

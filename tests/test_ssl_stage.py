@@ -86,6 +86,14 @@ def test_cli_runs_and_resumes(small_job: Path, tmp_path: Path, capsys: pytest.Ca
     assert main(["pretrain", str(small_job), "-o", str(out), *TINY, "--resume"]) == 0
     assert "nothing to do" in capsys.readouterr().out
     assert (out / "encoder.safetensors").read_bytes() == first
+    # extract takes the folder as it is (it records its architecture)
+    assert main(["extract", str(small_job), "--weights", str(out), "--device", "cpu", "--num-workers", "0"]) == 0
+    from wsi_mil.stores.features import read_feature_file
+
+    files = sorted((small_job / "features").glob("*/*.h5"))
+    assert [f.stem for f in files] == ["s1", "s2"]
+    feats = read_feature_file(files[0])
+    assert feats.features.shape == (30, 96) and feats.attrs["weights_hash"] == read_encoder_json(out)["weights_hash"]
 
 
 def test_empty_job_is_a_clear_error(job: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,6 +9,9 @@ import typer
 
 from wsi_mil.cli._app import app
 from wsi_mil.cli.common import console, exit_with
+from wsi_mil.demo import DemoOptions
+
+_D = DemoOptions()
 
 
 def _log(text: str) -> None:
@@ -18,12 +21,12 @@ def _log(text: str) -> None:
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("-o", "--out", help="demo folder: OUT/cohort (slides), OUT/job (outputs)")],
-    slides: Annotated[int, typer.Option(help="synthetic slides (half positive)", min=4)] = 16,
-    size: Annotated[int, typer.Option(help="slide width and height in pixels at 0.5 um/px", min=1024)] = 3072,
-    pretrain_epochs: Annotated[int, typer.Option(help="SimCLR epochs over the tiles", min=1)] = 6,
-    arch: Annotated[str, typer.Option(help="timm architecture of the encoder trained with SimCLR")] = "resnet10t",
-    folds: Annotated[int, typer.Option(help="cross-validation folds", min=2)] = 4,
-    seed: Annotated[int, typer.Option(help="seed of the cohort and of training")] = 0,
+    slides: Annotated[int, typer.Option(help="synthetic slides (half positive)", min=4)] = _D.slides,
+    size: Annotated[int, typer.Option(help="slide width and height in pixels at 0.5 um/px", min=512)] = _D.size,
+    pretrain_epochs: Annotated[int, typer.Option(help="SimCLR epochs over the tiles", min=1)] = _D.pretrain_epochs,
+    arch: Annotated[str, typer.Option(help="timm architecture of the encoder trained with SimCLR")] = _D.arch,
+    folds: Annotated[int, typer.Option(help="cross-validation folds", min=2)] = _D.folds,
+    seed: Annotated[int, typer.Option(help="seed of the cohort and of training")] = _D.seed,
     workers: Annotated[Optional[int], typer.Option(help="worker processes for tile/heatmap [default: one per core]")] = None,
     progress: Annotated[bool, typer.Option(help="show progress of each stage")] = True,
 ) -> None:
@@ -32,7 +35,7 @@ def demo(
     Prints the cross-validated slide AUC and how well the heatmaps find the planted lesions.
     Running it again reuses what is done.
     """
-    from wsi_mil.demo import DemoOptions, run_demo
+    from wsi_mil.demo import run_demo
     from wsi_mil.pipeline import format_summary
 
     opts = DemoOptions(slides=slides, size=size, pretrain_epochs=pretrain_epochs, arch=arch, folds=folds,

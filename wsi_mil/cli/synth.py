@@ -22,6 +22,8 @@ def synth(
     tile_size: int = typer.Option(512, "--tile-size", help="TIFF tile edge in pixels (multiple of 16)."),
     jpeg_quality: int = typer.Option(85, "--jpeg-quality", help="JPEG quality of the slide tiles (1-100)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Regenerate slides that already exist."),
+    workers: int = typer.Option(1, "--workers", help="Slides generated in parallel (local Dask processes)."),
+    scheduler: str = typer.Option(None, "--scheduler", help="Existing Dask scheduler (tcp://HOST:PORT)."),
 ) -> None:
     """Write N pyramidal JPEG TIFF slides textured from real H&E tissue, labels.csv and lesion ground truth.
 
@@ -34,7 +36,7 @@ def synth(
     folder = make_cohort(
         out, slides, positive_fraction=positive_fraction, size=size, mpp=mpp,
         lesion_fraction=lesion_fraction, seed=seed, tile_size=tile_size, jpeg_quality=jpeg_quality,
-        overwrite=overwrite, progress=True,
+        overwrite=overwrite, progress=True, workers=workers, scheduler=scheduler,
     )
     manifest = read_cohort_manifest(folder)
     n_pos = sum(1 for s in manifest["slides"] if s["label"] == 1)

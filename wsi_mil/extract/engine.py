@@ -75,6 +75,8 @@ class InferenceEngine:
         # x01 = x / 255; (x01 - mean) / std == x * scale + shift
         self._scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1).to(self.device)
         self._shift = (-mean / std).view(1, 3, 1, 1).to(self.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # batch shapes repeat: autotuned kernels pay off
         model = model.eval().to(self.device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)

@@ -142,9 +142,9 @@ def run_slides(
             else:
                 # after a crash in a shared loader, slides are read alone until the culprit is found
                 start, isolate = resume, bool(crash)
-        reap(block=True)
     finally:
-        writer.shutdown(wait=True)
+        writer.shutdown(wait=True)  # even when aborting: finished slides are written and recorded
+        reap(block=True)
     return [statuses[i] for i in range(len(jobs))]
 
 

@@ -125,13 +125,19 @@ class BagSet:
         Returns features (B, T, D) float32 and mask (B, T) bool on the device, valid until the
         next batch is built (one buffer is reused).
         """
+        draws = {}
+        for p in positions:
+            n = self.bags[p].shape[0]
+            if tiles_per_bag is not None and n > tiles_per_bag:
+                draws[p] = torch.randperm(n, generator=generator)[:tiles_per_bag]
+        if draws:  # one host-to-device copy of all draws, not one per bag
+            stacked = torch.stack(list(draws.values())).to(self.bags[positions[0]].device)
+            draws = dict(zip(draws, stacked, strict=True))
         parts = []
         for p in positions:
             bag = self.bags[p]
-            n = bag.shape[0]
-            if tiles_per_bag is not None and n > tiles_per_bag:
-                pick = torch.randperm(n, generator=generator)[:tiles_per_bag]
-                bag = bag.index_select(0, pick.to(bag.device))  # much faster than bag[pick] on CPU
+            if p in draws:
+                bag = bag.index_select(0, draws[p])  # much faster than bag[pick] on CPU
             parts.append(bag)
         return self._pad(parts)
 

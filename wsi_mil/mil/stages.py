@@ -9,6 +9,7 @@ per-tile scores.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,9 +22,9 @@ import torch
 from wsi_mil.atomic import atomic_path, write_text_atomic
 from wsi_mil.config import config_to_dict
 from wsi_mil.errors import ConfigError, StoreError
-from wsi_mil.mil.bags import BagSet, check_same_encoder, feature_encoder, load_bags, resolve_device
+from wsi_mil.mil.bags import Bag, BagSet, check_same_encoder, feature_encoder, load_bags, resolve_device
 from wsi_mil.mil.config import TrainConfig
-from wsi_mil.mil.labels import match_feature_files, read_labels
+from wsi_mil.mil.labels import LabelTable, match_feature_files, read_labels
 from wsi_mil.mil.metrics import bootstrap_ci, classification_metrics, summarize
 from wsi_mil.mil.modelrun import load_model_run, rows_to_csv, save_model_run
 from wsi_mil.mil.splits import assign_folds, check_fold_counts, validation_split
@@ -58,6 +59,85 @@ def _prob_columns(class_names: list[str]) -> list[str]:
     return [f"prob_{c}" for c in class_names]
 
 
+@dataclass
+class TrainingData:
+    """Matched labels and bags: ``targets``/``groups``/``is_test`` are (n,) arrays in table order."""
+
+    table: LabelTable
+    bags: list[Bag]
+    encoder_id: str
+    embed_dim: int
+    warnings: list[str]
+
+    @property
+    def targets(self) -> np.ndarray:
+        return np.array(self.table.targets, dtype=np.int64)
+
+    @property
+    def groups(self) -> np.ndarray:
+        return np.array([r.case_id for r in self.table.rows])
+
+    @property
+    def is_test(self) -> np.ndarray:
+        return np.array([r.split == "test" for r in self.table.rows], dtype=bool)
+
+
+def load_training_data(features_dir: str | Path, labels_csv: str | Path, cfg: TrainConfig) -> TrainingData:
+    """Read the labels, match them to feature files (one encoder for all), load the bags once."""
+    files = {slide_id_of(p): p for p in list_feature_files(features_dir)}
+    if not files:
+        raise StoreError(f"{features_dir}: no feature files (*.h5); run 'wsi-mil extract' first")
+    table = read_labels(labels_csv, cfg.classes)
+    table, warnings = match_feature_files(table, files, cfg.missing_features)
+    paths = [files[r.slide_id] for r in table.rows]
+    encoder_id, embed_dim = feature_encoder(paths[0])
+    check_same_encoder(paths, encoder_id, embed_dim)
+    bags = load_bags(paths, encoder_id, embed_dim)
+    empty = [b.slide_id for b in bags if b.n_tiles == 0]
+    if empty:
+        warnings.append(f"{len(empty)} slide(s) have no tiles and are left out: {', '.join(empty[:5])}")
+        table = table.subset({b.slide_id for b in bags if b.n_tiles > 0})
+        bags = [b for b in bags if b.n_tiles > 0]
+    return TrainingData(table, bags, encoder_id, embed_dim, warnings)
+
+
+@dataclass
+class CrossValidation:
+    """Out-of-fold probabilities (n, C) (NaN for test slides), fold index per slide (-1: test),
+    per-fold metrics, best epochs and training histories."""
+
+    oof: np.ndarray
+    folds: np.ndarray
+    fold_metrics: list[dict[str, Any]]
+    best_epochs: list[int]
+    history: dict[str, Any]
+
+
+def cross_validate(data: TrainingData, bagset: BagSet, cfg: TrainConfig, log: Log = _quiet) -> CrossValidation:
+    """K folds over the training slides, grouped by case; each fold early-stops on its own validation part."""
+    names = data.table.class_names
+    targets, groups, train_all = data.targets, data.groups, np.flatnonzero(~data.is_test)
+    folds = np.full(len(data.bags), -1, dtype=np.int64)
+    folds[train_all] = assign_folds(targets[train_all], groups[train_all], cfg.folds, cfg.seed)
+    oof = np.full((len(data.bags), len(names)), np.nan)
+    fold_metrics, best_epochs, history = [], [], {}
+    for f in range(cfg.folds):
+        held = np.flatnonzero(folds == f)
+        rest = np.flatnonzero((folds >= 0) & (folds != f))
+        tr, va = validation_split(rest, targets, groups, cfg.val_fraction, cfg.seed + f)
+        head = build_head(cfg, data.embed_dim, len(names), cfg.seed + 1000 * (f + 1))
+        res = fit(head, bagset, targets, tr, va, cfg, cfg.seed + f, class_names=names)
+        oof[held] = predict_probs(head, bagset, held.tolist(), cfg.eval_tiles_per_batch)
+        m: dict[str, Any] = dict(classification_metrics(targets[held], oof[held], names))
+        m.update(fold=f, n_slides=int(len(held)), best_epoch=res.best_epoch, epochs_run=res.epochs_run)
+        fold_metrics.append(m)
+        best_epochs.append(res.best_epoch)
+        history[f"fold_{f}"] = res.history
+        log(f"fold {f + 1}/{cfg.folds}: {len(tr)} train / {len(va)} val / {len(held)} held out; best epoch "
+            f"{res.best_epoch} of {res.epochs_run}; AUC {_fmt(m['auc'])}, balanced accuracy {_fmt(m['balanced_accuracy'])}")
+    return CrossValidation(oof, folds, fold_metrics, best_epochs, history)
+
+
 def train_stage(
     features_dir: str | Path, labels_csv: str | Path, run_dir: str | Path, cfg: TrainConfig,
     log: Log = _quiet, overwrite: bool = False,
@@ -68,70 +148,28 @@ def train_stage(
     if run_dir.exists() and not overwrite:
         raise StoreError(f"{run_dir}: run folder exists; choose another -o or pass --overwrite")
     device = _device(cfg)
-    files = {slide_id_of(p): p for p in list_feature_files(features_dir)}
-    if not files:
-        raise StoreError(f"{features_dir}: no feature files (*.h5); run 'wsi-mil extract' first")
-    table = read_labels(labels_csv, cfg.classes)
-    table, warnings = match_feature_files(table, files, cfg.missing_features)
-    paths = [files[r.slide_id] for r in table.rows]
-    encoder_id, embed_dim = feature_encoder(paths[0])
-    check_same_encoder(paths, encoder_id, embed_dim)
-    log(f"loading {len(paths)} feature files ({encoder_id}, {embed_dim}-d)")
-    bags = load_bags(paths, encoder_id, embed_dim)
-    empty = [b.slide_id for b in bags if b.n_tiles == 0]
-    if empty:
-        warnings.append(f"{len(empty)} slide(s) have no tiles and are left out: {', '.join(empty[:5])}")
-        keep = {b.slide_id for b in bags if b.n_tiles > 0}
-        table = table.subset(keep)
-        bags = [b for b in bags if b.n_tiles > 0]
+    data = load_training_data(features_dir, labels_csv, cfg)
+    table, warnings, embed_dim, encoder_id = data.table, data.warnings, data.embed_dim, data.encoder_id
     for w in warnings:
         log(f"warning: {w}")
     names = table.class_names
-    targets = np.array(table.targets, dtype=np.int64)
-    groups = np.array([r.case_id for r in table.rows])
-    is_test = np.array([r.split == "test" for r in table.rows])
-    train_all = np.flatnonzero(~is_test)
-    test_pos = np.flatnonzero(is_test)
-    check_fold_counts(targets[train_all], groups[train_all], names, cfg.folds, str(table.path))
-    bagset = BagSet([b.features for b in bags], device)
-    log(f"{len(train_all)} training slides, {len(test_pos)} test slides, classes {names}; "
-        f"bags {'on' if bagset.on_device else 'copied per batch to'} {device} ({bagset.nbytes / 2**20:.0f} MiB)")
-
-    folds = np.full(len(bags), -1, dtype=np.int64)
-    folds[train_all] = assign_folds(targets[train_all], groups[train_all], cfg.folds, cfg.seed)
-    oof = np.full((len(bags), len(names)), np.nan)
-    fold_metrics, best_epochs, history = [], [], {}
-    in_val = np.zeros(len(bags), dtype=np.int64)
-    for f in range(cfg.folds):
-        held = np.flatnonzero(folds == f)
-        rest = np.flatnonzero((folds >= 0) & (folds != f))
-        tr, va = validation_split(rest, targets, groups, cfg.val_fraction, cfg.seed + f)
-        in_val[va] += 1
-        head = build_head(cfg, embed_dim, len(names), cfg.seed + 1000 * (f + 1))
-        res = fit(head, bagset, targets, tr, va, cfg, cfg.seed + f, log=None, class_names=names)
-        oof[held] = predict_probs(head, bagset, held.tolist(), cfg.eval_tiles_per_batch)
-        m = classification_metrics(targets[held], oof[held], names)
-        m.update(fold=f, n_slides=int(len(held)), best_epoch=res.best_epoch, epochs_run=res.epochs_run)
-        fold_metrics.append(m)
-        best_epochs.append(res.best_epoch)
-        history[f"fold_{f}"] = res.history
-        log(f"fold {f + 1}/{cfg.folds}: {len(tr)} train / {len(va)} val / {len(held)} held out; best epoch "
-            f"{res.best_epoch} of {res.epochs_run}; AUC {_fmt(m['auc'])}, balanced accuracy {_fmt(m['balanced_accuracy'])}")
+    targets, is_test = data.targets, data.is_test
+    train_all, test_pos = np.flatnonzero(~is_test), np.flatnonzero(is_test)
+    check_fold_counts(targets[train_all], data.groups[train_all], names, cfg.folds, str(table.path))
+    bagset = BagSet([b.features for b in data.bags], device)
+    log(f"{len(train_all)} training slides, {len(test_pos)} test slides, classes {names}, {encoder_id} "
+        f"({embed_dim}-d); bags {'on' if bagset.on_device else 'copied per batch to'} {device} "
+        f"({bagset.nbytes / 2**20:.0f} MiB)")
+    cv = cross_validate(data, bagset, cfg, log)
+    oof, folds, fold_metrics, best_epochs, history = cv.oof, cv.folds, cv.fold_metrics, cv.best_epochs, cv.history
 
     metric_keys = [k for k in fold_metrics[0] if k not in ("fold", "n_slides", "best_epoch", "epochs_run")]
-    oof_metrics = classification_metrics(targets[train_all], oof[train_all], names)
     metrics: dict[str, Any] = {
         "head": cfg.head,
         "class_names": names,
         "folds": fold_metrics,
         "fold_summary": summarize([{k: m[k] for k in metric_keys} for m in fold_metrics]),
-        "out_of_fold": {
-            "n_slides": int(len(train_all)),
-            "metrics": oof_metrics,
-            "ci": bootstrap_ci(targets[train_all], oof[train_all], names, cfg.bootstrap, cfg.ci_level, cfg.seed)
-            if cfg.bootstrap else None,
-            "ci_level": cfg.ci_level, "bootstrap": cfg.bootstrap,
-        },
+        "out_of_fold": _evaluation(targets[train_all], oof[train_all], names, cfg),
     }
 
     final_epochs = cfg.final_epochs or max(1, int(round(float(np.median(best_epochs)))))
@@ -143,26 +181,12 @@ def train_stage(
     test_probs = None
     if len(test_pos):
         test_probs = predict_probs(head, bagset, test_pos.tolist(), cfg.eval_tiles_per_batch)
-        metrics["test"] = {
-            "n_slides": int(len(test_pos)),
-            "metrics": classification_metrics(targets[test_pos], test_probs, names),
-            "ci": bootstrap_ci(targets[test_pos], test_probs, names, cfg.bootstrap, cfg.ci_level, cfg.seed)
-            if cfg.bootstrap else None,
-        }
+        metrics["test"] = _evaluation(targets[test_pos], test_probs, names, cfg)
         log(f"test split: {len(test_pos)} slides, AUC {_fmt(metrics['test']['metrics']['auc'])}")
     metrics["warnings"] = warnings
     metrics["seconds"] = round(time.perf_counter() - t_start, 2)
 
-    split_rows = [{"slide_id": r.slide_id, "case_id": r.case_id, "label": r.label,
-                   "split": "test" if is_test[i] else "train", "fold": int(folds[i]) if folds[i] >= 0 else ""}
-                  for i, r in enumerate(table.rows)]
-    pred_rows = []
-    for i, r in enumerate(table.rows):
-        probs = test_probs[np.searchsorted(test_pos, i)] if is_test[i] else oof[i]
-        row = {"slide_id": r.slide_id, "label": r.label, "split": "test" if is_test[i] else "train",
-               "fold": int(folds[i]) if folds[i] >= 0 else "", "predicted": names[int(np.argmax(probs))]}
-        row.update({c: f"{p:.6f}" for c, p in zip(_prob_columns(names), probs, strict=True)})
-        pred_rows.append(row)
+    split_rows, pred_rows = _run_tables(table, folds, oof, test_pos, test_probs)
     config = {
         "head": cfg.head, "head_options": cfg.head_options, "class_names": names, "n_classes": len(names),
         "encoder_id": encoder_id, "embed_dim": embed_dim, "train_config": config_to_dict(cfg),
@@ -171,8 +195,6 @@ def train_stage(
                         "epochs": final_epochs, "fold_best_epochs": best_epochs},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    import json
-
     save_model_run(run_dir, head, config, {
         "splits.csv": rows_to_csv(split_rows, ["slide_id", "case_id", "label", "split", "fold"]),
         "predictions.csv": rows_to_csv(pred_rows, ["slide_id", "label", "split", "fold", "predicted",
@@ -181,6 +203,35 @@ def train_stage(
         "history.json": json.dumps(history, indent=1) + "\n",
     })
     return TrainSummary(run_dir, metrics, warnings)
+
+
+def _evaluation(y: np.ndarray, probs: np.ndarray, names: list[str], cfg: TrainConfig) -> dict[str, Any]:
+    """Metrics of one set of predictions with bootstrap confidence intervals (``ci``: None when off)."""
+    return {
+        "n_slides": int(len(y)),
+        "metrics": classification_metrics(y, probs, names),
+        "ci": bootstrap_ci(y, probs, names, cfg.bootstrap, cfg.ci_level, cfg.seed) if cfg.bootstrap else None,
+        "ci_level": cfg.ci_level, "bootstrap": cfg.bootstrap,
+    }
+
+
+def _run_tables(
+    table: LabelTable, folds: np.ndarray, oof: np.ndarray, test_pos: np.ndarray, test_probs: np.ndarray | None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows of splits.csv and predictions.csv (out-of-fold for training slides, final model for test)."""
+    names = table.class_names
+    split_rows, pred_rows = [], []
+    for i, r in enumerate(table.rows):
+        test = r.split == "test"
+        fold = int(folds[i]) if folds[i] >= 0 else ""
+        split_rows.append({"slide_id": r.slide_id, "case_id": r.case_id, "label": r.label,
+                           "split": "test" if test else "train", "fold": fold})
+        probs = test_probs[np.searchsorted(test_pos, i)] if test and test_probs is not None else oof[i]
+        row = {"slide_id": r.slide_id, "label": r.label, "split": "test" if test else "train", "fold": fold,
+               "predicted": names[int(np.argmax(probs))]}
+        row.update({c: f"{p:.6f}" for c, p in zip(_prob_columns(names), probs, strict=True)})
+        pred_rows.append(row)
+    return split_rows, pred_rows
 
 
 def _orient(head: Any, bagset: BagSet, positions: np.ndarray, cfg: TrainConfig) -> None:

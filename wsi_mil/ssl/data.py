@@ -137,6 +137,11 @@ def steps_per_epoch(
 
     Fixed for the run (the schedule needs it), identical on every process (DDP needs it).
     """
+    if world == 1:  # one process gets every chunk in every epoch
+        fewest = sum(e - s for _, s, e in chunks)
+        if max_tiles is not None:
+            fewest = min(fewest, max_tiles)
+        return fewest // batch_size
     fewest = None
     for epoch in range(epochs):
         for share in deal_chunks(chunks, seed, epoch, world):

@@ -210,7 +210,7 @@ def train_simclr(
     channels_last = cfg.channels_last and device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if di.world > 1 and cfg.sync_batchnorm:
+    if di.world > 1 and cfg.sync_batchnorm and device.type == "cuda":  # torch: SyncBatchNorm is GPU-only
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     opt = build_optimizer(model, cfg.optimizer, cfg.peak_lr(), cfg.decay())
     sched = build_scheduler(opt, warmup, total, cfg.min_lr_ratio)

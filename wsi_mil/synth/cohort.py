@@ -26,7 +26,8 @@ import numpy as np
 
 from wsi_mil import __version__
 from wsi_mil.atomic import remove_stale_temporaries, write_json_atomic, write_text_atomic
-from wsi_mil.errors import ConfigError, StoreError
+from wsi_mil.errors import ConfigError, StoreError, WsiMilError
+from wsi_mil.runrecord import DONE, FAILED, SlideStatus
 from wsi_mil.synth.slide import make_slide
 from wsi_mil.synth.truth import ground_truth_dir, load_ground_truth, write_ground_truth
 
@@ -46,7 +47,8 @@ def cohort_labels(n_slides: int, positive_fraction: float, seed: int) -> np.ndar
 
 
 def _check(n_slides: int, positive_fraction: float, size: Sequence[int], mpp: float,
-           lesion_fraction: Sequence[float] | float, slides_per_case: int) -> tuple[int, int, tuple[float, float]]:
+           lesion_fraction: Sequence[float] | float, slides_per_case: int,
+           workers: int) -> tuple[int, int, tuple[float, float]]:
     if int(n_slides) < 1:
         raise ConfigError(f"slides: need at least 1, got {n_slides}")
     if not 0.0 <= positive_fraction <= 1.0:
@@ -55,6 +57,8 @@ def _check(n_slides: int, positive_fraction: float, size: Sequence[int], mpp: fl
         raise ConfigError(f"size: need width and height of at least 256 px, got {tuple(size)}")
     if not mpp > 0:
         raise ConfigError(f"mpp: must be > 0, got {mpp}")
+    if workers < 1:
+        raise ConfigError(f"workers: must be >= 1, got {workers}")
     if slides_per_case < 1:
         raise ConfigError(f"slides_per_case: must be >= 1, got {slides_per_case}")
     lf = (float(lesion_fraction),) * 2 if np.isscalar(lesion_fraction) else tuple(float(v) for v in lesion_fraction)
@@ -85,6 +89,17 @@ def _make_one(cohort: Path, slide_id: str, width: int, height: int, mpp: float, 
     return truth.summary()
 
 
+def synth_slide_task(cohort: str, slide_id: str, *args: Any) -> SlideStatus:
+    """One slide as a Dask task (arguments of ``_make_one`` after the slide id): never raises for bad input."""
+    t0 = time.perf_counter()
+    source = str(Path(cohort) / f"{slide_id}.tiff")
+    try:
+        _make_one(Path(cohort), slide_id, *args)
+    except WsiMilError as exc:
+        return SlideStatus(slide_id, source, FAILED, reason=str(exc), seconds=time.perf_counter() - t0)
+    return SlideStatus(slide_id, source, DONE, seconds=time.perf_counter() - t0)
+
+
 def make_cohort(
     out_dir: str | Path,
     n_slides: int,
@@ -101,6 +116,8 @@ def make_cohort(
     prefix: str = "slide",
     overwrite: bool = False,
     progress: bool = False,
+    workers: int = 1,
+    scheduler: str | None = None,
 ) -> Path:
     """Write ``n_slides`` slides of ``size`` (W, H) px at ``mpp`` into ``out_dir`` and return it.
 
@@ -108,9 +125,10 @@ def make_cohort(
     share of its tissue drawn from ``lesion_fraction`` (low, high) (or exactly a given float). Slide ids
     are ``{prefix}_{i:03d}``; consecutive groups of ``slides_per_case`` slides share a ``case_id``.
     The same arguments give byte-identical slides and ground truth. Slides already complete with the
-    same parameters are kept unless ``overwrite``.
+    same parameters are kept unless ``overwrite``. ``workers`` > 1 (a local Dask cluster of that many
+    processes) or ``scheduler`` (an existing Dask scheduler) generate slides in parallel, one task each.
     """
-    width, height, lf = _check(n_slides, positive_fraction, size, mpp, lesion_fraction, slides_per_case)
+    width, height, lf = _check(n_slides, positive_fraction, size, mpp, lesion_fraction, slides_per_case, workers)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     gt = ground_truth_dir(out)
@@ -118,26 +136,34 @@ def make_cohort(
     remove_stale_temporaries(out)
     remove_stale_temporaries(gt)
     labels = cohort_labels(int(n_slides), positive_fraction, seed)
-    entries = []
+    jobs = []
     for i in range(int(n_slides)):
         sid = f"{prefix}_{i:03d}"
-        s_seed = slide_seed(seed, i)
         params = {"cohort_seed": int(seed), "index": i, "size": [width, height], "mpp": float(mpp),
                   "lesion_fraction_range": list(lf), "label": int(labels[i]), "tile_size": tile_size,
                   "jpeg_quality": jpeg_quality, "level_downsample": level_downsample,
                   "generator": __version__}
-        t0 = time.perf_counter()
-        meta = None if overwrite else _is_done(out, sid, params)
-        state = "kept"
-        if meta is None:
-            meta = _make_one(out, sid, width, height, float(mpp), s_seed, bool(labels[i]), lf, tile_size,
-                             jpeg_quality, level_downsample, params)
-            state = "wrote"
-        if progress:
-            print(f"{state} {sid}.tiff label={meta['label']} lesion_fraction={meta['lesion_fraction']:.4f} "
-                  f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+        done = None if overwrite else _is_done(out, sid, params)
+        if progress and done is not None:
+            print(f"kept {sid}.tiff (complete)", file=sys.stderr)
+        if done is None:
+            jobs.append((sid, (width, height, float(mpp), slide_seed(seed, i), bool(labels[i]), lf, tile_size,
+                               jpeg_quality, level_downsample, params)))
+    if scheduler or workers > 1:
+        _run_parallel(out, jobs, workers, scheduler, progress)
+    else:
+        for sid, args in jobs:
+            t0 = time.perf_counter()
+            meta = _make_one(out, sid, *args)
+            if progress:
+                print(f"wrote {sid}.tiff label={meta['label']} lesion_fraction={meta['lesion_fraction']:.4f} "
+                      f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+    entries = []
+    for i in range(int(n_slides)):
+        sid = f"{prefix}_{i:03d}"
+        meta = load_ground_truth(out, sid)
         entries.append({"slide_id": sid, "file": f"{sid}.tiff", "label": int(labels[i]),
-                        "case_id": f"case_{i // slides_per_case:03d}", "seed": s_seed,
+                        "case_id": f"case_{i // slides_per_case:03d}", "seed": slide_seed(seed, i),
                         "n_lesions": meta["n_lesions"], "lesion_fraction": meta["lesion_fraction"]})
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -154,6 +180,22 @@ def make_cohort(
         "slides": entries,
     })
     return out
+
+
+def _run_parallel(out: Path, jobs: list[tuple[str, tuple]], workers: int, scheduler: str | None,
+                  progress: bool) -> None:
+    """Generate slides as Dask tasks; raise the first failure (as the serial path would) once all ended."""
+    from wsi_mil.parallel import dask_client, run_slide_tasks
+
+    if not jobs:
+        return
+    items = [(sid, str(out / f"{sid}.tiff"), (str(out), sid, *args)) for sid, args in jobs]
+    with dask_client(scheduler, workers) as client:
+        statuses = run_slide_tasks(client, synth_slide_task, items, lambda status: None, "synth", progress)
+    failed = sorted((s for s in statuses if s.status == FAILED), key=lambda s: s.slide_id)
+    if failed:
+        raise WsiMilError(f"{len(failed)} of {len(jobs)} slides failed; first: {failed[0].slide_id}: "
+                          f"{failed[0].reason}")
 
 
 def read_cohort_manifest(cohort_dir: str | Path) -> dict[str, Any]:

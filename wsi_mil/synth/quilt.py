@@ -57,9 +57,9 @@ def _axis_weight(centres: np.ndarray, i: int, cell: float, overlap: float) -> np
 
 
 class Quilt:
-    """Renders a texture quilt of one slide for one source image (normal or lesion texture).
+    """Renders the texture quilt of one slide for one source (normal or lesion texture).
 
-    mpp: level-0 micrometres per pixel of the slide; width, height: level-0 size in pixels.
+    table: the slide's cells (see :meth:`shape_for` for how many); mpp: level-0 micrometres per pixel.
     """
 
     def __init__(self, sample: Sample, table: CellTable, mpp: float) -> None:

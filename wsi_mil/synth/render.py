@@ -62,8 +62,8 @@ class SlideSpec:
         """Draw a slide. ``lesion_fraction``: lesion share of the tissue, a value or a (low, high) range."""
         if width < 256 or height < 256:
             raise ConfigError(f"size: slides must be at least 256 x 256 px, got {width} x {height}")
-        if not mpp > 0:
-            raise ConfigError(f"mpp: must be > 0, got {mpp}")
+        if not 0.1 <= mpp <= 4.0:
+            raise ConfigError(f"mpp: must be within 0.1-4 um/px (0.25 = 40x, 0.5 = 20x), got {mpp}")
         lo, hi = (lesion_fraction, lesion_fraction) if np.isscalar(lesion_fraction) else lesion_fraction
         lo, hi = float(lo), float(hi)
         if not (0 < lo <= hi < 0.5):

@@ -256,6 +256,8 @@ def dihedral_window(shape: tuple[int, int], d: int, x: int, y: int, size: int) -
 #: windows of one orientation cut from a source before a rotated copy of the whole source pays off
 #: (copying from a rotated view is slow; a rotated copy costs about as much as this many windows)
 VARIANT_AFTER = 24
+#: no rotated copies of sources larger than this (very fine mpp enlarges the sample): memory stays bounded
+VARIANT_MAX_BYTES = 64 * 2**20
 
 
 class SlideTextures:
@@ -296,7 +298,7 @@ class SlideTextures:
         img = self.level_image(kind, scale)
         key = (kind, round(scale, 6), d)
         var = self._variants.get(key)
-        if var is None and d:
+        if var is None and d and img.nbytes <= VARIANT_MAX_BYTES:
             self._uses[key] = self._uses.get(key, 0) + 1
             if self._uses[key] > VARIANT_AFTER:
                 var = self._variants[key] = np.ascontiguousarray(dihedral(img, d))
