@@ -146,7 +146,7 @@ def cmd_throughput(a: argparse.Namespace) -> None:
 
 
 def cmd_probe(a: argparse.Namespace) -> None:
-    from wsi_mil.config import TilingConfig
+    from wsi_mil.config import TilingConfig, build_config
     from wsi_mil.encoders import create_encoder
     from wsi_mil.ssl.probe import encode_tiles, labelled_tiles, probe_auc
     from wsi_mil.ssl.stage import run_pretrain
@@ -159,16 +159,23 @@ def cmd_probe(a: argparse.Namespace) -> None:
         lesion_fraction=(0.04, 0.08), seed=a.cohort_seed)
     job = work / f"job_{a.tile_mpp:g}mpp_{a.tile_size}px"
     tile_slides([cohort], job, TilingConfig(target_mpp=a.tile_mpp, tile_size=a.tile_size), workers=0, progress=False)
-    tiles, labels, _ = labelled_tiles(job, cohort)
+    probe_job = job
+    if a.probe_stride:  # a denser grid for the probe only: more lesion tiles, less noisy AUCs
+        probe_job = work / f"probe_{a.tile_mpp:g}mpp_{a.tile_size}px_stride{a.probe_stride}"
+        tile_slides([cohort], probe_job, TilingConfig(target_mpp=a.tile_mpp, tile_size=a.tile_size,
+                                                      stride=a.probe_stride), workers=0, progress=False)
+    tiles, labels, _ = labelled_tiles(probe_job, cohort)
     print(f"# bench_pretrain probe  {time.strftime('%Y-%m-%d %H:%M:%S %Z')}  {platform.node()}  torch {torch.__version__}")
     print(f"# cohort {cohort}: {a.slides} slides {a.slide_px} px; tiles {a.tile_size} px at {a.tile_mpp} mpp; "
           f"probe set {len(labels)} tiles of positive slides, {int(labels.sum())} lesion")
-    print(f"# {a.arch}, views {a.input_size} px, {a.epochs} epochs, batch {a.batch_size}, lr {a.lr}, device {a.device}")
+    print(f"# {a.arch}, views {a.input_size} px, {a.epochs} epochs, batch {a.batch_size}, lr {a.lr}, device {a.device}"
+          f"{', overrides ' + ' '.join(a.set) if a.set else ''}")
     rows = []
     for seed in a.seeds:
-        cfg = PretrainConfig(arch=a.arch, epochs=a.epochs, batch_size=a.batch_size, input_size=a.input_size, lr=a.lr,
-                             proj_hidden_dim=a.proj_hidden_dim, proj_dim=a.proj_dim, seed=seed)
-        out = work / f"encoder_{a.arch}_{a.input_size}_{a.epochs}ep_seed{seed}"
+        cfg = build_config(PretrainConfig, None, a.set, cli=dict(
+            arch=a.arch, epochs=a.epochs, batch_size=a.batch_size, input_size=a.input_size, lr=a.lr,
+            proj_hidden_dim=a.proj_hidden_dim, proj_dim=a.proj_dim, seed=seed))
+        out = work / f"encoder_{a.tag}_seed{seed}"
         t = time.perf_counter()
         s = run_pretrain(job, out, cfg, device=a.device, overwrite=True)
         train_s = time.perf_counter() - t
@@ -222,6 +229,9 @@ def main() -> None:
     q.add_argument("--proj-dim", type=int, default=64)
     q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     q.add_argument("--device", default="cpu")
+    q.add_argument("--probe-stride", type=int, default=None, help="grid step of the probe tiles (default: tile size)")
+    q.add_argument("--set", action="append", default=[], help="pretrain config override KEY=VALUE")
+    q.add_argument("--tag", default="run", help="name of this configuration (encoder folder names)")
     q.set_defaults(func=cmd_probe)
     a = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -91,9 +91,10 @@ def test_cli_runs_and_resumes(small_job: Path, tmp_path: Path, capsys: pytest.Ca
     from wsi_mil.stores.features import read_feature_file
 
     files = sorted((small_job / "features").glob("*/*.h5"))
-    assert [f.stem for f in files] == ["s1", "s2"]
-    feats = read_feature_file(files[0])
-    assert feats.features.shape == (30, 96) and feats.attrs["weights_hash"] == read_encoder_json(out)["weights_hash"]
+    assert [f.stem for f in files] == ["empty", "s1", "s2"]
+    feats = read_feature_file(files[1])
+    assert feats.features.shape == (30, 96) and feats.encoder_id.startswith("test_resnet-enc-")
+    assert str(out.resolve()) in str(feats.attrs["weights_source"])
 
 
 def test_empty_job_is_a_clear_error(job: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

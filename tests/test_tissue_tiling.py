@@ -39,7 +39,8 @@ def test_detects_tissue_and_removes_pen_and_background() -> None:
 
 
 def test_pen_mask_spares_he_colours() -> None:
-    he = np.array([[[200, 120, 180], [110, 60, 150], [70, 40, 110], [230, 170, 200]]], dtype=np.uint8)
+    he = np.array([[[200, 120, 180], [110, 60, 150], [70, 40, 110], [230, 170, 200], [70, 50, 130],
+                    [45, 35, 120], [90, 60, 170]]], dtype=np.uint8)
     assert not pen_mask(he).any()
     ink = np.array([[[40, 160, 60], [30, 40, 200], [15, 15, 15]]], dtype=np.uint8)
     assert pen_mask(ink).all()
@@ -100,3 +101,22 @@ def test_grid_order_is_banded() -> None:
     first_band = grid.coords[:40]
     assert (first_band[:, 0] < 800).all() and list(first_band[:8, 1]) == [0] * 8
     assert list(ys[:9]) == [0] * 8 + [100] and xs[40] == 800
+
+
+def test_tissue_mask_matches_synthetic_ground_truth(tmp_path: Path) -> None:
+    """On a synthetic slide the detected tissue covers the drawn tissue, lesions included."""
+    from skimage.transform import resize
+
+    from wsi_mil.synth import load_lesion_mask, load_tissue_mask, make_slide
+
+    make_slide(tmp_path / "s.tiff", 4096, 4096, mpp=0.5, seed=3, positive=True, lesion_fraction=0.05,
+               ground_truth_dir=tmp_path / "ground_truth")
+    truth, _ = load_tissue_mask(tmp_path, "s")
+    lesion, _ = load_lesion_mask(tmp_path, "s")
+    with open_slide(tmp_path / "s.tiff") as s:
+        img, ds = s.read_at_mpp(8.0)
+    mask = detect_tissue(img, ds * s.mpp)
+    found = resize(mask.astype(float), truth.shape, order=0) > 0.5
+    assert found[truth].mean() > 0.9, "most tissue is found"
+    assert (found & ~truth).sum() < 0.1 * truth.sum(), "little glass is called tissue"
+    assert found[resize(lesion.astype(float), truth.shape, order=0) > 0.5].mean() > 0.95, "lesions are tissue"

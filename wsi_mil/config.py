@@ -131,6 +131,7 @@ class TissueConfig(StrictModel):
     mask_mpp: float = Field(8.0, gt=0, description="µm per pixel of the tissue mask")
     method: Literal["otsu-saturation", "otsu-od"] = "otsu-saturation"
     min_saturation: float = Field(0.05, ge=0, le=1, description="floor on the Otsu threshold")
+    max_saturation_threshold: float = Field(0.15, ge=0, le=1, description="cap on the Otsu threshold")
     background_brightness: float = Field(0.88, gt=0, le=1, description="gray above this is glass")
     black_brightness: float = Field(0.16, ge=0, lt=1, description="gray below this is ink/dirt")
     remove_pen: bool = True

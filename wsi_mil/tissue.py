@@ -18,12 +18,13 @@ from wsi_mil.config import TissueConfig
 def pen_mask(rgb: np.ndarray) -> np.ndarray:
     """Pixels of green, blue or black marker ink (h, w) bool.
 
-    H&E never has green-dominant pixels; blue marker is far bluer than haematoxylin; black
-    marker is darker than any stained tissue at a few µm/px.
+    H&E never has green-dominant pixels; blue marker is far bluer than haematoxylin, even dense
+    dark nuclei (which stay purple: blue exceeds red by well under 90); black marker is darker
+    than any stained tissue at a few µm/px.
     """
     r, g, b = (rgb[..., i].astype(np.int16) for i in range(3))
     green = (g - r > 20) & (g - b > -10)
-    blue = (b - r > 60) & (b - g > 30) & (r < 120)
+    blue = (b - r > 90) & (b - g > 50)
     black = (r < 50) & (g < 50) & (b < 50)
     return green | blue | black
 
@@ -48,27 +49,30 @@ def detect_tissue(rgb: np.ndarray, mpp: float, config: TissueConfig | None = Non
     if rgb.size == 0:
         return np.zeros(rgb.shape[:2], dtype=bool)
     gray = rgb.astype(np.float32).mean(axis=2) / 255.0
-    sat = saturation(rgb)
-    candidate = (gray < cfg.background_brightness) & (gray > cfg.black_brightness)
+    usable = gray > cfg.black_brightness  # near-black: ink, dirt, slide edges
     if cfg.remove_pen:
         pen = pen_mask(rgb)
         if pen.any():
             pen = ndi.binary_dilation(pen, iterations=max(1, int(round(20.0 / mpp))))
-        candidate &= ~pen
-    signal = sat if cfg.method == "otsu-saturation" else optical_density(rgb)
-    floor = cfg.min_saturation if cfg.method == "otsu-saturation" else 0.05
-    values = signal[candidate]
+        usable &= ~pen
+    if cfg.method == "otsu-saturation":
+        signal, floor, cap = saturation(rgb), cfg.min_saturation, cfg.max_saturation_threshold
+    else:
+        signal, floor, cap = optical_density(rgb), 0.05, 0.5
+    # Otsu over glass *and* tissue separates the two; capped so that a slide with almost no
+    # glass is not split into dense and pale tissue instead
+    values = signal[usable]
     if values.size < 16:
         return np.zeros(rgb.shape[:2], dtype=bool)
     try:
         thr = float(threshold_otsu(values))
     except ValueError:  # all values equal
         thr = floor
-    mask = candidate & (signal > max(thr, floor))
+    mask = usable & (gray < cfg.background_brightness) & (signal > min(max(thr, floor), cap))
     pixel_area = mpp * mpp
     radius = int(round(cfg.closing_radius_um / mpp))
     if radius >= 1:
-        mask = ndi.binary_closing(mask, structure=disk(radius), border_value=0) & candidate | mask
+        mask = ndi.binary_closing(mask, structure=disk(radius), border_value=0) & usable | mask
     if cfg.max_hole_area_um2 > 0:
         mask = remove_small_holes(mask, max_size=max(1, int(cfg.max_hole_area_um2 / pixel_area)))
     if cfg.min_tissue_area_um2 > 0:
