@@ -27,7 +27,7 @@ def demo(
     arch: Annotated[str, typer.Option(help="timm architecture of the encoder trained with SimCLR")] = _D.arch,
     folds: Annotated[int, typer.Option(help="cross-validation folds", min=2)] = _D.folds,
     seed: Annotated[int, typer.Option(help="seed of the cohort and of training")] = _D.seed,
-    workers: Annotated[Optional[int], typer.Option(help="worker processes for tile/heatmap [default: one per core]")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="worker processes for tile/heatmap (default: one per core)")] = None,
     progress: Annotated[bool, typer.Option(help="show progress of each stage")] = True,
 ) -> None:
     """Run the whole pipeline on a synthetic cohort with planted lesions (2 CPU cores: a few minutes).

@@ -23,16 +23,16 @@ def run(
     scheduler: Annotated[Optional[str], typer.Option(
         help="existing Dask scheduler tcp://HOST:PORT for tile, heatmap (and extract unless --extract-scheduler)")] = None,
     extract_scheduler: Annotated[Optional[str], typer.Option(
-        help="Dask scheduler whose workers have GPUs, for extraction [default: --scheduler, else this process]")] = None,
+        help="Dask scheduler whose workers have GPUs, for extraction (default: --scheduler, else this process)")] = None,
     workers: Annotated[Optional[int], typer.Option(
-        help="local worker processes for tile and heatmap [default: one per core; 0: no Dask]")] = None,
+        help="local worker processes for tile and heatmap (default: one per core; 0: no Dask)")] = None,
     stop_after: Annotated[Optional[str], typer.Option(
         help="stop after this stage: tile, pretrain, extract, train, predict or heatmap")] = None,
     check: Annotated[bool, typer.Option(
         "--check", help="validate the config and the inputs (slides, labels, weights), print the study, run nothing")] = False,
     progress: Annotated[bool, typer.Option(help="show progress of each stage")] = True,
 ) -> None:
-    """Run a whole study from slides to heatmaps: tile, [pretrain], extract, train, predict, heatmap.
+    """Run a whole study from slides to heatmaps: tile, pretrain (SimCLR studies), extract, train, predict, heatmap.
 
     Every stage skips what is already done and valid: run the same command again after an
     interruption, or after adding slides, and only the missing work is done.

@@ -168,10 +168,10 @@ def read_feature_file(
     attrs = read_feature_attrs(path)
     check_encoder(path, attrs, encoder_id, embed_dim)
     with h5py.File(path, "r") as f:
-        features = f["features"][()]
+        ds = f["features"]
+        # convert inside HDF5 while reading: no second full-size copy in memory
+        features = ds[()] if dtype is None or ds.dtype == dtype else ds.astype(dtype)[()]
         coords = f["coords"][()].astype(np.int64)
-    if dtype is not None:
-        features = features.astype(dtype, copy=False)
     return FeatureFile(path, str(attrs["slide_id"]), features, coords, attrs)
 
 
