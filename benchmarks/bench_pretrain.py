@@ -185,9 +185,10 @@ def cmd_probe(a: argparse.Namespace) -> None:
         ssl = probe_auc(encode_tiles(trained.model, tiles, a.input_size, dc["mean"], dc["std"], device=a.device), labels)
         rnd = probe_auc(encode_tiles(random.model, tiles, a.input_size, dc["mean"], dc["std"], device=a.device), labels)
         rows.append((ssl, rnd))
+
         print(f"seed {seed}: SimCLR linear {ssl['linear_auc']:.3f} kNN {ssl['knn_auc']:.3f} | random init linear "
               f"{rnd['linear_auc']:.3f} kNN {rnd['knn_auc']:.3f} | train {train_s:.0f} s, {s.global_step} steps, "
-              f"loss {s.epoch_losses[0]:.3f} -> {s.epoch_losses[-1]:.3f}")
+              f"loss {s.epoch_losses[0]:.3f} -> {s.epoch_losses[-1]:.3f}", flush=True)
     for key in ("linear_auc", "knn_auc"):
         a_ssl = [r[0][key] for r in rows]
         a_rnd = [r[1][key] for r in rows]

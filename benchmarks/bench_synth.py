@@ -13,6 +13,7 @@ Usage::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_synth.py                # 100k slide + baseline
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_synth.py --size 20000   # quicker
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_synth.py --workers 8    # + forked row workers
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import time
 from pathlib import Path
 
 
-def _child(mode: str, size: int, out: Path, mpp: float, seed: int) -> dict:
+def _child(mode: str, size: int, out: Path, mpp: float, seed: int, workers: int = 1) -> dict:
     """Runs in a child process: generate one slide ``mode`` ('stream' or 'naive'), report figures."""
     import numpy as np
 
@@ -42,7 +43,7 @@ def _child(mode: str, size: int, out: Path, mpp: float, seed: int) -> dict:
     t0, c0 = time.perf_counter(), time.process_time()
     path = out / f"{mode}_{size}.tiff"
     if mode == "stream":
-        truth = make_slide(path, size, size, mpp, seed, True, 0.03)
+        truth = make_slide(path, size, size, mpp, seed, True, 0.03, workers=workers)
         tissue = truth.tissue_area / (size * size)
         tiles = truth.params["tiles_written"]
     else:
@@ -80,16 +81,16 @@ def _child(mode: str, size: int, out: Path, mpp: float, seed: int) -> dict:
     with openslide.OpenSlide(str(path)) as s:
         opened = {"dimensions": list(s.dimensions), "levels": s.level_count,
                   "mpp": float(s.properties[openslide.PROPERTY_NAME_MPP_X])}
-    result = {"mode": mode, "size": size, "wall_s": wall, "cpu_s": cpu, "peak_rss_bytes": peak,
+    result = {"mode": mode, "size": size, "workers": workers, "wall_s": wall, "cpu_s": cpu, "peak_rss_bytes": peak,
               "rss_before_bytes": base_rss, "file_bytes": path.stat().st_size, "tiles": tiles,
               "tissue_fraction": tissue, "level0_mpx_per_s": size * size / 1e6 / wall, "openslide": opened}
     path.unlink()
     return result
 
 
-def _run_child(mode: str, size: int, out: Path, mpp: float, seed: int) -> dict:
+def _run_child(mode: str, size: int, out: Path, mpp: float, seed: int, workers: int = 1) -> dict:
     cmd = [sys.executable, __file__, "--child", mode, "--size", str(size), "--out", str(out),
-           "--mpp", str(mpp), "--seed", str(seed)]
+           "--mpp", str(mpp), "--seed", str(seed), "--workers", str(workers)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"{mode} {size}: child failed\n{proc.stderr}")
@@ -108,10 +109,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="scratch folder (default: a temporary one)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="also time make_slide(workers=N) (forked row workers) at the baseline size, and use "
+                         "N workers for the large slide")
     ap.add_argument("--child", choices=("stream", "naive"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(_child(args.child, args.size, args.out, args.mpp, args.seed)))
+        print(json.dumps(_child(args.child, args.size, args.out, args.mpp, args.seed, args.workers)))
         return
     scratch = args.out or Path(tempfile.mkdtemp(prefix="bench_synth-"))
     scratch.mkdir(parents=True, exist_ok=True)
@@ -127,15 +131,23 @@ def main() -> None:
     print(f"  streaming / naive: wall time x{stream_small['wall_s'] / naive['wall_s']:.2f}, "
           f"cpu time x{stream_small['cpu_s'] / naive['cpu_s']:.2f}, "
           f"peak RSS x{stream_small['peak_rss_bytes'] / naive['peak_rss_bytes']:.2f}")
-    big = _run_child("stream", args.size, scratch, args.mpp, args.seed)
-    print(f"\nstreaming make_slide at {args.size} x {args.size} px, {args.mpp} mpp "
+    figures = {"naive": naive, "stream_small": stream_small}
+    if args.workers > 1:
+        par = _run_child("stream", b, scratch, args.mpp, args.seed, args.workers)
+        figures["stream_small_workers"] = par
+        print(f"  streaming with {args.workers} row workers: wall {par['wall_s']:.1f} s "
+              f"(x{stream_small['wall_s'] / par['wall_s']:.2f} faster than 1), peak RSS of the parent "
+              f"{_gib(par['peak_rss_bytes'])}")
+    big = _run_child("stream", args.size, scratch, args.mpp, args.seed, args.workers)
+    figures["stream"] = big
+    print(f"\nstreaming make_slide (workers={args.workers}) at {args.size} x {args.size} px, {args.mpp} mpp "
           f"(tissue {big['tissue_fraction']:.0%}, {big['tiles']} tiles over {big['openslide']['levels']} levels):")
     print(f"  wall {big['wall_s']:.1f} s  cpu {big['cpu_s']:.1f} s  {big['level0_mpx_per_s']:.1f} level-0 Mpx/s  "
           f"peak RSS {_gib(big['peak_rss_bytes'])}  file {big['file_bytes'] / 2**30:.2f} GiB")
     print(f"  naive in-memory would need >= {_gib(args.size ** 2 * 3 * 4 / 3)} for the pixels alone")
     print(f"  OpenSlide: {big['openslide']}")
     if args.json:
-        args.json.write_text(json.dumps({"naive": naive, "stream_small": stream_small, "stream": big}, indent=2))
+        args.json.write_text(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def test_one_epoch_reads_each_tile_at_most_once_in_shuffled_order(sources: list[
     groups = rank_groups(chunks, seed=3, epoch=0, rank=0, world=1, shuffle_chunks=4)
     for g in groups:
         assert sorted(g.perm.tolist()) == list(range(g.n_tiles))
-    spe = steps_per_epoch(chunks, 3, 1, 1, batch_size=20)
+    spe = steps_per_epoch(chunks, 1, batch_size=20)
     assert spe == 261 // 20
     batches = list(BatchReader(sources, groups, 20, threads=2).iter_batches(0, spe))
     assert len(batches) == spe and all(b.shape == (20, 4, 4, 3) and b.dtype == np.uint8 for b in batches)
@@ -78,7 +78,7 @@ def test_resuming_mid_epoch_gives_the_same_batches(sources: list[ArrayTileSource
 
 def test_processes_get_disjoint_tiles(sources: list[ArrayTileSource]) -> None:
     chunks = list_chunks(sources)
-    spe = steps_per_epoch(chunks, 0, 3, 2, batch_size=16)
+    spe = steps_per_epoch(chunks, 2, batch_size=16)
     assert spe >= 1
     seen = []
     for rank in range(2):
@@ -89,8 +89,18 @@ def test_processes_get_disjoint_tiles(sources: list[ArrayTileSource]) -> None:
 
 def test_max_tiles_caps_steps(sources: list[ArrayTileSource]) -> None:
     chunks = list_chunks(sources)
-    assert steps_per_epoch(chunks, 0, 2, 1, batch_size=10, max_tiles=35) == 3
-    assert steps_per_epoch(chunks, 0, 2, 1, batch_size=300) == 0
+    assert steps_per_epoch(chunks, 1, batch_size=10, max_tiles=35) == 3
+    assert steps_per_epoch(chunks, 1, batch_size=300) == 0
+
+
+def test_steps_fit_every_process_in_every_epoch(sources: list[ArrayTileSource]) -> None:
+    chunks = list_chunks(sources)
+    for world in (2, 3, 5):
+        spe = steps_per_epoch(chunks, world, batch_size=7)
+        assert spe >= 1
+        for epoch in range(20):
+            for share in deal_chunks(chunks, 4, epoch, world):
+                assert sum(e - s for _, s, e in share) >= spe * 7
 
 
 def test_bad_source_output_is_reported() -> None:

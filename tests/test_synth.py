@@ -227,6 +227,18 @@ def test_make_slide_is_deterministic(tmp_path: Path) -> None:
     assert a.lesion_fraction == pytest.approx(0.05, rel=1e-6)
 
 
+def test_make_slide_with_row_workers_writes_the_same_bytes(tmp_path: Path) -> None:
+    for factor, tiles in ((2, 9 + 4 + 1), (4, 9 + 1)):
+        a, b = tmp_path / f"a{factor}" / "s.tiff", tmp_path / f"b{factor}" / "s.tiff"
+        one = make_slide(a, 1300, 1100, 0.5, 9, True, 0.04, level_downsample=factor)
+        two = make_slide(b, 1300, 1100, 0.5, 9, True, 0.04, level_downsample=factor, workers=2)
+        assert a.read_bytes() == b.read_bytes()
+        assert one.params["glass_tiles"] == two.params["glass_tiles"] and one.params["tiles_written"] == tiles
+        with openslide.OpenSlide(str(b)) as s:
+            assert s.level_downsamples == pytest.approx(one.level_downsamples, rel=2e-3)
+            assert s.level_downsamples[1] == pytest.approx(factor, rel=2e-3)
+
+
 def test_make_cohort_is_deterministic_parallel_and_resumable(tmp_path: Path) -> None:
     kw = dict(size=(768, 768), lesion_fraction=(0.03, 0.05), seed=3)
     one = make_cohort(tmp_path / "one", 3, **kw)

@@ -19,6 +19,20 @@ for _name in COMMAND_MODULES:
     importlib.import_module(f"wsi_mil.cli.{_name}")
 
 
+def _usage_errors() -> tuple[type[BaseException], ...]:
+    """ClickException classes: click's own and, in newer typer releases, typer's bundled copy."""
+    import click
+
+    found: list[type[BaseException]] = [click.exceptions.ClickException]
+    try:
+        from typer._click.exceptions import ClickException as TyperClickException
+
+        found.append(TyperClickException)
+    except ImportError:
+        pass
+    return tuple(found)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``wsi-mil`` console script; returns the exit status."""
     try:
@@ -32,13 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: completed outputs are kept; run the same command again to resume",
               file=sys.stderr)
         return 130
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except Exception as exc:  # usage errors from click, or from the click that typer bundles
+        if isinstance(exc, _usage_errors()):
             exc.show()
-            return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
+            return int(getattr(exc, "exit_code", 2))
+        if type(exc).__name__ == "Abort":
             return 130
         raise
     return rv if isinstance(rv, int) else 0

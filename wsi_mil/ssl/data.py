@@ -13,6 +13,7 @@ Tiles are returned as uint8 (B, S, S, 3) arrays, exactly as stored.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -100,14 +101,18 @@ class ShuffleGroup:
 
 
 def deal_chunks(chunks: Sequence[Chunk], seed: int, epoch: int, world: int) -> list[list[Chunk]]:
-    """Shuffle the chunks for ``epoch`` and deal them to ``world`` processes, balancing tiles."""
+    """Shuffle the chunks for ``epoch`` and deal them to ``world`` processes, balancing tiles.
+
+    Each chunk goes to the process with the fewest tiles so far (ties: lowest rank), so loads
+    never differ by more than the largest chunk.
+    """
     order = torch.randperm(len(chunks), generator=generator(seed, epoch, 1)).tolist()
     shares: list[list[Chunk]] = [[] for _ in range(world)]
-    load = [0] * world
+    heap = [(0, r) for r in range(world)]
     for i in order:
-        r = min(range(world), key=lambda k: (load[k], k))
+        load, r = heapq.heappop(heap)
         shares[r].append(chunks[i])
-        load[r] += chunks[i][2] - chunks[i][1]
+        heapq.heappush(heap, (load + chunks[i][2] - chunks[i][1], r))
     return shares
 
 
@@ -127,27 +132,19 @@ def rank_groups(
 
 def steps_per_epoch(
     chunks: Sequence[Chunk],
-    seed: int,
-    epochs: int,
     world: int,
     batch_size: int,
     max_tiles: int | None = None,
 ) -> int:
-    """Steps in every epoch: the fewest full batches any process gets in any epoch.
+    """Steps in every epoch: full batches that every process is sure to get in any epoch.
 
-    Fixed for the run (the schedule needs it), identical on every process (DDP needs it).
+    Dealing keeps loads within one chunk of each other, so every process gets at least
+    ``(total - (world - 1) * largest chunk) / world`` tiles. Fixed for the run (the schedule needs
+    it) and identical on every process (DDP needs it).
     """
-    if world == 1:  # one process gets every chunk in every epoch
-        fewest = sum(e - s for _, s, e in chunks)
-        if max_tiles is not None:
-            fewest = min(fewest, max_tiles)
-        return fewest // batch_size
-    fewest = None
-    for epoch in range(epochs):
-        for share in deal_chunks(chunks, seed, epoch, world):
-            n = sum(e - s for _, s, e in share)
-            fewest = n if fewest is None else min(fewest, n)
-    fewest = fewest or 0
+    total = sum(e - s for _, s, e in chunks)
+    largest = max((e - s for _, s, e in chunks), default=0)
+    fewest = max(0, (total - (world - 1) * largest) // world)
     if max_tiles is not None:
         fewest = min(fewest, max_tiles)
     return fewest // batch_size

@@ -194,7 +194,7 @@ def train_simclr(
     t_start = time.perf_counter()
     chunks = list_chunks(sources)
     n_total = sum(e - s for _, s, e in chunks)
-    spe = steps_per_epoch(chunks, cfg.seed, cfg.epochs, di.world, cfg.batch_size, cfg.max_tiles)
+    spe = steps_per_epoch(chunks, di.world, cfg.batch_size, cfg.max_tiles)
     if spe < 1:
         per = f" over {di.world} processes (at least {cfg.batch_size} tiles each)" if di.world > 1 else ""
         raise WsiMilError(f"batch size {cfg.batch_size} is larger than the {n_total} tiles available{per}; "

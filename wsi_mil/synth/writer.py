@@ -14,8 +14,12 @@ centimetre, so OpenSlide reports a pyramid and ``openslide.mpp-x/y`` (see ``../s
 
 from __future__ import annotations
 
+import itertools
+import multiprocessing
 import tempfile
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -58,6 +62,42 @@ def encode_jpeg(tile: np.ndarray, quality: int) -> bytes:
 
     return imagecodecs.jpeg8_encode(tile, level=quality, colorspace="RGB", outcolorspace="YCBCR",
                                     subsampling=JPEG_SUBSAMPLING)
+
+
+def encode_tile(pixels: np.ndarray, tile: int, quality: int, background: np.ndarray) -> bytes:
+    """JPEG bytes of an (h, w, 3) uint8 tile padded with ``background`` to ``tile`` x ``tile``."""
+    h, w = pixels.shape[:2]
+    if (h, w) != (tile, tile):
+        full = np.empty((tile, tile, 3), np.uint8)
+        full[:] = background
+        full[:h, :w] = pixels
+        pixels = full
+    return encode_jpeg(np.ascontiguousarray(pixels), quality)
+
+
+def _checked(pixels: np.ndarray | None, h: int, w: int) -> np.ndarray | None:
+    if pixels is not None and (pixels.shape != (h, w, 3) or pixels.dtype != np.uint8):
+        raise ValueError(f"renderer returned {pixels.shape} {pixels.dtype}, expected ({h}, {w}, 3) uint8")
+    return pixels
+
+
+#: the level-0 renderer of forked row workers (set in the parent just before the workers fork)
+_ROW_RENDERER: TileRenderer | None = None
+
+
+def _render_row(y: int, h: int, width: int, tile: int, quality: int, factor: int,
+                background: np.ndarray) -> list[tuple[bytes | None, np.ndarray | None]]:
+    """In a worker: render and encode one row of level-0 tiles; (JPEG bytes, tile reduced by ``factor``)
+    per tile, (None, None) for glass."""
+    out: list[tuple[bytes | None, np.ndarray | None]] = []
+    for x in range(0, width, tile):
+        w = min(tile, width - x)
+        pixels = _checked(_ROW_RENDERER(x, y, w, h), h, w)  # type: ignore[misc]
+        if pixels is None:
+            out.append((None, None))
+        else:
+            out.append((encode_tile(pixels, tile, quality, background), box_reduce(pixels, factor)))
+    return out
 
 
 def box_reduce(tile: np.ndarray, factor: int) -> np.ndarray:
@@ -127,28 +167,26 @@ class _Pyramid:
         self.glass[k][:] = True  # type: ignore[index]
         self.rows_filled[k] = 0
 
-    def encode(self, pixels: np.ndarray | None) -> bytes:
-        """Bytes of one tile; ``pixels`` (h, w, 3) is padded with glass to the full tile, None is glass."""
+    def encode(self, pixels: np.ndarray | None, encoded: bytes | None = None) -> bytes:
+        """Bytes of one tile (``encoded`` when already encoded); ``pixels`` (h, w, 3) is padded with glass
+        to the full tile; a tile with neither is glass."""
         self.stats.tiles += 1
+        if encoded is not None:
+            return encoded
         if pixels is None:
             self.stats.glass_tiles += 1
             return self.glass_bytes
-        h, w = pixels.shape[:2]
-        if (h, w) != (self.tile, self.tile):
-            full = np.empty((self.tile, self.tile, 3), np.uint8)
-            full[:] = self.background
-            full[:h, :w] = pixels
-            pixels = full
-        return encode_jpeg(np.ascontiguousarray(pixels), self.quality)
+        return encode_tile(pixels, self.tile, self.quality, self.background)
 
-    def push(self, k: int, x: int, y: int, pixels: np.ndarray | None) -> None:
-        """Reduce a finished level-k tile at (x, y) (None = glass) into level k+1's strip."""
+    def push(self, k: int, x: int, y: int, pixels: np.ndarray | None, small: np.ndarray | None = None) -> None:
+        """Reduce a finished level-k tile at (x, y) (None = glass; ``small``: already reduced) into level
+        k+1's strip."""
         n = k + 1
         if n >= len(self.levels):
             return
         f = self.factor
-        if pixels is not None:
-            small = box_reduce(pixels, f)
+        if pixels is not None or small is not None:
+            small = box_reduce(pixels, f) if small is None else small
             r0 = (y // f) - self.strip_y[n]
             self.strips[n][r0:r0 + small.shape[0], x // f:x // f + small.shape[1]] = small  # type: ignore[index]
             self.glass[n][(x // f) // self.tile] = False  # type: ignore[index]
@@ -184,9 +222,7 @@ class _Pyramid:
             h = min(self.tile, level.height - y)
             for x in range(0, level.width, self.tile):
                 w = min(self.tile, level.width - x)
-                pixels = render(x, y, w, h)
-                if pixels is not None and (pixels.shape != (h, w, 3) or pixels.dtype != np.uint8):
-                    raise ValueError(f"renderer returned {pixels.shape} {pixels.dtype}, expected ({h}, {w}, 3) uint8")
+                pixels = _checked(render(x, y, w, h), h, w)
                 data = self.encode(pixels)
                 self.push(0, x, y, pixels)
                 if x + w >= level.width:
@@ -194,15 +230,55 @@ class _Pyramid:
                 # all work is done before the yield: tifffile closes the iterator after the last tile
                 yield data
 
+    def level0_tiles_parallel(self, render: TileRenderer, workers: int) -> Iterator[bytes]:
+        """As :meth:`level0_tiles`, rows of tiles rendered, encoded and reduced by ``workers`` forked
+        processes (at most two rows per worker in flight, so memory stays bounded); same bytes."""
+        global _ROW_RENDERER
+        level = self.levels[0]
+        rows = iter(range(0, level.height, self.tile))
+        _ROW_RENDERER = render
+        ctx = multiprocessing.get_context("fork")
+        try:
+            with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+                def submit(y: int) -> tuple[int, Future]:
+                    h = min(self.tile, level.height - y)
+                    return y, pool.submit(_render_row, y, h, level.width, self.tile, self.quality,
+                                          self.factor, self.background)
+
+                pending = deque(submit(y) for y in itertools.islice(rows, 2 * workers))
+                while pending:
+                    y, fut = pending.popleft()
+                    row = fut.result()
+                    nxt = next(rows, None)
+                    if nxt is not None:
+                        pending.append(submit(nxt))
+                    h = min(self.tile, level.height - y)
+                    for x, (data, small) in zip(range(0, level.width, self.tile), row):
+                        data = self.encode(None, data)
+                        self.push(0, x, y, None, small)
+                        if x + self.tile >= level.width:
+                            self.row_done(0, y, h)
+                        yield data
+        finally:
+            _ROW_RENDERER = None
+
+
+def can_fork_workers() -> bool:
+    """True where row workers can be forked (POSIX, and not inside a daemonic process such as a Dask
+    worker, which may not have children)."""
+    return "fork" in multiprocessing.get_all_start_methods() and not multiprocessing.current_process().daemon
+
 
 def write_pyramidal_tiff(path: str | Path, levels: list[Level], mpp: float, render: TileRenderer,
                          background: tuple[int, int, int] = (255, 255, 255), tile_size: int = 512,
-                         quality: int = 85, description: str = "") -> WriteStats:
+                         quality: int = 85, description: str = "", workers: int = 1) -> WriteStats:
     """Write a pyramidal JPEG TIFF atomically (temporary file, renamed when complete).
 
     levels: from :func:`pyramid_levels` (each level the previous one reduced by a constant factor);
     mpp: level-0 micrometres per pixel; render: called once per level-0 tile in row-major order;
-    background: glass colour of empty tiles and tile padding. BigTIFF is used when the uncompressed
+    background: glass colour of empty tiles and tile padding; workers > 1: level-0 rows are rendered by
+    that many forked processes (where :func:`can_fork_workers`; the file is the same, byte for byte).
+    BigTIFF is used when the uncompressed
     level 0 exceeds 2 GiB. Spool files of the reduced levels live in a hidden temporary folder beside
     ``path`` (swept by :func:`wsi_mil.atomic.remove_stale_temporaries` if the process is killed).
     """
@@ -226,7 +302,10 @@ def write_pyramidal_tiff(path: str | Path, levels: list[Level], mpp: float, rend
         pyramid = _Pyramid(levels, factor, tile_size, quality, background, Path(spool_dir), stats)
         try:
             with tifffile.TiffWriter(tmp, bigtiff=big) as tif:
-                level0 = pyramid.level0_tiles(render)
+                if workers > 1 and can_fork_workers():
+                    level0 = pyramid.level0_tiles_parallel(render, workers)
+                else:
+                    level0 = pyramid.level0_tiles(render)
                 for k, level in enumerate(levels):
                     res = 1e4 / (mpp * level.downsample)  # pixels per centimetre
                     data = level0 if k == 0 else iter(pyramid.spools[k - 1])
