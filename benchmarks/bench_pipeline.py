@@ -153,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--encoder", default="simclr",
                    help="simclr (demo settings: SimCLR on 64 px tiles) or a timm arch with random weights "
                         "at 224 px (e.g. resnet50 on a GPU node) [simclr]")
-    p.add_argument("--arch", default="resnet10t", help="SimCLR architecture [resnet10t]")
-    p.add_argument("--pretrain-epochs", type=int, default=2, help="SimCLR epochs [2]")
+    p.add_argument("--arch", default="test_resnet", help="SimCLR architecture [test_resnet, as the demo]")
+    p.add_argument("--pretrain-epochs", type=int, default=3, help="SimCLR epochs [3, as the demo]")
     p.add_argument("--folds", type=int, default=4, help="cross-validation folds [4]")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--workers", type=int, default=None, help="local workers for tile/heatmap [one per core]")
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     cohort = args.out / f"cohort_{args.slides}x{args.size}"
     t0 = time.perf_counter()
-    make_cohort(cohort, args.slides, size=(args.size, args.size), lesion_fraction=(0.03, 0.06), seed=0)
+    make_cohort(cohort, args.slides, size=(args.size, args.size), lesion_fraction=(0.04, 0.08), seed=0)
     t_cohort = time.perf_counter() - t0
     job = args.out / "job_run"
     shutil.rmtree(job, ignore_errors=True)

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from wsi_mil.ssl.config import PretrainConfig  # noqa: E402
 from wsi_mil.ssl.data import ArrayTileSource  # noqa: E402
 from wsi_mil.ssl.stage import prepare_backbone  # noqa: E402
-from wsi_mil.ssl.train import DistInfo, _autocast, build_model, train_simclr, use_bf16  # noqa: E402
+from wsi_mil.ssl.train import DistInfo, _autocast, train_simclr, use_bf16  # noqa: E402
 
 
 def rss_peak_mib() -> float:
@@ -57,11 +57,15 @@ def reset_gpu_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def gpu_peak_mib(device: torch.device) -> float:
-    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
+def gpu_peak_mib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
-def backbone_baseline(cfg: PretrainConfig, device: torch.device, steps: int, warmup: int) -> dict[str, float]:
+def mib(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:,.0f} MiB"
+
+
+def backbone_baseline(cfg: PretrainConfig, device: torch.device, steps: int, warmup: int) -> dict[str, float | None]:
     """Backbone alone: forward + backward on random (2B, 3, H, W) tensors; images/s."""
     backbone, _, _, size = prepare_backbone(cfg)
     model = backbone.to(device).train()
@@ -88,7 +92,7 @@ def backbone_baseline(cfg: PretrainConfig, device: torch.device, steps: int, war
 
 
 def training_rate(cfg: PretrainConfig, device: torch.device, steps: int, warmup: int, tile_size: int,
-                  job: Path | None) -> dict[str, float]:
+                  job: Path | None) -> dict[str, float | None]:
     """The SimCLR loop itself: tiles/s over ``steps`` steps after ``warmup`` steps."""
     if job is not None:
         from wsi_mil.ssl.stage import open_job_stores
@@ -128,15 +132,20 @@ def cmd_throughput(a: argparse.Namespace) -> None:
           f"threads {torch.get_num_threads()}  device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     print(f"# arch {a.arch}  batch {a.batch_size} tiles (2x views)  view {cfg.input_size or 'default'} px  "
-          f"tiles {a.tile_size} px  precision {'bf16' if use_bf16(cfg, device) else 'fp32'}  "
+          f"{'' if a.job else f'tiles {a.tile_size} px  '}precision {'bf16' if use_bf16(cfg, device) else 'fp32'}  "
           f"source {'job ' + str(a.job) if a.job else 'memory'}")
-    base = backbone_baseline(cfg, device, a.steps, a.warmup)
+    # baseline before and after the training run (their mean), so drifting machine load hits both
+    before = backbone_baseline(cfg, device, a.steps, a.warmup)
     train = training_rate(cfg, device, a.steps, a.warmup, a.tile_size, a.job)
+    after = backbone_baseline(cfg, device, a.steps, a.warmup)
+    base = {"images_per_s": (before["images_per_s"] + after["images_per_s"]) / 2,
+            "gpu_peak_mib": before["gpu_peak_mib"]}
+    print(f"backbone baseline before / after: {before['images_per_s']:,.1f} / {after['images_per_s']:,.1f} img/s")
     ceiling = base["images_per_s"] / 2
     ratio = train["tiles_per_s"] / ceiling
     print(f"backbone fwd+bwd (random tensors): {base['images_per_s']:,.1f} img/s = {ceiling:,.1f} tiles/s ceiling; "
-          f"GPU peak {base['gpu_peak_mib']:,.0f} MiB")
-    print(f"SimCLR training loop:              {train['tiles_per_s']:,.1f} tiles/s; GPU peak {train['gpu_peak_mib']:,.0f} MiB")
+          f"GPU peak {mib(base['gpu_peak_mib'])}")
+    print(f"SimCLR training loop:              {train['tiles_per_s']:,.1f} tiles/s; GPU peak {mib(train['gpu_peak_mib'])}")
     print(f"ratio training / ceiling: {ratio:.2f}   (target >= 0.7 on GPU)")
     print(f"process peak RSS: {rss_peak_mib():,.0f} MiB")
     print(json.dumps({"arch": a.arch, "batch_size": a.batch_size, "device": str(device),

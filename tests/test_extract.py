@@ -51,7 +51,8 @@ def encoder(encoder_dir: Path):
 
 
 def reference(enc, tiles: np.ndarray) -> np.ndarray:
-    """Each tile alone, preprocessed the textbook way (float on [0, 1], resize, normalise)."""
+    """Each tile alone, preprocessed the textbook way (float on [0, 1], resize, normalise), on the CPU."""
+    enc.model.cpu()  # an engine may have moved the model to the GPU
     out = []
     mean = torch.tensor(enc.data_config["mean"]).view(3, 1, 1)
     std = torch.tensor(enc.data_config["std"]).view(3, 1, 1)
@@ -326,3 +327,19 @@ def test_compiled_engine_matches_eager() -> None:
     a, b = eager.embed(tiles).cpu().numpy(), compiled.embed(tiles).cpu().numpy()
     assert b.shape == (21, 96)
     np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-3)
+
+
+def test_loader_processes_fit_in_shared_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    import collections
+
+    from wsi_mil.extract import data
+
+    usage = collections.namedtuple("usage", "total used free")
+    item = 512 * 224 * 224 * 3  # one batch of 224 px tiles: 77 MB
+    monkeypatch.setattr(data.shutil, "disk_usage", lambda p: usage(64 << 20, 0, 64 << 20))  # docker default
+    assert data.fit_workers_to_shm(15, 2, item) == 0
+    monkeypatch.setattr(data.shutil, "disk_usage", lambda p: usage(1 << 30, 0, 1 << 30))
+    assert data.fit_workers_to_shm(15, 2, item) == 3
+    monkeypatch.setattr(data.shutil, "disk_usage", lambda p: usage(64 << 30, 0, 64 << 30))
+    assert data.fit_workers_to_shm(15, 2, item) == 15
+    assert data.fit_workers_to_shm(0, 2, item) == 0

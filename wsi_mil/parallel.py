@@ -59,7 +59,7 @@ def dask_client(
         n_workers=n,
         threads_per_worker=threads_per_worker,
         processes=True,
-        dashboard_address=None,
+        dashboard_address=":0",
         memory_limit=memory_limit,
         silence_logs=40,
     ) as cluster, Client(cluster) as client:

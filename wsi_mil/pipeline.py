@@ -415,6 +415,9 @@ def run_study(
     """
     if stop_after is not None and stop_after not in STAGES:
         raise ConfigError(f"--stop-after {stop_after!r}: choose one of {', '.join(STAGES)}")
+    if stop_after == "pretrain" and not cfg.encoder.is_simclr:
+        raise ConfigError("--stop-after pretrain: this study has no pretrain stage (it runs only with "
+                          "encoder.weights: simclr)")
     t_start = time.perf_counter()
     job = cfg.job.expanduser().resolve()
     labels = cfg.labels.expanduser().resolve()

@@ -30,15 +30,15 @@ def _print_event(ev: ProgressEvent) -> None:
 def pretrain(
     job: Annotated[Path, typer.Argument(help="job folder with patch stores in JOB/patches")],
     out: Annotated[Path, typer.Option("-o", "--out", help="encoder folder to write (for 'extract --weights')")],
-    arch: Annotated[Optional[str], typer.Option(help="timm architecture or encoder entry [default resnet18]")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="passes over the tiles [default 10]")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="tiles per step per process (2 views each) [default 256]")] = None,
-    temperature: Annotated[Optional[float], typer.Option(help="NT-Xent temperature [default 0.1]")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="peak learning rate [default 1e-3 adamw, 0.3*B/256 lars]")] = None,
+    arch: Annotated[Optional[str], typer.Option(help="timm architecture or encoder entry (default resnet18)")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="passes over the tiles (default 10)")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="tiles per step per process, 2 views each (default 256)")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="NT-Xent temperature (default 0.1)")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="peak learning rate (default 1e-3 adamw, 0.3*B/256 lars)")] = None,
     optimizer: Annotated[Optional[str], typer.Option(help="adamw (default) or lars")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="stop after this many steps (short runs, demos)")] = None,
     max_tiles: Annotated[Optional[int], typer.Option(help="cap on tiles per epoch per process")] = None,
-    input_size: Annotated[Optional[int], typer.Option(help="view side in pixels [default: the architecture's]")] = None,
+    input_size: Annotated[Optional[int], typer.Option(help="view side in pixels (default: the architecture's)")] = None,
     device: Annotated[str, typer.Option(help="auto, cuda or cpu")] = "auto",
     resume: Annotated[bool, typer.Option(help="continue from JOB/pretrain/NAME/checkpoint.pt")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an existing encoder folder")] = False,
@@ -58,8 +58,17 @@ def pretrain(
         cli=dict(arch=arch, epochs=epochs, batch_size=batch_size, temperature=temperature, lr=lr,
                  optimizer=optimizer, max_steps=max_steps, max_tiles=max_tiles, input_size=input_size),
     )
+    from wsi_mil.ssl.stage import checkpoint_path
+
+    ckpt = checkpoint_path(job, out)
+
+    def show(ev: ProgressEvent) -> None:
+        if ev.kind == "start":
+            console.print(f"checkpoints: {ckpt} (after an interruption, run the same command with --resume)")
+        _print_event(ev)
+
     summary = run_pretrain(job, out, cfg, resume=resume, device=device, overwrite=overwrite,
-                           progress=_print_event if progress else None, checkpoint_every=checkpoint_every)
+                           progress=show if progress else None, checkpoint_every=checkpoint_every)
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():

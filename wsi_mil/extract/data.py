@@ -10,8 +10,10 @@ device (:mod:`wsi_mil.extract.engine`).
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
+import shutil
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -125,15 +129,38 @@ def default_num_workers(device: torch.device) -> int:
     return 1 if cores > 2 else 0
 
 
+def fit_workers_to_shm(workers: int, prefetch: int, item_bytes: int, shm: str = "/dev/shm") -> int:
+    """Loader processes whose in-flight items fit in shared memory (containers often have 64 MB).
+
+    Each worker hands ``prefetch`` items of ``item_bytes`` to the main process through ``shm``;
+    with too little room the workers would die with a bus error. Returns ``workers`` or fewer
+    (0: read in this process).
+    """
+    if workers <= 0 or item_bytes <= 0:
+        return workers
+    try:
+        free = shutil.disk_usage(shm).free
+    except OSError:
+        return workers
+    fit = int(free * 0.8) // (item_bytes * (prefetch + 1))
+    if fit < workers:
+        log.warning("%s has %.0f MB free: %d loader processes instead of %d (give the container a larger "
+                    "--shm-size, or lower --batch-size)", shm, free / 2**20, max(0, fit), workers)
+        return max(0, fit)
+    return workers
+
+
 def make_loader(ranges: Sequence[TileRange], device: torch.device, num_workers: int | None = None,
-                prefetch: int = 2) -> DataLoader:
+                prefetch: int = 2, item_bytes: int = 0) -> DataLoader:
     """A DataLoader over ``ranges`` in order: ``num_workers`` processes, pinned memory on CUDA.
 
     Inside a daemonic process (a Dask worker), which may not start children, it reads in-process.
+    ``item_bytes`` (the largest item) caps the workers to what shared memory holds.
     """
     workers = default_num_workers(device) if num_workers is None else max(0, int(num_workers))
     if multiprocessing.current_process().daemon:
         workers = 0
+    workers = fit_workers_to_shm(workers, prefetch, item_bytes)
     kwargs: dict[str, Any] = {}
     if workers > 0:
         kwargs.update(prefetch_factor=prefetch, persistent_workers=False)

@@ -164,8 +164,12 @@ def _stream(
     process died: that slide and the ones after it were not recorded and must be redone.
     """
     ranges = []
+    item_bytes = 0
     for i in range(start, stop):
-        ranges += plan_ranges(i, jobs[i].store_path, jobs[i].chunk_ranges, engine.batch_size)
+        mine = plan_ranges(i, jobs[i].store_path, jobs[i].chunk_ranges, engine.batch_size)
+        side = int(jobs[i].attrs.get("tile_size", 224))
+        item_bytes = max([item_bytes] + [(r.stop - r.start) * side * side * 3 for r in mine])
+        ranges += mine
     slides: dict[int, _Slide] = {}
     nxt = start  # next slide not yet opened
 
@@ -178,7 +182,7 @@ def _stream(
             nxt += 1
 
     try:
-        for batch in make_loader(ranges, engine.device, num_workers):
+        for batch in make_loader(ranges, engine.device, num_workers, item_bytes=item_bytes):
             batch: TileBatch
             open_until(batch.slide)
             slide = slides.get(batch.slide)

@@ -189,19 +189,24 @@ class BatchReader:
         first = int(np.searchsorted(self._bounds, start_step * b, side="right") - 1)
         last = int(np.searchsorted(self._bounds, n_steps * b - 1, side="right") - 1)
         pool = ThreadPoolExecutor(self.threads, thread_name_prefix="simclr-read")
-        pending: dict[int, list[Future[np.ndarray]]] = {}
+        assembler = ThreadPoolExecutor(1, thread_name_prefix="simclr-group")
+        pending: dict[int, Future[np.ndarray]] = {}
         loaded: dict[int, np.ndarray] = {}
+
+        def assemble(gi: int, parts: list[Future[np.ndarray]]) -> np.ndarray:
+            # concatenation and shuffling run here, off the training thread
+            return np.concatenate([f.result() for f in parts], axis=0)[self.groups[gi].perm]
 
         def request(gi: int) -> None:
             if gi <= last and gi not in pending and gi not in loaded:
-                pending[gi] = [pool.submit(self._read_chunk, c) for c in self.groups[gi].chunks]
+                parts = [pool.submit(self._read_chunk, c) for c in self.groups[gi].chunks]
+                pending[gi] = assembler.submit(assemble, gi, parts)
 
         def group_tiles(gi: int) -> np.ndarray:
             if gi not in loaded:
                 for ahead in range(gi, gi + self.prefetch_groups + 1):
                     request(ahead)
-                parts = [f.result() for f in pending.pop(gi)]
-                loaded[gi] = np.concatenate(parts, axis=0)[self.groups[gi].perm]
+                loaded[gi] = pending.pop(gi).result()
                 for old in [k for k in loaded if k < gi]:
                     del loaded[old]
             return loaded[gi]
@@ -221,7 +226,7 @@ class BatchReader:
                     gi += 1
                 yield parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
         finally:
-            for futs in pending.values():
-                for f in futs:
-                    f.cancel()
+            for fut in pending.values():
+                fut.cancel()
+            assembler.shutdown(wait=True, cancel_futures=True)
             pool.shutdown(wait=True, cancel_futures=True)

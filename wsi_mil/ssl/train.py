@@ -31,7 +31,14 @@ from torch import nn
 from wsi_mil.config import config_to_dict
 from wsi_mil.errors import WsiMilError
 from wsi_mil.ssl.augment import SimCLRAugment
-from wsi_mil.ssl.checkpoint import check_compatible, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from wsi_mil.ssl.checkpoint import (
+    CheckpointError,
+    check_compatible,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from wsi_mil.ssl.config import PretrainConfig
 from wsi_mil.ssl.data import BatchReader, TileSource, generator, list_chunks, rank_groups, steps_per_epoch
 from wsi_mil.ssl.head import ProjectionHead, SimCLRModel
@@ -229,8 +236,6 @@ def train_simclr(
             opt.load_state_dict(ckpt["optimizer"])
             sched.load_state_dict(ckpt["scheduler"])
         except (RuntimeError, ValueError, KeyError) as exc:
-            from wsi_mil.ssl.checkpoint import CheckpointError
-
             raise CheckpointError(f"{checkpoint_path}: checkpoint does not fit this model ({str(exc).splitlines()[0][:160]}); "
                                   "delete it or run without --resume") from exc
         epoch, step, global_step = int(ckpt["epoch"]), int(ckpt["step"]), int(ckpt["global_step"])
