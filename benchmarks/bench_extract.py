@@ -224,8 +224,9 @@ def ours_end_to_end(enc: Any, engine: Any, stores: list[Path], out_dir: Path, nu
     return sum(j.n_tiles for j in jobs) / dt
 
 
-def ours_loader_only(stores: list[Path], device: Any, batch: int, num_workers: int | None) -> float:
-    """tiles/s of our data path alone (decode chunks in workers, pinned memory), no model."""
+def ours_loader_only(stores: list[Path], device: Any, batch: int, num_workers: int | None,
+                     mode: str = "auto") -> float:
+    """tiles/s of our data path alone (decode chunks, pinned memory), no model."""
     from wsi_mil.extract.data import make_loader, plan_ranges
     from wsi_mil.stores.patches import open_patch_store
 
@@ -233,7 +234,7 @@ def ours_loader_only(stores: list[Path], device: Any, batch: int, num_workers: i
     for i, p in enumerate(stores):
         ranges += plan_ranges(i, p, open_patch_store(p).chunk_ranges(), batch)
     n, t0 = 0, time.perf_counter()
-    for item in make_loader(ranges, device, num_workers):
+    for item in make_loader(ranges, device, num_workers, mode=mode):
         if item.error:
             raise SystemExit(item.error)
         n += item.tiles.shape[0]
@@ -343,10 +344,14 @@ def main(argv: list[str] | None = None) -> int:
     coords, stores = prepare_stores(slide, args.out, n_slides, per_slide)
     print(f"prepared stores in {time.perf_counter() - t:.1f} s")
 
+    for mode in ("processes", "threads"):
+        with PeakHostMemory() as mem:
+            tps = ours_loader_only(stores, device, batch, workers, mode)
+        print(f"our loader alone ({mode}): {tps:,.0f} tiles/s (peak host {mem.peak_gb:.2f} GB)")
     with PeakHostMemory() as mem:
         loader_tps = ours_loader_only(stores, device, batch, workers)
     results: list[dict[str, Any]] = []
-    print(f"our loader alone: {loader_tps:,.0f} tiles/s (peak host {mem.peak_gb:.2f} GB)")
+    print(f"our loader alone (default for {device}): {loader_tps:,.0f} tiles/s (peak host {mem.peak_gb:.2f} GB)")
     clam_loader_tps = float("nan")
     if not args.skip_clam:
         with PeakHostMemory() as mem:

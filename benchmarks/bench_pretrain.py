@@ -72,6 +72,8 @@ def backbone_baseline(cfg: PretrainConfig, device: torch.device, steps: int, war
     channels_last = cfg.channels_last and device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        model = torch.compile(model)
     bf16 = use_bf16(cfg, device)
     x = torch.randn(2 * cfg.batch_size, 3, size, size, device=device)
     if channels_last:
@@ -126,13 +128,14 @@ def cmd_throughput(a: argparse.Namespace) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     cfg = PretrainConfig(arch=a.arch, batch_size=a.batch_size, input_size=a.input_size, precision=a.precision,
-                         epochs=1000, read_threads=a.read_threads)
+                         epochs=1000, read_threads=a.read_threads, compile=a.compile)
     print(f"# bench_pretrain throughput  {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
     print(f"# {platform.node()}  {platform.processor() or platform.machine()}  torch {torch.__version__}  "
           f"threads {torch.get_num_threads()}  device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     print(f"# arch {a.arch}  batch {a.batch_size} tiles (2x views)  view {cfg.input_size or 'default'} px  "
           f"{'' if a.job else f'tiles {a.tile_size} px  '}precision {'bf16' if use_bf16(cfg, device) else 'fp32'}  "
+          f"{'torch.compile  ' if a.compile else ''}"
           f"source {'job ' + str(a.job) if a.job else 'memory'}")
     # baseline before and after the training run (their mean), so drifting machine load hits both
     before = backbone_baseline(cfg, device, a.steps, a.warmup)
@@ -220,6 +223,7 @@ def main() -> None:
     t.add_argument("--steps", type=int, default=30)
     t.add_argument("--warmup", type=int, default=5)
     t.add_argument("--read-threads", type=int, default=4)
+    t.add_argument("--compile", action="store_true", help="torch.compile both the baseline and the training model")
     t.add_argument("--job", type=Path, default=None, help="read tiles from this job's patch stores")
     t.set_defaults(func=cmd_throughput)
     q = sub.add_parser("probe", help="tile AUC of SimCLR vs random init on a synthetic cohort")

@@ -343,3 +343,26 @@ def test_loader_processes_fit_in_shared_memory(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(data.shutil, "disk_usage", lambda p: usage(64 << 30, 0, 64 << 30))
     assert data.fit_workers_to_shm(15, 2, item) == 15
     assert data.fit_workers_to_shm(0, 2, item) == 0
+
+
+@pytest.mark.parametrize("mode", ["threads", "processes"])
+def test_both_loaders_give_the_same_features(job: Path, encoder, mode: str) -> None:
+    make_store(job, "a", 20)
+    make_store(job, "b", 0)
+    make_store(job, "c", 13, offset=40)
+    report = extract_features(job, encoder, cfg=ExtractConfig(device="cpu", batch_size=8, loader=mode,
+                                                             num_workers=2))
+    assert [s.status for s in report.statuses] == ["done"] * 3
+    f = read_feature_file(report.features_dir / "c.h5")
+    np.testing.assert_allclose(f.features, reference(encoder, colour_tiles(13, 32, 40)), rtol=1e-4, atol=1e-4)
+    assert read_feature_file(report.features_dir / "b.h5").n_tiles == 0
+
+
+def test_threaded_loader_reports_a_damaged_store(job: Path) -> None:
+    from wsi_mil.extract.data import ThreadedTileLoader, TileRange
+
+    make_store(job, "a", 8)
+    ranges = [TileRange(0, str(job / "patches" / "a.zarr"), 0, 8), TileRange(1, str(job / "patches" / "nope.zarr"), 0, 4)]
+    out = list(ThreadedTileLoader(ranges, threads=2, pin=False))
+    assert [b.slide for b in out] == [0, 1] and out[0].tiles.shape[0] == 8
+    assert out[1].tiles is None and "patch store not found" in out[1].error

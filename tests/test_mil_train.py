@@ -201,11 +201,11 @@ def _tile_auc(head, co) -> float:
 
 def test_min_max_heads_beat_mean_pooling_on_small_lesions() -> None:
     """Lesions are 1-5 % of a bag, slides vary (stain-like offsets): the bag mean drowns the signal."""
-    train = make_synthetic_bags(n_slides=64, tiles=(100, 250), dim=32, seed=1)
-    test = make_synthetic_bags(n_slides=40, tiles=(100, 250), dim=32, seed=2)
+    train = make_synthetic_bags(n_slides=80, tiles=(100, 300), dim=32, seed=1)
+    test = make_synthetic_bags(n_slides=60, tiles=(100, 300), dim=32, seed=2)
     bags = BagSet(train.features + test.features)
     y = np.concatenate([train.labels, test.labels])
-    tr, te = np.arange(64), np.arange(64, 104)
+    tr, te = np.arange(80), np.arange(80, 140)
     slide_auc, tile_auc = {}, {}
     for name in ("mean", "weldon", "chowder"):
         options = {"n_members": 5} if name == "chowder" else {}

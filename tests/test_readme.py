@@ -53,6 +53,13 @@ def test_readme_starts_with_the_two_commands() -> None:
     assert lines[:4] == ["```bash", "make demo", "make test", "```"]
 
 
+@pytest.mark.parametrize("path", READMES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_links_point_at_files(path: Path) -> None:
+    for target in re.findall(r"\]\(([^)#]+)\)", path.read_text(encoding="utf-8")):
+        if not target.startswith(("http://", "https://")):
+            assert (path.parent / target).exists(), f"{path.name}: link to missing {target}"
+
+
 def test_makefile_targets() -> None:
     make = (ROOT / "Makefile").read_text()
     demo = re.search(r"^demo:.*\n((?:\t.*\n)+)", make, re.M)

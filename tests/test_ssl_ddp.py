@@ -39,7 +39,7 @@ def _worker(rank: int, world: int, port: int, job: str, out: str, result_dir: st
                Path(result_dir) / f"rank{rank}.pt")
 
 
-@pytest.mark.slow  # two processes importing torch + timm: 97 s measured on the shared 2 cores
+@pytest.mark.slow  # two processes importing torch + timm: 28-97 s measured on the shared 2 cores
 def test_two_process_ddp_run_writes_one_encoder(job: Path, tmp_path: Path) -> None:
     import torch.multiprocessing as mp
 

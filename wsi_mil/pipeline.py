@@ -288,7 +288,7 @@ def _stage_pretrain(ctx: _Context) -> StageResult:
         ctx.log(f"  pretrain: the checkpoint cannot be resumed ({exc}); starting over")
         summary = run_pretrain(ctx.job, out, ctx.cfg.pretrain, resume=False, device=ctx.cfg.device,
                                overwrite=overwrite, progress=show if ctx.progress else None)
-    ctx.warnings += summary.notes
+    ctx.warnings += [n for n in summary.notes if not n.startswith("starting over:")]  # pipeline resumes itself
     where = f"resumed at step {summary.resumed_from}, " if summary.resumed_from else ""
     loss = f"; last loss {summary.epoch_losses[-1]:.3f}" if summary.epoch_losses else ""
     return StageResult("pretrain", DONE, detail=f"{summary.arch} on {summary.n_tiles} tiles, {where}"

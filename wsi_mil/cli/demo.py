@@ -28,6 +28,7 @@ def demo(
     folds: Annotated[int, typer.Option(help="cross-validation folds", min=2)] = _D.folds,
     seed: Annotated[int, typer.Option(help="seed of the cohort and of training")] = _D.seed,
     workers: Annotated[Optional[int], typer.Option(help="worker processes for tile/heatmap (default: one per core)")] = None,
+    torch_threads: Annotated[int, typer.Option(help="torch threads for SimCLR, extraction and training", min=1)] = _D.torch_threads,
     progress: Annotated[bool, typer.Option(help="show progress of each stage")] = True,
 ) -> None:
     """Run the whole pipeline on a synthetic cohort with planted lesions (2 CPU cores: a few minutes).
@@ -39,7 +40,7 @@ def demo(
     from wsi_mil.pipeline import format_summary
 
     opts = DemoOptions(slides=slides, size=size, pretrain_epochs=pretrain_epochs, arch=arch, folds=folds,
-                       seed=seed, workers=workers)
+                       seed=seed, workers=workers, torch_threads=torch_threads)
     result = run_demo(out, opts, progress=progress, log=_log)
     _log(format_summary(result.report))
     _log("")

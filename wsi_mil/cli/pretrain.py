@@ -40,6 +40,8 @@ def pretrain(
     max_tiles: Annotated[Optional[int], typer.Option(help="cap on tiles per epoch per process")] = None,
     input_size: Annotated[Optional[int], typer.Option(help="view side in pixels (default: the architecture's)")] = None,
     device: Annotated[str, typer.Option(help="auto, cuda or cpu")] = "auto",
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile",
+                                                    help="torch.compile the model (long GPU runs)")] = None,
     resume: Annotated[bool, typer.Option(help="continue from JOB/pretrain/NAME/checkpoint.pt")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an existing encoder folder")] = False,
     checkpoint_every: Annotated[Optional[int], typer.Option(help="also checkpoint every N steps")] = None,
@@ -56,7 +58,8 @@ def pretrain(
     cfg = build_config(
         PretrainConfig, config, set_, section=section,
         cli=dict(arch=arch, epochs=epochs, batch_size=batch_size, temperature=temperature, lr=lr,
-                 optimizer=optimizer, max_steps=max_steps, max_tiles=max_tiles, input_size=input_size),
+                 optimizer=optimizer, max_steps=max_steps, max_tiles=max_tiles, input_size=input_size,
+                 compile=compile),
     )
     from wsi_mil.ssl.stage import checkpoint_path
 

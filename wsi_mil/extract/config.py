@@ -25,4 +25,7 @@ class ExtractConfig(StrictModel):
     compile: bool = Field(False, description="torch.compile the encoder (worth it for large cohorts)")
     channels_last: bool = True
     features_dtype: Literal["float32", "float16"] = "float32"
-    num_workers: int | None = Field(None, ge=0, description="loader processes per device; default: cores-1 split over GPUs")
+    num_workers: int | None = Field(None, ge=0, description="loader threads/processes per device; default: cores-1 split over GPUs")
+    loader: Literal["auto", "threads", "processes"] = Field(
+        "auto", description="decoding threads (auto on CUDA: fastest) or DataLoader processes (auto on the CPU: "
+        "a codec crash fails one slide, not the run)")

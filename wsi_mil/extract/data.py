@@ -1,4 +1,11 @@
-"""Tile loading for extraction: whole storage chunks of patch stores through a DataLoader.
+"""Tile loading for extraction: whole storage chunks of patch stores, read ahead in order.
+
+Two loaders yield the same :class:`TileBatch` stream. ``threads`` (the default on a GPU): a
+pool of threads in this process decodes chunks (libjpeg-turbo and zstd release the GIL) straight
+into pinned host buffers, with no inter-process copy; on an H100 node the process-based loader
+was capped at ~11,500 tiles/s (one thread receiving and pinning ~1.7 GB/s of shared-memory
+pages), below what ResNet-50 in bf16 consumes. ``processes`` (the default on the CPU): a
+DataLoader with worker processes, which isolates a crash inside a codec to one slide.
 
 Each dataset item is a run of consecutive storage chunks of one store, ``[start, stop)`` with
 at most ``batch_size`` tiles (never less than one chunk), decoded in a worker process into one
@@ -14,6 +21,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -150,14 +158,67 @@ def fit_workers_to_shm(workers: int, prefetch: int, item_bytes: int, shm: str = 
     return workers
 
 
-def make_loader(ranges: Sequence[TileRange], device: torch.device, num_workers: int | None = None,
-                prefetch: int = 2, item_bytes: int = 0) -> DataLoader:
-    """A DataLoader over ``ranges`` in order: ``num_workers`` processes, pinned memory on CUDA.
+class ThreadedTileLoader:
+    """Yields :class:`TileBatch` for ``ranges`` in order, decoded by ``threads`` threads.
 
-    Inside a daemonic process (a Dask worker), which may not start children, it reads in-process.
-    ``item_bytes`` (the largest item) caps the workers to what shared memory holds.
+    At most ``prefetch`` x ``threads`` items are in flight; tiles land in pinned memory on CUDA.
+    """
+
+    def __init__(self, ranges: Sequence[TileRange], threads: int, pin: bool, prefetch: int = 2) -> None:
+        self.ranges = list(ranges)
+        self.threads = max(1, threads)
+        self.pin = pin
+        self.window = self.threads * max(1, prefetch)
+        self._local = threading.local()
+
+    def _read(self, r: TileRange) -> TileBatch:
+        try:
+            stores = getattr(self._local, "stores", None)
+            if stores is None:
+                stores = self._local.stores = {}
+            store = stores.get(r.path)
+            if store is None:
+                from wsi_mil.stores.patches import open_patch_store
+
+                stores.clear()
+                store = stores[r.path] = open_patch_store(r.path)
+            s = store.tile_size
+            out = torch.empty((r.stop - r.start, s, s, 3), dtype=torch.uint8, pin_memory=self.pin)
+            store.read_tiles(r.start, r.stop, out=out.numpy())  # decoded straight into (pinned) memory
+            return TileBatch(r.slide, r.start, r.stop, out)
+        except Exception as exc:  # a damaged store fails its slide, never the run
+            return TileBatch(r.slide, r.start, r.stop, None, " ".join(f"{type(exc).__name__}: {exc}".split()))
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="wsi_mil-decode") as pool:
+            pending: deque = deque()
+            items = iter(self.ranges)
+            for r in items:
+                pending.append(pool.submit(self._read, r))
+                if len(pending) >= self.window:
+                    break
+            while pending:
+                batch = pending.popleft().result()
+                nxt = next(items, None)
+                if nxt is not None:
+                    pending.append(pool.submit(self._read, nxt))
+                yield batch
+
+
+def make_loader(ranges: Sequence[TileRange], device: torch.device, num_workers: int | None = None,
+                prefetch: int = 2, item_bytes: int = 0, mode: str = "auto") -> Any:
+    """An in-order loader over ``ranges``: threads (``mode="threads"``, or ``auto`` on CUDA) or a
+    DataLoader of ``num_workers`` processes (``processes``, or ``auto`` on the CPU).
+
+    Inside a daemonic process (a Dask worker), which may not start children, processes become an
+    in-process read. ``item_bytes`` (the largest item) caps processes to what shared memory holds.
     """
     workers = default_num_workers(device) if num_workers is None else max(0, int(num_workers))
+    if mode == "threads" or (mode == "auto" and device.type == "cuda"):
+        return ThreadedTileLoader(ranges, max(1, workers), pin=device.type == "cuda", prefetch=prefetch)
     if multiprocessing.current_process().daemon:
         workers = 0
     workers = fit_workers_to_shm(workers, prefetch, item_bytes)

@@ -80,6 +80,7 @@ def run_slides(
     on_done: Callable[[SlideStatus], None],
     num_workers: int | None = None,
     extra_attrs: dict[str, Any] | None = None,
+    loader: str = "auto",
 ) -> list[SlideStatus]:
     """Embed every slide of ``jobs`` with ``engine`` and write its feature file.
 
@@ -134,7 +135,7 @@ def run_slides(
         start, isolate = 0, False
         while start < len(jobs):
             stop = start + 1 if isolate else len(jobs)
-            resume, crash = _stream(engine, jobs, start, stop, num_workers, submit, finish, reap)
+            resume, crash = _stream(engine, jobs, start, stop, num_workers, submit, finish, reap, loader)
             if crash and isolate:  # the slide read alone crashed its loader: it is the culprit
                 finish(start, FAILED, f"{jobs[start].store_path}: a loader process died while reading "
                                       f"it ({crash})")
@@ -157,6 +158,7 @@ def _stream(
     submit: Callable[[int, _Slide], None],
     finish: Callable[..., None],
     reap: Callable[[bool], None],
+    loader: str = "auto",
 ) -> tuple[int, str]:
     """Stream slides ``start..stop-1`` through one loader.
 
@@ -182,7 +184,7 @@ def _stream(
             nxt += 1
 
     try:
-        for batch in make_loader(ranges, engine.device, num_workers, item_bytes=item_bytes):
+        for batch in make_loader(ranges, engine.device, num_workers, item_bytes=item_bytes, mode=loader):
             batch: TileBatch
             open_until(batch.slide)
             slide = slides.get(batch.slide)

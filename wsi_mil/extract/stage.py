@@ -231,7 +231,7 @@ def _dispatch(enc: Encoder, spec: EncoderSpec | None, jobs: list[SlideJob], cfg:
         else:
             if len(devices) == 1 or spec is None:
                 engine = make_engine(enc, devices[0], cfg)
-                statuses += run_slides(engine, jobs, enc.attrs(), enc.embed_dim, done, cfg.num_workers, extra)
+                statuses += run_slides(engine, jobs, enc.attrs(), enc.embed_dim, done, cfg.num_workers, extra, cfg.loader)
             else:
                 statuses += _run_processes(devices, spec, enc.encoder_id, jobs, cfg, extra, done)
     return statuses
@@ -250,7 +250,7 @@ def _device_main(device: str, spec: EncoderSpec, encoder_id: str, jobs: list[Sli
             raise EncoderError(f"{spec.weights}: the weights changed during the run "
                                f"(encoder id {enc.encoder_id}, expected {encoder_id})")
         engine = make_engine(enc, dev, cfg)
-        run_slides(engine, jobs, enc.attrs(), enc.embed_dim, queue.put, cfg.num_workers, extra)
+        run_slides(engine, jobs, enc.attrs(), enc.embed_dim, queue.put, cfg.num_workers, extra, cfg.loader)
     except Exception as exc:  # report, the parent fails this process's remaining slides
         queue.put(("error", _one_line(exc)))
     queue.put(("exit", device))
@@ -325,7 +325,8 @@ def extract_slide_task(spec: EncoderSpec, encoder_id: str, slide: SlideJob, cfg:
             _WORKER_CACHE[key] = (enc, make_engine(enc, device, cfg))
         enc, engine = _WORKER_CACHE[key]
         workers = cfg.num_workers if cfg.num_workers is not None else (0 if device.type == "cpu" else None)
-        return run_slides(engine, [slide], enc.attrs(), enc.embed_dim, lambda s: None, workers, extra)[0]
+        return run_slides(engine, [slide], enc.attrs(), enc.embed_dim, lambda s: None, workers, extra,
+                          cfg.loader)[0]
     except WsiMilError as exc:
         return SlideStatus(slide.slide_id, slide.store_path, FAILED, reason=str(exc),
                            seconds=time.perf_counter() - t0)

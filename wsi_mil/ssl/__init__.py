@@ -1,6 +1,13 @@
-"""SimCLR self-supervised pretraining of timm encoders on a job's own tiles.
+"""SimCLR self-supervised pretraining of timm encoders on a job's own tiles (``wsi-mil pretrain``).
 
-augment (batched views on the device), head (projection MLP), loss (NT-Xent, DDP-aware),
-data (tile order and reading from patch stores), train (the loop, checkpoints, exact resume),
-stage (``wsi-mil pretrain`` over a job folder), config (the ``pretrain`` section).
+- ``config``: the ``pretrain`` config section (:class:`PretrainConfig`, :class:`AugmentConfig`);
+- ``augment``: batched two-view augmentations on the training device;
+- ``head``: projection MLP and backbone + head model;
+- ``loss``: NT-Xent, with negatives gathered across DDP processes;
+- ``optim``: AdamW / LARS, warm-up + cosine schedule;
+- ``data``: deterministic, shardable chunk-aware tile order and threaded reading;
+- ``checkpoint``: checkpoints for exact resume;
+- ``train``: the loop (bf16 on CUDA, DDP under torchrun, progress);
+- ``stage``: ``run_pretrain(job, out_dir, cfg)`` -> an encoder folder for ``extract --weights``;
+- ``probe``: tile-level lesion probes on synthetic cohorts (does an encoder see disease?).
 """

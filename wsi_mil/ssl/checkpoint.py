@@ -19,7 +19,7 @@ from wsi_mil.errors import WsiMilError
 
 CHECKPOINT_FORMAT = "wsi_mil.simclr_checkpoint/1"
 #: config keys that may differ between a checkpoint and the run resuming it (no effect on results)
-RESUME_FREE_KEYS = ("log_every", "read_threads")
+RESUME_FREE_KEYS = ("log_every", "read_threads", "compile")
 
 
 class CheckpointError(WsiMilError):

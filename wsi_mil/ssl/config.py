@@ -68,6 +68,7 @@ class PretrainConfig(StrictModel):
     input_size: int | None = Field(None, ge=16, description="view side in pixels; default: the timm data config")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
     channels_last: bool = True
+    compile: bool = Field(False, description="torch.compile backbone + head (minutes of compiling; for long GPU runs)")
     sync_batchnorm: bool = Field(True, description="under DDP on GPUs, batch-norm statistics over all processes")
     seed: int = 0
     shuffle_chunks: int = Field(16, ge=1, description="storage chunks mixed into one shuffle group")

@@ -249,6 +249,8 @@ def train_simclr(
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ddp_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:  # the plain ``model`` keeps the state-dict names; only the forward is compiled
+        ddp_model = torch.compile(ddp_model)
 
     augment = SimCLRAugment(cfg.augment, input_size, tuple(mean), tuple(std))  # type: ignore[arg-type]
 

@@ -118,11 +118,23 @@ def shard_bytes(chunks: list[bytes], chunks_per_shard: int) -> bytes:
     return b"".join(chunks) + raw + crc
 
 
-def decode_tile_chunk(data: bytes, shape: tuple[int, int, int, int], codec: str) -> np.ndarray:
-    """Decode one chunk written by :func:`encode_tile_chunk` to ``shape`` (k, S, S, 3) uint8."""
+def decode_tile_chunk(data: bytes, shape: tuple[int, int, int, int], codec: str,
+                      out: np.ndarray | None = None) -> np.ndarray:
+    """Decode one chunk written by :func:`encode_tile_chunk` to ``shape`` (k, S, S, 3) uint8.
+
+    ``out``: an optional C-contiguous (k, S, S, 3) uint8 array to decode into (no extra copy).
+    The codecs release the GIL, so threads decode in parallel.
+    """
+    k, s, w, c = shape
     if codec == "jpeg":
+        if out is not None:
+            imagecodecs.jpeg8_decode(data, out=out.reshape(k * s, w, c))
+            return out
         return imagecodecs.jpeg8_decode(data).reshape(shape)
     if codec == "zstd":
+        if out is not None:
+            imagecodecs.zstd_decode(data, out=out.reshape(-1).view(np.uint8))
+            return out
         return np.frombuffer(imagecodecs.zstd_decode(data), dtype=np.uint8).reshape(shape)
     raise ValueError(f"unknown tile codec {codec!r}")
 

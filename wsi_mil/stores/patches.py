@@ -238,23 +238,43 @@ class PatchStore:
         k = self.chunk_size
         return [(i, min(i + k, self.n_tiles)) for i in range(0, self.n_tiles, k)]
 
-    def read_tiles(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Tiles ``[start, stop)`` as (n, S, S, 3) uint8 RGB."""
+    def read_tiles(self, start: int = 0, stop: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
+        """Tiles ``[start, stop)`` as (n, S, S, 3) uint8 RGB, optionally into ``out`` (n, S, S, 3).
+
+        Chunks are decoded straight from the shard files (no zarr machinery, thread-safe, the
+        codecs release the GIL); whole chunks inside the range decode directly into ``out``.
+        """
         stop = self.n_tiles if stop is None else min(int(stop), self.n_tiles)
         start = max(0, int(start))
-        if stop <= start:
-            return np.empty((0, self.tile_size, self.tile_size, 3), dtype=np.uint8)
+        s = self.tile_size
+        n = max(0, stop - start)
+        if out is None:
+            out = np.empty((n, s, s, 3), dtype=np.uint8)
+        elif out.shape != (n, s, s, 3) or out.dtype != np.uint8:
+            raise ValueError(f"out must be uint8 {(n, s, s, 3)}, got {out.dtype} {out.shape}")
+        if n == 0:
+            return out
         try:
+            if not self._direct:
+                out[...] = np.asarray(self._tiles[start:stop])
+                return out
             k = self.chunk_size
-            if self._direct and start // k == (stop - 1) // k:
-                j = start // k
-                return self._read_chunk(j)[start - j * k: stop - j * k]
-            return np.asarray(self._tiles[start:stop])
-        except Exception as exc:
+            for j in range(start // k, (stop - 1) // k + 1):
+                a, b = max(start, j * k), min(stop, (j + 1) * k)
+                whole = a == j * k and b == (j + 1) * k and out.flags.c_contiguous
+                if whole:
+                    self._read_chunk(j, out[a - start: b - start])
+                else:
+                    out[a - start: b - start] = self._read_chunk(j)[a - j * k: b - j * k]
+            return out
+        except ValueError as exc:
             raise StoreError(f"{self.path}: cannot decode tiles {start}-{stop}: {exc}; the store is "
-                             "damaged: delete it and re-run 'wsi-mil tile'") from exc
+                             "damaged: delete it and re-run 'wsi-mil tile --overwrite'") from exc
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot read tiles {start}-{stop}: {exc}; the store is "
+                             "damaged: delete it and re-run 'wsi-mil tile --overwrite'") from exc
 
-    def _read_chunk(self, j: int) -> np.ndarray:
+    def _read_chunk(self, j: int, out: np.ndarray | None = None) -> np.ndarray:
         """Chunk ``j`` (k, S, S, 3), decoded from its shard file without zarr's machinery."""
         cps = self._chunks_per_shard
         shard, local = divmod(j, cps)
@@ -267,7 +287,7 @@ class PatchStore:
             f.seek(offset)
             data = f.read(nbytes)
         s = self.tile_size
-        return decode_tile_chunk(data, (self.chunk_size, s, s, 3), self.codec)
+        return decode_tile_chunk(data, (self.chunk_size, s, s, 3), self.codec, out)
 
     def read_tile_indices(self, indices: np.ndarray) -> np.ndarray:
         """Tiles at arbitrary ids (sorted internally, returned in the order given)."""
