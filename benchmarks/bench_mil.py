@@ -94,6 +94,7 @@ def cohort_main(argv: list[str]) -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", dest="sets", action="append", default=[], help="train overrides, e.g. lr=0.01")
+    ap.add_argument("--reuse-features", action="store_true", help="skip tile and extract when features exist")
     args = ap.parse_args(argv)
     work: Path = args.work
     cohort, job = work / "cohort", work / "job"
@@ -109,9 +110,10 @@ def cohort_main(argv: list[str]) -> None:
     if not (cohort / "labels.csv").is_file():
         step("synth", ["synth", "-o", str(cohort), "-n", str(args.slides), "--size", str(args.size), str(args.size),
                        "--lesion-fraction", *map(str, args.lesion_fraction), "--seed", str(args.seed)])
-    step("tile", ["tile", str(cohort), "-o", str(job), "--workers", "0", "--no-progress"])
-    step("extract", ["extract", str(job), "--encoder", args.encoder, "--weights", args.weights,
-                     "--device", args.device])
+    if not (args.reuse_features and any((job / "features").glob("*/*.h5"))):
+        step("tile", ["tile", str(cohort), "-o", str(job), "--workers", "0", "--no-progress"])
+        step("extract", ["extract", str(job), "--encoder", args.encoder, "--weights", args.weights,
+                         "--device", args.device])
     feats = sorted(p for p in (job / "features").iterdir() if p.is_dir())[0]
     lines = (cohort / "labels.csv").read_text().strip().splitlines()
     labelled = [lines[0] + ",split"] + [f"{row},{'test' if i % 4 == 3 else 'train'}" for i, row in enumerate(lines[1:])]

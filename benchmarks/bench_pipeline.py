@@ -103,7 +103,7 @@ def make_study(args: argparse.Namespace, cohort: Path, job: Path):
     doc.update(slides=[str(cohort)], labels=str(cohort / "labels.csv"), job=str(job), name="bench", device=args.device)
     if args.encoder != "simclr":
         doc["encoder"] = {"arch": args.encoder, "weights": "random:0"}
-        doc["tiling"].update(target_mpp=0.5, tile_size=224)
+        doc["tiling"].update(target_mpp=0.5, tile_size=224, stride=None)
         doc["extract"]["num_workers"] = None
     return StudyConfig.model_validate(doc)
 
@@ -153,9 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--encoder", default="simclr",
                    help="simclr (demo settings: SimCLR on 64 px tiles) or a timm arch with random weights "
                         "at 224 px (e.g. resnet50 on a GPU node) [simclr]")
-    p.add_argument("--arch", default="test_resnet", help="SimCLR architecture [test_resnet, as the demo]")
-    p.add_argument("--pretrain-epochs", type=int, default=3, help="SimCLR epochs [3, as the demo]")
-    p.add_argument("--folds", type=int, default=4, help="cross-validation folds [4]")
+    from wsi_mil.demo import DemoOptions
+
+    d = DemoOptions()
+    p.add_argument("--arch", default=d.arch, help=f"SimCLR architecture [{d.arch}, as the demo]")
+    p.add_argument("--pretrain-epochs", type=int, default=d.pretrain_epochs, help=f"SimCLR epochs [{d.pretrain_epochs}]")
+    p.add_argument("--folds", type=int, default=d.folds, help=f"cross-validation folds [{d.folds}]")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--workers", type=int, default=None, help="local workers for tile/heatmap [one per core]")
     p.add_argument("--no-baseline", action="store_true", help="skip the chained-commands baseline")
@@ -168,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     cohort = args.out / f"cohort_{args.slides}x{args.size}"
     t0 = time.perf_counter()
-    make_cohort(cohort, args.slides, size=(args.size, args.size), lesion_fraction=(0.04, 0.08), seed=0)
+    make_cohort(cohort, args.slides, size=(args.size, args.size), lesion_fraction=DemoOptions().lesion_fraction, seed=0)
     t_cohort = time.perf_counter() - t0
     job = args.out / "job_run"
     shutil.rmtree(job, ignore_errors=True)
@@ -198,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; machine: {platform.node()} {platform.machine()}, "
           f"{len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()[0]:.1f}; python {platform.python_version()}")
     print(f"command: python benchmarks/bench_pipeline.py {' '.join(argv if argv is not None else sys.argv[1:])}")
-    print(f"cohort synthesis: {t_cohort:.1f} s (not part of the study)")
+    print(f"cohort synthesis: {t_cohort:.1f} s (not part of the study; 0 when reused from an earlier run)")
     print()
     print("| stage | status | wall s | CPU s (process tree) | peak RSS MB (process tree) | detail |")
     print("|---|---|---|---|---|---|")

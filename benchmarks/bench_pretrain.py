@@ -126,7 +126,7 @@ def training_rate(cfg: PretrainConfig, device: torch.device, steps: int, warmup:
 def cmd_throughput(a: argparse.Namespace) -> None:
     device = torch.device(a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(device.index or 0)
     cfg = PretrainConfig(arch=a.arch, batch_size=a.batch_size, input_size=a.input_size, precision=a.precision,
                          epochs=1000, read_threads=a.read_threads, compile=a.compile)
     print(f"# bench_pretrain throughput  {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")

@@ -167,3 +167,10 @@ def test_validation_split_on_tiny_folds_stays_grouped() -> None:
     assert sorted(tr.tolist() + va.tolist()) == list(range(6))
     tr, va = validation_split(np.arange(2), targets, np.array(["a", "a", "a", "b", "b", "b"]), 0.2, seed=0)
     assert len(va) == 0 and tr.tolist() == [0, 1]
+
+
+def test_feature_stats_over_chosen_bags() -> None:
+    bags = [np.full((3, 2), 1.0, np.float16), np.array([[0.0, 2.0], [4.0, 2.0]], np.float16), np.full((5, 2), 9.0)]
+    mean, std = BagSet(bags).feature_stats([0, 1])
+    np.testing.assert_allclose(mean.numpy(), [1.4, 1.4], rtol=1e-6)
+    np.testing.assert_allclose(std.numpy(), [np.std([1, 1, 1, 0, 4]), np.std([1, 1, 1, 2, 2])], rtol=1e-5)

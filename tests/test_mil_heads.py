@@ -244,3 +244,21 @@ def test_contract_shape_errors() -> None:
         head(torch.zeros(2, 3, 5), torch.ones(2, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="mask must be bool"):
         head(torch.zeros(2, 3, 4), torch.ones(2, 3))
+
+
+@pytest.mark.parametrize("name", sorted(HEAD_KW))
+def test_standardization_equals_scoring_standardized_features(name: str) -> None:
+    torch.manual_seed(0)
+    head = create_head(name, 6, 2, **HEAD_KW[name]).eval()
+    x = torch.randn(2, 9, 6) * 5 + 3
+    x[..., 4] = 7.0  # constant in training: gets weight 0
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mean, std = x.reshape(-1, 6).mean(0), x.reshape(-1, 6).std(0, unbiased=False)
+    z = (x - mean) / std.clamp(min=1e-6)
+    z[..., 4] = 0.0
+    ref = head(z, mask)
+    head.set_standardization(mean, std)
+    out = head(x, mask)
+    torch.testing.assert_close(out[0], ref[0])
+    torch.testing.assert_close(out[1], ref[1])
+    assert head.feature_scale[4] == 0 and "feature_shift" in head.state_dict()

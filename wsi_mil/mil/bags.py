@@ -141,6 +141,21 @@ class BagSet:
             parts.append(bag)
         return self._pad(parts)
 
+    def feature_stats(self, positions: Sequence[int]) -> tuple[Tensor, Tensor]:
+        """Mean and standard deviation (D,) float32 of every tile of the bags at ``positions``."""
+        dim = self.bags[positions[0]].shape[1]
+        total = torch.zeros(dim, dtype=torch.float64, device=self.device)
+        squares = torch.zeros(dim, dtype=torch.float64, device=self.device)
+        count = 0
+        for p in positions:
+            x = self.bags[p].to(self.device, torch.float64)
+            total += x.sum(dim=0)
+            squares += (x * x).sum(dim=0)
+            count += x.shape[0]
+        mean = total / max(count, 1)
+        var = (squares / max(count, 1) - mean * mean).clamp(min=0)
+        return mean.float(), var.sqrt().float()
+
     def whole_batches(
         self, positions: Sequence[int], tile_budget: int
     ) -> Iterator[tuple[list[int], Tensor, Tensor]]:

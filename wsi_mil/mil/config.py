@@ -24,6 +24,7 @@ class TrainConfig(StrictModel):
     tiles_per_bag: int | None = Field(1000, ge=1, description="tiles sampled per bag per step; null = whole bags")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay (all parameters)")
+    standardize: bool = Field(True, description="standardise features with the training tiles' mean and std")
     class_weighting: Literal["balanced", "none"] = Field("balanced", description="loss weights n / (C * n_c)")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"

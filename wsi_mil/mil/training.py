@@ -5,7 +5,8 @@ prediction use whole bags. The loss is the class-weighted cross-entropy of every
 (averaged over members) plus the head's regularisation. Early stopping watches the validation
 loss (or AUC) of the whole-bag ensemble prediction from ``min_epochs`` on (a noisy small
 validation set must not pick an untrained epoch 1) and restores the best epoch's weights.
-Everything random (initialisation, batch order, tile draws, dropout) follows ``seed``.
+Features are standardised with the mean and standard deviation of the training tiles of the
+fit (stored in the head, so prediction applies the same transform). Everything random (initialisation, batch order, tile draws, dropout) follows ``seed``.
 """
 
 from __future__ import annotations
@@ -113,6 +114,8 @@ def fit(
     """
     device = bags.device
     head.to(device)
+    if cfg.standardize:
+        head.set_standardization(*bags.feature_stats(train_pos.tolist()))
     names = class_names or [str(i) for i in range(head.n_classes)]
     weights = class_weights(targets[train_pos], head.n_classes, cfg.class_weighting)
     weights_dev = weights.to(device)

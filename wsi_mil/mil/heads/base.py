@@ -9,6 +9,10 @@ head scores class 1 with ``z`` (slide) and ``s`` (tiles), and the public outputs
 ``slide_logits = [0, z]`` (so softmax gives ``sigmoid(z)``) and ``tile_scores = [-s, s]``.
 For binary problems, read class 1 (column 1) for localisation. Multi-class heads have C outputs.
 
+Feature standardisation: every head holds buffers ``feature_shift`` and ``feature_scale`` (D,)
+and scores ``x * scale + shift`` (identity by default). Training sets them from the training
+tiles (:meth:`MILHead.set_standardization`), so they travel with the weights.
+
 Ensembles (CHOWDER) return E member logits for training; ``forward`` averages the members'
 probabilities (``slide_logits`` = log of the mean probability, so softmax of it is that mean).
 """
@@ -42,6 +46,21 @@ class MILHead(nn.Module):
         self.in_dim = int(in_dim)
         self.n_classes = int(n_classes)
         self.n_outputs = 1 if n_classes == 2 else n_classes
+        self.register_buffer("feature_shift", torch.zeros(self.in_dim))
+        self.register_buffer("feature_scale", torch.ones(self.in_dim))
+
+    @torch.no_grad()
+    def set_standardization(self, mean: Tensor, std: Tensor, eps: float = 1e-6) -> None:
+        """Score ``(x - mean) / std`` per feature; features constant in training (std <= eps) get weight 0."""
+        mean = mean.to(self.feature_shift)
+        std = std.to(self.feature_scale)
+        scale = torch.where(std > eps, 1.0 / std.clamp(min=eps), torch.zeros_like(std))
+        self.feature_scale.copy_(scale)
+        self.feature_shift.copy_(-mean * scale)
+
+    def standardize(self, features: Tensor) -> Tensor:
+        """(B, N, D) features -> standardised features (a new tensor; the input is not modified)."""
+        return torch.addcmul(self.feature_shift, features, self.feature_scale)
 
     # -- to implement ------------------------------------------------------------------------
     def member_outputs(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -71,13 +90,13 @@ class MILHead(nn.Module):
     def member_logits(self, features: Tensor, mask: Tensor) -> Tensor:
         """Per-member slide logits (B, E, C), for the training loss."""
         check_inputs(features, mask, self.in_dim)
-        raw, _ = self.member_outputs(features, mask)
+        raw, _ = self.member_outputs(self.standardize(features), mask)
         return self._expand(raw, dim_is_tiles=False)
 
     def forward(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """``features`` (B, N, D), ``mask`` (B, N) -> ``slide_logits`` (B, C), ``tile_scores`` (B, N, C)."""
         check_inputs(features, mask, self.in_dim)
-        raw, tiles = self.member_outputs(features, mask)
+        raw, tiles = self.member_outputs(self.standardize(features), mask)
         logits = self._expand(raw, dim_is_tiles=False)
         if logits.shape[1] == 1:
             slide = logits[:, 0]
