@@ -230,3 +230,23 @@ def test_state_dict_hash_tracks_every_tensor() -> None:
     with torch.no_grad():
         next(iter(enc.model.parameters())).view(-1)[0] += 1.0
     assert state_dict_hash(enc.model) != h
+
+
+def test_folder_hash_survives_batchnorm_counters(tmp_path) -> None:
+    """A trained model's BatchNorm counters are not weights: saving and loading keep its hash and id."""
+    import json
+
+    import torch
+
+    from wsi_mil.encoders import create_encoder, save_encoder_dir
+
+    enc = create_encoder("test_resnet", "random:3")
+    enc.model.train()
+    with torch.no_grad():
+        enc.model(torch.rand(2, 3, 32, 32))  # num_batches_tracked becomes 1
+    folder = save_encoder_dir(tmp_path / "enc", enc.model, "test_resnet", enc.data_config)
+    saved = json.loads((folder / "encoder.json").read_text())
+    loaded = create_encoder(None, folder)
+    assert loaded.weights_hash == saved.get("weights_hash", loaded.weights_hash)
+    again = create_encoder(None, folder)
+    assert again.encoder_id == loaded.encoder_id

@@ -137,9 +137,13 @@ def state_dict_hash(model: nn.Module) -> str:
     """``sha256:...`` over the model's tensors (names, dtypes, shapes and bytes, in name order).
 
     Independent of the file format the weights came from: the same weights give the same hash.
+    BatchNorm's ``num_batches_tracked`` counters are bookkeeping, not weights, and are not
+    loaded from checkpoints (:func:`load_into`), so they are left out here too.
     """
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
+        if name.endswith("num_batches_tracked"):
+            continue
         t = t.detach().to("cpu").contiguous()
         h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
         if t.numel():
