@@ -44,16 +44,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# CPU cluster: distributed.LocalCluster({a.cpu_workers or 'cores - GPUs'} processes, 1 thread each)")
         print(show(run_command(a.config, a.sets, "tcp://CPU-SCHEDULER", "tcp://GPU-SCHEDULER")))
         return 0
+    # loader processes inside GPU workers need non-daemonic worker processes
+    os.environ["DASK_DISTRIBUTED__WORKER__DAEMON"] = "False"
     try:
         from dask_cuda import LocalCUDACluster
     except ImportError:
         print("error: dask-cuda is not installed: pip install dask-cuda (or run 'wsi-mil run' alone: it "
               "already extracts with one process per GPU)", file=sys.stderr)
         return 2
+    import dask
     from distributed import LocalCluster
 
-    # loader processes inside GPU workers need non-daemonic workers
-    os.environ["DASK_DISTRIBUTED__WORKER__DAEMON"] = "False"
+    dask.config.set({"distributed.worker.daemon": False})
     with LocalCUDACluster(CUDA_VISIBLE_DEVICES=a.gpus, threads_per_worker=1, dashboard_address=None) as gpu:
         n_gpu = len(gpu.workers)
         n_cpu = a.cpu_workers or max(1, cores - n_gpu)
