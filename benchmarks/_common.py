@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = ROOT / "bench_output"
 
 
-def machine() -> str:
-    """One line: CPU model, cores, memory, Python, and the GPU if any."""
+def machine(device: object | None = None) -> str:
+    """One line: CPU model, cores, memory, Python; torch and the GPU when ``device`` is CUDA."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -29,7 +29,12 @@ def machine() -> str:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     cores = len(os.sched_getaffinity(0))
-    return f"{cpu}, {cores} cores, {mem:.0f} GiB, Python {platform.python_version()}"
+    line = f"{cpu}, {cores} cores, {mem:.0f} GiB, Python {platform.python_version()}"
+    if device is not None and getattr(device, "type", str(device)).startswith("cuda"):
+        import torch
+
+        line += f", {torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    return line
 
 
 def peak_rss_mb() -> float:

@@ -40,6 +40,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _common import machine  # noqa: E402
 
 DEFAULT_SLIDE = ROOT.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
 BUNDLED_SLIDE = ROOT / "wsi_mil" / "data" / "CMU-1-Small-Region.svs"
@@ -108,24 +110,6 @@ def device_peak_gb(device: Any) -> float:
     import torch
 
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-
-
-def machine(device: Any) -> str:
-    import platform
-
-    import torch
-
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0))
-    gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
-    return f"{cpu}, {cores} cores{gpu}; Python {platform.python_version()}, torch {torch.__version__}"
 
 
 # -- inputs -----------------------------------------------------------------------------------

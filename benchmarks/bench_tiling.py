@@ -17,7 +17,6 @@ Synthetic slides are generated once (textured from real tissue) and reused from 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -60,7 +59,6 @@ def tile_stage(slide: Path, job: Path, codec: str = "jpeg", subsampling: str = "
 def clam_style(slide: Path, coords: np.ndarray, size0: float, tile: int = 224) -> tuple[float, float]:
     """(wall s, cpu s): read_region at level 0 + per-tile resize, like CLAM's Whole_Slide_Bag_FP."""
     import openslide
-    from PIL import Image
 
     osr = openslide.OpenSlide(str(slide))
     n0 = int(round(size0))

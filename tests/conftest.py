@@ -6,6 +6,7 @@ The shared slides are required: a test that needs them fails (never skips) when 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,59 @@ def synth_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     return make_cohort(tmp_path_factory.mktemp("synth") / "cohort", 8, positive_fraction=0.5,
                        size=(3072, 3072), mpp=0.5, lesion_fraction=(0.04, 0.08), seed=0)
+
+
+@pytest.fixture()
+def dask_scheduler() -> Iterator[str]:
+    """A real Dask scheduler and two worker processes on localhost; yields the address."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from distributed import Client
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    addr = f"tcp://127.0.0.1:{port}"
+    dask = str(Path(sys.executable).parent / "dask")
+    env = dict(os.environ, DASK_DISTRIBUTED__WORKER__DAEMON="False")  # workers may start processes
+    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                              **quiet)]
+    try:
+        for _ in range(2):
+            procs.append(subprocess.Popen([dask, "worker", addr, "--nthreads", "1", "--nworkers", "1",
+                                           "--no-dashboard"], **quiet))
+        deadline = time.time() + 120
+        while True:
+            try:
+                with Client(addr, timeout="5s") as c:
+                    if len(c.scheduler_info()["workers"]) >= 2:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                pytest.fail("Dask scheduler/workers did not start")
+            time.sleep(0.5)
+        yield addr
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@pytest.fixture()
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread while a test runs (2 threads on 2 busy shared cores ran ~8x slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -105,7 +105,7 @@ def test_test_split_and_reproducible_runs(cohort, tmp_path: Path) -> None:
     cfg = TrainConfig(head="chowder", head_options={"n_members": 3, "r": 3}, folds=2, lr=0.01, max_epochs=6,
                       min_epochs=2, patience=3, bootstrap=20, tiles_per_bag=32, batch_size=8, device="cpu")
     a = train_stage(features, labels, tmp_path / "a", cfg)
-    b = train_stage(features, labels, tmp_path / "b", cfg)
+    train_stage(features, labels, tmp_path / "b", cfg)
     assert a.metrics["test"]["n_slides"] == 8 and a.metrics["class_names"] == ["neg", "pos"]
     assert (tmp_path / "a" / "predictions.csv").read_text() == (tmp_path / "b" / "predictions.csv").read_text()
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -147,14 +146,8 @@ def test_killed_run_resumes_and_a_failed_stage_resumes(synth_cohort: Path, tmp_p
     assert report.exit_code == 0 and report.auc is not None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_run_on_an_existing_dask_cluster(synth_cohort: Path, shared_slides: Path, tmp_path: Path,
-                                         capsys: pytest.CaptureFixture) -> None:
+                                         capsys: pytest.CaptureFixture, dask_scheduler: str) -> None:
     """A scheduler and two workers on localhost; tile, extract and heatmap tasks run there; a bad slide fails alone."""
     slides = tmp_path / "slides"
     slides.mkdir()
@@ -163,49 +156,22 @@ def test_run_on_an_existing_dask_cluster(synth_cohort: Path, shared_slides: Path
     (slides / "unopenable.tiff").symlink_to(shared_slides / "edge_cases" / "unopenable.tiff")
     job = tmp_path / "job"
     path = write_study(tmp_path / "study.yaml", study_doc(synth_cohort, job, slides=str(slides)))
-    port = _free_port()
-    addr = f"tcp://127.0.0.1:{port}"
-    env = dict(os.environ, DASK_DISTRIBUTED__WORKER__DAEMON="False")
-    procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                               "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)]
-    try:
-        for _ in range(2):
-            procs.append(subprocess.Popen([str(BIN / "dask"), "worker", addr, "--nthreads", "1", "--nworkers", "1",
-                                           "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                          env=env))
-        from distributed import Client
+    addr = dask_scheduler
+    code = main(["run", str(path), "--scheduler", addr, "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 1, out  # one slide failed, the study finished
+    assert "9 found, 8 processed, 1 failed" in out
+    assert "failed unopenable: tile:" in out and "cannot open slide" in out
+    assert "cross-validated slide AUC" in out and "HTML report" in out
+    from distributed import Client
 
-        deadline = time.time() + 120
-        while True:
-            try:
-                with Client(addr, timeout="5s") as c:
-                    if len(c.scheduler_info()["workers"]) >= 2:
-                        break
-            except OSError:
-                pass
-            if time.time() > deadline:
-                pytest.fail("Dask scheduler/workers did not start")
-            time.sleep(0.5)
-        code = main(["run", str(path), "--scheduler", addr, "--no-progress"])
-        out = capsys.readouterr().out
-        assert code == 1, out  # one slide failed, the study finished
-        assert "9 found, 8 processed, 1 failed" in out
-        assert "failed unopenable: tile:" in out and "cannot open slide" in out
-        assert "cross-validated slide AUC" in out and "HTML report" in out
-        with Client(addr, timeout="5s") as c:
-            keys = c.run_on_scheduler(
-                lambda dask_scheduler: sorted({str(e[0]) for e in dask_scheduler.transition_log if e[2] == "memory"}))
-        for stage in ("tile", "extract", "heatmap"):
-            ran = [k for k in keys if k.startswith(f"wsi_mil-{stage}-")]
-            assert len(ran) >= 8, f"{stage}: only {len(ran)} tasks ran on the cluster"
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+    with Client(addr, timeout="5s") as c:
+        keys = c.run_on_scheduler(
+            lambda dask_scheduler: sorted({str(e[0]) for e in dask_scheduler.transition_log  # noqa: B023
+                                                if e[2] == "memory"}))
+    for stage in ("tile", "extract", "heatmap"):
+        ran = [k for k in keys if k.startswith(f"wsi_mil-{stage}-")]
+        assert len(ran) >= 8, f"{stage}: only {len(ran)} tasks ran on the cluster"
     assert (job / "heatmaps" / "t" / "index.html").is_file()
 
 

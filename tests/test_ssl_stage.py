@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +21,7 @@ TINY = ["--arch", "test_resnet", "--epochs", "1", "--batch-size", "16", "--input
         "--set", "proj_hidden_dim=32", "--set", "proj_dim=16", "--device", "cpu", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """One torch thread while these tests run (2 threads on 2 busy shared cores ran ~8x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def smooth_tiles(n: int, seed: int, s: int = 40) -> np.ndarray:

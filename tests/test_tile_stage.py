@@ -164,47 +164,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_existing_scheduler_on_localhost(cmu_slide: Path, shared_slides: Path, tmp_path: Path, job: Path) -> None:
+def test_existing_scheduler_on_localhost(cmu_slide: Path, shared_slides: Path, tmp_path: Path, job: Path,
+                                        dask_scheduler: str) -> None:
     """A real scheduler and two workers started on localhost; the CLI sends tasks there."""
-    port = _free_port()
-    addr = f"tcp://127.0.0.1:{port}"
-    env = dict(os.environ, DASK_DISTRIBUTED__WORKER__DAEMON="False")
-    procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                               "--dashboard-address", ":0", "--no-dashboard"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)]
-    try:
-        for _ in range(2):
-            procs.append(subprocess.Popen([str(BIN / "dask"), "worker", addr, "--nthreads", "1", "--nworkers", "1",
-                                           "--no-dashboard"],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env))
-        from distributed import Client
-
-        deadline = time.time() + 60
-        while True:
-            try:
-                with Client(addr, timeout="5s") as c:
-                    if len(c.scheduler_info()["workers"]) >= 2:
-                        break
-            except OSError:
-                pass
-            if time.time() > deadline:
-                pytest.fail("Dask scheduler/workers did not start")
-            time.sleep(0.5)
-        slides = _copies(cmu_slide, tmp_path / "slides", 3)
-        (slides / "bad.tiff").symlink_to(shared_slides / "edge_cases" / "unopenable.tiff")
-        code = main(["tile", str(slides), "-o", str(job), "--scheduler", addr, "--no-progress"])
-        assert code == 1
-        st = _status(job)
-        assert [st[f"slide0{i}"]["status"] for i in range(3)] == ["done"] * 3
-        assert st["bad"]["status"] == "failed" and "cannot open slide" in st["bad"]["reason"]
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+    slides = _copies(cmu_slide, tmp_path / "slides", 3)
+    (slides / "bad.tiff").symlink_to(shared_slides / "edge_cases" / "unopenable.tiff")
+    code = main(["tile", str(slides), "-o", str(job), "--scheduler", dask_scheduler, "--no-progress"])
+    assert code == 1
+    st = _status(job)
+    assert [st[f"slide0{i}"]["status"] for i in range(3)] == ["done"] * 3
+    assert st["bad"]["status"] == "failed" and "cannot open slide" in st["bad"]["reason"]
 
 
 def test_unreachable_scheduler(cmu_slide: Path, job: Path, capsys: pytest.CaptureFixture) -> None:

@@ -107,3 +107,29 @@ def run_slide_tasks(
             progress.update(bar, advance=1, last=f"{slide_id}: {status.status}")
             fut.release()
     return results
+
+
+def map_slides(
+    task: Callable[..., SlideStatus],
+    items: Sequence[tuple[str, str, tuple]],
+    on_done: Callable[[SlideStatus], None],
+    description: str,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    show_progress: bool = True,
+) -> list[SlideStatus]:
+    """Run ``task(*args)`` per slide: in this process when ``workers == 0`` and no scheduler
+    (debugging, no Dask), else one Dask task per slide (local cluster or ``scheduler``).
+
+    Returns the statuses sorted by slide id; ``on_done`` sees each as it ends.
+    """
+    if workers == 0 and not scheduler:
+        statuses = []
+        for _, _, args in items:
+            status = task(*args)
+            on_done(status)
+            statuses.append(status)
+    else:
+        with dask_client(scheduler, workers) as client:
+            statuses = run_slide_tasks(client, task, items, on_done, description, show_progress)
+    return sorted(statuses, key=lambda s: s.slide_id)

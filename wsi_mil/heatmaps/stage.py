@@ -345,18 +345,9 @@ def run_heatmaps(
     items = [(s, str(patch_store_path(job, s)),
               (s, str(run_dir.resolve()), str(job.resolve()), str(out_dir.resolve()), cfg, labels.get(s), overwrite))
              for s in ids]
-    if workers == 0 and not scheduler:
-        statuses = []
-        for _, _, args in items:
-            st = heatmap_one_slide(*args)
-            record.record(st)
-            statuses.append(st)
-    else:
-        from wsi_mil.parallel import dask_client, run_slide_tasks
+    from wsi_mil.parallel import map_slides
 
-        with dask_client(scheduler, workers) as client:
-            statuses = run_slide_tasks(client, heatmap_one_slide, items, record.record, "heatmap", progress)
-    statuses = sorted(statuses, key=lambda s: s.slide_id)
+    statuses = map_slides(heatmap_one_slide, items, record.record, "heatmap", scheduler, workers, progress)
     # the page lists every slide recorded in OUT_DIR (earlier runs with --slides included)
     listed = sorted(record.rows.values(), key=lambda s: s.slide_id)
     rows = [_report_row(out_dir, st, labels.get(st.slide_id)) for st in listed]

@@ -16,11 +16,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from wsi_mil import __version__
 from wsi_mil.atomic import remove_stale_temporaries
 from wsi_mil.config import TilingConfig, config_to_dict
 from wsi_mil.errors import WsiMilError
-from wsi_mil.parallel import dask_client, run_slide_tasks
+from wsi_mil.parallel import map_slides
 from wsi_mil.runrecord import DONE, FAILED, SKIPPED, RunRecord, SlideStatus, status_path
 from wsi_mil.slide import Slide, SlideSource, open_slide, scan_slides
 from wsi_mil.stores.common import file_fingerprint, path_size, patch_store_path, patches_dir
@@ -185,13 +184,5 @@ def tile_slides(
     remove_stale_temporaries(patches_dir(job))
     record = RunRecord(status_path(job, "tile"))
     items = [(s.slide_id, str(s.path), (s, str(job.resolve()), cfg, overwrite)) for s in sources]
-    if workers == 0 and not scheduler:
-        statuses = []
-        for _, _, args in items:
-            st = tile_one_slide(*args)
-            record.record(st)
-            statuses.append(st)
-    else:
-        with dask_client(scheduler, workers) as client:
-            statuses = run_slide_tasks(client, tile_one_slide, items, record.record, "tile", progress)
-    return StageReport(sorted(statuses, key=lambda s: s.slide_id), record.path)
+    statuses = map_slides(tile_one_slide, items, record.record, "tile", scheduler, workers, progress)
+    return StageReport(statuses, record.path)
