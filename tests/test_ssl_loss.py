@@ -76,6 +76,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         loss = nt_xent(a, b, 0.2)
         loss.backward()
         torch.save({"loss": loss.detach(), "ga": a.grad, "gb": b.grad}, os.path.join(out_dir, f"r{rank}.pt"))
+        dist.barrier()  # no rank tears gloo down while the other still talks to it (SIGABRT seen)
     finally:
         dist.destroy_process_group()
 
