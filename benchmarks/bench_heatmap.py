@@ -226,13 +226,13 @@ def write_bench_features(path: Path, run_dir: Path, n: int, dim: int) -> None:
 
 def run_scoring(features: str, run_dir: str) -> dict:
     """The stage's scoring step for one slide: read the whole feature file, ``predict_bag``."""
-    from wsi_mil.heatmaps.stage import read_features_float32
     from wsi_mil.mil import load_model_run
+    from wsi_mil.stores.features import read_feature_file
 
     run = load_model_run(run_dir)
     t0, c0 = time.perf_counter(), time.process_time()
-    feats, _ = read_features_float32(Path(features), run.encoder_id, run.embed_dim)
-    pred = run.predict_bag(feats)
+    feats = read_feature_file(Path(features), run.encoder_id, run.embed_dim).features  # float32 via HDF5
+    pred = run.predict_bag(feats, overwrite_input=True)  # as the stage: no second copy of the bag
     return {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
             "n_tiles": int(pred.tile_scores.shape[0]), "dim": int(feats.shape[1])}
 

@@ -93,6 +93,15 @@ def test_train_and_predict_cli(cohort, tmp_path: Path, capsys: pytest.CaptureFix
     assert pred.tile_scores.dtype == np.float32 and pred.tile_scores.shape == (len(co.features[0]), 2)
     assert pred.selected.dtype == np.int8 and set(np.unique(pred.selected)) <= {-1, 0, 1}
     assert float(rows[0]["prob_1"]) == pytest.approx(pred.probs[1], abs=1e-6)
+    # in-place standardisation of a large bag gives the same prediction, and only touches the
+    # input when allowed to
+    bag = np.array(co.features[0], dtype=np.float32)
+    kept = model.predict_bag(bag)
+    np.testing.assert_array_equal(bag, np.asarray(co.features[0], dtype=np.float32))
+    inplace = model.predict_bag(bag, overwrite_input=True)
+    np.testing.assert_allclose(inplace.tile_scores, kept.tile_scores, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(inplace.probs, kept.probs, rtol=1e-6)
+    np.testing.assert_array_equal(inplace.selected, kept.selected)
 
 
 def test_test_split_and_reproducible_runs(cohort, tmp_path: Path) -> None:

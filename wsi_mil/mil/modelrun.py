@@ -78,10 +78,12 @@ class ModelRun:
         return len(self.class_names)
 
     @torch.no_grad()
-    def predict_bag(self, features: np.ndarray) -> BagPrediction:
+    def predict_bag(self, features: np.ndarray, overwrite_input: bool = False) -> BagPrediction:
         """Predict one whole bag ``features`` (N, D): probabilities, tile scores and selection marks.
 
-        A bag with no tile gives NaN probabilities and empty (0, C) arrays.
+        A bag with no tile gives NaN probabilities and empty (0, C) arrays. Features are
+        standardised in place on the copy made for the device; ``overwrite_input=True`` lets a
+        float32 array on the CPU be standardised in place too (no copy of a 300,000-tile bag).
         """
         features = np.asarray(features)
         if features.ndim != 2 or features.shape[1] != self.embed_dim:
@@ -90,9 +92,14 @@ class ModelRun:
         c = self.n_classes
         if features.shape[0] == 0:
             return BagPrediction(np.full(c, np.nan), np.zeros((0, c), np.float32), np.zeros((0, c), np.int8))
-        x = torch.as_tensor(features).to(self.device, torch.float32).unsqueeze(0)
+        src = torch.as_tensor(features)
+        x = src.to(self.device, torch.float32)
+        standardized = overwrite_input or x.data_ptr() != src.data_ptr()  # we own x: no second copy
+        if standardized:
+            self.head.standardize_(x)
+        x = x.unsqueeze(0)
         mask = torch.ones(x.shape[:2], dtype=torch.bool, device=self.device)
-        logits, tiles = self.head(x, mask)
+        logits, tiles = self.head(x, mask, standardized=standardized)
         selected = self.head.select(tiles, mask)
         return BagPrediction(
             torch.softmax(logits.float(), dim=-1)[0].cpu().numpy().astype(np.float64),

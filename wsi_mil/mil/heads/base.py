@@ -62,6 +62,11 @@ class MILHead(nn.Module):
         """(B, N, D) features -> standardised features (a new tensor; the input is not modified)."""
         return torch.addcmul(self.feature_shift, features, self.feature_scale)
 
+    @torch.no_grad()
+    def standardize_(self, features: Tensor) -> Tensor:
+        """Standardise float32 ``features`` in place (inference on large bags: no second copy)."""
+        return features.mul_(self.feature_scale).add_(self.feature_shift)
+
     # -- to implement ------------------------------------------------------------------------
     def member_outputs(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Raw outputs: member slide scores (B, E, O) and tile scores (B, N, O), O = n_outputs."""
@@ -93,10 +98,13 @@ class MILHead(nn.Module):
         raw, _ = self.member_outputs(self.standardize(features), mask)
         return self._expand(raw, dim_is_tiles=False)
 
-    def forward(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """``features`` (B, N, D), ``mask`` (B, N) -> ``slide_logits`` (B, C), ``tile_scores`` (B, N, C)."""
+    def forward(self, features: Tensor, mask: Tensor, standardized: bool = False) -> tuple[Tensor, Tensor]:
+        """``features`` (B, N, D), ``mask`` (B, N) -> ``slide_logits`` (B, C), ``tile_scores`` (B, N, C).
+
+        ``standardized``: the features went through :meth:`standardize_` already.
+        """
         check_inputs(features, mask, self.in_dim)
-        raw, tiles = self.member_outputs(self.standardize(features), mask)
+        raw, tiles = self.member_outputs(features if standardized else self.standardize(features), mask)
         logits = self._expand(raw, dim_is_tiles=False)
         if logits.shape[1] == 1:
             slide = logits[:, 0]
