@@ -7,6 +7,8 @@ command, pointed at them with ``--scheduler`` (tile, heatmap) and ``--extract-sc
 
 from __future__ import annotations
 
+import argparse
+
 import shlex
 import shutil
 import subprocess
@@ -41,3 +43,13 @@ def run(cmd: list[str]) -> int:
     """Run the study; its exit status (0 ok, 1 some slides failed, 2 bad input)."""
     print(f"+ {show(cmd)}", flush=True)
     return subprocess.call(cmd)
+
+
+def study_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments every recipe takes: the study YAML and ``--set`` overrides for ``wsi-mil run``."""
+    p = argparse.ArgumentParser(description=description.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="study YAML for wsi-mil run")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override passed on to wsi-mil run (repeatable)")
+    return p

@@ -18,15 +18,11 @@ import argparse
 import os
 import sys
 
-from common import run, run_command, show
+from common import run, run_command, show, study_parser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", help="study YAML for wsi-mil run")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override passed on to wsi-mil run (repeatable)")
+    p = study_parser(__doc__)
     p.add_argument("--gpus", default=os.environ.get("CUDA_VISIBLE_DEVICES"),
                    help="GPU ids to use, e.g. 0,1,2,3 [CUDA_VISIBLE_DEVICES, else all]")
     p.add_argument("--cpu-workers", type=int, default=None,

@@ -20,15 +20,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from common import run, run_command, show
+from common import run, run_command, show, study_parser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", help="study YAML for wsi-mil run")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override passed on to wsi-mil run (repeatable)")
+    p = study_parser(__doc__)
     p.add_argument("--cpu-jobs", type=int, default=4, help="Slurm jobs of CPU workers [4]")
     p.add_argument("--cpu-cores", type=int, default=16, help="cores per CPU job (= worker processes) [16]")
     p.add_argument("--cpu-memory", default="64GB", help="memory per CPU job [64GB]")

@@ -35,13 +35,17 @@ def _tile_scorer(in_dim: int, out: int, opts: PoolOptions) -> nn.Module:
                          nn.Linear(opts.hidden, out))
 
 
-class MeanPool(MILHead):
-    """Slide logit = mean of tile logits over the real tiles."""
+class _ScoredTilesHead(MILHead):
+    """A head that scores each tile with :func:`_tile_scorer`, then pools the scores."""
 
     def __init__(self, in_dim: int, n_classes: int, opts: PoolOptions | None = None) -> None:
         super().__init__(in_dim, n_classes)
         self.opts = opts or PoolOptions()
         self.scorer = _tile_scorer(in_dim, self.n_outputs, self.opts)
+
+
+class MeanPool(_ScoredTilesHead):
+    """Slide logit = mean of tile logits over the real tiles."""
 
     def member_outputs(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         tiles = self.scorer(features)
@@ -51,13 +55,8 @@ class MeanPool(MILHead):
         return slide.unsqueeze(1), tiles
 
 
-class MaxPool(MILHead):
+class MaxPool(_ScoredTilesHead):
     """Slide logit = highest tile logit (per output); the arg-max tile is selected."""
-
-    def __init__(self, in_dim: int, n_classes: int, opts: PoolOptions | None = None) -> None:
-        super().__init__(in_dim, n_classes)
-        self.opts = opts or PoolOptions()
-        self.scorer = _tile_scorer(in_dim, self.n_outputs, self.opts)
 
     def member_outputs(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         tiles = self.scorer(features)
