@@ -182,8 +182,9 @@ def _stream(
                 submit(nxt, slides.pop(nxt))
             nxt += 1
 
+    batches = iter(make_loader(ranges, engine.device, num_workers, item_bytes=item_bytes, mode=loader))
     try:
-        for batch in make_loader(ranges, engine.device, num_workers, item_bytes=item_bytes, mode=loader):
+        for batch in batches:
             batch: TileBatch
             open_until(batch.slide)
             slide = slides.get(batch.slide)
@@ -214,6 +215,13 @@ def _stream(
         # slide at fault may be any unfinished one: they are all redone.
         unfinished = [i for i, sl in slides.items() if i < nxt] + [nxt]
         return min(unfinished), _one_line(exc)
+    finally:
+        # stop the loader's processes and unregister them now: a DataLoader iterator left to the
+        # garbage collector keeps its SIGCHLD check armed, which raises later, anywhere
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        del batches
     for i, slide in sorted(slides.items()):  # a store that ended early
         finish(i, FAILED, f"{slide.job.store_path}: got {slide.rows} of {slide.job.n_tiles} tiles")
     return stop, ""
