@@ -21,7 +21,7 @@ from wsi_mil import __version__
 from wsi_mil.atomic import atomic_path
 from wsi_mil.encoders.weights import state_dict_hash
 from wsi_mil.errors import EncoderError
-from wsi_mil.stores.common import ENCODER_SCHEMA
+from wsi_mil.stores.common import ENCODER_SCHEMA, read_schema_json
 
 ENCODER_JSON = "encoder.json"
 WEIGHTS_FILE = "encoder.safetensors"
@@ -97,16 +97,7 @@ def read_encoder_json(path: str | Path) -> dict[str, Any]:
     if not file.is_file():
         raise EncoderError(f"{path}: not an encoder folder (no {ENCODER_JSON}); run 'wsi-mil pretrain' "
                            "or pass a weights file")
-    try:
-        meta = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise EncoderError(f"{file}: not valid JSON ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("schema") != ENCODER_SCHEMA:
-        got = meta.get("schema") if isinstance(meta, dict) else None
-        raise EncoderError(f"{file}: schema {got!r}, expected {ENCODER_SCHEMA!r}")
-    missing = [k for k in REQUIRED_KEYS if k not in meta]
-    if missing:
-        raise EncoderError(f"{file}: missing key(s) {', '.join(missing)}")
+    meta = read_schema_json(file, ENCODER_SCHEMA, tuple(REQUIRED_KEYS), EncoderError)
     if not (Path(path) / str(meta["weights_file"])).is_file():
         raise EncoderError(f"{path}: weights file '{meta['weights_file']}' named in {ENCODER_JSON} is missing")
     return meta

@@ -24,7 +24,7 @@ from wsi_mil.atomic import atomic_path
 from wsi_mil.errors import StoreError, WsiMilError
 from wsi_mil.mil.heads.base import MILHead
 from wsi_mil.mil.registry import create_head
-from wsi_mil.stores.common import MODEL_RUN_SCHEMA
+from wsi_mil.stores.common import MODEL_RUN_SCHEMA, read_schema_json
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -132,15 +132,8 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise StoreError(f"{run_dir}: not a model run (no {CONFIG_FILE}); train one with 'wsi-mil train'")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise StoreError(f"{path}: not valid JSON ({exc})") from exc
-    if config.get("schema") != MODEL_RUN_SCHEMA:
-        raise StoreError(f"{path}: schema {config.get('schema')!r}, expected {MODEL_RUN_SCHEMA!r}")
-    missing = [k for k in ("head", "head_options", "class_names", "encoder_id", "embed_dim") if k not in config]
-    if missing:
-        raise StoreError(f"{path}: missing key(s) {', '.join(missing)}; re-train the run")
+    config = read_schema_json(path, MODEL_RUN_SCHEMA, ("head", "head_options", "class_names", "encoder_id", "embed_dim"),
+                              fix="re-train the run")
     return config
 
 

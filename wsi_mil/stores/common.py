@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
+from typing import Any
+
+from wsi_mil.errors import StoreError, WsiMilError
 
 PATCHES_SCHEMA = "wsi_mil.patches/1"
 FEATURES_SCHEMA = "wsi_mil.features/1"
@@ -68,3 +72,30 @@ def path_size(path: str | Path) -> int:
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     return path.stat().st_size
+
+
+def read_schema_json(
+    path: str | Path,
+    schema: str,
+    required: tuple[str, ...] = (),
+    error: type[WsiMilError] = StoreError,
+    fix: str = "",
+) -> dict[str, Any]:
+    """Read a JSON document that must carry ``schema`` and the ``required`` keys.
+
+    Raises ``error`` with one line naming the file and what is wrong, followed by ``fix`` (how to
+    repair it) when given. The caller checks that the file exists, with its own advice.
+    """
+    path = Path(path)
+    tail = f"; {fix}" if fix else ""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise error(f"{path}: not valid JSON ({exc}){tail}") from exc
+    if not isinstance(meta, dict) or meta.get("schema") != schema:
+        got = meta.get("schema") if isinstance(meta, dict) else None
+        raise error(f"{path}: schema {got!r}, expected {schema!r}{tail}")
+    missing = [k for k in required if k not in meta]
+    if missing:
+        raise error(f"{path}: missing key(s) {', '.join(missing)}{tail}")
+    return meta

@@ -26,6 +26,7 @@ import numpy as np
 from wsi_mil import __version__
 from wsi_mil.atomic import atomic_path, write_json_atomic
 from wsi_mil.errors import ConfigError, StoreError
+from wsi_mil.stores.common import read_schema_json
 
 TRUTH_SCHEMA = "wsi_mil.synth.truth/1"
 GROUND_TRUTH_DIR = "ground_truth"
@@ -146,15 +147,8 @@ def load_ground_truth(cohort_dir: str | Path, slide_id: str) -> dict[str, Any]:
     if not path.is_file():
         raise StoreError(f"{path}: no ground truth for slide '{slide_id}'; is {cohort_dir} a cohort "
                          "written by `wsi-mil synth`?")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise StoreError(f"{path}: unreadable ground truth ({exc}); regenerate the cohort") from exc
-    if not isinstance(meta, dict) or meta.get("schema") != TRUTH_SCHEMA:
-        raise StoreError(f"{path}: not a {TRUTH_SCHEMA} file (schema {meta.get('schema') if isinstance(meta, dict) else None!r})")
-    for key in ("label", "width", "height", "mask_downsample", "mask_shape"):
-        if key not in meta:
-            raise StoreError(f"{path}: missing key '{key}'; regenerate the cohort")
+    meta = read_schema_json(path, TRUTH_SCHEMA, ("label", "width", "height", "mask_downsample", "mask_shape"),
+                            fix="regenerate the cohort")
     return meta
 
 
