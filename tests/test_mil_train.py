@@ -26,13 +26,7 @@ FAST = ["--set", "lr=0.01", "--set", "max_epochs=12", "--set", "min_epochs=3", "
         "--set", "bootstrap=50", "--set", "tiles_per_bag=64", "--set", "batch_size=8"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids oversubscription on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: no oversubscription
 
 
 @pytest.fixture(scope="module")

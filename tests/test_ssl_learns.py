@@ -4,11 +4,8 @@ one is ``benchmarks/bench_pretrain.py probe``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-import torch
 
 from wsi_mil.config import TilingConfig
 from wsi_mil.encoders import create_encoder
@@ -17,17 +14,8 @@ from wsi_mil.ssl.probe import encode_tiles, labelled_tiles, probe_auc
 from wsi_mil.ssl.stage import run_pretrain
 
 
-@pytest.fixture()
-def one_thread() -> Iterator[None]:
-    """One torch thread: on 2 shared cores, 2 threads were 8x slower than 1 (oversubscription)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_simclr_features_find_lesions_better_than_random_init(synth_cohort: Path, tmp_path: Path,
-                                                              one_thread: None) -> None:
+                                                              one_torch_thread: None) -> None:
     from wsi_mil.stages.tile import tile_slides
 
     # 56 px at 2 mpp: the same 112 um field as 224 px at 0.5 mpp, small enough for the CPU

@@ -7,8 +7,6 @@ with status 2; batch stages record it as the slide's failure reason and carry on
 
 from __future__ import annotations
 
-from pathlib import Path
-
 
 class WsiMilError(Exception):
     """Base class: a problem with the user's input or environment, with a one-line message."""
@@ -35,8 +33,3 @@ class LabelsError(WsiMilError):
 
 class EncoderError(WsiMilError):
     """An encoder architecture or its weights cannot be loaded."""
-
-
-def where(path: str | Path) -> str:
-    """Format a path for an error message."""
-    return str(path)

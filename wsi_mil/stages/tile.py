@@ -63,21 +63,21 @@ def read_tile(slide: Slide, x: int, y: int, plan: ReadPlan, tile_size: int) -> n
     return np.asarray(Image.fromarray(region).resize((tile_size, tile_size), filt, box=box))
 
 
-def _config_record(cfg: TilingConfig) -> dict:
-    return config_to_dict(cfg)
+OTHER_PARAMETERS = "made with other tiling parameters"
 
 
-def _store_matches(out: Path, source: SlideSource, cfg: TilingConfig) -> tuple[bool, str]:
-    """(valid and made from the same slide and config, reason if not reusable)."""
+def _reusable_store(out: Path, source: SlideSource, cfg: TilingConfig) -> tuple[dict | None, str]:
+    """(the store's attributes if it is valid and made from the same slide and config, else None;
+    the reason it cannot be reused)."""
     try:
         _, attrs = validate_patch_store(out)
     except WsiMilError as exc:
-        return False, str(exc)
-    if attrs.get("config") != _config_record(cfg):
-        return False, "made with other tiling parameters"
+        return None, str(exc)
+    if attrs.get("config") != config_to_dict(cfg):
+        return None, OTHER_PARAMETERS
     if attrs.get("slide_size_bytes") != path_size(source.path):
-        return False, "made from another version of the slide file"
-    return True, ""
+        return None, "made from another version of the slide file"
+    return attrs, ""
 
 
 def tile_one_slide(source: SlideSource, job: str | Path, cfg: TilingConfig, overwrite: bool = False) -> SlideStatus:
@@ -86,11 +86,11 @@ def tile_one_slide(source: SlideSource, job: str | Path, cfg: TilingConfig, over
     out = patch_store_path(job, source.slide_id)
     src = str(source.path)
     if not overwrite and out.exists():
-        ok, why = _store_matches(out, source, cfg)
-        if ok:
-            n = int(validate_patch_store(out)[1]["n_tiles"])
-            return SlideStatus(source.slide_id, src, SKIPPED, "complete store exists", n, time.perf_counter() - t0)
-        if why == "made with other tiling parameters":
+        attrs, why = _reusable_store(out, source, cfg)
+        if attrs is not None:
+            return SlideStatus(source.slide_id, src, SKIPPED, "complete store exists", int(attrs["n_tiles"]),
+                               time.perf_counter() - t0)
+        if why == OTHER_PARAMETERS:
             return SlideStatus(source.slide_id, src, FAILED,
                                f"{out}: exists but was {why}; pass --overwrite or use another job folder",
                                0, time.perf_counter() - t0)
@@ -124,7 +124,7 @@ def _tile(source: SlideSource, out: Path, cfg: TilingConfig) -> int:
             tile_size_level0=grid.tile_size_level0, stride_level0=grid.stride_level0,
             read_level=plan.level, read_level_downsample=plan.level_downsample,
             resampled=plan.resample, grid_shape=list(grid.grid_shape),
-            tissue=config_to_dict(cfg.tissue), config=_config_record(cfg),
+            tissue=config_to_dict(cfg.tissue), config=config_to_dict(cfg),
         )
         n = len(grid.coords)
         with PatchStoreWriter(out, n, cfg.tile_size, attrs, cfg.codec, cfg.jpeg_quality,
@@ -153,12 +153,6 @@ class StageReport:
     @property
     def failed(self) -> list[SlideStatus]:
         return [s for s in self.statuses if s.status == FAILED]
-
-    def counts(self) -> dict[str, int]:
-        out = {DONE: 0, SKIPPED: 0, FAILED: 0}
-        for s in self.statuses:
-            out[s.status] = out.get(s.status, 0) + 1
-        return out
 
 
 def tile_slides(
