@@ -363,6 +363,62 @@ def test_threaded_loader_reports_a_damaged_store(job: Path) -> None:
 
     make_store(job, "a", 8)
     ranges = [TileRange(0, str(job / "patches" / "a.zarr"), 0, 8), TileRange(1, str(job / "patches" / "nope.zarr"), 0, 4)]
-    out = list(ThreadedTileLoader(ranges, threads=2, pin=False))
+    out = list(ThreadedTileLoader(ranges, threads=2))
     assert [b.slide for b in out] == [0, 1] and out[0].tiles.shape[0] == 8
     assert out[1].tiles is None and "patch store not found" in out[1].error
+
+
+def test_threaded_loader_decodes_chunks_in_parallel_into_a_ring_of_buffers(job: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows in store order across many batches, two tile sizes, and fewer buffers than batches;
+    each store opened once per loader (not once per thread)."""
+    import wsi_mil.stores.patches as patches
+    from wsi_mil.extract.data import ThreadedTileLoader, plan_ranges
+
+    paths = [make_store(job, "a", 45, size=32, chunk=4), make_store(job, "b", 30, size=48, chunk=4, offset=60)]
+    opened: list[str] = []
+    real_open = patches.open_patch_store
+    monkeypatch.setattr(patches, "open_patch_store", lambda p: opened.append(str(p)) or real_open(p))
+    ranges = []
+    for i, p in enumerate(paths):
+        store = real_open(p)
+        ranges += plan_ranges(i, p, store.chunk_ranges(), 8, store.tile_size)
+    assert all(len(r.pieces()) == 2 for r in ranges[:-1])
+    loader = ThreadedTileLoader(ranges, threads=3, prefetch=2)
+    assert 2 <= loader.buffers < len(ranges)
+    got: dict[int, list[np.ndarray]] = {0: [], 1: []}
+    buffers: dict[int, set[int]] = {0: set(), 1: set()}  # the larger tiles of b need larger buffers
+    for batch in loader:
+        assert not batch.error
+        buffers[batch.slide].add(batch.tiles.untyped_storage().data_ptr())
+        got[batch.slide].append(batch.tiles.numpy().copy())  # valid until the next batch is asked for
+    np.testing.assert_array_equal(np.concatenate(got[0]), colour_tiles(45, 32))
+    np.testing.assert_array_equal(np.concatenate(got[1]), colour_tiles(30, 48, 60))
+    assert len(buffers[0]) <= loader.buffers and len(buffers[1]) <= loader.buffers
+    assert sorted(opened) == sorted(str(p) for p in paths)
+
+
+@pytest.mark.gpu
+def test_ring_buffers_and_side_stream_copies_keep_every_row(job: Path) -> None:
+    """Many small batches through the threaded loader's ring (refilled many times) and the engine's
+    copy stream with at most 2 batches in flight: every row is its own tile's feature (a buffer
+    refilled before its copy finished would show another tile's). CPU when no GPU."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    enc = create_encoder("test_resnet", "random:8")
+    make_store(job, "r", 300, size=32, chunk=4)
+    make_store(job, "s", 77, size=32, chunk=4, offset=400)
+    engine = InferenceEngine(enc.model, enc.data_config, device, batch_size=8, precision="fp32", max_in_flight=2)
+    from wsi_mil.extract.runner import run_slides
+    from wsi_mil.extract.stage import prepare_slides
+
+    stores = [(job / "patches" / f"{s}.zarr", job / f"{s}.h5") for s in ("r", "s")]
+    jobs = prepare_slides(stores, "ring")
+    statuses = run_slides(engine, jobs, {"encoder_id": "ring"}, 96, lambda s: None, num_workers=4, loader="threads")
+    assert [s.status for s in statuses] == ["done", "done"], statuses
+    assert len(engine._in_flight) <= 2
+    enc.model.cpu()
+    for name, n, offset in (("r", 300, 0), ("s", 77, 400)):
+        got = read_feature_file(job / f"{name}.h5").features
+        ref = reference(enc, colour_tiles(n, 32, offset))
+        cos = (got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
+        assert cos.min() > 0.999, (name, cos.min())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +116,23 @@ def test_truncated_and_incomplete_stores_are_named(tmp_path: Path) -> None:
     (tmp_path / "junk.zarr").mkdir()
     with pytest.raises(StoreError, match=r"junk.zarr: not a zarr v3 patch store"):
         open_patch_store(tmp_path / "junk.zarr")
+
+
+def test_missing_or_damaged_array_metadata_is_named(tmp_path: Path) -> None:
+    path = write_patch_store(tmp_path / "m.zarr", _tiles(4), np.zeros((4, 2)), np.ones(4), np.ones((2, 2)), 1.0, ATTRS)
+    meta = path / "coords" / "zarr.json"
+    text = meta.read_text()
+    meta.write_text("{not json")
+    with pytest.raises(StoreError, match=r"m.zarr: unreadable metadata of array 'coords'"):
+        open_patch_store(path)
+    doc = json.loads(text)
+    doc["shape"] = [5, 2]
+    meta.write_text(json.dumps(doc))
+    with pytest.raises(StoreError, match=r"m.zarr: patch store arrays disagree with n_tiles=4"):
+        open_patch_store(path)
+    meta.unlink()
+    with pytest.raises(StoreError, match=r"m.zarr: patch store has no array 'coords'"):
+        open_patch_store(path)
 
 
 def test_list_patch_stores(tmp_path: Path) -> None:

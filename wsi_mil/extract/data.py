@@ -1,18 +1,18 @@
 """Tile loading for extraction: whole storage chunks of patch stores, read ahead in order.
 
 Two loaders yield the same :class:`TileBatch` stream. ``threads`` (the default on a GPU): a
-pool of threads in this process decodes chunks (libjpeg-turbo and zstd release the GIL) straight
-into pinned host buffers, with no inter-process copy; on an H100 node the process-based loader
-was capped at ~11,500 tiles/s (one thread receiving and pinning ~1.7 GB/s of shared-memory
-pages), below what ResNet-50 in bf16 consumes. ``processes`` (the default on the CPU): a
-DataLoader with worker processes, which isolates a crash inside a codec to one slide.
+pool of threads in this process decodes chunks (libjpeg-turbo and zstd release the GIL), one
+chunk per task, straight into a ring of reusable pinned batch buffers, with no inter-process
+copy; on an H100 node the process-based loader was capped at ~11,500 tiles/s (one thread
+receiving and pinning ~1.7 GB/s of shared-memory pages), below what ResNet-50 in bf16 consumes.
+``processes`` (the default on the CPU): a DataLoader with worker processes, which isolates a
+crash inside a codec to one slide.
 
-Each dataset item is a run of consecutive storage chunks of one store, ``[start, stop)`` with
-at most ``batch_size`` tiles (never less than one chunk), decoded in a worker process into one
-``(n, S, S, 3) uint8`` tensor. Items follow the slides' order and, within a slide, the row order
-of the store, and the DataLoader returns them in that order, so features come out in store order.
-Decoding stays on uint8 in the workers; conversion, resizing and normalisation happen on the
-device (:mod:`wsi_mil.extract.engine`).
+Each item is a run of consecutive storage chunks of one store, ``[start, stop)`` with at most
+``batch_size`` tiles (never less than one chunk), delivered as one ``(n, S, S, 3) uint8`` tensor.
+Items follow the slides' order and, within a slide, the row order of the store, and both loaders
+return them in that order, so features come out in store order. Decoding stays on uint8;
+conversion, resizing and normalisation happen on the device (:mod:`wsi_mil.extract.engine`).
 """
 
 from __future__ import annotations
@@ -37,12 +37,22 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TileRange:
-    """Tiles ``[start, stop)`` of slide number ``slide`` (an index into the run's slide list)."""
+    """Tiles ``[start, stop)`` of slide number ``slide`` (an index into the run's slide list).
+
+    ``tile_size``: the store's tile side in px (0: unknown, read from the store); ``chunks``: the
+    storage chunks ``[a, b)`` that make up the range (empty: read it as one piece).
+    """
 
     slide: int
     path: str
     start: int
     stop: int
+    tile_size: int = 0
+    chunks: tuple[tuple[int, int], ...] = ()
+
+    def pieces(self) -> tuple[tuple[int, int], ...]:
+        """What one decoding task reads: the storage chunks, or the whole range."""
+        return self.chunks or ((self.start, self.stop),)
 
 
 @dataclass
@@ -65,20 +75,18 @@ class TileBatch:
         return self
 
 
-def plan_ranges(slide: int, path: str | Path, chunk_ranges: Sequence[tuple[int, int]], batch_size: int) -> list[TileRange]:
+def plan_ranges(slide: int, path: str | Path, chunk_ranges: Sequence[tuple[int, int]], batch_size: int,
+                tile_size: int = 0) -> list[TileRange]:
     """Group consecutive storage chunks into reads of at most ``batch_size`` tiles (>= 1 chunk)."""
     out: list[TileRange] = []
-    start = stop = None
+    group: list[tuple[int, int]] = []
     for a, b in chunk_ranges:
-        if start is None:
-            start, stop = a, b
-        elif b - start <= batch_size and a == stop:
-            stop = b
-        else:
-            out.append(TileRange(slide, str(path), start, stop))
-            start, stop = a, b
-    if start is not None:
-        out.append(TileRange(slide, str(path), start, stop))
+        if group and (b - group[0][0] > batch_size or a != group[-1][1]):
+            out.append(TileRange(slide, str(path), group[0][0], group[-1][1], tile_size, tuple(group)))
+            group = []
+        group.append((int(a), int(b)))
+    if group:
+        out.append(TileRange(slide, str(path), group[0][0], group[-1][1], tile_size, tuple(group)))
     return out
 
 
@@ -159,53 +167,114 @@ def fit_workers_to_shm(workers: int, prefetch: int, item_bytes: int, shm: str = 
 
 
 class ThreadedTileLoader:
-    """Yields :class:`TileBatch` for ``ranges`` in order, decoded by ``threads`` threads.
+    """Yields :class:`TileBatch` for ``ranges`` in order; their chunks are decoded by ``threads`` threads.
 
-    At most ``prefetch`` x ``threads`` items are in flight; tiles land in pinned memory on CUDA.
+    Every storage chunk is one task, so the chunks of a batch decode in parallel (the first batch
+    is ready after about one chunk's decoding time per thread, not a whole batch's). Batches are
+    assembled in a ring of reusable buffers (pinned on CUDA, allocated once): enough for about
+    ``prefetch`` chunks per thread in flight, plus the batch being consumed.
+
+    A yielded batch's tiles are valid until the next batch is requested: copy them (a
+    ``non_blocking`` device copy is fine) before asking for the next one. On CUDA ``device``,
+    a buffer is refilled only after the work queued on the device's current stream at that
+    request has run (queue the copy there, or on a stream that one waits for).
     """
 
-    def __init__(self, ranges: Sequence[TileRange], threads: int, pin: bool, prefetch: int = 2) -> None:
+    def __init__(self, ranges: Sequence[TileRange], threads: int, device: torch.device | str = "cpu",
+                 prefetch: int = 2) -> None:
         self.ranges = list(ranges)
         self.threads = max(1, threads)
-        self.pin = pin
-        self.window = self.threads * max(1, prefetch)
-        self._local = threading.local()
+        self.device = torch.device(device)
+        self.pin = self.device.type == "cuda"
+        pieces = max([len(r.pieces()) for r in self.ranges] + [1])
+        self.buffers = min(max(1, len(self.ranges)), -(-self.threads * max(1, prefetch) // pieces) + 1)
+        self.buffers = max(2, self.buffers)
+        self._lock = threading.Lock()
+        self._stores: dict[str, list] = {}  # path -> [lock, store or None], insertion order
+        self._sizes: dict[str, int] = {}
 
-    def _read(self, r: TileRange) -> TileBatch:
+    def _open(self, path: str) -> Any:
+        """The loader's handle on ``path``, opened once and shared by its threads (reading is
+        thread-safe; opening goes through zarr's one event loop, so once per store, not per thread).
+        The last few stores stay open: slides are read one after the other."""
+        with self._lock:
+            entry = self._stores.get(path)
+            if entry is None:
+                entry = self._stores[path] = [threading.Lock(), None]
+                while len(self._stores) > 4:
+                    self._stores.pop(next(iter(self._stores)))
+        lock, store = entry
+        if store is None:
+            with lock:  # the first thread opens it, the others wait for that
+                if entry[1] is None:
+                    from wsi_mil.stores.patches import open_patch_store
+
+                    entry[1] = open_patch_store(path)
+                store = entry[1]
+        return store
+
+    def _tile_size(self, r: TileRange) -> int:
+        if r.tile_size > 0:
+            return r.tile_size
+        if r.path not in self._sizes:
+            self._sizes[r.path] = int(self._open(r.path).tile_size)
+        return self._sizes[r.path]
+
+    def _read_piece(self, r: TileRange, a: int, b: int, out: np.ndarray, free: Any) -> str:
+        """Decode tiles ``[a, b)`` of ``r`` into ``out`` (the range's rows); '' or the error, one line."""
         try:
-            stores = getattr(self._local, "stores", None)
-            if stores is None:
-                stores = self._local.stores = {}
-            store = stores.get(r.path)
-            if store is None:
-                from wsi_mil.stores.patches import open_patch_store
-
-                stores.clear()
-                store = stores[r.path] = open_patch_store(r.path)
-            s = store.tile_size
-            out = torch.empty((r.stop - r.start, s, s, 3), dtype=torch.uint8, pin_memory=self.pin)
-            store.read_tiles(r.start, r.stop, out=out.numpy())  # decoded straight into (pinned) memory
-            return TileBatch(r.slide, r.start, r.stop, out)
+            if free is not None:
+                free.synchronize()  # the buffer's previous batch has been copied out
+            store = self._open(r.path)
+            if store.tile_size != out.shape[1]:
+                raise ValueError(f"{r.path}: tiles of {store.tile_size} px, expected {out.shape[1]} px")
+            store.read_tiles(a, b, out=out[a - r.start: b - r.start])
+            return ""
         except Exception as exc:  # a damaged store fails its slide, never the run
-            return TileBatch(r.slide, r.start, r.stop, None, " ".join(f"{type(exc).__name__}: {exc}".split()))
+            return " ".join(f"{type(exc).__name__}: {exc}".split())
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         from collections import deque
         from concurrent.futures import ThreadPoolExecutor
 
+        ring: list[torch.Tensor | None] = [None] * self.buffers
+        free: list[Any] = [None] * self.buffers  # event: when the slot's last batch was copied out
+
+        def submit(k: int) -> tuple[TileRange, torch.Tensor | None, list, str]:
+            r = self.ranges[k]
+            slot = k % self.buffers
+            try:
+                s = self._tile_size(r)
+            except Exception as exc:
+                return r, None, [], " ".join(f"{type(exc).__name__}: {exc}".split())
+            n = r.stop - r.start
+            nbytes = n * s * s * 3
+            buf = ring[slot]
+            if buf is None or buf.numel() < nbytes:
+                if free[slot] is not None:
+                    free[slot].synchronize()
+                    free[slot] = None
+                buf = ring[slot] = torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.pin)
+            tiles = buf[:nbytes].view(n, s, s, 3)
+            out = tiles.numpy()
+            tasks = [pool.submit(self._read_piece, r, a, b, out, free[slot]) for a, b in r.pieces()]
+            return r, tiles, tasks, ""
+
         with ThreadPoolExecutor(self.threads, thread_name_prefix="wsi_mil-decode") as pool:
             pending: deque = deque()
-            items = iter(self.ranges)
-            for r in items:
-                pending.append(pool.submit(self._read, r))
-                if len(pending) >= self.window:
-                    break
-            while pending:
-                batch = pending.popleft().result()
-                nxt = next(items, None)
-                if nxt is not None:
-                    pending.append(pool.submit(self._read, nxt))
-                yield batch
+            for k in range(min(self.buffers, len(self.ranges))):
+                pending.append(submit(k))
+            for k in range(len(self.ranges)):
+                r, tiles, tasks, error = pending.popleft()
+                errors = [e for e in (t.result() for t in tasks) if e]
+                error = error or (errors[0] if errors else "")
+                yield TileBatch(r.slide, r.start, r.stop, None if error else tiles, error)
+                if self.pin:  # the consumer has queued its copy of this batch: mark when it is done
+                    event = torch.cuda.Event(blocking=True)
+                    event.record(torch.cuda.current_stream(self.device))
+                    free[k % self.buffers] = event
+                if k + self.buffers < len(self.ranges):
+                    pending.append(submit(k + self.buffers))
 
 
 def make_loader(ranges: Sequence[TileRange], device: torch.device, num_workers: int | None = None,
@@ -218,7 +287,7 @@ def make_loader(ranges: Sequence[TileRange], device: torch.device, num_workers: 
     """
     workers = default_num_workers(device) if num_workers is None else max(0, int(num_workers))
     if mode == "threads" or (mode == "auto" and device.type == "cuda"):
-        return ThreadedTileLoader(ranges, max(1, workers), pin=device.type == "cuda", prefetch=prefetch)
+        return ThreadedTileLoader(ranges, max(1, workers), device, prefetch=prefetch)
     if multiprocessing.current_process().daemon:
         workers = 0
     workers = fit_workers_to_shm(workers, prefetch, item_bytes)

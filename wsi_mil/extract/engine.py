@@ -6,11 +6,16 @@ differs (antialiased), and normalised with the data config's mean and std in one
 multiply-add. The model runs under ``torch.inference_mode``, with bf16 (or fp16) autocast on
 CUDA and fp32 on the CPU by default, optionally compiled with ``torch.compile``. A CUDA
 out-of-memory error halves the batch size and retries the same tiles.
+
+On CUDA, host tiles are copied on a side stream, so the copy of the next batch overlaps the
+model's work on this one, and at most ``max_in_flight`` batches are queued on the device ahead of
+the host (this bounds device memory however fast the loader is).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -47,6 +52,7 @@ class InferenceEngine:
     ``data_config``: ``input_size`` [3, H, W], ``mean``, ``std`` (on [0, 1] pixels),
     ``interpolation``. ``batch_size``: tiles per forward pass (halved on CUDA OOM, kept lower
     afterwards). ``out_dtype``: dtype of the returned features (float32 or float16).
+    ``max_in_flight``: batches queued on a CUDA device before :meth:`embed` waits for the oldest.
     """
 
     def __init__(
@@ -59,6 +65,7 @@ class InferenceEngine:
         compile: bool = False,
         out_dtype: torch.dtype = torch.float32,
         channels_last: bool = True,
+        max_in_flight: int = 3,
     ) -> None:
         if int(batch_size) < 1:
             raise WsiMilError(f"batch size {batch_size}: must be >= 1")
@@ -84,6 +91,9 @@ class InferenceEngine:
         self.compiled = bool(compile)
         self._forward: Any = torch.compile(model) if compile else model
         self.oom_retries = 0
+        self.max_in_flight = max(1, int(max_in_flight))
+        self._in_flight: deque = deque()
+        self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
     # -- preprocessing -------------------------------------------------------------------
     def preprocess(self, tiles: torch.Tensor) -> torch.Tensor:
@@ -115,16 +125,38 @@ class InferenceEngine:
                               "build it with num_classes=0")
         return y[:n].to(self.out_dtype)
 
+    def upload(self, tiles: torch.Tensor) -> torch.Tensor:
+        """``tiles`` on the device. From pinned host memory to CUDA, the copy runs on a side
+        stream (overlapping the model's work) that the current stream then waits for."""
+        if self._copy_stream is None or tiles.device.type != "cpu":
+            return tiles.to(self.device, non_blocking=True)
+        compute = torch.cuda.current_stream(self.device)
+        with torch.cuda.stream(self._copy_stream):
+            dev = tiles.to(self.device, non_blocking=True)
+        compute.wait_stream(self._copy_stream)
+        dev.record_stream(compute)  # freed for reuse only once the model's work on it has run
+        return dev
+
+    def _throttle(self) -> None:
+        """Keep at most ``max_in_flight`` batches queued on a CUDA device."""
+        if self.device.type != "cuda":
+            return
+        event = torch.cuda.Event(blocking=True)  # a blocking wait sleeps instead of spinning a core
+        event.record(torch.cuda.current_stream(self.device))
+        self._in_flight.append(event)
+        while len(self._in_flight) > self.max_in_flight:
+            self._in_flight.popleft().synchronize()
+
     # -- public --------------------------------------------------------------------------
     @torch.inference_mode()
     def embed(self, tiles: torch.Tensor) -> torch.Tensor:
         """Features of ``tiles`` (n, S, S, 3) uint8 (host or device) -> (n, D) on the device.
 
-        The host-to-device copy is non-blocking (pinned host memory makes it asynchronous).
+        The host-to-device copy is asynchronous from pinned host memory (see :meth:`upload`).
         On ``torch.cuda.OutOfMemoryError`` the batch size is halved and the same rows retried;
         at batch size 1 the error is raised.
         """
-        tiles = tiles.to(self.device, non_blocking=True)
+        tiles = self.upload(tiles)
         out = []
         i = 0
         n = tiles.shape[0]
@@ -142,6 +174,7 @@ class InferenceEngine:
                     torch.cuda.empty_cache()
                 continue
             i = j
+        self._throttle()
         if not out:
             dim = self.embed_dim_probe()
             return torch.empty((0, dim), dtype=self.out_dtype, device=self.device)

@@ -116,9 +116,9 @@ def run_slides(
             slide.parts = []
             host = torch.empty(dev.shape, dtype=dev.dtype, pin_memory=dev.device.type == "cuda")
             host.copy_(dev, non_blocking=True)
-            event = torch.cuda.Event() if dev.device.type == "cuda" else None
+            event = torch.cuda.Event(blocking=True) if dev.device.type == "cuda" else None
             if event is not None:
-                event.record()
+                event.record(torch.cuda.current_stream(dev.device))
         else:
             host = torch.empty((0, embed_dim), dtype=engine.out_dtype)
             event = None
@@ -167,8 +167,9 @@ def _stream(
     ranges = []
     item_bytes = 0
     for i in range(start, stop):
-        mine = plan_ranges(i, jobs[i].store_path, jobs[i].chunk_ranges, engine.batch_size)
-        side = int(jobs[i].attrs.get("tile_size", 224))
+        side = int(jobs[i].attrs.get("tile_size", 0))
+        mine = plan_ranges(i, jobs[i].store_path, jobs[i].chunk_ranges, engine.batch_size, side)
+        side = side or 224
         item_bytes = max([item_bytes] + [(r.stop - r.start) * side * side * 3 for r in mine])
         ranges += mine
     slides: dict[int, _Slide] = {}
@@ -208,8 +209,11 @@ def _stream(
                 submit(batch.slide, slides.pop(batch.slide))
             reap(False)
         open_until(stop - 1)
-    except RuntimeError as exc:
-        if "DataLoader worker" not in str(exc):
+    except (RuntimeError, ConnectionError, EOFError) as exc:
+        # a worker that dies right after queueing a batch leaves the tensor's shared-memory
+        # handle unreachable: receiving it fails with ConnectionResetError or EOFError
+        died = "DataLoader worker" in str(exc) if isinstance(exc, RuntimeError) else hasattr(batches, "_shutdown_workers")
+        if not died:
             raise
         # a loader process died (a crash in a codec, the OOM killer). Workers read ahead, so the
         # slide at fault may be any unfinished one: they are all redone.
@@ -220,7 +224,11 @@ def _stream(
         # garbage collector keeps its SIGCHLD check armed, which raises later, anywhere
         shutdown = getattr(batches, "_shutdown_workers", None)
         if shutdown is not None:
-            shutdown()
+            try:
+                shutdown()
+            except RuntimeError as exc:  # the SIGCHLD check fired while stopping: already handled
+                if "DataLoader worker" not in str(exc):
+                    raise
         del batches
     for i, slide in sorted(slides.items()):  # a store that ended early
         finish(i, FAILED, f"{slide.job.store_path}: got {slide.rows} of {slide.job.n_tiles} tiles")

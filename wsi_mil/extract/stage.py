@@ -141,6 +141,18 @@ def prepare_slide(store_path: Path, out_path: Path, encoder_id: str, overwrite: 
     )
 
 
+def prepare_slides(stores: Sequence[tuple[Path, Path]], encoder_id: str, overwrite: bool = False,
+                   threads: int = 8) -> list[SlideJob | SlideStatus]:
+    """:func:`prepare_slide` for each ``(store_path, out_path)``, in order, on a few threads
+    (opening a store and fingerprinting it is file I/O and hashing, which release the GIL)."""
+    if len(stores) <= 1 or threads <= 1:
+        return [prepare_slide(p, out, encoder_id, overwrite) for p, out in stores]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(threads, len(stores)), thread_name_prefix="wsi_mil-open") as pool:
+        return list(pool.map(lambda item: prepare_slide(item[0], item[1], encoder_id, overwrite), stores))
+
+
 def _balance(jobs: Sequence[SlideJob], n: int) -> list[list[SlideJob]]:
     """Spread slides over ``n`` devices: largest first onto the least-loaded device."""
     loads = [0] * n
@@ -205,8 +217,8 @@ def extract_features(
 
     jobs: list[SlideJob] = []
     statuses: list[SlideStatus] = []
-    for p in stores:
-        item = prepare_slide(p, feature_file_path(job, enc.encoder_id, slide_id_of(p)), enc.encoder_id, overwrite)
+    outputs = [(p, feature_file_path(job, enc.encoder_id, slide_id_of(p))) for p in stores]
+    for item in prepare_slides(outputs, enc.encoder_id, overwrite):
         if isinstance(item, SlideStatus):
             done(item)
             statuses.append(item)

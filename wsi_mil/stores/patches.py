@@ -12,6 +12,7 @@ completeness and the manifest, so a truncated or half-copied store is refused by
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -210,11 +211,11 @@ class PatchStore:
         self.path = path
         self.attrs = attrs
         self._group = group
-        self._tiles = group["tiles"]
+        self._tiles_array: zarr.Array | None = None
         self.slide_id: str = str(attrs["slide_id"])
         self.n_tiles: int = int(attrs["n_tiles"])
         self.tile_size: int = int(attrs["tile_size"])
-        self.chunk_size: int = int(self._tiles.chunks[0])
+        self.chunk_size: int = _chunk_len(array_metadata(path, "tiles"))
         self.coords: np.ndarray = np.asarray(group["coords"][:], dtype=np.int64).reshape(-1, 2)
         self.tissue_fraction: np.ndarray = np.asarray(group["tissue_fraction"][:], dtype=np.float32)
         self.codec = str(attrs.get("codec", ""))
@@ -227,6 +228,13 @@ class PatchStore:
 
     def __len__(self) -> int:
         return self.n_tiles
+
+    @property
+    def _tiles(self) -> zarr.Array:
+        """The tiles through zarr (the general reader, for layouts not read directly)."""
+        if self._tiles_array is None:
+            self._tiles_array = self._group["tiles"]
+        return self._tiles_array
 
     @property
     def tile_size_level0(self) -> float:
@@ -314,6 +322,27 @@ def _read_attrs(path: Path) -> tuple[zarr.Group, dict[str, Any]]:
     return group, attrs
 
 
+def array_metadata(path: Path, name: str) -> dict[str, Any]:
+    """The zarr v3 metadata of array ``name`` of the store at ``path`` (read as JSON, no zarr)."""
+    try:
+        meta = json.loads((path / name / "zarr.json").read_text())
+        if not isinstance(meta, dict) or not isinstance(meta.get("shape"), list):
+            raise ValueError("no array shape")
+        return meta
+    except FileNotFoundError as exc:
+        raise StoreError(f"{path}: patch store has no array '{name}'; re-run 'wsi-mil tile'") from exc
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{path}: unreadable metadata of array '{name}' ({exc}); re-run 'wsi-mil tile --overwrite'") from exc
+
+
+def _chunk_len(meta: dict[str, Any]) -> int:
+    """Rows per storage chunk: the inner chunk of a sharded array, else the chunk grid's."""
+    for codec in meta.get("codecs", []):
+        if codec.get("name") == "sharding_indexed":
+            return int(codec["configuration"]["chunk_shape"][0])
+    return int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
+
+
 def validate_patch_store(path: str | Path) -> tuple[zarr.Group, dict[str, Any]]:
     """Check schema, completeness, arrays and manifest; return the open group and attributes."""
     path = Path(path)
@@ -333,10 +362,7 @@ def validate_patch_store(path: str | Path) -> tuple[zarr.Group, dict[str, Any]]:
             raise StoreError(f"{path}: truncated patch store: '{name}' has {f.stat().st_size} bytes, "
                              f"expected {size}; re-run 'wsi-mil tile --overwrite'")
     n, s = int(attrs["n_tiles"]), int(attrs["tile_size"])
-    try:
-        shapes = {k: group[k].shape for k in ARRAYS}
-    except KeyError as exc:
-        raise StoreError(f"{path}: patch store has no array {exc}; re-run 'wsi-mil tile'") from exc
+    shapes = {k: tuple(array_metadata(path, k)["shape"]) for k in ARRAYS}
     if shapes["tiles"] != (n, s, s, 3) or shapes["coords"] != (n, 2) or shapes["tissue_fraction"] != (n,):
         raise StoreError(f"{path}: patch store arrays disagree with n_tiles={n}, tile_size={s}: {shapes}")
     return group, attrs
