@@ -5,7 +5,7 @@ Prints, in one run on one machine, for each model (and each mode: eager, ``torch
    and memory format as the pipeline): the most any extractor can reach (mean of a measurement
    before and one after ours, so drifting load on a shared machine is bracketed);
 2. ``ours``: end to end, patch stores -> written feature files (opening stores, decoding chunks
-   in DataLoader workers, uint8 to the device, normalisation there, inference, writes), and its
+   with our default loader, uint8 to the device, normalisation there, inference, writes), and its
    ratio to the limit (target >= 0.8 on an H100 for ResNet-50 and ViT-S/16);
 3. ``clam``: a CLAM-style extractor on the same tiles: OpenSlide ``read_region`` per tile in
    DataLoader workers (one per core), ToTensor + Normalize there, fp32 model, batch 256,
@@ -193,12 +193,12 @@ def encoder_limit(engine: Any, batch: int, seconds: float) -> tuple[float, float
 def ours_end_to_end(enc: Any, engine: Any, stores: list[Path], out_dir: Path, num_workers: int | None) -> float:
     """tiles/s from patch stores to written feature files (stores opened inside the timing)."""
     from wsi_mil.extract.runner import run_slides
-    from wsi_mil.extract.stage import prepare_slide
+    from wsi_mil.extract.stage import prepare_slides
 
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     t0 = time.perf_counter()
-    jobs = [prepare_slide(p, out_dir / f"{p.stem}.h5", enc.encoder_id) for p in stores]
+    jobs = prepare_slides([(p, out_dir / f"{p.stem}.h5") for p in stores], enc.encoder_id)
     statuses = run_slides(engine, jobs, enc.attrs(), enc.embed_dim, lambda s: None, num_workers)
     sync(engine.device)
     dt = time.perf_counter() - t0
@@ -216,7 +216,8 @@ def ours_loader_only(stores: list[Path], device: Any, batch: int, num_workers: i
 
     ranges = []
     for i, p in enumerate(stores):
-        ranges += plan_ranges(i, p, open_patch_store(p).chunk_ranges(), batch)
+        store = open_patch_store(p)
+        ranges += plan_ranges(i, p, store.chunk_ranges(), batch, store.tile_size)
     n, t0 = 0, time.perf_counter()
     for item in make_loader(ranges, device, num_workers, mode=mode):
         if item.error:
