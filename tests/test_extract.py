@@ -153,15 +153,20 @@ def test_resume_skips_valid_files_and_redoes_bad_ones(job: Path, encoder) -> Non
     assert rep.features_dir != out and rep.statuses[0].status == "done"
 
 
-def test_bad_store_fails_alone(job: Path, encoder) -> None:
+@pytest.mark.parametrize("loader", ["processes", "threads"])
+def test_bad_store_fails_alone(job: Path, encoder, loader: str) -> None:
     make_store(job, "good", 10)
-    bad = make_store(job, "bad", 10)
-    shard = sorted(p for p in (bad / "tiles").rglob("*") if p.is_file() and p.name != "zarr.json")[0]
+    bad = make_store(job, "bad", 40)
+    shard = sorted(p for p in (bad / "tiles").rglob("*") if p.is_file() and p.name != "zarr.json")[1]
     shard.write_bytes(b"\0" * shard.stat().st_size)  # same size, garbage: passes the manifest check
     (job / "patches" / "junk.zarr").mkdir()
-    report = extract_features(job, encoder, cfg=CPU)
+    make_store(job, "later", 10, offset=20)
+    cfg = ExtractConfig(device="cpu", batch_size=12, num_workers=2 if loader == "threads" else 0, loader=loader)
+    report = extract_features(job, encoder, cfg=cfg)
     st = {s.slide_id: s for s in report.statuses}
-    assert st["good"].status == "done"
+    assert st["good"].status == "done" and st["later"].status == "done"
+    f = read_feature_file(report.features_dir / "later.h5")
+    np.testing.assert_allclose(f.features, reference(encoder, colour_tiles(10, 32, 20)), rtol=1e-4, atol=1e-4)
     assert st["bad"].status == "failed" and "bad.zarr" in st["bad"].reason and "\n" not in st["bad"].reason
     assert st["junk"].status == "failed" and "junk.zarr" in st["junk"].reason
     assert not (report.features_dir / "bad.h5").exists()
