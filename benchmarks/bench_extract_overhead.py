@@ -26,18 +26,16 @@ import argparse
 import json
 import os
 import queue
-import shutil
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from _common import machine  # noqa: E402
-from bench_extract import DEFAULT_SLIDE, PeakHostMemory, prepare_stores  # noqa: E402
+from bench_extract import DEFAULT_SLIDE, PeakHostMemory, ours_end_to_end, prepare_stores  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -108,40 +106,6 @@ def loader_alone(stores: list[Path], batch: int, threads: int, mode: str) -> tup
     return n / (time.perf_counter() - t0), first
 
 
-def end_to_end(engine: PacedEngine, stores: list[Path], out_dir: Path, threads: int, mode: str) -> dict[str, float]:
-    """Stores -> written feature files through the real runner; times of its phases."""
-    from wsi_mil.extract import runner
-    from wsi_mil.extract.stage import prepare_slides
-
-    shutil.rmtree(out_dir, ignore_errors=True)
-    out_dir.mkdir(parents=True)
-    first: list[float] = []
-    make_loader = runner.make_loader
-
-    def timed_loader(*args: Any, **kwargs: Any) -> Any:  # notes when the first batch arrives
-        for k, item in enumerate(make_loader(*args, **kwargs)):
-            if k == 0:
-                first.append(time.perf_counter())
-            yield item
-
-    runner.make_loader = timed_loader
-    try:
-        t0 = time.perf_counter()
-        jobs = prepare_slides([(p, out_dir / f"{p.stem}.h5") for p in stores], "paced")
-        t_open = time.perf_counter()
-        statuses = runner.run_slides(engine, jobs, {"encoder_id": "paced"}, engine.dim, lambda s: None,
-                                     threads, loader=mode)
-        engine.synchronize()
-        t_end = time.perf_counter()
-    finally:
-        runner.make_loader = make_loader
-    bad = [s for s in statuses if s.status != "done"]
-    if bad:
-        raise SystemExit(f"extraction failed: {bad[0].reason}")
-    tiles = sum(j.n_tiles for j in jobs)
-    return {"tiles": tiles, "seconds": t_end - t0, "open_s": t_open - t0, "first_batch_s": first[0] - t_open}
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--slides", type=int, default=16, help="patch stores [16]")
@@ -177,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         best: dict[str, float] | None = None
         with PeakHostMemory() as mem:
             for _ in range(max(1, args.repeats)):
-                run = end_to_end(engine, stores, args.out / "features", threads, mode)
+                run = ours_end_to_end(engine, stores, args.out / "features", threads, "paced",
+                                      {"encoder_id": "paced"}, engine.dim, loader=mode)
                 if best is None or run["seconds"] < best["seconds"]:
                     best = run
         assert best is not None

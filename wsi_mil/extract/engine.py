@@ -148,6 +148,12 @@ class InferenceEngine:
             self._in_flight.popleft().synchronize()
 
     # -- public --------------------------------------------------------------------------
+    def synchronize(self) -> None:
+        """Wait until the device has run everything queued so far (a no-op on the CPU)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self._in_flight.clear()
+
     @torch.inference_mode()
     def embed(self, tiles: torch.Tensor) -> torch.Tensor:
         """Features of ``tiles`` (n, S, S, 3) uint8 (host or device) -> (n, D) on the device.
