@@ -77,6 +77,12 @@ def test_stage_commands_read_the_study_sections(tmp_path: Path) -> None:
     assert build_config(TilingConfig, path, section="tiling") == study.tiling
     assert build_config(ExtractConfig, path, section="extract") == study.extract
     assert build_config(TrainConfig, path, section="train") == study.train
+    # what the stage commands call: a whole study, or a file holding that section alone
+    assert build_config(TilingConfig, path, section="tiling", section_optional=True) == study.tiling
+    only = tmp_path / "tiling.yaml"
+    only.write_text("target_mpp: 1.0\ntile_size: 256\n")
+    got = build_config(TilingConfig, only, section="tiling", section_optional=True)
+    assert (got.target_mpp, got.tile_size) == (1.0, 256)
 
 
 def test_unknown_keys_are_errors_naming_the_key(tmp_path: Path) -> None:

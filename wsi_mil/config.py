@@ -95,17 +95,20 @@ def build_config(
     overrides: list[str] | None = None,
     cli: dict[str, Any] | None = None,
     section: str | None = None,
+    section_optional: bool = False,
 ) -> M:
     """Build a config: defaults < YAML ``path`` (optionally one ``section`` of it) < ``cli`` < overrides.
 
     ``cli`` holds values of explicit CLI options; ``None`` values (options not given) are ignored.
+    ``section_optional``: the YAML is either a whole study (its ``section`` is used) or that
+    section alone (a file without the key), as a stage command's ``--config`` accepts.
     """
     data: dict[str, Any] = {}
     source = "command line"
     if path is not None:
         data = load_yaml(path)
         source = str(path)
-        if section is not None:
+        if section is not None and (section in data or not section_optional):
             sub = data.get(section, {})
             if not isinstance(sub, dict):
                 raise ConfigError(f"{path}: '{section}' must be a mapping")

@@ -36,7 +36,7 @@ def extract(
     list_encoders: Annotated[bool, typer.Option("--list-encoders", help="print the ready-made encoders and exit")] = False,
 ) -> None:
     """Embed every tile of every patch store: one features/{encoder_id}/{slide_id}.h5 per slide."""
-    from wsi_mil.config import build_config, load_yaml
+    from wsi_mil.config import build_config
     from wsi_mil.extract import ExtractConfig, extract_features
 
     if list_encoders:
@@ -45,9 +45,8 @@ def extract(
         for e in list_entries():
             console.print(f"{e.name:16s} {e.timm_arch:24s} {e.description}")
         return
-    section = "extract" if config is not None and "extract" in load_yaml(config) else None
     cfg = build_config(
-        ExtractConfig, config, set_, section=section,
+        ExtractConfig, config, set_, section="extract", section_optional=True,
         cli=dict(device=device, batch_size=batch_size, compile=compile, precision=precision,
                  features_dtype=features_dtype, num_workers=num_workers),
     )

@@ -34,14 +34,11 @@ def heatmap(
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
     """Draw per-slide heatmaps (PNG, QuPath GeoJSON, pyramidal OME-TIFF, top tiles, CSV) and index.html."""
-    from wsi_mil.config import build_config, load_yaml
+    from wsi_mil.config import build_config
     from wsi_mil.heatmaps.stage import HeatmapConfig, run_heatmaps
 
-    section = None
-    if config is not None and "heatmap" in load_yaml(config):
-        section = "heatmap"
     cfg = build_config(
-        HeatmapConfig, config, set_, section=section,
+        HeatmapConfig, config, set_, section="heatmap", section_optional=True,
         cli=dict(class_name=class_name, pixels_per_tile=pixels_per_tile, vmin=vmin, vmax=vmax, cmap=cmap,
                  embed_images=embed_images),
     )

@@ -50,13 +50,12 @@ def pretrain(
     progress: Annotated[bool, typer.Option(help="print loss and tiles/s while training")] = True,
 ) -> None:
     """Train a timm encoder with SimCLR on the job's own tiles (works under torchrun for DDP)."""
-    from wsi_mil.config import build_config, load_yaml
+    from wsi_mil.config import build_config
     from wsi_mil.ssl.config import PretrainConfig
     from wsi_mil.ssl.stage import run_pretrain
 
-    section = "pretrain" if config is not None and "pretrain" in load_yaml(config) else None
     cfg = build_config(
-        PretrainConfig, config, set_, section=section,
+        PretrainConfig, config, set_, section="pretrain", section_optional=True,
         cli=dict(arch=arch, epochs=epochs, batch_size=batch_size, temperature=temperature, lr=lr,
                  optimizer=optimizer, max_steps=max_steps, max_tiles=max_tiles, input_size=input_size,
                  compile=compile),

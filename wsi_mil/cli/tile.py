@@ -31,13 +31,9 @@ def tile(
 ) -> None:
     """Detect tissue and cut slides into tiles at an exact physical scale, one store per slide."""
     from wsi_mil.stages.tile import tile_slides
-    from wsi_mil.config import load_yaml
 
-    section = None
-    if config is not None and "tiling" in load_yaml(config):
-        section = "tiling"
     cfg = build_config(
-        TilingConfig, config, set_, section=section,
+        TilingConfig, config, set_, section="tiling", section_optional=True,
         cli=dict(target_mpp=target_mpp, tile_size=tile_size, stride=stride,
                  min_tissue_fraction=min_tissue, mpp=mpp, codec=codec),
     )

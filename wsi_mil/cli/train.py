@@ -27,12 +27,11 @@ def train(
     quiet: Annotated[bool, typer.Option(help="print the summary only")] = False,
 ) -> None:
     """Cross-validate a MIL head (grouped by case_id), then train the final model on all training slides."""
-    from wsi_mil.config import build_config, load_yaml
+    from wsi_mil.config import build_config
     from wsi_mil.mil.config import TrainConfig
     from wsi_mil.mil.stages import train_stage
 
-    section = "train" if config is not None and "train" in load_yaml(config) else None
-    cfg = build_config(TrainConfig, config, set_, section=section,
+    cfg = build_config(TrainConfig, config, set_, section="train", section_optional=True,
                        cli=dict(head=head, folds=folds, device=device, seed=seed))
     log = (lambda s: None) if quiet else (lambda s: console.print(s, markup=False, highlight=False, soft_wrap=True))
     summary = train_stage(features_dir, labels, out, cfg, log=log, overwrite=overwrite)
