@@ -107,23 +107,20 @@ def read_display_labels(path: str | Path) -> dict[str, str]:
     Lenient on purpose: labels are only shown, so a file of one class or a subset of the
     cohort is fine; a missing column, an empty cell or a duplicate slide id is an error.
     """
+    from wsi_mil.mil.labels import read_label_csv
+
     path = Path(path)
-    if not path.is_file():
-        raise LabelsError(f"{path}: labels CSV not found")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        if "slide_id" not in header or "label" not in header:
-            raise LabelsError(f"{path}: needs the columns slide_id and label (header: {','.join(header)})")
-        out: dict[str, str] = {}
-        for line, rec in enumerate(reader, start=2):
-            rec = {(k or "").strip(): (v or "").strip() for k, v in rec.items() if k is not None}
-            sid, label = rec.get("slide_id", ""), rec.get("label", "")
-            if not sid or not label:
-                raise LabelsError(f"{path}: line {line}: empty slide_id or label; fill it in or remove the row")
-            if sid in out:
-                raise LabelsError(f"{path}: line {line}: duplicate slide_id '{sid}'; keep one row per slide")
-            out[sid] = label
+    header, rows = read_label_csv(path)
+    if "slide_id" not in header or "label" not in header:
+        raise LabelsError(f"{path}: needs the columns slide_id and label (header: {','.join(header)})")
+    out: dict[str, str] = {}
+    for rec, line in rows:
+        sid, label = rec.get("slide_id", ""), rec.get("label", "")
+        if not sid or not label:
+            raise LabelsError(f"{path}: line {line}: empty slide_id or label; fill it in or remove the row")
+        if sid in out:
+            raise LabelsError(f"{path}: line {line}: duplicate slide_id '{sid}'; keep one row per slide")
+        out[sid] = label
     return out
 
 

@@ -69,20 +69,28 @@ def _order_classes(labels: list[str]) -> list[str]:
         return unique
 
 
-def read_labels(path: str | Path, classes: list[str] | None = None) -> LabelTable:
-    """Read and validate a labels CSV (see the module docstring); raises :class:`LabelsError`."""
+def read_label_csv(path: str | Path) -> tuple[list[str], list[tuple[dict[str, str], int]]]:
+    """A labels CSV as its header and ``(row, line number)`` pairs, names and cells stripped
+    (a BOM is tolerated); raises :class:`LabelsError` when the file is missing."""
     path = Path(path)
     if not path.is_file():
         raise LabelsError(f"{path}: labels CSV not found")
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in ("slide_id", "label") if c not in header]
-        if missing:
-            raise LabelsError(f"{path}: missing column(s) {', '.join(missing)}; the header must be "
-                              "slide_id,label[,case_id][,split]")
-        raw = [({(k or "").strip(): (v or "").strip() for k, v in rec.items() if k is not None}, i + 2)
-               for i, rec in enumerate(reader)]
+        rows = [({(k or "").strip(): (v or "").strip() for k, v in rec.items() if k is not None}, i + 2)
+                for i, rec in enumerate(reader)]
+    return header, rows
+
+
+def read_labels(path: str | Path, classes: list[str] | None = None) -> LabelTable:
+    """Read and validate a labels CSV (see the module docstring); raises :class:`LabelsError`."""
+    path = Path(path)
+    header, raw = read_label_csv(path)
+    missing = [c for c in ("slide_id", "label") if c not in header]
+    if missing:
+        raise LabelsError(f"{path}: missing column(s) {', '.join(missing)}; the header must be "
+                          "slide_id,label[,case_id][,split]")
     has_case = "case_id" in header
     has_split = "split" in header
     if not raw:
