@@ -187,11 +187,10 @@ class ThreadedTileLoader:
         self.device = torch.device(device)
         self.pin = self.device.type == "cuda"
         pieces = max([len(r.pieces()) for r in self.ranges] + [1])
-        self.buffers = min(max(1, len(self.ranges)), -(-self.threads * max(1, prefetch) // pieces) + 1)
-        self.buffers = max(2, self.buffers)
+        wanted = -(-self.threads * max(1, prefetch) // pieces) + 1  # ceil(chunks in flight / chunks a batch) + 1
+        self.buffers = max(2, min(len(self.ranges), wanted))
         self._lock = threading.Lock()
         self._stores: dict[str, list] = {}  # path -> [lock, store or None], insertion order
-        self._sizes: dict[str, int] = {}
 
     def _open(self, path: str) -> Any:
         """The loader's handle on ``path``, opened once and shared by its threads (reading is
@@ -214,11 +213,7 @@ class ThreadedTileLoader:
         return store
 
     def _tile_size(self, r: TileRange) -> int:
-        if r.tile_size > 0:
-            return r.tile_size
-        if r.path not in self._sizes:
-            self._sizes[r.path] = int(self._open(r.path).tile_size)
-        return self._sizes[r.path]
+        return r.tile_size if r.tile_size > 0 else int(self._open(r.path).tile_size)
 
     def _read_piece(self, r: TileRange, a: int, b: int, out: np.ndarray, free: Any) -> str:
         """Decode tiles ``[a, b)`` of ``r`` into ``out`` (the range's rows); '' or the error, one line."""

@@ -207,7 +207,7 @@ def write_patch_store(
 class PatchStore:
     """A validated, complete patch store opened for reading (see module docstring for arrays)."""
 
-    def __init__(self, path: Path, group: zarr.Group, attrs: dict[str, Any]) -> None:
+    def __init__(self, path: Path, group: zarr.Group, attrs: dict[str, Any], chunk_size: int) -> None:
         self.path = path
         self.attrs = attrs
         self._group = group
@@ -215,7 +215,7 @@ class PatchStore:
         self.slide_id: str = str(attrs["slide_id"])
         self.n_tiles: int = int(attrs["n_tiles"])
         self.tile_size: int = int(attrs["tile_size"])
-        self.chunk_size: int = _chunk_len(array_metadata(path, "tiles"))
+        self.chunk_size: int = int(chunk_size)
         self.coords: np.ndarray = np.asarray(group["coords"][:], dtype=np.int64).reshape(-1, 2)
         self.tissue_fraction: np.ndarray = np.asarray(group["tissue_fraction"][:], dtype=np.float32)
         self.codec = str(attrs.get("codec", ""))
@@ -335,17 +335,26 @@ def array_metadata(path: Path, name: str) -> dict[str, Any]:
         raise StoreError(f"{path}: unreadable metadata of array '{name}' ({exc}); re-run 'wsi-mil tile --overwrite'") from exc
 
 
-def _chunk_len(meta: dict[str, Any]) -> int:
-    """Rows per storage chunk: the inner chunk of a sharded array, else the chunk grid's."""
-    for codec in meta.get("codecs", []):
-        if codec.get("name") == "sharding_indexed":
-            return int(codec["configuration"]["chunk_shape"][0])
-    return int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
+def _chunk_len(path: Path, meta: dict[str, Any]) -> int:
+    """Rows per storage chunk of ``tiles``: the inner chunk of a sharded array, else the grid's."""
+    try:
+        for codec in meta.get("codecs", []):
+            if codec.get("name") == "sharding_indexed":
+                return int(codec["configuration"]["chunk_shape"][0])
+        return int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        raise StoreError(f"{path}: unreadable chunk layout of array 'tiles' ({exc!r}); "
+                         "re-run 'wsi-mil tile --overwrite'") from exc
 
 
 def validate_patch_store(path: str | Path) -> tuple[zarr.Group, dict[str, Any]]:
     """Check schema, completeness, arrays and manifest; return the open group and attributes."""
-    path = Path(path)
+    group, attrs, _ = _validate(Path(path))
+    return group, attrs
+
+
+def _validate(path: Path) -> tuple[zarr.Group, dict[str, Any], dict[str, dict[str, Any]]]:
+    """:func:`validate_patch_store`, also returning each array's metadata."""
     group, attrs = _read_attrs(path)
     if attrs.get("schema") != PATCHES_SCHEMA:
         raise StoreError(f"{path}: not a wsi_mil patch store (schema {attrs.get('schema')!r}, expected {PATCHES_SCHEMA!r})")
@@ -362,17 +371,18 @@ def validate_patch_store(path: str | Path) -> tuple[zarr.Group, dict[str, Any]]:
             raise StoreError(f"{path}: truncated patch store: '{name}' has {f.stat().st_size} bytes, "
                              f"expected {size}; re-run 'wsi-mil tile --overwrite'")
     n, s = int(attrs["n_tiles"]), int(attrs["tile_size"])
-    shapes = {k: tuple(array_metadata(path, k)["shape"]) for k in ARRAYS}
+    metas = {k: array_metadata(path, k) for k in ARRAYS}
+    shapes = {k: tuple(m["shape"]) for k, m in metas.items()}
     if shapes["tiles"] != (n, s, s, 3) or shapes["coords"] != (n, 2) or shapes["tissue_fraction"] != (n,):
         raise StoreError(f"{path}: patch store arrays disagree with n_tiles={n}, tile_size={s}: {shapes}")
-    return group, attrs
+    return group, attrs, metas
 
 
 def open_patch_store(path: str | Path) -> PatchStore:
     """Open and validate a complete patch store; :class:`StoreError` names what is wrong."""
     path = Path(path)
-    group, attrs = validate_patch_store(path)
-    return PatchStore(path, group, attrs)
+    group, attrs, metas = _validate(path)
+    return PatchStore(path, group, attrs, _chunk_len(path, metas["tiles"]))
 
 
 def is_complete_patch_store(path: str | Path) -> bool:
