@@ -125,6 +125,10 @@ class PipelineState:
         entry = self.doc["stages"].get(stage) or {}
         return entry.get("fingerprint"), entry.get("status")
 
+    def is_done(self, stage: str, fingerprint: str) -> bool:
+        """True if ``stage`` last finished (``done``) with this very ``fingerprint``."""
+        return self.fingerprint(stage) == (fingerprint, DONE)
+
     def mark(self, stage: str, fingerprint: str, status: str, **extra: Any) -> None:
         self.doc["stages"][stage] = {"fingerprint": fingerprint, "status": status,
                                      "at": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
@@ -339,8 +343,7 @@ def _stage_train(ctx: _Context) -> StageResult:
                   "labels": file_fingerprint(ctx.labels, full=True),
                   "features": _features_fingerprint(fdir, set(ctx.ok))})
     ctx.train_fp = fp
-    old_fp, status = ctx.state.fingerprint("train")
-    if old_fp == fp and status == DONE and (run_dir / "metrics.json").is_file():
+    if ctx.state.is_done("train", fp) and (run_dir / "metrics.json").is_file():
         return StageResult("train", SKIPPED, detail=f"{run_dir} is up to date")
     ctx.state.mark("train", fp, "running")
     ctx.log(f"  train: {tcfg.head}, {tcfg.folds}-fold cross-validation -> {run_dir}")
@@ -358,8 +361,7 @@ def _stage_predict(ctx: _Context) -> StageResult:
     out = ctx.cfg.predictions_csv(ctx.job)
     fdir = features_dir(ctx.job, ctx.encoder_id or "")
     fp = _digest({"run": ctx.train_fp, "features": _features_fingerprint(fdir, set(ctx.ok))})
-    old_fp, status = ctx.state.fingerprint("predict")
-    if old_fp == fp and status == DONE and out.is_file():
+    if ctx.state.is_done("predict", fp) and out.is_file():
         return StageResult("predict", SKIPPED, detail=f"{out} is up to date")
     ctx.state.mark("predict", fp, "running")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -376,10 +378,9 @@ def _stage_heatmap(ctx: _Context) -> StageResult:
     # same model and options as the (possibly interrupted) last drawing: resume per slide;
     # a retrained model makes every existing picture stale: redraw
     fp = _digest({"run": ctx.train_fp, "heatmap": config_to_dict(ctx.cfg.heatmap), "slides": ctx.ok})
-    old_fp, status = ctx.state.fingerprint("heatmap")
-    if old_fp == fp and status == DONE and (out / "index.html").is_file():
+    if ctx.state.is_done("heatmap", fp) and (out / "index.html").is_file():
         return StageResult("heatmap", SKIPPED, detail=f"{out} is up to date; page {out / 'index.html'}")
-    overwrite = out.exists() and old_fp != fp
+    overwrite = out.exists() and ctx.state.fingerprint("heatmap")[0] != fp
     ctx.state.mark("heatmap", fp, "running")
     report = run_heatmaps(ctx.cfg.run_dir(ctx.job), ctx.job, out, ctx.cfg.heatmap, slides=ctx.ok,
                           labels_csv=ctx.labels, workers=ctx.workers, scheduler=ctx.scheduler, overwrite=overwrite,
