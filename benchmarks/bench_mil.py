@@ -46,6 +46,15 @@ from wsi_mil.mil.registry import list_heads  # noqa: E402
 from wsi_mil.mil.training import build_head, class_weights, predict_probs, train_epoch  # noqa: E402
 
 
+def add_training_args(ap: argparse.ArgumentParser) -> None:
+    """The options both cohort kinds share: heads, folds, device, seed, train overrides."""
+    ap.add_argument("--heads", default="mean,max,attention,weldon,chowder")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="train overrides, e.g. lr=0.01")
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -89,11 +98,7 @@ def cohort_main(argv: list[str]) -> None:
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--encoder", default="resnet18")
     ap.add_argument("--weights", default="random")
-    ap.add_argument("--heads", default="mean,max,attention,weldon,chowder")
-    ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--set", dest="sets", action="append", default=[], help="train overrides, e.g. lr=0.01")
+    add_training_args(ap)
     ap.add_argument("--reuse-features", action="store_true", help="skip tile and extract when features exist")
     args = ap.parse_args(argv)
     work: Path = args.work
@@ -172,11 +177,7 @@ def bags_main(argv: list[str]) -> None:
     ap.add_argument("--tiles", type=int, nargs=2, default=(200, 1000))
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--work", type=Path, required=True)
-    ap.add_argument("--heads", default="mean,max,attention,weldon,chowder")
-    ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--set", dest="sets", action="append", default=[], help="train overrides, e.g. lr=0.01")
+    add_training_args(ap)
     args = ap.parse_args(argv)
     co = make_synthetic_bags(n_slides=args.slides, tiles=tuple(args.tiles), dim=args.dim, seed=args.seed)
     feats, _ = write_synthetic_cohort(co, args.work / "features" / "synthetic", labels_csv=args.work / "labels.csv")
