@@ -158,11 +158,12 @@ def cmd_throughput(a: argparse.Namespace) -> None:
 
 
 def cmd_probe(a: argparse.Namespace) -> None:
-    from wsi_mil.config import TilingConfig, build_config
+    from wsi_mil.config import build_config
+    from wsi_mil.tiling.config import TilingConfig
     from wsi_mil.encoders import create_encoder
     from wsi_mil.ssl.probe import encode_tiles, labelled_tiles, probe_auc
     from wsi_mil.ssl.stage import run_pretrain
-    from wsi_mil.stages.tile import tile_slides
+    from wsi_mil.tiling.stage import run_tile
     from wsi_mil.synth import make_cohort
 
     work = Path(a.work)
@@ -170,11 +171,11 @@ def cmd_probe(a: argparse.Namespace) -> None:
         work / "cohort", a.slides, positive_fraction=0.5, size=(a.slide_px, a.slide_px), mpp=0.5,
         lesion_fraction=(0.04, 0.08), seed=a.cohort_seed)
     job = work / f"job_{a.tile_mpp:g}mpp_{a.tile_size}px"
-    tile_slides([cohort], job, TilingConfig(target_mpp=a.tile_mpp, tile_size=a.tile_size), workers=0, progress=False)
+    run_tile([cohort], job, TilingConfig(target_mpp=a.tile_mpp, tile_size=a.tile_size), workers=0, progress=False)
     probe_job = job
     if a.probe_stride:  # a denser grid for the probe only: more lesion tiles, less noisy AUCs
         probe_job = work / f"probe_{a.tile_mpp:g}mpp_{a.tile_size}px_stride{a.probe_stride}"
-        tile_slides([cohort], probe_job, TilingConfig(target_mpp=a.tile_mpp, tile_size=a.tile_size,
+        run_tile([cohort], probe_job, TilingConfig(target_mpp=a.tile_mpp, tile_size=a.tile_size,
                                                       stride=a.probe_stride), workers=0, progress=False)
     tiles, labels, _ = labelled_tiles(probe_job, cohort)
     print(f"# bench_pretrain probe  {time.strftime('%Y-%m-%d %H:%M:%S %Z')}  {platform.node()}  torch {torch.__version__}")

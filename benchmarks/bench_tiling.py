@@ -44,12 +44,12 @@ def tile_stage(slide: Path, job: Path, codec: str = "jpeg", subsampling: str = "
     """(wall s, cpu s, n tiles) of our tile stage on one slide, in this process."""
     import shutil
 
-    from wsi_mil.config import TilingConfig
-    from wsi_mil.stages.tile import tile_slides
+    from wsi_mil.tiling.config import TilingConfig
+    from wsi_mil.tiling.stage import run_tile
 
     shutil.rmtree(job, ignore_errors=True)
     cfg = TilingConfig(codec=codec, jpeg_subsampling=subsampling)
-    wall, cpu, rep = timed(lambda: tile_slides([slide], job, cfg, workers=0, progress=False))
+    wall, cpu, rep = timed(lambda: run_tile([slide], job, cfg, workers=0, progress=False))
     st = rep.statuses[0]
     if st.status != "done":
         raise RuntimeError(st.reason)
@@ -109,8 +109,8 @@ def read_region_rate(slide: Path, coords: np.ndarray, n: int = 2000) -> float:
 
 def peak_memory(slide: Path, job: Path) -> dict:
     code = (
-        "from wsi_mil.config import TilingConfig\nfrom wsi_mil.stages.tile import tile_slides\n"
-        f"rep = tile_slides([{str(slide)!r}], {str(job)!r}, TilingConfig(), workers=0, overwrite=True, progress=False)\n"
+        "from wsi_mil.config import TilingConfig\nfrom wsi_mil.tiling.stage import run_tile\n"
+        f"rep = run_tile([{str(slide)!r}], {str(job)!r}, TilingConfig(), workers=0, overwrite=True, progress=False)\n"
         "RESULT = {'n_tiles': rep.statuses[0].n_tiles, 'status': rep.statuses[0].status}\n"
     )
     return run_isolated(code, env={"OMP_NUM_THREADS": "1"})

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from wsi_mil.cli import main
 from wsi_mil.encoders import create_encoder, save_encoder_dir
-from wsi_mil.extract import ExtractConfig, InferenceEngine, extract_features, resolve_devices
+from wsi_mil.extract import ExtractConfig, InferenceEngine, run_extract, resolve_devices
 from wsi_mil.extract.data import TileRangeDataset
 from wsi_mil.stores.features import is_complete_feature_file, read_feature_file
 from wsi_mil.stores.patches import open_patch_store, write_patch_store
@@ -73,7 +73,7 @@ CPU = ExtractConfig(device="cpu", batch_size=12, num_workers=0)
 def test_features_follow_store_rows_and_record_attributes(job: Path, encoder) -> None:
     make_store(job, "s1", 37)
     make_store(job, "s2", 5, offset=100)
-    report = extract_features(job, encoder, cfg=CPU)
+    report = run_extract(job, encoder, cfg=CPU)
     assert [s.status for s in report.statuses] == ["done", "done"]
     assert report.features_dir == job / "features" / encoder.encoder_id
     store = open_patch_store(job / "patches" / "s1.zarr")
@@ -103,7 +103,7 @@ def test_features_follow_store_rows_and_record_attributes(job: Path, encoder) ->
 def test_loader_workers_resize_and_float16(job: Path, encoder) -> None:
     make_store(job, "big", 21, size=48, chunk=4)
     cfg = ExtractConfig(device="cpu", batch_size=8, num_workers=2, features_dtype="float16")
-    report = extract_features(job, encoder, cfg=cfg)
+    report = run_extract(job, encoder, cfg=cfg)
     assert report.statuses[0].status == "done"
     f = read_feature_file(report.features_dir / "big.h5", dtype=None)
     assert f.features.dtype == np.float16 and f.features.shape == (21, 96)
@@ -115,7 +115,7 @@ def test_empty_store_gives_an_empty_valid_file(job: Path, encoder) -> None:
     make_store(job, "a", 3)
     make_store(job, "empty", 0)
     make_store(job, "z", 2)
-    report = extract_features(job, encoder, cfg=CPU)
+    report = run_extract(job, encoder, cfg=CPU)
     assert [(s.slide_id, s.status, s.n_tiles) for s in report.statuses] == [("a", "done", 3), ("empty", "done", 0),
                                                                           ("z", "done", 2)]
     f = read_feature_file(report.features_dir / "empty.h5")
@@ -125,7 +125,7 @@ def test_empty_store_gives_an_empty_valid_file(job: Path, encoder) -> None:
 def test_resume_skips_valid_files_and_redoes_bad_ones(job: Path, encoder) -> None:
     for sid in ("a", "b", "c", "d"):
         make_store(job, sid, 4)
-    first = extract_features(job, encoder, cfg=CPU)
+    first = run_extract(job, encoder, cfg=CPU)
     out = first.features_dir
     assert {s.status for s in first.statuses} == {"done"}
     mtime = (out / "a.h5").stat().st_mtime_ns
@@ -137,19 +137,19 @@ def test_resume_skips_valid_files_and_redoes_bad_ones(job: Path, encoder) -> Non
     shutil.rmtree(job / "patches" / "d.zarr")  # re-tiled slide: the store changed
     make_store(job, "d", 6)
     (out / ".a.h5.tmp-1-deadbeef").write_bytes(b"")  # temporary of a killed run
-    second = extract_features(job, encoder, cfg=CPU)
+    second = run_extract(job, encoder, cfg=CPU)
     assert [(s.slide_id, s.status) for s in second.statuses] == [("a", "skipped"), ("b", "done"), ("c", "done"),
                                                                ("d", "done")]
     assert (out / "a.h5").stat().st_mtime_ns == mtime
     assert all(is_complete_feature_file(out / f"{s}.h5") for s in "abcd")
     assert read_feature_file(out / "d.h5").n_tiles == 6
     assert not list(out.glob(".*tmp-*"))
-    third = extract_features(job, encoder, cfg=CPU, overwrite=True)
+    third = run_extract(job, encoder, cfg=CPU, overwrite=True)
     assert {s.status for s in third.statuses} == {"done"}
     # another encoder writes its own folder and record
     other = create_encoder("test_resnet", "random:2")
     other.data_config = DATA_CONFIG
-    rep = extract_features(job, other, cfg=CPU, slides=["a"])
+    rep = run_extract(job, other, cfg=CPU, slides=["a"])
     assert rep.features_dir != out and rep.statuses[0].status == "done"
 
 
@@ -162,7 +162,7 @@ def test_bad_store_fails_alone(job: Path, encoder, loader: str) -> None:
     (job / "patches" / "junk.zarr").mkdir()
     make_store(job, "later", 10, offset=20)
     cfg = ExtractConfig(device="cpu", batch_size=12, num_workers=2 if loader == "threads" else 0, loader=loader)
-    report = extract_features(job, encoder, cfg=cfg)
+    report = run_extract(job, encoder, cfg=cfg)
     st = {s.slide_id: s for s in report.statuses}
     assert st["good"].status == "done" and st["later"].status == "done"
     f = read_feature_file(report.features_dir / "later.h5")
@@ -205,7 +205,7 @@ def test_oom_back_off_through_the_stage(job: Path, encoder) -> None:
 
     enc = copy.copy(encoder)
     enc.model = OomAbove(encoder.model, limit=7)
-    report = extract_features(job, enc, cfg=ExtractConfig(device="cpu", batch_size=32, num_workers=0))
+    report = run_extract(job, enc, cfg=ExtractConfig(device="cpu", batch_size=32, num_workers=0))
     assert report.statuses[0].status == "done"
     f = read_feature_file(report.features_dir / "s.h5")
     np.testing.assert_allclose(f.features, reference(encoder, colour_tiles(30, 32)), rtol=1e-4, atol=1e-4)
@@ -241,7 +241,7 @@ def test_several_devices_run_one_process_each(job: Path, encoder_dir: Path, enco
     for i, n in enumerate((12, 3, 7)):
         make_store(job, f"s{i}", n, offset=10 * i)
     seen = []
-    report = extract_features(job, None, encoder_dir, ExtractConfig(device="cpu,cpu", batch_size=8, num_workers=0),
+    report = run_extract(job, None, encoder_dir, ExtractConfig(device="cpu,cpu", batch_size=8, num_workers=0),
                               on_done=seen.append)
     assert [(s.slide_id, s.status) for s in report.statuses] == [("s0", "done"), ("s1", "done"), ("s2", "done")]
     assert len(seen) == 3
@@ -255,7 +255,7 @@ def test_dask_scheduler_runs_one_task_per_slide(job: Path, encoder_dir: Path, en
     make_store(job, "a", 5)
     make_store(job, "b", 9, offset=50)
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
-        report = extract_features(job, None, encoder_dir, ExtractConfig(device="cpu", batch_size=4),
+        report = run_extract(job, None, encoder_dir, ExtractConfig(device="cpu", batch_size=4),
                                   scheduler=cluster.scheduler_address)
     assert [(s.slide_id, s.status) for s in report.statuses] == [("a", "done"), ("b", "done")]
     f = read_feature_file(report.features_dir / "b.h5")
@@ -269,7 +269,7 @@ def test_device_path_bf16_channels_last(job: Path) -> None:
     enc = create_encoder("test_resnet", "random:4")
     make_store(job, "g", 40, size=64, chunk=8)
     cfg = ExtractConfig(device=device, batch_size=16, precision="bf16", channels_last=True, num_workers=2)
-    report = extract_features(job, enc, cfg=cfg)
+    report = run_extract(job, enc, cfg=cfg)
     assert report.statuses[0].status == "done", report.statuses[0].reason
     f = read_feature_file(report.features_dir / "g.h5")
     assert f.attrs["precision"] == "bf16" and f.attrs["device"].startswith(device)
@@ -303,7 +303,7 @@ def test_a_dying_loader_worker_fails_one_slide_and_the_rest_carry_on(job: Path, 
     make_store(job, "empty", 0)
     make_store(job, "z", 9, offset=30)
     monkeypatch.setattr(TileRangeDataset, "__getitem__", _crash_in_worker)
-    report = extract_features(job, encoder, cfg=ExtractConfig(device="cpu", batch_size=8, num_workers=1))
+    report = run_extract(job, encoder, cfg=ExtractConfig(device="cpu", batch_size=8, num_workers=1))
     st = {s.slide_id: s for s in report.statuses}
     assert st["a"].status == "done" and st["empty"].status == "done" and st["z"].status == "done"
     assert st["crash"].status == "failed" and "loader process died" in st["crash"].reason
@@ -355,7 +355,7 @@ def test_both_loaders_give_the_same_features(job: Path, encoder, mode: str) -> N
     make_store(job, "a", 20)
     make_store(job, "b", 0)
     make_store(job, "c", 13, offset=40)
-    report = extract_features(job, encoder, cfg=ExtractConfig(device="cpu", batch_size=8, loader=mode,
+    report = run_extract(job, encoder, cfg=ExtractConfig(device="cpu", batch_size=8, loader=mode,
                                                              num_workers=2))
     assert [s.status for s in report.statuses] == ["done"] * 3
     f = read_feature_file(report.features_dir / "c.h5")

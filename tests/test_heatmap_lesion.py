@@ -16,27 +16,28 @@ import pytest
 
 @pytest.fixture(scope="module")
 def heatmaps(synth_cohort, tmp_path_factory):
-    from wsi_mil.config import TilingConfig
+    from wsi_mil.tiling.config import TilingConfig
     from wsi_mil.extract.config import ExtractConfig
-    from wsi_mil.extract.stage import extract_features
-    from wsi_mil.heatmaps.stage import HeatmapConfig, run_heatmaps
+    from wsi_mil.extract.stage import run_extract
+    from wsi_mil.heatmaps.config import HeatmapConfig
+    from wsi_mil.heatmaps.stage import run_heatmap
     from wsi_mil.mil.config import TrainConfig
-    from wsi_mil.mil.stages import train_stage
-    from wsi_mil.stages.tile import tile_slides
+    from wsi_mil.mil.stage import run_train
+    from wsi_mil.tiling.stage import run_tile
 
     root = tmp_path_factory.mktemp("hm_lesion")
     job = root / "job"
     # 112 px at 1 µm/px: the same 112 µm field as 224 px at 0.5, four times cheaper to embed
-    tiled = tile_slides([synth_cohort], job, TilingConfig(tile_size=112, target_mpp=1.0), workers=0, progress=False)
+    tiled = run_tile([synth_cohort], job, TilingConfig(tile_size=112, target_mpp=1.0), workers=0, progress=False)
     assert not tiled.failed
-    ext = extract_features(job, "resnet18", "random", ExtractConfig(), progress=False)
+    ext = run_extract(job, "resnet18", "random", ExtractConfig(), progress=False)
     assert all(s.status == "done" for s in ext.statuses)
     run = root / "run"
     cfg = TrainConfig(head="weldon", head_options={"k_top": 3, "k_bottom": 3}, folds=2, max_epochs=60,
                       bootstrap=0, device="cpu", seed=0)
-    train_stage(job / "features" / ext.encoder_id, synth_cohort / "labels.csv", run, cfg)
+    run_train(job / "features" / ext.encoder_id, synth_cohort / "labels.csv", run, cfg)
     out = root / "heatmaps"
-    report = run_heatmaps(run, job, out, HeatmapConfig(), workers=0, progress=False)
+    report = run_heatmap(run, job, out, HeatmapConfig(), workers=0, progress=False)
     assert not report.failed, [s.reason for s in report.failed]
     return synth_cohort, out
 

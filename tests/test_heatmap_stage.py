@@ -15,7 +15,8 @@ from PIL import Image
 from wsi_mil.cli import main
 from wsi_mil.errors import ConfigError, StoreError
 from wsi_mil.heatmaps.render import OUTPUTS
-from wsi_mil.heatmaps.stage import HeatmapConfig, run_heatmaps
+from wsi_mil.heatmaps.config import HeatmapConfig
+from wsi_mil.heatmaps.stage import run_heatmap
 from wsi_mil.heatmaps.table import read_scores_csv
 from wsi_mil.runrecord import read_run_record
 from wsi_mil.stores.common import feature_file_path, patch_store_path
@@ -128,7 +129,7 @@ def job_and_run(tmp_path_factory):
 def rendered(job_and_run, tmp_path_factory):
     job, run, coords = job_and_run
     out = tmp_path_factory.mktemp("hm_out") / "heatmaps"
-    report = run_heatmaps(run, job, out, HeatmapConfig(overlay_width=800), workers=0, progress=False)
+    report = run_heatmap(run, job, out, HeatmapConfig(overlay_width=800), workers=0, progress=False)
     return job, run, coords, out, report
 
 
@@ -194,33 +195,33 @@ def test_cohort_page_lists_every_slide_with_reasons(rendered):
 
 def test_resume_skips_complete_slides_and_overwrite_redraws(rendered):
     job, run, coords, out, report = rendered
-    again = run_heatmaps(run, job, out, HeatmapConfig(overlay_width=800), slides=["s1", "s2"], workers=0,
+    again = run_heatmap(run, job, out, HeatmapConfig(overlay_width=800), slides=["s1", "s2"], workers=0,
                          progress=False)
     assert [s.status for s in again.statuses] == ["skipped", "skipped"]
     # the record keeps the other slides' rows, and the page still lists every slide
     assert len(read_run_record(out / "status.csv")) == 7
     assert (out / "index.html").read_text().count("<tr class=") == 7
-    other = run_heatmaps(run, job, out, HeatmapConfig(overlay_width=600), slides=["s1"], workers=0, progress=False)
+    other = run_heatmap(run, job, out, HeatmapConfig(overlay_width=600), slides=["s1"], workers=0, progress=False)
     assert other.statuses[0].status == "done"  # another config redraws
     with Image.open(out / "s1" / "overlay.png") as im:
         assert im.size[0] == 600
     cfg600 = HeatmapConfig(overlay_width=600)
-    again = run_heatmaps(run, job, out, cfg600, slides=["s1", "s2"], workers=0, progress=False)
+    again = run_heatmap(run, job, out, cfg600, slides=["s1", "s2"], workers=0, progress=False)
     assert [s.status for s in again.statuses] == ["skipped", "done"]
     # s2 re-extracted (same tiles, new features): its heatmaps are stale and redrawn, s1's are kept
     write_features(job, "s2", coords, seed=99)
-    again = run_heatmaps(run, job, out, cfg600, slides=["s1", "s2"], workers=0, progress=False)
+    again = run_heatmap(run, job, out, cfg600, slides=["s1", "s2"], workers=0, progress=False)
     assert [s.status for s in again.statuses] == ["skipped", "done"]
 
 
 def test_unknown_class_and_missing_run_are_errors(job_and_run, tmp_path):
     job, run, _ = job_and_run
     with pytest.raises(ConfigError, match="choose one of normal, tumor"):
-        run_heatmaps(run, job, tmp_path / "o", HeatmapConfig(class_name="nope"), workers=0)
+        run_heatmap(run, job, tmp_path / "o", HeatmapConfig(class_name="nope"), workers=0)
     with pytest.raises(StoreError, match="not a model run"):
-        run_heatmaps(tmp_path / "norun", job, tmp_path / "o", workers=0)
+        run_heatmap(tmp_path / "norun", job, tmp_path / "o", workers=0)
     with pytest.raises(ConfigError, match="colour map"):
-        run_heatmaps(run, job, tmp_path / "o", HeatmapConfig(cmap="nope"), workers=0)
+        run_heatmap(run, job, tmp_path / "o", HeatmapConfig(cmap="nope"), workers=0)
 
 
 def test_cli(job_and_run, tmp_path, capsys):
@@ -246,7 +247,7 @@ def test_cli(job_and_run, tmp_path, capsys):
 def test_dask_workers(job_and_run, tmp_path):
     """One Dask task per slide on a local cluster: the task and its config travel to a worker process."""
     job, run, coords = job_and_run
-    report = run_heatmaps(run, job, tmp_path / "hm", HeatmapConfig(overlay_width=600), slides=["s1", "s-nostore"],
+    report = run_heatmap(run, job, tmp_path / "hm", HeatmapConfig(overlay_width=600), slides=["s1", "s-nostore"],
                           workers=1, progress=False)
     assert [(s.slide_id, s.status) for s in report.statuses] == [("s-nostore", "failed"), ("s1", "done")]
     sc = read_scores_csv(tmp_path / "hm" / "s1" / "scores.csv")

@@ -11,7 +11,7 @@ import torch
 from wsi_mil.mil import create_head, load_model_run
 from wsi_mil.mil.bags import BagSet
 from wsi_mil.mil.config import TrainConfig
-from wsi_mil.mil.stages import predict_stage, train_stage
+from wsi_mil.mil.stage import run_predict, run_train
 from wsi_mil.mil.synthbags import make_synthetic_bags, write_synthetic_cohort
 
 pytestmark = pytest.mark.gpu
@@ -44,9 +44,9 @@ def test_train_and_predict_on_device(tmp_path: Path) -> None:
     feats, labels = write_synthetic_cohort(co, tmp_path / "f", labels_csv=tmp_path / "labels.csv")
     cfg = TrainConfig(head="chowder", folds=2, lr=0.01, max_epochs=30, batch_size=8, tiles_per_bag=128,
                       bootstrap=50, device=DEVICE)
-    summary = train_stage(feats, labels, tmp_path / "run", cfg)
+    summary = run_train(feats, labels, tmp_path / "run", cfg)
     assert summary.metrics["out_of_fold"]["metrics"]["auc"] > 0.8
-    predict_stage(tmp_path / "run", feats, tmp_path / "p.csv", device=DEVICE)
+    run_predict(tmp_path / "run", feats, tmp_path / "p.csv", device=DEVICE)
     cpu = load_model_run(tmp_path / "run").predict_bag(co.features[0])
     dev = load_model_run(tmp_path / "run", device=DEVICE).predict_bag(co.features[0])
     np.testing.assert_allclose(dev.probs, cpu.probs, atol=1e-4)

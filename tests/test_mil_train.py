@@ -17,7 +17,7 @@ from wsi_mil.mil import load_model_run
 from wsi_mil.mil.bags import BagSet
 from wsi_mil.mil.config import TrainConfig
 from wsi_mil.mil.metrics import classification_metrics, roc_auc
-from wsi_mil.mil.stages import predict_stage, train_stage
+from wsi_mil.mil.stage import run_predict, run_train
 from wsi_mil.mil.synthbags import make_synthetic_bags, write_synthetic_cohort
 from wsi_mil.mil.training import build_head, fit, predict_probs
 from wsi_mil.stores.features import write_feature_file
@@ -107,22 +107,22 @@ def test_test_split_and_reproducible_runs(cohort, tmp_path: Path) -> None:
     labels.write_text("\n".join(lines) + "\n")
     cfg = TrainConfig(head="chowder", head_options={"n_members": 3, "r": 3}, folds=2, lr=0.01, max_epochs=6,
                       min_epochs=2, patience=3, bootstrap=20, tiles_per_bag=32, batch_size=8, device="cpu")
-    a = train_stage(features, labels, tmp_path / "a", cfg)
-    train_stage(features, labels, tmp_path / "b", cfg)
+    a = run_train(features, labels, tmp_path / "a", cfg)
+    run_train(features, labels, tmp_path / "b", cfg)
     assert a.metrics["test"]["n_slides"] == 8 and a.metrics["class_names"] == ["neg", "pos"]
     assert (tmp_path / "a" / "predictions.csv").read_text() == (tmp_path / "b" / "predictions.csv").read_text()
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
     test_rows = [r for r in _read(tmp_path / "a" / "predictions.csv") if r["split"] == "test"]
     assert len(test_rows) == 8 and all(r["fold"] == "" for r in test_rows)
     with pytest.raises(StoreError, match="run folder exists"):
-        train_stage(features, labels, tmp_path / "a", cfg)
+        run_train(features, labels, tmp_path / "a", cfg)
 
 
 def test_other_encoder_or_dimension_is_refused(cohort, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     root, features, labels, co = cohort
     run = tmp_path / "run"
     cfg = TrainConfig(head="mean", folds=2, max_epochs=2, bootstrap=0, device="cpu")
-    train_stage(features, labels, run, cfg)
+    run_train(features, labels, run, cfg)
     other = tmp_path / "enc-b"
     for sid, x in zip(co.slide_ids[:3], co.features[:3]):
         write_feature_file(other / f"{sid}.h5", x, np.zeros((len(x), 2), np.int64), {"encoder_id": "enc-b"})
@@ -132,7 +132,7 @@ def test_other_encoder_or_dimension_is_refused(cohort, tmp_path: Path, capsys: p
     wide = tmp_path / "wide"
     write_feature_file(wide / "s.h5", np.zeros((4, 8), np.float32), np.zeros((4, 2), np.int64), {"encoder_id": "enc-a"})
     with pytest.raises(StoreError, match="dimension 8, but 16 is expected"):
-        predict_stage(run, wide, tmp_path / "q.csv", device="cpu")
+        run_predict(run, wide, tmp_path / "q.csv", device="cpu")
     mixed = tmp_path / "mixed"
     for p in list(features.glob("*.h5"))[:5]:
         (mixed / p.name).parent.mkdir(exist_ok=True)
@@ -142,7 +142,7 @@ def test_other_encoder_or_dimension_is_refused(cohort, tmp_path: Path, capsys: p
     mixed_labels = tmp_path / "mixed.csv"
     mixed_labels.write_text("slide_id,label\n" + "".join(f"{p.stem},{i % 2}\n" for i, p in enumerate(sorted(mixed.glob("*.h5")))))
     with pytest.raises(StoreError, match="slide_999.h5: features come from encoder 'enc-b'"):
-        train_stage(mixed, mixed_labels, tmp_path / "r2", cfg)
+        run_train(mixed, mixed_labels, tmp_path / "r2", cfg)
 
 
 def test_label_problems_exit_2_with_one_line(cohort, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -179,11 +179,11 @@ def test_multiclass_and_empty_bag(tmp_path: Path) -> None:
     csv_path.write_text("slide_id,label\n" + "".join(f"s{i:02d},{y}\n" for i, y in enumerate(labels)) + "empty,a\n")
     cfg = TrainConfig(head="chowder", head_options={"n_members": 2}, folds=3, lr=0.01, max_epochs=25,
                       patience=25, bootstrap=20, device="cpu", batch_size=6)
-    s = train_stage(fd, csv_path, tmp_path / "run", cfg)
+    s = run_train(fd, csv_path, tmp_path / "run", cfg)
     assert any("no tiles" in w and "empty" in w for w in s.warnings)
     oof = s.metrics["out_of_fold"]["metrics"]
     assert {"auc_a", "auc_b", "auc_c"} <= set(oof) and oof["auc"] > 0.8
-    summary = predict_stage(tmp_path / "run", fd, tmp_path / "p.csv", device="cpu")
+    summary = run_predict(tmp_path / "run", fd, tmp_path / "p.csv", device="cpu")
     rows = {r["slide_id"]: r for r in _read(tmp_path / "p.csv")}
     assert rows["empty"]["prob_a"] == "" and rows["empty"]["n_tiles"] == "0"
     assert any("no tiles" in w for w in summary.warnings)
@@ -231,7 +231,7 @@ def test_evaluate_tiles_against_ground_truth(cohort, tmp_path: Path) -> None:
     cfg = TrainConfig(head="max", folds=2, lr=0.01, max_epochs=2, min_epochs=1, bootstrap=0, device="cpu",
                       tiles_per_bag=None, batch_size=4, final_epochs=60)
     # (2 CV epochs only: this test is about the final model that evaluate_tiles uses)
-    train_stage(features, labels, tmp_path / "run", cfg)
+    run_train(features, labels, tmp_path / "run", cfg)
     lesion = dict(zip(co.slide_ids, co.lesion))
 
     def truth(slide_id: str, coords: np.ndarray) -> np.ndarray:

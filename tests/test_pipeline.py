@@ -124,12 +124,12 @@ def test_killed_run_resumes_and_a_failed_stage_resumes(synth_cohort: Path, tmp_p
     assert not (job / "models").exists()
 
     # a stage that fails: the study stops there with the error; finished work is kept
-    import wsi_mil.mil.stages as mil_stages
+    import wsi_mil.mil.stage as mil_stages
 
     def broken(*args: object, **kwargs: object) -> None:
         raise LabelsError("simulated failure in train")
 
-    monkeypatch.setattr(mil_stages, "train_stage", broken)
+    monkeypatch.setattr(mil_stages, "run_train", broken)
     cfg = load_study(path)
     with pytest.raises(LabelsError, match="simulated"):
         run_study(cfg, workers=0, progress=False)

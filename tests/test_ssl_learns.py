@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-from wsi_mil.config import TilingConfig
+from wsi_mil.tiling.config import TilingConfig
 from wsi_mil.encoders import create_encoder
 from wsi_mil.ssl.config import PretrainConfig
 from wsi_mil.ssl.probe import encode_tiles, labelled_tiles, probe_auc
@@ -16,13 +16,13 @@ from wsi_mil.ssl.stage import run_pretrain
 
 def test_simclr_features_find_lesions_better_than_random_init(synth_cohort: Path, tmp_path: Path,
                                                               one_torch_thread: None) -> None:
-    from wsi_mil.stages.tile import tile_slides
+    from wsi_mil.tiling.stage import run_tile
 
     # 56 px at 2 mpp: the same 112 um field as 224 px at 0.5 mpp, small enough for the CPU
     job, probe_job = tmp_path / "job", tmp_path / "probe"
-    tile_slides([synth_cohort], job, TilingConfig(target_mpp=2.0, tile_size=56), workers=0, progress=False)
+    run_tile([synth_cohort], job, TilingConfig(target_mpp=2.0, tile_size=56), workers=0, progress=False)
     # the probe reads a grid at half-tile steps: 4x the lesion tiles, so the AUCs are less noisy
-    tile_slides([synth_cohort], probe_job, TilingConfig(target_mpp=2.0, tile_size=56, stride=28), workers=0,
+    run_tile([synth_cohort], probe_job, TilingConfig(target_mpp=2.0, tile_size=56, stride=28), workers=0,
                 progress=False)
     cfg = PretrainConfig(arch="test_resnet", epochs=5, batch_size=64, input_size=32, lr=2e-3,
                          proj_hidden_dim=256, proj_dim=64, seed=0)

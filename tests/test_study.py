@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from wsi_mil.config import TilingConfig, build_config
+from wsi_mil.config import build_config
+from wsi_mil.tiling.config import TilingConfig
 from wsi_mil.errors import ConfigError
 from wsi_mil.study import SECTIONS, StudyConfig, load_study, study_to_yaml
 

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from wsi_mil.cli import main
-from wsi_mil.config import TilingConfig
+from wsi_mil.tiling.config import TilingConfig
 from wsi_mil.runrecord import read_run_record
 from wsi_mil.slide import open_slide
-from wsi_mil.stages.tile import tile_slides
+from wsi_mil.tiling.stage import run_tile
 from wsi_mil.stores.patches import is_complete_patch_store, open_patch_store
 
 BIN = Path(sys.executable).parent
@@ -58,7 +58,7 @@ def test_every_shared_slide(shared_slides: Path, job: Path, capsys: pytest.Captu
 
 
 def test_store_content_matches_openslide(cmu_slide: Path, job: Path) -> None:
-    tile_slides([cmu_slide], job, TilingConfig(), workers=0)
+    run_tile([cmu_slide], job, TilingConfig(), workers=0)
     store = open_patch_store(job / "patches" / "CMU-1-Small-Region.zarr")
     a = store.attrs
     assert a["mpp"] == pytest.approx(0.499) and a["mpp_source"] == "metadata"
@@ -78,7 +78,7 @@ def test_store_content_matches_openslide(cmu_slide: Path, job: Path) -> None:
 
 
 def test_lossless_codec_is_exact(cmu_slide: Path, job: Path) -> None:
-    tile_slides([cmu_slide], job, TilingConfig(codec="zstd"), workers=0)
+    run_tile([cmu_slide], job, TilingConfig(codec="zstd"), workers=0)
     store = open_patch_store(job / "patches" / "CMU-1-Small-Region.zarr")
     assert store.attrs["codec"] == "zstd"
     with open_slide(cmu_slide) as s:
@@ -89,7 +89,7 @@ def test_lossless_codec_is_exact(cmu_slide: Path, job: Path) -> None:
 
 def test_coarser_target_resamples_exactly(cmu_slide: Path, job: Path) -> None:
     """1.0 µm/px tiles from a 0.499 µm/px slide: area-averaged level-0 regions of 2.004x size."""
-    tile_slides([cmu_slide], job, TilingConfig(target_mpp=1.0, tile_size=112, min_tissue_fraction=0.5), workers=0)
+    run_tile([cmu_slide], job, TilingConfig(target_mpp=1.0, tile_size=112, min_tissue_fraction=0.5), workers=0)
     store = open_patch_store(job / "patches" / "CMU-1-Small-Region.zarr")
     assert store.attrs["resampled"] is True
     size0 = 112 * 1.0 / 0.499
@@ -115,7 +115,7 @@ def test_mpp_override_reads_from_the_matching_level(shared_slides: Path, job: Pa
 
 
 def test_zero_tissue_gives_an_empty_valid_store(shared_slides: Path, job: Path) -> None:
-    report = tile_slides([shared_slides / "boxes.tiff"], job, TilingConfig(mpp=0.5, tile_size=32), workers=0)
+    report = run_tile([shared_slides / "boxes.tiff"], job, TilingConfig(mpp=0.5, tile_size=32), workers=0)
     assert report.statuses[0].status == "done" and report.statuses[0].n_tiles == 0
     store = open_patch_store(job / "patches" / "boxes.zarr")
     assert store.n_tiles == 0 and store.tissue_mask()[0].sum() == 0
@@ -123,18 +123,18 @@ def test_zero_tissue_gives_an_empty_valid_store(shared_slides: Path, job: Path) 
 
 def test_resume_skips_complete_and_redoes_damaged(cmu_slide: Path, tmp_path: Path, job: Path) -> None:
     slides = _copies(cmu_slide, tmp_path / "slides", 3)
-    tile_slides([slides], job, TilingConfig(), workers=0)
+    run_tile([slides], job, TilingConfig(), workers=0)
     damaged = job / "patches" / "slide01.zarr"
     shard = next(p for p in (damaged / "tiles").rglob("*") if p.is_file() and p.name != "zarr.json")
     shard.write_bytes(shard.read_bytes()[:100])
-    report = tile_slides([slides], job, TilingConfig(), workers=0)
+    report = run_tile([slides], job, TilingConfig(), workers=0)
     by_id = {s.slide_id: s.status for s in report.statuses}
     assert by_id == {"slide00": "skipped", "slide01": "done", "slide02": "skipped"}
     assert is_complete_patch_store(damaged)
     # other parameters: refuse to mix, unless --overwrite
-    report = tile_slides([slides], job, TilingConfig(tile_size=256), workers=0)
+    report = run_tile([slides], job, TilingConfig(tile_size=256), workers=0)
     assert all(s.status == "failed" and "--overwrite" in s.reason for s in report.statuses)
-    report = tile_slides([slides], job, TilingConfig(tile_size=256), workers=0, overwrite=True)
+    report = run_tile([slides], job, TilingConfig(tile_size=256), workers=0, overwrite=True)
     assert all(s.status == "done" for s in report.statuses)
     assert open_patch_store(damaged).tile_size == 256
     assert {r.slide_id for r in read_run_record(job / "status" / "tile.csv")} == {"slide00", "slide01", "slide02"}
@@ -153,7 +153,7 @@ def test_config_file_typo_is_an_error(tmp_path: Path, cmu_slide: Path, capsys: p
 
 def test_local_dask_cluster(cmu_slide: Path, tmp_path: Path, job: Path) -> None:
     slides = _copies(cmu_slide, tmp_path / "slides", 3)
-    report = tile_slides([slides], job, TilingConfig(), workers=2, progress=False)
+    report = run_tile([slides], job, TilingConfig(), workers=2, progress=False)
     assert [s.status for s in report.statuses] == ["done"] * 3
     assert all(is_complete_patch_store(job / "patches" / f"slide0{i}.zarr") for i in range(3))
 
@@ -200,7 +200,7 @@ def test_sigkill_then_resume(cmu_slide: Path, tmp_path: Path, job: Path) -> None
     stores = list((job / "patches").glob("*.zarr"))
     assert len(stores) < 6, "killed in the middle"
     assert all(is_complete_patch_store(p) for p in stores), "no half-written store under a final name"
-    report = tile_slides([slides], job, TilingConfig(), workers=0)
+    report = run_tile([slides], job, TilingConfig(), workers=0)
     assert all(s.ok for s in report.statuses)
     assert all(is_complete_patch_store(job / "patches" / f"slide{i:02d}.zarr") for i in range(6))
     assert not [p for p in (job / "patches").iterdir() if p.name.startswith(".")], "temporaries swept"

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsi_mil.config import TissueConfig
+from wsi_mil.tiling.config import TissueConfig
 from wsi_mil.slide import open_slide
-from wsi_mil.tiling import make_tile_grid, tissue_fractions
-from wsi_mil.tissue import detect_tissue, pen_mask
+from wsi_mil.tiling.grid import make_tile_grid, tissue_fractions
+from wsi_mil.tiling.tissue import detect_tissue, pen_mask
 
 
 def _synthetic_thumbnail() -> np.ndarray:

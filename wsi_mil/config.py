@@ -2,17 +2,17 @@
 
 Precedence: model defaults < YAML file < CLI overrides. Unknown keys and wrong types are errors
 that name the key and the file (:class:`~wsi_mil.errors.ConfigError`), never silently ignored.
-Each stage defines its own section model next to its code; this module holds the shared
-machinery and the tiling section.
+Each stage defines its own section model in its package's ``config.py``; this module holds the
+shared machinery.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from wsi_mil.errors import ConfigError
 
@@ -126,42 +126,3 @@ def build_config(
 def config_to_dict(cfg: BaseModel) -> dict[str, Any]:
     """A JSON-ready dict of a config (recorded in every output's attributes)."""
     return cfg.model_dump(mode="json")
-
-
-class TissueConfig(StrictModel):
-    """Tissue detection on a low-resolution image of the slide."""
-
-    mask_mpp: float = Field(8.0, gt=0, description="µm per pixel of the tissue mask")
-    method: Literal["otsu-saturation", "otsu-od"] = "otsu-saturation"
-    min_saturation: float = Field(0.05, ge=0, le=1, description="floor on the Otsu threshold")
-    max_saturation_threshold: float = Field(0.15, ge=0, le=1, description="cap on the Otsu threshold")
-    background_brightness: float = Field(0.88, gt=0, le=1, description="gray above this is glass")
-    black_brightness: float = Field(0.16, ge=0, lt=1, description="gray below this is ink/dirt")
-    remove_pen: bool = True
-    min_tissue_area_um2: float = Field(20_000.0, ge=0, description="smaller objects are dropped")
-    max_hole_area_um2: float = Field(20_000.0, ge=0, description="smaller holes are filled")
-    closing_radius_um: float = Field(16.0, ge=0)
-
-
-class TilingConfig(StrictModel):
-    """How slides are cut into tiles (``wsi-mil tile``)."""
-
-    target_mpp: float = Field(0.5, gt=0, description="µm per pixel of the tiles")
-    tile_size: int = Field(224, ge=16, le=4096, description="tile side in pixels at target_mpp")
-    stride: int | None = Field(None, ge=1, description="pixels at target_mpp; default tile_size")
-    min_tissue_fraction: float = Field(0.25, ge=0, le=1)
-    mpp: float | None = Field(None, gt=0, description="override the slide's level-0 mpp")
-    codec: Literal["jpeg", "zstd"] = "jpeg"
-    jpeg_quality: int = Field(90, ge=1, le=100)
-    jpeg_subsampling: Literal["444", "422", "420"] = Field(
-        "420", description="JPEG chroma subsampling: 420 (default: smallest, fastest to decode) or 444 "
-        "(full chroma, each tile decodes independently of its chunk neighbours)")
-    tiles_per_chunk: int = Field(64, ge=1, le=4096)
-    chunks_per_shard: int = Field(16, ge=1, description="chunks per shard file (bounds writer memory)")
-    tissue: TissueConfig = TissueConfig()
-
-    @model_validator(mode="after")
-    def _stride_default(self) -> TilingConfig:
-        if self.stride is None:
-            object.__setattr__(self, "stride", self.tile_size)
-        return self

@@ -124,7 +124,7 @@ def evaluate_localisation(cohort: Path, job: Path, predictions_csv: Path, run_di
     Scores are those of the positive class (class index 1). Lesion share of each tile comes
     from the ground-truth masks (:func:`wsi_mil.synth.lesion_fraction`).
     """
-    from wsi_mil.mil.stages import tiles_dir_of
+    from wsi_mil.mil.stage import tiles_dir_of
     from wsi_mil.stores.common import patch_store_path
     from wsi_mil.stores.patches import open_patch_store
     from wsi_mil.synth import lesion_fraction, load_lesion_mask

@@ -2,13 +2,13 @@
 
 Stages (each is the stage's own library function; nothing is re-implemented here)::
 
-    tile      tile_slides          JOB/patches/{slide}.zarr            per slide: skips complete stores
+    tile      run_tile          JOB/patches/{slide}.zarr            per slide: skips complete stores
     pretrain  run_pretrain         JOB/encoders/simclr-{arch}/         only with encoder.weights: simclr;
                                                                        resumes its checkpoint after a kill
-    extract   extract_features     JOB/features/{encoder_id}/{slide}.h5  per slide: skips valid files
-    train     train_stage          JOB/models/{name}/                  skipped when its inputs are unchanged
-    predict   predict_stage        JOB/predictions/{name}.csv (+ .tiles/)  idem
-    heatmap   run_heatmaps         JOB/heatmaps/{name}/ + index.html   per slide: skips complete folders
+    extract   run_extract     JOB/features/{encoder_id}/{slide}.h5  per slide: skips valid files
+    train     run_train          JOB/models/{name}/                  skipped when its inputs are unchanged
+    predict   run_predict        JOB/predictions/{name}.csv (+ .tiles/)  idem
+    heatmap   run_heatmap         JOB/heatmaps/{name}/ + index.html   per slide: skips complete folders
 
 Resumability: batch stages skip per slide; for the whole-cohort stages (train, predict, heatmap)
 the pipeline records a fingerprint of their inputs (config, feature files, labels, model) in
@@ -185,7 +185,7 @@ def preflight(cfg: StudyConfig, slides: list[Path], labels: Path) -> tuple[list[
     architecture or weights file that does not exist, an unknown colour map.
     """
     from wsi_mil.encoders import resolve_arch
-    from wsi_mil.heatmaps.stage import check_cmap
+    from wsi_mil.heatmaps.config import check_cmap
     from wsi_mil.mil.labels import read_labels
     from wsi_mil.slide import scan_slides
 
@@ -247,9 +247,9 @@ def check_existing_stores(job: Path, cfg: StudyConfig) -> None:
 
 # -- stages ----------------------------------------------------------------------------------------
 def _stage_tile(ctx: _Context) -> StageResult:
-    from wsi_mil.stages.tile import tile_slides
+    from wsi_mil.tiling.stage import run_tile
 
-    report = tile_slides(ctx.slides, ctx.job, ctx.cfg.tiling, scheduler=ctx.scheduler, workers=ctx.workers,
+    report = run_tile(ctx.slides, ctx.job, ctx.cfg.tiling, scheduler=ctx.scheduler, workers=ctx.workers,
                          progress=ctx.progress)
     ctx.fail("tile", report.statuses)
     c = _counts(report.statuses)
@@ -307,10 +307,10 @@ def _encoder_args(ctx: _Context) -> tuple[str | None, str]:
 
 
 def _stage_extract(ctx: _Context) -> StageResult:
-    from wsi_mil.extract.stage import extract_features
+    from wsi_mil.extract.stage import run_extract
 
     arch, weights = _encoder_args(ctx)
-    report = extract_features(ctx.job, arch, weights, ctx.cfg.extract_config(), scheduler=ctx.extract_scheduler,
+    report = run_extract(ctx.job, arch, weights, ctx.cfg.extract_config(), scheduler=ctx.extract_scheduler,
                               slides=ctx.ok, progress=ctx.progress)
     ctx.encoder_id = report.encoder_id
     ctx.fail("extract", report.statuses)
@@ -329,7 +329,7 @@ def _features_fingerprint(folder: Path, slides: set[str]) -> list[tuple[str, str
 
 
 def _stage_train(ctx: _Context) -> StageResult:
-    from wsi_mil.mil.stages import train_stage
+    from wsi_mil.mil.stage import run_train
     from wsi_mil.stores.common import features_dir, file_fingerprint
 
     tcfg = ctx.cfg.train_config()
@@ -347,7 +347,7 @@ def _stage_train(ctx: _Context) -> StageResult:
         return StageResult("train", SKIPPED, detail=f"{run_dir} is up to date")
     ctx.state.mark("train", fp, "running")
     ctx.log(f"  train: {tcfg.head}, {tcfg.folds}-fold cross-validation -> {run_dir}")
-    summary = train_stage(fdir, ctx.labels, run_dir, tcfg, log=(lambda s: ctx.log(f"    {s}")) if ctx.progress else _quiet,
+    summary = run_train(fdir, ctx.labels, run_dir, tcfg, log=(lambda s: ctx.log(f"    {s}")) if ctx.progress else _quiet,
                           overwrite=run_dir.exists())
     ctx.warnings += summary.warnings
     ctx.state.mark("train", fp, DONE)
@@ -355,7 +355,7 @@ def _stage_train(ctx: _Context) -> StageResult:
 
 
 def _stage_predict(ctx: _Context) -> StageResult:
-    from wsi_mil.mil.stages import predict_stage
+    from wsi_mil.mil.stage import run_predict
     from wsi_mil.stores.common import features_dir
 
     out = ctx.cfg.predictions_csv(ctx.job)
@@ -365,14 +365,14 @@ def _stage_predict(ctx: _Context) -> StageResult:
         return StageResult("predict", SKIPPED, detail=f"{out} is up to date")
     ctx.state.mark("predict", fp, "running")
     out.parent.mkdir(parents=True, exist_ok=True)
-    summary = predict_stage(ctx.cfg.run_dir(ctx.job), fdir, out, device=ctx.cfg.device)
+    summary = run_predict(ctx.cfg.run_dir(ctx.job), fdir, out, device=ctx.cfg.device)
     ctx.warnings += summary.warnings
     ctx.state.mark("predict", fp, DONE)
     return StageResult("predict", DONE, detail=f"{summary.n_slides} slides -> {out}")
 
 
 def _stage_heatmap(ctx: _Context) -> StageResult:
-    from wsi_mil.heatmaps.stage import run_heatmaps
+    from wsi_mil.heatmaps.stage import run_heatmap
 
     out = ctx.cfg.heatmap_dir(ctx.job)
     # same model and options as the (possibly interrupted) last drawing: resume per slide;
@@ -382,7 +382,7 @@ def _stage_heatmap(ctx: _Context) -> StageResult:
         return StageResult("heatmap", SKIPPED, detail=f"{out} is up to date; page {out / 'index.html'}")
     overwrite = out.exists() and ctx.state.fingerprint("heatmap")[0] != fp
     ctx.state.mark("heatmap", fp, "running")
-    report = run_heatmaps(ctx.cfg.run_dir(ctx.job), ctx.job, out, ctx.cfg.heatmap, slides=ctx.ok,
+    report = run_heatmap(ctx.cfg.run_dir(ctx.job), ctx.job, out, ctx.cfg.heatmap, slides=ctx.ok,
                           labels_csv=ctx.labels, workers=ctx.workers, scheduler=ctx.scheduler, overwrite=overwrite,
                           progress=ctx.progress)
     # drawn with the same model: a later run only retries failed slides (the others are skipped)

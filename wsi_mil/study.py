@@ -12,7 +12,7 @@ command (``wsi-mil tile --config STUDY.yaml`` reads the ``tiling`` section of th
     encoder:
       arch: resnet50_in1k           # timm architecture or ready-made entry
       weights: /weights/resnet50.safetensors   # a file, an encoder folder, timm, random[:SEED] or simclr
-    tiling: {...}                   # wsi_mil.config.TilingConfig
+    tiling: {...}                   # wsi_mil.tiling.config.TilingConfig
     pretrain: {...}                 # wsi_mil.ssl.config.PretrainConfig (used when weights: simclr)
     extract: {...}                  # wsi_mil.extract.config.ExtractConfig
     train: {...}                    # wsi_mil.mil.config.TrainConfig
@@ -31,9 +31,10 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from wsi_mil.config import StrictModel, TilingConfig, build_config, config_to_dict
+from wsi_mil.config import StrictModel, build_config, config_to_dict
+from wsi_mil.tiling.config import TilingConfig
 from wsi_mil.extract.config import ExtractConfig
-from wsi_mil.heatmaps.stage import HeatmapConfig
+from wsi_mil.heatmaps.config import HeatmapConfig
 from wsi_mil.mil.config import TrainConfig
 from wsi_mil.ssl.config import PretrainConfig
 

@@ -1,4 +1,4 @@
-"""Command line: ``wsi-mil SUBCOMMAND``. Thin wrappers over :mod:`wsi_mil.stages` functions.
+"""Command line: ``wsi-mil SUBCOMMAND``. Thin wrappers over the stage functions (``run_tile``, ``run_extract``, ...).
 
 Each subcommand lives in its own module here and registers itself on the shared Typer app.
 User errors (:class:`~wsi_mil.errors.WsiMilError`) print one line and exit with status 2.

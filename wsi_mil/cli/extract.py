@@ -37,7 +37,7 @@ def extract(
 ) -> None:
     """Embed every tile of every patch store: one features/{encoder_id}/{slide_id}.h5 per slide."""
     from wsi_mil.config import build_config
-    from wsi_mil.extract import ExtractConfig, extract_features
+    from wsi_mil.extract import ExtractConfig, run_extract
 
     if list_encoders:
         from wsi_mil.encoders import list_entries
@@ -50,7 +50,7 @@ def extract(
         cli=dict(device=device, batch_size=batch_size, compile=compile, precision=precision,
                  features_dtype=features_dtype, num_workers=num_workers),
     )
-    report = extract_features(job, encoder, weights, cfg, scheduler=scheduler, overwrite=overwrite,
+    report = run_extract(job, encoder, weights, cfg, scheduler=scheduler, overwrite=overwrite,
                               slides=slide, progress=True)
     console.print(f"encoder id: {report.encoder_id}; features: {report.features_dir}")
     exit_with(print_batch_summary("extract", report.statuses, report.record_path))

@@ -35,7 +35,8 @@ def heatmap(
 ) -> None:
     """Draw per-slide heatmaps (PNG, QuPath GeoJSON, pyramidal OME-TIFF, top tiles, CSV) and index.html."""
     from wsi_mil.config import build_config
-    from wsi_mil.heatmaps.stage import HeatmapConfig, run_heatmaps
+    from wsi_mil.heatmaps.config import HeatmapConfig
+    from wsi_mil.heatmaps.stage import run_heatmap
 
     cfg = build_config(
         HeatmapConfig, config, set_, section="heatmap", section_optional=True,
@@ -43,7 +44,7 @@ def heatmap(
                  embed_images=embed_images),
     )
     ids = [s for value in (slides or []) for s in value.split(",") if s.strip()] or None
-    report = run_heatmaps(run, job, out, cfg, slides=ids, labels_csv=labels, workers=workers,
+    report = run_heatmap(run, job, out, cfg, slides=ids, labels_csv=labels, workers=workers,
                           scheduler=scheduler, overwrite=overwrite, progress=progress)
     code = print_batch_summary("heatmap", report.statuses, report.record_path)
     console.print(f"cohort page: {report.index_path}")

@@ -20,10 +20,10 @@ def predict(
     quiet: Annotated[bool, typer.Option(help="print the summary only")] = False,
 ) -> None:
     """Predict every slide with the run's final model; write OUT.csv and OUT.tiles/{slide_id}.csv."""
-    from wsi_mil.mil.stages import predict_stage
+    from wsi_mil.mil.stage import run_predict
 
     log = (lambda s: None) if quiet else (lambda s: console.print(s, markup=False, highlight=False, soft_wrap=True))
-    summary = predict_stage(run, features_dir, out, device=device, log=log)
+    summary = run_predict(run, features_dir, out, device=device, log=log)
     console.print(f"[bold]predict[/bold]: {summary.n_slides} slides -> {summary.out_csv}; tiles: {summary.tiles_dir}")
     for w in summary.warnings:
         console.print(f"warning: {w}", markup=False)

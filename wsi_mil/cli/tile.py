@@ -9,7 +9,8 @@ import typer
 
 from wsi_mil.cli._app import app
 from wsi_mil.cli.common import exit_with, print_batch_summary
-from wsi_mil.config import TilingConfig, build_config
+from wsi_mil.config import build_config
+from wsi_mil.tiling.config import TilingConfig
 
 
 @app.command()
@@ -30,13 +31,13 @@ def tile(
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
     """Detect tissue and cut slides into tiles at an exact physical scale, one store per slide."""
-    from wsi_mil.stages.tile import tile_slides
+    from wsi_mil.tiling.stage import run_tile
 
     cfg = build_config(
         TilingConfig, config, set_, section="tiling", section_optional=True,
         cli=dict(target_mpp=target_mpp, tile_size=tile_size, stride=stride,
                  min_tissue_fraction=min_tissue, mpp=mpp, codec=codec),
     )
-    report = tile_slides(inputs, out, cfg, scheduler=scheduler, workers=workers, overwrite=overwrite,
+    report = run_tile(inputs, out, cfg, scheduler=scheduler, workers=workers, overwrite=overwrite,
                          progress=progress)
     exit_with(print_batch_summary("tile", report.statuses, report.record_path))

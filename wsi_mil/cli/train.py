@@ -29,12 +29,12 @@ def train(
     """Cross-validate a MIL head (grouped by case_id), then train the final model on all training slides."""
     from wsi_mil.config import build_config
     from wsi_mil.mil.config import TrainConfig
-    from wsi_mil.mil.stages import train_stage
+    from wsi_mil.mil.stage import run_train
 
     cfg = build_config(TrainConfig, config, set_, section="train", section_optional=True,
                        cli=dict(head=head, folds=folds, device=device, seed=seed))
     log = (lambda s: None) if quiet else (lambda s: console.print(s, markup=False, highlight=False, soft_wrap=True))
-    summary = train_stage(features_dir, labels, out, cfg, log=log, overwrite=overwrite)
+    summary = run_train(features_dir, labels, out, cfg, log=log, overwrite=overwrite)
     oof = summary.metrics["out_of_fold"]
     m, ci = oof["metrics"], oof["ci"] or {}
     parts = []

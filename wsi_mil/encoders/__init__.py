@@ -5,24 +5,23 @@
 >>> enc = create_encoder(None, "JOB/encoders/simclr")   # a folder from 'wsi-mil pretrain'
 """
 
-from wsi_mil.encoders.factory import DATA_CONFIG_KEYS, Encoder, create_encoder, safe_name
-from wsi_mil.encoders.folder import is_encoder_dir, read_encoder_json, save_encoder_dir
-from wsi_mil.encoders.registry import ENTRIES, EncoderEntry, list_entries, resolve_arch
-from wsi_mil.encoders.weights import load_into, read_state_dict, state_dict_hash
+from wsi_mil._lazy import lazy_exports
 
-__all__ = [
-    "DATA_CONFIG_KEYS",
-    "ENTRIES",
-    "Encoder",
-    "EncoderEntry",
-    "create_encoder",
-    "is_encoder_dir",
-    "list_entries",
-    "load_into",
-    "read_encoder_json",
-    "read_state_dict",
-    "resolve_arch",
-    "safe_name",
-    "save_encoder_dir",
-    "state_dict_hash",
-]
+_EXPORTS = {
+    "DATA_CONFIG_KEYS": "factory",
+    "ENTRIES": "registry",
+    "Encoder": "factory",
+    "EncoderEntry": "registry",
+    "create_encoder": "factory",
+    "is_encoder_dir": "folder",
+    "list_entries": "registry",
+    "load_into": "weights",
+    "read_encoder_json": "folder",
+    "read_state_dict": "weights",
+    "resolve_arch": "registry",
+    "safe_name": "factory",
+    "save_encoder_dir": "folder",
+    "state_dict_hash": "weights",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -6,20 +6,19 @@
 - :mod:`~wsi_mil.extract.stage`: the job-level stage (resume, run record, devices, Dask).
 """
 
-from wsi_mil.extract.config import ExtractConfig
-from wsi_mil.extract.engine import InferenceEngine, resolve_precision
-from wsi_mil.extract.runner import SlideJob, run_slides
-from wsi_mil.extract.stage import EncoderSpec, ExtractReport, extract_features, resolve_devices, stage_name
+from wsi_mil._lazy import lazy_exports
 
-__all__ = [
-    "EncoderSpec",
-    "ExtractConfig",
-    "ExtractReport",
-    "InferenceEngine",
-    "SlideJob",
-    "extract_features",
-    "resolve_devices",
-    "resolve_precision",
-    "run_slides",
-    "stage_name",
-]
+_EXPORTS = {
+    "EncoderSpec": "stage",
+    "ExtractConfig": "config",
+    "ExtractReport": "stage",
+    "InferenceEngine": "engine",
+    "SlideJob": "runner",
+    "resolve_devices": "stage",
+    "resolve_precision": "engine",
+    "run_extract": "stage",
+    "run_slides": "runner",
+    "stage_name": "stage",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

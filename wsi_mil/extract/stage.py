@@ -1,4 +1,4 @@
-"""``extract_features``: every patch store of a job -> one HDF5 feature file per slide.
+"""``run_extract``: every patch store of a job -> one HDF5 feature file per slide.
 
 Resumable: a slide whose ``features/{encoder_id}/{slide_id}.h5`` is complete, made by the same
 encoder and from the same patch store (content fingerprint) is skipped. Every slide ends as a
@@ -39,7 +39,7 @@ STORE_ATTRS = ("slide_path", "slide_hash", "mpp", "mpp_source", "target_mpp", "t
 
 @dataclass
 class ExtractReport:
-    """What :func:`extract_features` did: one status per store in slide-id order, and where."""
+    """What :func:`run_extract` did: one status per store in slide-id order, and where."""
 
     statuses: list[SlideStatus]
     encoder_id: str
@@ -164,7 +164,7 @@ def _balance(jobs: Sequence[SlideJob], n: int) -> list[list[SlideJob]]:
     return parts
 
 
-def extract_features(
+def run_extract(
     job: str | Path,
     encoder: str | None | Encoder = None,
     weights: str | Path | None = None,

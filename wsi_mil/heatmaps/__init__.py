@@ -11,10 +11,17 @@ Modules, one job each:
 - :mod:`~wsi_mil.heatmaps.render`: all five outputs of one slide from plain arrays;
 - :mod:`~wsi_mil.heatmaps.stage`: the ``heatmap`` stage over a model run and a job folder.
 
-Public API: :func:`run_heatmaps`, :class:`HeatmapConfig`, :func:`render_slide`, :class:`SlideArrays`.
+Public API: :func:`run_heatmap`, :class:`HeatmapConfig`, :func:`render_slide`, :class:`SlideArrays`.
 """
 
-from wsi_mil.heatmaps.render import RenderOptions, SlideArrays, render_slide
-from wsi_mil.heatmaps.stage import HeatmapConfig, run_heatmaps
+from wsi_mil._lazy import lazy_exports
 
-__all__ = ["HeatmapConfig", "RenderOptions", "SlideArrays", "render_slide", "run_heatmaps"]
+_EXPORTS = {
+    "HeatmapConfig": "config",
+    "RenderOptions": "render",
+    "SlideArrays": "render",
+    "render_slide": "render",
+    "run_heatmap": "stage",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

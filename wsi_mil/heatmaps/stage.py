@@ -27,13 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import Field
-
 from wsi_mil import __version__
 from wsi_mil.atomic import atomic_path, remove_stale_temporaries, write_json_atomic
-from wsi_mil.config import StrictModel, config_to_dict
+from wsi_mil.config import config_to_dict
 from wsi_mil.errors import ConfigError, LabelsError, StoreError, WsiMilError
-from wsi_mil.heatmaps.render import OUTPUTS, RenderOptions, SlideArrays, choose_class, render_slide
+from wsi_mil.heatmaps.config import HeatmapConfig, check_cmap
+from wsi_mil.heatmaps.render import OUTPUTS, SlideArrays, choose_class, render_slide
 from wsi_mil.heatmaps.report import ReportRow, render_report_html
 from wsi_mil.heatmaps.scoremap import stride_level0
 from wsi_mil.runrecord import DONE, FAILED, SKIPPED, RunRecord, SlideStatus
@@ -49,36 +48,6 @@ HEATMAP_SCHEMA = "wsi_mil.heatmap/1"
 SLIDE_JSON = "slide.json"
 STATUS_CSV = "status.csv"
 INDEX_HTML = "index.html"
-
-
-class HeatmapConfig(StrictModel):
-    """Options of ``wsi-mil heatmap`` (YAML section ``heatmap``)."""
-
-    class_name: str | None = Field(None, description="class whose scores are shown; default: class 1 of a "
-                                   "binary run, else each slide's predicted class")
-    pixels_per_tile: int = Field(4, ge=1, le=64, description="overlay.ome.tif pixels per tile step")
-    overlay_width: int = Field(1200, ge=400, le=8000, description="overlay.png width in pixels")
-    thumbnail_px: int = Field(2048, ge=256, le=8192, description="longer side of the slide thumbnail read")
-    montage_tiles: int = Field(8, ge=1, le=64, description="tiles per row of top_tiles.png")
-    montage_cell: int = Field(160, ge=32, le=512, description="tile size in top_tiles.png, pixels")
-    cmap: str = Field("coolwarm", description="matplotlib colour map of the scores")
-    alpha: float = Field(0.55, gt=0.0, le=1.0, description="opacity of the score layer in overlay.png")
-    vmin: float | None = Field(None, description="score at the bottom of the colour scale (default: slide min)")
-    vmax: float | None = Field(None, description="score at the top of the colour scale (default: slide max)")
-    embed_images: bool = Field(False, description="inline the overlays in index.html (single-file page)")
-
-    def render_options(self) -> RenderOptions:
-        return RenderOptions(self.pixels_per_tile, self.overlay_width, self.montage_tiles, self.montage_cell,
-                             self.cmap, self.alpha, self.vmin, self.vmax)
-
-
-def check_cmap(name: str) -> None:
-    """Refuse an unknown matplotlib colour map before any slide is drawn."""
-    import matplotlib
-
-    if name not in matplotlib.colormaps:
-        raise ConfigError(f"heatmap.cmap: unknown colour map {name!r}; use a matplotlib name such as "
-                          "coolwarm, viridis, inferno, turbo")
 
 
 @functools.lru_cache(maxsize=4)
@@ -288,7 +257,7 @@ def _report_row(out_dir: Path, st: SlideStatus, label: str | None) -> ReportRow:
     return ReportRow(st.slide_id, st.status, st.reason, label, None, None, None, {})
 
 
-def run_heatmaps(
+def run_heatmap(
     run_dir: str | Path,
     job: str | Path,
     out_dir: str | Path,

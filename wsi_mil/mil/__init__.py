@@ -1,18 +1,19 @@
 """MIL on tile features: min-max layer, WELDON, CHOWDER, baselines; training, CV, model runs.
 
 Public API: :func:`load_model_run` -> :class:`ModelRun` (``predict_bag``), :func:`create_head`,
-:func:`list_heads`, :func:`train_stage`, :func:`predict_stage`.
+:func:`list_heads`, :func:`run_train`, :func:`run_predict`.
 """
 
-from wsi_mil.mil.modelrun import BagPrediction, ModelRun, load_model_run
-from wsi_mil.mil.registry import create_head, list_heads
+from wsi_mil._lazy import lazy_exports
 
-__all__ = ["BagPrediction", "ModelRun", "create_head", "list_heads", "load_model_run", "predict_stage", "train_stage"]
-
-
-def __getattr__(name: str):  # lazy: keep `import wsi_mil.mil` light
-    if name in ("train_stage", "predict_stage"):
-        from wsi_mil.mil import stages
-
-        return getattr(stages, name)
-    raise AttributeError(name)
+_EXPORTS = {
+    "BagPrediction": "modelrun",
+    "ModelRun": "modelrun",
+    "create_head": "registry",
+    "list_heads": "registry",
+    "load_model_run": "modelrun",
+    "run_predict": "stage",
+    "run_train": "stage",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

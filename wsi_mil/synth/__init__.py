@@ -9,25 +9,18 @@ Public API: :func:`make_cohort`, :func:`make_slide`, :func:`load_lesion_mask`, :
 :func:`read_cohort_manifest`, :class:`SlideTruth`.
 """
 
-from wsi_mil.synth.cohort import make_cohort, read_cohort_manifest
-from wsi_mil.synth.slide import make_slide
-from wsi_mil.synth.truth import (
-    SlideTruth,
-    lesion_fraction,
-    load_ground_truth,
-    load_lesion_mask,
-    load_lesion_polygons,
-    load_tissue_mask,
-)
+from wsi_mil._lazy import lazy_exports
 
-__all__ = [
-    "SlideTruth",
-    "lesion_fraction",
-    "load_ground_truth",
-    "load_lesion_mask",
-    "load_lesion_polygons",
-    "load_tissue_mask",
-    "make_cohort",
-    "make_slide",
-    "read_cohort_manifest",
-]
+_EXPORTS = {
+    "SlideTruth": "truth",
+    "lesion_fraction": "truth",
+    "load_ground_truth": "truth",
+    "load_lesion_mask": "truth",
+    "load_lesion_polygons": "truth",
+    "load_tissue_mask": "truth",
+    "make_cohort": "cohort",
+    "make_slide": "slide",
+    "read_cohort_manifest": "cohort",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

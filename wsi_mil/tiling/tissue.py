@@ -12,7 +12,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 from skimage.morphology import disk, remove_small_holes, remove_small_objects
 
-from wsi_mil.config import TissueConfig
+from wsi_mil.tiling.config import TissueConfig
 
 
 def pen_mask(rgb: np.ndarray) -> np.ndarray:

@@ -17,15 +17,16 @@ import numpy as np
 from PIL import Image
 
 from wsi_mil.atomic import remove_stale_temporaries
-from wsi_mil.config import TilingConfig, config_to_dict
+from wsi_mil.config import config_to_dict
+from wsi_mil.tiling.config import TilingConfig
 from wsi_mil.errors import WsiMilError
 from wsi_mil.parallel import map_slides
 from wsi_mil.runrecord import DONE, FAILED, SKIPPED, RunRecord, SlideStatus, status_path
 from wsi_mil.slide import Slide, SlideSource, open_slide, scan_slides
 from wsi_mil.stores.common import file_fingerprint, path_size, patch_store_path, patches_dir
 from wsi_mil.stores.patches import PatchStoreWriter, validate_patch_store
-from wsi_mil.tiling import make_tile_grid
-from wsi_mil.tissue import detect_tissue
+from wsi_mil.tiling.grid import make_tile_grid
+from wsi_mil.tiling.tissue import detect_tissue
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ class StageReport:
         return [s for s in self.statuses if s.status == FAILED]
 
 
-def tile_slides(
+def run_tile(
     inputs: list[str | Path],
     job: str | Path,
     cfg: TilingConfig | None = None,

@@ -1,9 +1,9 @@
 """Stage functions behind ``wsi-mil train`` and ``wsi-mil predict``.
 
-``train_stage``: labels + feature files -> K-fold cross-validation (grouped by case, stratified)
+``run_train``: labels + feature files -> K-fold cross-validation (grouped by case, stratified)
 with out-of-fold predictions and metrics, then the final model on all training slides (every
 slide not in ``split=test``, for the median of the folds' best epochs), evaluated on the test
-split when there is one. ``predict_stage``: a run + feature files -> slide probabilities and
+split when there is one. ``run_predict``: a run + feature files -> slide probabilities and
 per-tile scores.
 """
 
@@ -41,7 +41,7 @@ def _quiet(_: str) -> None:
 
 @dataclass
 class TrainSummary:
-    """What ``train_stage`` did: run folder, metrics (as in metrics.json) and warnings reported."""
+    """What ``run_train`` did: run folder, metrics (as in metrics.json) and warnings reported."""
 
     run_dir: Path
     metrics: dict[str, Any]
@@ -138,7 +138,7 @@ def cross_validate(data: TrainingData, bagset: BagSet, cfg: TrainConfig, log: Lo
     return CrossValidation(oof, folds, fold_metrics, best_epochs, history)
 
 
-def train_stage(
+def run_train(
     features_dir: str | Path, labels_csv: str | Path, run_dir: str | Path, cfg: TrainConfig,
     log: Log = _quiet, overwrite: bool = False,
 ) -> TrainSummary:
@@ -246,7 +246,7 @@ def _fmt(v: float | None) -> str:
 
 @dataclass
 class PredictSummary:
-    """What ``predict_stage`` wrote: the slide CSV, the tiles folder, slides predicted and warnings."""
+    """What ``run_predict`` wrote: the slide CSV, the tiles folder, slides predicted and warnings."""
 
     out_csv: Path
     tiles_dir: Path
@@ -260,7 +260,7 @@ def tiles_dir_of(out_csv: str | Path) -> Path:
     return out_csv.with_name(out_csv.stem + ".tiles")
 
 
-def predict_stage(
+def run_predict(
     run_dir: str | Path, features_dir: str | Path, out_csv: str | Path, device: str = "auto", log: Log = _quiet,
 ) -> PredictSummary:
     """Predict every feature file in ``features_dir`` with the run's final model.
