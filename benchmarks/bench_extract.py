@@ -33,6 +33,7 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -250,7 +251,7 @@ def ours_loader_only(stores: list[Path], device: Any, batch: int, num_workers: i
 class OpenSlideTiles:
     """CLAM-style dataset: one ``read_region`` per tile at level 0, ToTensor + Normalize here."""
 
-    def __init__(self, slide: str, coords: np.ndarray, size: int, mean: list[float], std: list[float]) -> None:
+    def __init__(self, slide: str, coords: np.ndarray, size: int, mean: Sequence[float], std: Sequence[float]) -> None:
         self.slide, self.coords, self.size = slide, coords, size
         self.mean = np.asarray(mean, np.float32).reshape(3, 1, 1)
         self.std = np.asarray(std, np.float32).reshape(3, 1, 1)
@@ -271,9 +272,11 @@ class OpenSlideTiles:
         return torch.from_numpy((a - self.mean) / self.std)  # Normalize
 
 
-def clam_style(model: Any, slide: Path, coords: np.ndarray, n_slides: int, size: int, data_config: dict,
-               device: Any, out_dir: Path, workers: int, batch: int = 256, model_on: bool = True) -> float:
-    """tiles/s of the CLAM-style extractor over ``n_slides`` passes of ``coords`` (fp32)."""
+def clam_style(model: Any, slide: Path, coords: np.ndarray, n_slides: int, size: int, mean: Sequence[float],
+               std: Sequence[float], device: Any, out_dir: Path, workers: int, batch: int = 256,
+               model_on: bool = True) -> float:
+    """tiles/s of the CLAM-style extractor over ``n_slides`` passes of ``coords`` (fp32); ``mean``,
+    ``std``: the normalisation of [0, 1] pixels (the encoder's data config)."""
     import h5py
     import torch
     from torch.utils.data import DataLoader
@@ -284,7 +287,7 @@ def clam_style(model: Any, slide: Path, coords: np.ndarray, n_slides: int, size:
         model = model.to(device).eval().float()
     n, t0 = 0, time.perf_counter()
     for s in range(n_slides):
-        ds = OpenSlideTiles(str(slide), coords, size, data_config["mean"], data_config["std"])
+        ds = OpenSlideTiles(str(slide), coords, size, mean, std)
         loader = DataLoader(ds, batch_size=batch, num_workers=workers, pin_memory=device.type == "cuda")
         feats = []
         for x in loader:
@@ -360,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     clam_loader_tps = float("nan")
     if not args.skip_clam:
         with PeakHostMemory() as mem:
-            clam_loader_tps = clam_style(None, slide, coords, 1, 224, {"mean": [0] * 3, "std": [1] * 3}, device,
+            clam_loader_tps = clam_style(None, slide, coords, 1, 224, [0.0] * 3, [1.0] * 3, device,
                                          args.out / "clam_loader", clam_workers, model_on=False)
         print(f"CLAM-style loader alone (OpenSlide read_region per tile): {clam_loader_tps:,.0f} tiles/s "
               f"(peak host {mem.peak_gb:.2f} GB)")
@@ -373,8 +376,8 @@ def main(argv: list[str] | None = None) -> int:
             with PeakHostMemory() as mem:
                 import copy
 
-                clam_tps = clam_style(copy.deepcopy(enc.model), slide, coords, n_slides, 224, enc.data_config,
-                                      device, args.out / "clam", clam_workers)
+                clam_tps = clam_style(copy.deepcopy(enc.model), slide, coords, n_slides, 224, enc.data_config.mean,
+                                      enc.data_config.std, device, args.out / "clam", clam_workers)
             clam_dev_gb, clam_host_gb = device_peak_gb(device), mem.peak_gb
             print(f"{name}: CLAM-style fp32 batch 256: {clam_tps:,.1f} tiles/s")
         for mode in modes:

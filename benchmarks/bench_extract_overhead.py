@@ -39,6 +39,7 @@ from bench_extract import DEFAULT_SLIDE, PeakHostMemory, ours_end_to_end, prepar
 
 import torch  # noqa: E402
 
+from wsi_mil.encoders.dataconfig import DataConfig  # noqa: E402
 from wsi_mil.extract.engine import InferenceEngine  # noqa: E402
 
 #: ViT-S/16 limit / our threaded loader alone, both on one H100 node (BENCHMARKS.md)
@@ -53,7 +54,7 @@ class PacedEngine(InferenceEngine):
     """
 
     def __init__(self, rate: float, batch_size: int, dim: int = 384, max_in_flight: int = 3) -> None:
-        super().__init__(torch.nn.Identity(), {"input_size": [3, 224, 224], "mean": [0.0] * 3, "std": [1.0] * 3},
+        super().__init__(torch.nn.Identity(), DataConfig((3, 224, 224), (0.0,) * 3, (1.0,) * 3, "bilinear"),
                          "cpu", batch_size, precision="fp32")
         self.rate, self.dim = float(rate), dim
         self._queue: queue.Queue[int] = queue.Queue(maxsize=max_in_flight)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -99,7 +100,7 @@ def synthetic_scores(width: int, height: int, tile0: float, seed: int = 0):
 
 def run_ours(slide: str, out: str, width: int, height: int, tile0: float) -> dict:
     """Our per-slide work: thumbnail from the slide + all five outputs. Timed without input synthesis."""
-    from wsi_mil.heatmaps.render import SlideArrays, render_slide
+    from wsi_mil.heatmaps import render as R
     from wsi_mil.heatmaps.stage import read_thumbnail
 
     coords, scores, selected, mask, ds = synthetic_scores(width, height, tile0)
@@ -108,12 +109,10 @@ def run_ours(slide: str, out: str, width: int, height: int, tile0: float) -> dic
     c0 = time.process_time()
     thumb = read_thumbnail(slide, MPP, 2048)
     t_thumb = time.perf_counter() - t0
-    a = SlideArrays("bench", coords, scores, selected, ["normal", "tumor"], width, height, MPP, tile0,
-                    thumbnail=thumb, tissue_mask=mask, mask_downsample=ds, probs=np.array([0.1, 0.9]),
-                    label="tumor", read_tiles=lambda idx: tiles[: len(idx)])
+    a = R.SlideArrays("bench", coords, scores, selected, ["normal", "tumor"], width, height, MPP, tile0,
+                      thumbnail=thumb, tissue_mask=mask, mask_downsample=ds, probs=np.array([0.1, 0.9]),
+                      label="tumor", read_tiles=lambda idx: tiles[: len(idx)])
     timings = {}
-    import wsi_mil.heatmaps.render as R
-
     for name in ("render_overlay_png", "write_tiles_geojson", "write_score_ometiff", "render_montage_png",
                  "write_scores_csv"):
         fn = getattr(R, name)
@@ -125,7 +124,7 @@ def run_ours(slide: str, out: str, width: int, height: int, tile0: float) -> dic
             return r
 
         setattr(R, name, wrap)
-    render_slide(out, a, 1)
+    R.render_slide(out, a, 1)  # looks the five writers up in R: the timed wrappers
     wall = time.perf_counter() - t0
     sizes = {p.name: p.stat().st_size for p in Path(out).iterdir()}
     return {"wall_s": wall, "cpu_s": time.process_time() - c0, "thumbnail_s": t_thumb, "parts_s": timings,
@@ -136,11 +135,11 @@ def run_naive(out: str, width: int, height: int, tile0: float) -> dict:
     """The naive renderer on a (smaller) slide: level-0 score image, per-tile patches, dict GeoJSON."""
     import csv
 
+    import matplotlib
     import tifffile
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
-    import matplotlib
 
     coords, scores, selected, mask, ds = synthetic_scores(width, height, tile0)
     s = scores[:, 1]
@@ -274,8 +273,6 @@ def main() -> None:
     write_bench_slide(slide, args.width, args.height)
     print(f"slide {slide} ({slide.stat().st_size / 2**20:.0f} MiB) ready in {time.perf_counter() - t0:.1f} s")
     out = cache / "ours"
-    import shutil
-
     shutil.rmtree(out, ignore_errors=True)
     ours = isolated(f"run_ours({str(slide)!r}, {str(out)!r}, {args.width}, {args.height}, {args.tile})")
     k = args.naive_scale
@@ -295,7 +292,7 @@ def main() -> None:
         (f"naive at 1/{k} per side", f"cpu {naive['cpu_s']:.2f} s (wall {naive['wall_s']:.2f} s), {naive['n_tiles']} "
                                       f"tiles, peak RSS {naive['peak_rss_mb']:.0f} MiB; parts (wall) "
                                       + ", ".join(f"{a} {b:.2f}" for a, b in naive["parts_s"].items())),
-        ("naive extrapolated x%.0f" % factor, f"cpu {naive_full_cpu:.0f} s; level-0 score image alone "
+        (f"naive extrapolated x{factor:.0f}", f"cpu {naive_full_cpu:.0f} s; level-0 score image alone "
                                               f"{naive_image_gb:.0f} GB"),
         ("speed-up (naive / ours, cpu)", f"{naive_full_cpu / ours['cpu_s']:.0f}x"),
         ("memory ratio (naive / ours)", f"{naive_image_gb * 1e9 / 2**20 / ours['peak_rss_mb']:.0f}x "

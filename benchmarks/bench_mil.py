@@ -30,6 +30,7 @@ shifted in a few dimensions, 1-5 % of a bag, slide-level offsets):
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import sys
 import time
@@ -42,13 +43,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wsi_mil.mil.bags import BagSet  # noqa: E402
 from wsi_mil.mil.config import TrainConfig  # noqa: E402
-from wsi_mil.mil.registry import list_heads  # noqa: E402
+from wsi_mil.mil.heads import list_heads  # noqa: E402
 from wsi_mil.mil.training import build_head, class_weights, predict_probs, train_epoch  # noqa: E402
 
 
 def add_training_args(ap: argparse.ArgumentParser) -> None:
     """The options both cohort kinds share: heads, folds, device, seed, train overrides."""
-    ap.add_argument("--heads", default="mean,max,attention,weldon,chowder")
+    ap.add_argument("--heads", default=",".join(list_heads()), help="comma-separated registered heads")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
@@ -138,8 +139,6 @@ def cohort_main(argv: list[str]) -> None:
 
 def compare_heads(feats: Path, labels: Path, test_feats: Path, truth, args: argparse.Namespace) -> None:
     """Train every head with CV (+ final model), print a markdown table of slide and tile AUC."""
-    import json
-
     from wsi_mil.cli import main as cli
     from wsi_mil.mil import load_model_run
     from wsi_mil.mil.evaluate import evaluate_tiles
@@ -206,7 +205,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=2048)
     ap.add_argument("--distinct", type=int, default=0, help="distinct bag tensors (0 = all)")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--heads", default=",".join(list_heads()))
+    ap.add_argument("--heads", default=",".join(list_heads()), help="comma-separated registered heads")
     ap.add_argument("--tiles-per-bag", type=int, default=1000)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--no-whole", action="store_true", help="skip the whole-bag training epoch")

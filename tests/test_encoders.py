@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 
 from wsi_mil.encoders import (
     ENTRIES,
+    DataConfig,
     create_encoder,
     read_encoder_json,
     resolve_arch,
@@ -46,8 +47,8 @@ def test_random_encoder_is_deterministic_and_named_by_seed() -> None:
 
 def test_plain_timm_arch_takes_timm_data_config() -> None:
     enc = create_encoder("test_vit", "random")
-    assert enc.data_config["input_size"] == [3, 160, 160]
-    assert set(enc.data_config) == {"input_size", "mean", "std", "interpolation"}
+    assert enc.data_config.to_dict()["input_size"] == [3, 160, 160]
+    assert set(enc.data_config.to_dict()) == {"input_size", "mean", "std", "interpolation"}
     assert enc.input_size == (160, 160)
     attrs = enc.attrs()
     assert attrs["embed_dim"] == 64 and attrs["timm_arch"] == "test_vit" and attrs["weights_hash"].startswith("sha256:")
@@ -56,12 +57,12 @@ def test_plain_timm_arch_takes_timm_data_config() -> None:
 def test_ready_made_entries() -> None:
     assert {"resnet50_trunc", "resnet50_in1k", "vit_s16_in21k", "vit_b16_in21k"} <= set(ENTRIES)
     assert resolve_arch("vit_s16_in21k").timm_arch == "vit_small_patch16_224"
-    assert ENTRIES["vit_b16_in21k"].data_config["mean"] == [0.5, 0.5, 0.5]
+    assert ENTRIES["vit_b16_in21k"].data_config.to_dict()["mean"] == [0.5, 0.5, 0.5]
     enc = create_encoder("resnet50_trunc", "random")
     assert enc.embed_dim == 1024 and enc.timm_arch == "resnet50"
     assert enc.encoder_id.startswith("resnet50_trunc-random0-")
-    assert enc.data_config["input_size"] == [3, 224, 224]
-    assert enc.data_config["mean"] == [0.485, 0.456, 0.406]
+    assert enc.data_config.to_dict()["input_size"] == [3, 224, 224]
+    assert enc.data_config.to_dict()["mean"] == [0.485, 0.456, 0.406]
     assert _out(enc).shape == (2, 1024)
     assert not any(k.startswith("layer4.") for k in enc.model.state_dict())
 
@@ -192,7 +193,7 @@ def test_encoder_folder_round_trip(tmp_path: Path) -> None:
     enc = create_encoder(None, folder)
     assert enc.arch == "test_resnet" and enc.weights_hash == src.weights_hash
     assert enc.encoder_id == f"test_resnet-simclr_a-{src.weights_hash.split(':')[1][:8]}"
-    assert enc.data_config == {k: cfg[k] for k in ("input_size", "mean", "std", "interpolation")}
+    assert enc.data_config.to_dict() == {k: cfg[k] for k in ("input_size", "mean", "std", "interpolation")}
     assert torch.equal(_out(enc), _out(src))
     assert create_encoder("test_resnet", folder).encoder_id == enc.encoder_id  # same arch may be given
     with pytest.raises(EncoderError, match="holds a 'test_resnet'.*omit --encoder"):
@@ -250,3 +251,35 @@ def test_folder_hash_survives_batchnorm_counters(tmp_path) -> None:
     assert loaded.weights_hash == saved.get("weights_hash", loaded.weights_hash)
     again = create_encoder(None, folder)
     assert again.encoder_id == loaded.encoder_id
+
+
+def test_data_config_is_one_typed_frozen_value(tmp_path: Path) -> None:
+    """Built and validated in one place; its JSON form is what encoder.json and feature files hold."""
+    import dataclasses
+
+    cfg = DataConfig.from_dict({"input_size": [3, 32, 48], "mean": [0.5, 0, 1], "std": [0.2] * 3,
+                                "interpolation": "bicubic", "crop_pct": 0.9})
+    assert cfg.input_size == (3, 32, 48) and cfg.hw == (32, 48) and cfg.mean == (0.5, 0.0, 1.0)
+    assert cfg.to_dict() == {"input_size": [3, 32, 48], "mean": [0.5, 0.0, 1.0], "std": [0.2] * 3,
+                             "interpolation": "bicubic"}
+    assert list(cfg.to_dict()) == ["input_size", "mean", "std", "interpolation"]
+    assert DataConfig.from_dict(cfg.to_dict()) == cfg and cfg["mean"] == [0.5, 0.0, 1.0]
+    assert cfg.with_side(24).input_size == (3, 24, 24)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.mean = (0.0, 0.0, 0.0)  # type: ignore[misc]
+    with pytest.raises(EncoderError, match=r"here: data_config lacks std, interpolation"):
+        DataConfig.from_dict({"input_size": [3, 8, 8], "mean": [0.5] * 3}, "here")
+    with pytest.raises(EncoderError, match=r"here: data_config mean \[0.5, 0.5\]: expected 3 finite floats"):
+        DataConfig.from_dict({**cfg.to_dict(), "mean": [0.5, 0.5]}, "here")
+    with pytest.raises(EncoderError, match="std .* must be > 0"):
+        DataConfig.from_dict({**cfg.to_dict(), "std": [0.2, 0.0, 0.2]})
+    with pytest.raises(EncoderError, match="input_size"):
+        DataConfig.from_dict({**cfg.to_dict(), "input_size": [32, 32]})
+    src = create_encoder("test_resnet", "random")
+    folder = save_encoder_dir(tmp_path / "enc", src.model, "test_resnet", cfg)
+    assert json.loads((folder / "encoder.json").read_text())["data_config"] == cfg.to_dict()
+    assert create_encoder(None, folder).data_config == cfg
+    meta = json.loads((folder / "encoder.json").read_text())
+    (folder / "encoder.json").write_text(json.dumps({**meta, "data_config": {"mean": [0.5] * 3}}))
+    with pytest.raises(EncoderError, match=r"encoder.json: data_config lacks input_size, std, interpolation"):
+        create_encoder(None, folder)

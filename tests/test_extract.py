@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from wsi_mil.cli import main
-from wsi_mil.encoders import create_encoder, save_encoder_dir
-from wsi_mil.extract import ExtractConfig, InferenceEngine, run_extract, resolve_devices
+from wsi_mil.encoders import DataConfig, create_encoder, save_encoder_dir
+from wsi_mil.errors import StoreError
+from wsi_mil.extract import ExtractConfig, InferenceEngine, resolve_devices, run_extract
 from wsi_mil.extract.data import TileRangeDataset
 from wsi_mil.stores.features import is_complete_feature_file, read_feature_file
 from wsi_mil.stores.patches import open_patch_store, write_patch_store
@@ -54,8 +55,8 @@ def reference(enc, tiles: np.ndarray) -> np.ndarray:
     """Each tile alone, preprocessed the textbook way (float on [0, 1], resize, normalise), on the CPU."""
     enc.model.cpu()  # an engine may have moved the model to the GPU
     out = []
-    mean = torch.tensor(enc.data_config["mean"]).view(3, 1, 1)
-    std = torch.tensor(enc.data_config["std"]).view(3, 1, 1)
+    mean = torch.tensor(enc.data_config.mean).view(3, 1, 1)
+    std = torch.tensor(enc.data_config.std).view(3, 1, 1)
     h, w = enc.input_size
     for t in tiles:
         x = torch.from_numpy(t).permute(2, 0, 1).float() / 255.0
@@ -148,7 +149,7 @@ def test_resume_skips_valid_files_and_redoes_bad_ones(job: Path, encoder) -> Non
     assert {s.status for s in third.statuses} == {"done"}
     # another encoder writes its own folder and record
     other = create_encoder("test_resnet", "random:2")
-    other.data_config = DATA_CONFIG
+    other.data_config = DataConfig.from_dict(DATA_CONFIG)
     rep = run_extract(job, other, cfg=CPU, slides=["a"])
     assert rep.features_dir != out and rep.statuses[0].status == "done"
 
@@ -315,10 +316,12 @@ def test_reads_group_whole_chunks_up_to_the_batch() -> None:
     from wsi_mil.extract.data import plan_ranges
 
     chunks = [(0, 8), (8, 16), (16, 24), (24, 30)]
-    assert [(r.start, r.stop) for r in plan_ranges(0, "s", chunks, 16)] == [(0, 16), (16, 30)]
-    assert [(r.start, r.stop) for r in plan_ranges(0, "s", chunks, 5)] == [(0, 8), (8, 16), (16, 24), (24, 30)]
-    assert [(r.start, r.stop) for r in plan_ranges(2, "s", chunks, 100)] == [(0, 30)]
-    assert plan_ranges(0, "s", [], 16) == []
+    assert [(r.start, r.stop) for r in plan_ranges(0, "s", chunks, 16, 32)] == [(0, 16), (16, 30)]
+    assert [(r.start, r.stop) for r in plan_ranges(0, "s", chunks, 5, 32)] == [(0, 8), (8, 16), (16, 24), (24, 30)]
+    assert [(r.start, r.stop) for r in plan_ranges(2, "s", chunks, 100, 32)] == [(0, 30)]
+    assert plan_ranges(0, "s", [], 16, 32) == []
+    with pytest.raises(StoreError, match="s: no tile size"):  # the tile size is given, never guessed
+        plan_ranges(0, "s", chunks, 16, 0)
 
 
 @pytest.mark.gpu
@@ -367,7 +370,8 @@ def test_threaded_loader_reports_a_damaged_store(job: Path) -> None:
     from wsi_mil.extract.data import ThreadedTileLoader, TileRange
 
     make_store(job, "a", 8)
-    ranges = [TileRange(0, str(job / "patches" / "a.zarr"), 0, 8), TileRange(1, str(job / "patches" / "nope.zarr"), 0, 4)]
+    ranges = [TileRange(0, str(job / "patches" / "a.zarr"), 0, 8, 32),
+              TileRange(1, str(job / "patches" / "nope.zarr"), 0, 4, 32)]
     out = list(ThreadedTileLoader(ranges, threads=2))
     assert [b.slide for b in out] == [0, 1] and out[0].tiles.shape[0] == 8
     assert out[1].tiles is None and "patch store not found" in out[1].error

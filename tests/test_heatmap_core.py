@@ -12,9 +12,9 @@ from PIL import Image
 
 from wsi_mil.errors import WsiMilError
 from wsi_mil.heatmaps.geojson import tile_class_names, write_tiles_geojson
-from wsi_mil.heatmaps.montage import montage_size, render_montage_png, top_bottom_indices
+from wsi_mil.heatmaps.montage import HEADING_PX, PAD, montage_size, render_montage_png, top_bottom_indices
 from wsi_mil.heatmaps.ometiff import level_shapes, write_score_ometiff
-from wsi_mil.heatmaps.overlay import overlay_layout, render_overlay_png
+from wsi_mil.heatmaps.overlay import OverlayOptions, overlay_layout, render_overlay_png
 from wsi_mil.heatmaps.render import OUTPUTS, RenderOptions, SlideArrays, choose_class, render_slide
 from wsi_mil.heatmaps.scoremap import build_score_grid, stride_level0
 from wsi_mil.heatmaps.table import column_names, read_scores_csv, write_scores_csv
@@ -276,8 +276,8 @@ def test_overlay_png_size_colours_and_alignment(tmp_path, tiles):
     coords, scores, selected = tiles
     g = build_score_grid(coords, scores, SIZE0)
     mask = blob(*np.mgrid[0:400, 0:600][::-1] * 10.0).astype(np.uint8)
-    lay = render_overlay_png(tmp_path / "overlay.png", g, W0, H0, _thumb(), coords, selected,
-                             "slide-1", "class shown: tumor", "tile score (tumor)", mask, 10.0, width_px=900)
+    opts = OverlayOptions("slide-1", "class shown: tumor", "tile score (tumor)", width_px=900)
+    lay = render_overlay_png(tmp_path / "overlay.png", g, W0, H0, _thumb(), coords, selected, opts, mask, 10.0)
     assert lay == overlay_layout(W0, H0, 900)
     with Image.open(tmp_path / "overlay.png") as im:
         assert im.format == "PNG"
@@ -304,8 +304,8 @@ def test_overlay_png_size_colours_and_alignment(tmp_path, tiles):
 
 def test_overlay_without_thumbnail_or_tiles(tmp_path):
     g = build_score_grid(np.zeros((0, 2)), np.zeros(0), SIZE0)
-    lay = render_overlay_png(tmp_path / "o.png", g, W0, H0, None, np.zeros((0, 2)), np.zeros(0), "s", "x", "score",
-                             message="no tissue detected")
+    lay = render_overlay_png(tmp_path / "o.png", g, W0, H0, None, np.zeros((0, 2)), np.zeros(0),
+                             OverlayOptions("s", "x", "score", message="no tissue detected"))
     with Image.open(tmp_path / "o.png") as im:
         assert im.size == (lay.width, lay.height)
 
@@ -342,8 +342,6 @@ def test_montage_reads_the_right_tiles(tmp_path):
     with Image.open(tmp_path / "t.png") as im:
         assert im.size == montage_size(4, 40)
         rgb = np.asarray(im.convert("RGB"))
-    from wsi_mil.heatmaps.montage import HEADING_PX, PAD
-
     first = rgb[PAD + HEADING_PX + 20, PAD + 20]
     assert abs(int(first[0]) - 29 * 8) <= 2
 

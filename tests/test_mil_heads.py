@@ -3,14 +3,24 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import typing
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from wsi_mil.cli.train import train
+from wsi_mil.config import config_to_dict
 from wsi_mil.errors import ConfigError
 from wsi_mil.mil import create_head, list_heads
+from wsi_mil.mil.config import TrainConfig
+from wsi_mil.mil.heads import ChowderOptions, HeadOptions, WeldonOptions, heads_help, register_head, register_options
+from wsi_mil.mil.heads._registry import _HEADS
+from wsi_mil.mil.heads.baselines import MeanPool
 from wsi_mil.mil.minmax import extreme_mean, extreme_values, minmax_pool, resolve_k, selection_marks
-
 
 
 @pytest.fixture(autouse=True)
@@ -192,6 +202,77 @@ def test_registry_lists_every_head_and_rejects_unknown() -> None:
         create_head("weldon", 4, 2, kk=3)
     with pytest.raises(ConfigError, match="'r'"):
         create_head("chowder", 4, 2, r=0)
+
+
+def test_typed_options_are_validated_once_and_used_as_they_are() -> None:
+    cfg = TrainConfig(head="weldon", head_options={"k_top": 3})
+    assert isinstance(cfg.head_options, WeldonOptions) and cfg.head_options.k_bottom == 10
+    head = create_head(cfg.head, 4, 2, cfg.head_options)
+    assert head.opts is cfg.head_options  # no dict round trip, no second validation
+    # the JSON form (config.json, study.yaml) stays a plain mapping with the defaults filled in
+    assert config_to_dict(cfg)["head_options"] == {"k_top": 3, "k_bottom": 10, "negative_weight": 1.0}
+    assert TrainConfig.model_validate(config_to_dict(cfg)) == cfg
+    assert isinstance(TrainConfig().head_options, ChowderOptions)  # the default head's defaults
+    assert TrainConfig(head="mean").head_options == create_head("max", 4, 2).opts  # one options model
+    with pytest.raises(ConfigError, match="expected WeldonOptions, got ChowderOptions"):
+        create_head("weldon", 4, 2, ChowderOptions())
+    with pytest.raises(TypeError, match="not both"):
+        create_head("weldon", 4, 2, {"k_top": 3}, k_bottom=2)
+    with pytest.raises(ConfigError, match="unknown key 'r'"):
+        TrainConfig(head="weldon", head_options={"r": 3})
+    pool = TrainConfig(head="mean", head_options={"hidden": 4})
+    pool.head = "max"  # assignment: the options are re-read as the new head's (one model for both)
+    assert pool.head_options.hidden == 4
+    with pytest.raises(ConfigError, match="head_options of 'chowder'.*unknown key 'k_top'"):
+        cfg.head = "chowder"
+
+
+def test_names_come_from_the_registry_only() -> None:
+    """CLI help, the config field's description, the unknown-head error and docs/train.md all
+    name every registered head."""
+    names = list_heads()
+    assert heads_help() == ", ".join(names)
+    cli_help = typing.get_type_hints(train, include_extras=True)["head"].__metadata__[0].help
+    assert ", ".join(names) in cli_help
+    assert TrainConfig.model_fields["head"].description.endswith(", ".join(names))
+    with pytest.raises(ConfigError) as err:
+        TrainConfig(head="nope")
+    assert str(err.value).endswith(", ".join(names))
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "train.md").read_text(encoding="utf-8")
+    table = docs[docs.index("Heads (`head_options`):"):]
+    rows = [line.split("|")[1].strip().strip("`") for line in table.splitlines()[4:] if line.startswith("| `")]
+    assert rows == names
+
+
+def test_registering_a_head() -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        register_options("weldon", "again")(HeadOptions)
+    with pytest.raises(ValueError, match="no registered options"):
+        register_head("unregistered")(MeanPool)
+    with pytest.raises(ValueError, match="already implemented by MaxPool"):
+        register_head("max")(MeanPool)
+    try:
+        @register_options("mean2", "a test head")
+        class Mean2Options(HeadOptions):
+            hidden: int | None = None
+            dropout: float = 0.0
+
+        @register_head("mean2")
+        class Mean2(MeanPool):
+            pass
+
+        assert "mean2" in list_heads()
+        assert type(create_head("mean2", 4, 2, hidden=3)) is Mean2
+    finally:
+        _HEADS.pop("mean2", None)
+
+
+def test_config_does_not_load_torch() -> None:
+    code = ("import sys; import wsi_mil.mil.config as c; from wsi_mil.mil.heads import list_heads; "
+            "c.TrainConfig(head='weldon', head_options={'k_top': 2}); "
+            "assert 'torch' not in sys.modules, 'torch loaded'; print(','.join(list_heads()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == ",".join(list_heads())
 
 
 @pytest.mark.parametrize("name", sorted(HEAD_KW))

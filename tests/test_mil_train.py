@@ -55,6 +55,8 @@ def test_train_and_predict_cli(cohort, tmp_path: Path, capsys: pytest.CaptureFix
     assert cfg["encoder_id"] == "enc-a" and cfg["embed_dim"] == 16 and cfg["head"] == "weldon"
     assert cfg["class_names"] == ["0", "1"] and cfg["train_config"]["seed"] == 1
     assert cfg["final_model"]["n_slides"] == 36 and cfg["final_model"]["epochs"] >= 1
+    # the file format of the options: a plain mapping with every default filled in
+    assert cfg["head_options"] == cfg["train_config"]["head_options"] == {"k_top": 10, "k_bottom": 10, "negative_weight": 1.0}
     metrics = json.loads((run / "metrics.json").read_text())
     assert len(metrics["folds"]) == 3 and {"auc", "accuracy", "balanced_accuracy"} <= set(metrics["fold_summary"])
     assert metrics["fold_summary"]["auc"]["std"] is not None

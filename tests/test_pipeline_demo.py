@@ -45,7 +45,7 @@ def _rewrite_scores(tiles_dir: Path, cohort: Path, job: Path, sign: float) -> di
 
     Returns the largest lesion share of a tile on each slide.
     """
-    from wsi_mil.stores.common import patch_store_path
+    from wsi_mil.jobdir import patch_store_path
     from wsi_mil.stores.patches import open_patch_store
     from wsi_mil.synth import lesion_fraction, load_lesion_mask
 

@@ -45,7 +45,7 @@ def test_two_process_ddp_run_writes_one_encoder(job: Path, tmp_path: Path) -> No
 
     from wsi_mil.encoders import create_encoder, read_encoder_json
     from wsi_mil.ssl.checkpoint import load_checkpoint
-    from wsi_mil.ssl.stage import checkpoint_path
+    from wsi_mil.jobdir import pretrain_checkpoint_path
 
     add_store(job, "s1", 30, seed=1)
     add_store(job, "s2", 20, seed=2)
@@ -57,7 +57,7 @@ def test_two_process_ddp_run_writes_one_encoder(job: Path, tmp_path: Path) -> No
     assert r0["events"] > 0 and r1["events"] == 0  # only rank 0 reports
     meta = read_encoder_json(out)
     assert meta["training"]["world_size"] == 2
-    ckpt = load_checkpoint(checkpoint_path(job, out))
+    ckpt = load_checkpoint(pretrain_checkpoint_path(job, out))
     assert ckpt["world_size"] == 2 and isinstance(ckpt["rng"], list) and len(ckpt["rng"]) == 2
     # the encoder loads and differs from its random init
     enc = create_encoder(None, out)

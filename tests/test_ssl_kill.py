@@ -25,7 +25,7 @@ def _cli(job: Path, out: Path, *extra: str) -> list[str]:
 @pytest.mark.slow  # three CLI processes (torch + timm imports each)
 def test_sigkill_then_resume_gives_the_uninterrupted_encoder(job: Path, tmp_path: Path) -> None:
     from wsi_mil.ssl.checkpoint import load_checkpoint
-    from wsi_mil.ssl.stage import checkpoint_path
+    from wsi_mil.jobdir import pretrain_checkpoint_path
 
     add_store(job, "s1", 60, seed=1)
     add_store(job, "s2", 44, seed=2)
@@ -34,7 +34,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_encoder(job: Path, tmp_path
     subprocess.run(_cli(job, ref_out), env=env, check=True, capture_output=True)
 
     out = tmp_path / "enc"
-    ckpt = checkpoint_path(job, out)
+    ckpt = pretrain_checkpoint_path(job, out)
     proc = subprocess.Popen(_cli(job, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:

@@ -13,8 +13,9 @@ from wsi_mil.cli import main
 from wsi_mil.encoders import create_encoder, read_encoder_json
 from wsi_mil.errors import EncoderError, StoreError, WsiMilError
 from wsi_mil.ssl.config import PretrainConfig
-from wsi_mil.ssl.stage import checkpoint_path, run_pretrain
-from wsi_mil.stores.common import patch_store_path
+from wsi_mil.jobdir import pretrain_checkpoint_path
+from wsi_mil.ssl.stage import run_pretrain
+from wsi_mil.jobdir import patch_store_path
 from wsi_mil.stores.patches import write_patch_store
 
 TINY = ["--arch", "test_resnet", "--epochs", "1", "--batch-size", "16", "--input-size", "32",
@@ -63,7 +64,7 @@ def test_writes_an_encoder_folder_that_extract_accepts(small_job: Path, tmp_path
     assert meta["training"]["config"]["epochs"] == 2 and meta["training"]["method"] == "simclr"
     assert [Path(p).name for p in meta["patch_stores"]] == ["s1.zarr", "s2.zarr"]
     assert (out / "encoder.safetensors").is_file()
-    assert checkpoint_path(small_job, out).is_file()
+    assert pretrain_checkpoint_path(small_job, out).is_file()
     enc = create_encoder(None, out)
     random = create_encoder("test_resnet", "random:0")
     assert enc.embed_dim == 96 and enc.input_size == (32, 32)
@@ -130,7 +131,7 @@ def test_unknown_architecture(small_job: Path, tmp_path: Path) -> None:
 def test_corrupt_checkpoint_on_resume_overwrites_nothing(small_job: Path, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "enc"
-    ckpt = checkpoint_path(small_job, out)
+    ckpt = pretrain_checkpoint_path(small_job, out)
     ckpt.parent.mkdir(parents=True)
     ckpt.write_bytes(b"\x00garbage")
     assert main(["pretrain", str(small_job), "-o", str(out), *TINY, "--resume"]) == 2

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from wsi_mil.errors import WsiMilError
 from wsi_mil.ssl.checkpoint import CheckpointError, load_checkpoint
-from wsi_mil.ssl.config import PretrainConfig
+from wsi_mil.ssl.config import AugmentConfig, PretrainConfig
 from wsi_mil.ssl.data import ArrayTileSource
 from wsi_mil.ssl.optim import LARS, build_optimizer, warmup_cosine
 from wsi_mil.ssl.stage import prepare_backbone
 from wsi_mil.ssl.train import train_simclr
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -97,8 +97,6 @@ def test_without_resume_a_run_starts_over(tmp_path: Path) -> None:
 
 
 def test_loss_falls(tmp_path: Path) -> None:
-    from wsi_mil.ssl.config import AugmentConfig
-
     aug = AugmentConfig(crop_scale=(0.6, 1.0), hed_p=0, color_p=0, blur_p=0)
     cfg = small_cfg(epochs=8, lr=3e-3, warmup_epochs=0.5, temperature=0.2, augment=aug)
     res = run(cfg, None)
@@ -133,8 +131,6 @@ def test_corrupt_or_foreign_checkpoint_is_refused(tmp_path: Path) -> None:
 
 
 def test_batch_larger_than_tiles_is_an_error() -> None:
-    from wsi_mil.errors import WsiMilError
-
     with pytest.raises(WsiMilError, match="batch size 128 is larger than the 70 tiles"):
         run(small_cfg(batch_size=128), None)
 

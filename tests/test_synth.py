@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import openslide
 import pytest
+from scipy import ndimage as ndi
 
-from wsi_mil.errors import ConfigError
+from wsi_mil.errors import ConfigError, StoreError
 from wsi_mil.synth import (
     lesion_fraction,
     load_ground_truth,
@@ -23,7 +24,9 @@ from wsi_mil.synth import (
     make_cohort,
     make_slide,
     read_cohort_manifest,
+    render,
 )
+from wsi_mil.synth.render import SlideRenderer, SlideSpec
 from wsi_mil.synth.shapes import polygon_area, rasterize_polygons
 
 
@@ -97,8 +100,6 @@ def test_tissue_on_glass_matches_tissue_mask(synth_cohort: Path) -> None:
     assert ds == 4.0 and rgb.shape[:2] == tissue.shape
     assert 0.15 < tissue.mean() < 0.75
     brightness = rgb.astype(np.float32).mean(axis=-1)
-    from scipy import ndimage as ndi
-
     inner = ndi.binary_erosion(tissue, iterations=4)
     outer = ~ndi.binary_dilation(tissue, iterations=8)  # the ragged border reaches ~6 mask px out
     glass = brightness[outer]
@@ -120,8 +121,6 @@ def test_ground_truth_lines_up_with_pixels(synth_cohort: Path, tmp_path: Path) -
             openslide.OpenSlide(str(tmp_path / "plain.tiff")) as b:
         img, ref = _rgb(a, 2), _rgb(b, 2)  # level 2 = downsample 4 = the mask grid
     diff = np.abs(img.astype(np.int16) - ref.astype(np.int16)).max(axis=-1)
-    from scipy import ndimage as ndi
-
     changed = ndi.binary_opening(diff > 12, iterations=1)
     inter = (changed & mask).sum()
     union = (changed | mask).sum()
@@ -140,8 +139,6 @@ def test_ground_truth_lines_up_with_pixels(synth_cohort: Path, tmp_path: Path) -
 
 def test_renderer_draws_any_level_without_the_file(synth_cohort: Path) -> None:
     """Rendering a reduced level straight from the slide's description matches the written pyramid."""
-    from wsi_mil.synth.render import SlideRenderer, SlideSpec
-
     entry = read_cohort_manifest(synth_cohort)["slides"][1]
     spec = SlideSpec.draw(3072, 3072, 0.5, entry["seed"], bool(entry["label"]), (0.04, 0.08))
     thumb = SlideRenderer(spec)(0, 0, 384, 384, downsample=8.0)
@@ -254,8 +251,6 @@ def test_make_cohort_is_deterministic_parallel_and_resumable(tmp_path: Path) -> 
 
 
 def test_killed_generation_leaves_no_complete_slide(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from wsi_mil.synth import render
-
     calls = {"n": 0}
     original = render.SlideRenderer.__call__
 
@@ -324,8 +319,6 @@ def test_lesion_fraction_is_exact() -> None:
 
 
 def test_missing_ground_truth_is_a_store_error(tmp_path: Path) -> None:
-    from wsi_mil.errors import StoreError
-
     with pytest.raises(StoreError, match="slide_404"):
         load_lesion_mask(tmp_path, "slide_404")
     with pytest.raises(StoreError, match="cohort.json"):

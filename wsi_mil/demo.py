@@ -125,7 +125,7 @@ def evaluate_localisation(cohort: Path, job: Path, predictions_csv: Path, run_di
     from the ground-truth masks (:func:`wsi_mil.synth.lesion_fraction`).
     """
     from wsi_mil.mil.stage import tiles_dir_of
-    from wsi_mil.stores.common import patch_store_path
+    from wsi_mil.jobdir import patch_store_path
     from wsi_mil.stores.patches import open_patch_store
     from wsi_mil.synth import lesion_fraction, load_lesion_mask
 

@@ -36,6 +36,7 @@ from wsi_mil import __version__
 from wsi_mil.atomic import write_json_atomic, write_text_atomic
 from wsi_mil.config import config_to_dict
 from wsi_mil.errors import ConfigError, EncoderError, LabelsError, StoreError
+from wsi_mil.jobdir import pipeline_record_path
 from wsi_mil.runrecord import DONE, FAILED, SKIPPED, SlideStatus
 from wsi_mil.study import StudyConfig, study_to_yaml
 
@@ -110,7 +111,7 @@ class PipelineState:
     """``JOB/status/pipeline.json``: per stage, the fingerprint of the inputs it last ran on."""
 
     def __init__(self, job: Path) -> None:
-        self.path = job / "status" / "pipeline.json"
+        self.path = pipeline_record_path(job)
         self.doc: dict[str, Any] = {"schema": PIPELINE_SCHEMA, "stages": {}}
         if self.path.is_file():
             try:
@@ -273,13 +274,14 @@ def _encoder_matches(out_dir: Path, cfg: StudyConfig, job: Path) -> bool:
 
 def _stage_pretrain(ctx: _Context) -> StageResult:
     from wsi_mil.ssl.checkpoint import CheckpointError
-    from wsi_mil.ssl.stage import checkpoint_path, run_pretrain
+    from wsi_mil.jobdir import pretrain_checkpoint_path
+    from wsi_mil.ssl.stage import run_pretrain
 
     out = ctx.cfg.simclr_dir(ctx.job)
     if _encoder_matches(out, ctx.cfg, ctx.job):
         return StageResult("pretrain", SKIPPED, detail=f"encoder {out} is up to date")
     overwrite = out.exists()
-    resume = checkpoint_path(ctx.job, out).is_file()
+    resume = pretrain_checkpoint_path(ctx.job, out).is_file()
 
     def show(ev: Any) -> None:
         if ev.kind == "epoch":
@@ -330,7 +332,8 @@ def _features_fingerprint(folder: Path, slides: set[str]) -> list[tuple[str, str
 
 def _stage_train(ctx: _Context) -> StageResult:
     from wsi_mil.mil.stage import run_train
-    from wsi_mil.stores.common import features_dir, file_fingerprint
+    from wsi_mil.jobdir import features_dir
+    from wsi_mil.stores.common import file_fingerprint
 
     tcfg = ctx.cfg.train_config()
     fdir = features_dir(ctx.job, ctx.encoder_id or "")
@@ -356,7 +359,7 @@ def _stage_train(ctx: _Context) -> StageResult:
 
 def _stage_predict(ctx: _Context) -> StageResult:
     from wsi_mil.mil.stage import run_predict
-    from wsi_mil.stores.common import features_dir
+    from wsi_mil.jobdir import features_dir
 
     out = ctx.cfg.predictions_csv(ctx.job)
     fdir = features_dir(ctx.job, ctx.encoder_id or "")
@@ -461,7 +464,7 @@ def run_study(
 
 
 def _ok_stores(job: Path, slide_ids: list[str]) -> list[str]:
-    from wsi_mil.stores.common import patch_store_path
+    from wsi_mil.jobdir import patch_store_path
     from wsi_mil.stores.patches import is_complete_patch_store
 
     return [s for s in slide_ids if is_complete_patch_store(patch_store_path(job, s))]

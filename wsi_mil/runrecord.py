@@ -1,4 +1,4 @@
-"""Per-slide status of a batch stage: ``JOB/status/{stage}.csv``.
+"""Per-slide status of a batch stage: ``JOB/status/{stage}.csv`` (:func:`wsi_mil.jobdir.status_path`).
 
 One row per slide with its status (``done``, ``failed``, ``skipped``), the one-line reason of a
 failure, the number of tiles and the seconds it took. The file is rewritten atomically after
@@ -10,10 +10,12 @@ from __future__ import annotations
 import csv
 import io
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from wsi_mil.atomic import write_text_atomic
+from wsi_mil.errors import WsiMilError
 
 DONE = "done"
 FAILED = "failed"
@@ -38,9 +40,46 @@ class SlideStatus:
         return self.status in (DONE, SKIPPED)
 
 
-def status_path(job: str | Path, stage: str) -> Path:
-    """Where a stage's run record lives inside a job folder."""
-    return Path(job) / "status" / f"{stage}.csv"
+@dataclass
+class StageReport:
+    """What a per-slide stage did: every slide's status (slide-id order) and where they are recorded.
+
+    Stages that write more (the extract stage's feature folder, the heatmap stage's cohort page)
+    return a subclass that adds those paths.
+    """
+
+    statuses: list[SlideStatus]
+    record_path: Path
+
+    @property
+    def failed(self) -> list[SlideStatus]:
+        """The slides that failed, with their reasons."""
+        return [s for s in self.statuses if s.status == FAILED]
+
+
+def one_line(text: str) -> str:
+    """``text`` with its white space (newlines included) folded to single spaces."""
+    return " ".join(text.split())
+
+
+def guard_slide(slide_id: str, source: str, doing: str, work: Callable[[], SlideStatus],
+                where: str | None = None) -> SlideStatus:
+    """Run one slide's ``work``; whatever it raises becomes a FAILED status, so the batch goes on.
+
+    ``doing`` completes "out of memory while ..." (e.g. ``"tiling"``); ``where`` names the slide
+    in messages of unexpected errors (default ``source``). A :class:`~wsi_mil.errors.WsiMilError`
+    keeps its own message, which already names the file and the fault.
+    """
+    t0 = time.perf_counter()
+    try:
+        return work()
+    except WsiMilError as exc:
+        reason = str(exc)
+    except MemoryError:
+        reason = f"{source}: out of memory while {doing}"
+    except Exception as exc:  # a library error we did not anticipate: record it, carry on
+        reason = one_line(f"{where or source}: unexpected {type(exc).__name__}: {exc}")
+    return SlideStatus(slide_id, source, FAILED, reason, 0, time.perf_counter() - t0)
 
 
 class RunRecord:

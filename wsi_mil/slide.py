@@ -50,6 +50,8 @@ class Slide:
         self.level_count: int = int(osr.level_count)
         self.level_dimensions: list[tuple[int, int]] = [tuple(d) for d in osr.level_dimensions]  # type: ignore[misc]
         self.level_downsamples: list[float] = [float(d) for d in osr.level_downsamples]
+        #: the library that decodes this slide, with its version (recorded in patch stores)
+        self.reader: str = f"openslide {openslide.__library_version__}"
 
     def __enter__(self) -> Slide:
         return self

@@ -32,6 +32,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from wsi_mil.config import StrictModel, build_config, config_to_dict
+from wsi_mil.jobdir import encoder_dir, heatmaps_dir, model_run_dir, predictions_path, safe_name
 from wsi_mil.tiling.config import TilingConfig
 from wsi_mil.extract.config import ExtractConfig
 from wsi_mil.heatmaps.config import HeatmapConfig
@@ -117,21 +118,19 @@ class StudyConfig(StrictModel):
 
     def run_dir(self, job: Path | None = None) -> Path:
         """``JOB/models/{name}``: the MIL run folder."""
-        return Path(job or self.job) / "models" / self.name
+        return model_run_dir(job or self.job, self.name)
 
     def heatmap_dir(self, job: Path | None = None) -> Path:
         """``JOB/heatmaps/{name}``: per-slide heatmaps and ``index.html``."""
-        return Path(job or self.job) / "heatmaps" / self.name
+        return heatmaps_dir(job or self.job, self.name)
 
     def predictions_csv(self, job: Path | None = None) -> Path:
         """``JOB/predictions/{name}.csv`` (tile scores in ``{name}.tiles/``)."""
-        return Path(job or self.job) / "predictions" / f"{self.name}.csv"
+        return predictions_path(job or self.job, self.name)
 
     def simclr_dir(self, job: Path | None = None) -> Path:
         """``JOB/encoders/simclr-{arch}``: the encoder folder SimCLR writes."""
-        from wsi_mil.encoders import safe_name
-
-        return Path(job or self.job) / "encoders" / f"simclr-{safe_name(self.pretrain.arch)}"
+        return encoder_dir(job or self.job, f"simclr-{safe_name(self.pretrain.arch)}")
 
 
 def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:

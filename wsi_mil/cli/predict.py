@@ -27,3 +27,7 @@ def predict(
     console.print(f"[bold]predict[/bold]: {summary.n_slides} slides -> {summary.out_csv}; tiles: {summary.tiles_dir}")
     for w in summary.warnings:
         console.print(f"warning: {w}", markup=False)
+    for st in summary.failed:
+        console.print(f"failed: {st.slide_id}: {st.reason}", markup=False, soft_wrap=True)
+    if summary.report is not None and summary.failed:
+        console.print(f"{len(summary.failed)} slide(s) failed; see {summary.report.record_path}", markup=False)

@@ -60,9 +60,9 @@ def pretrain(
                  optimizer=optimizer, max_steps=max_steps, max_tiles=max_tiles, input_size=input_size,
                  compile=compile),
     )
-    from wsi_mil.ssl.stage import checkpoint_path
+    from wsi_mil.jobdir import pretrain_checkpoint_path
 
-    ckpt = checkpoint_path(job, out)
+    ckpt = pretrain_checkpoint_path(job, out)
 
     def show(ev: ProgressEvent) -> None:
         if ev.kind == "start":

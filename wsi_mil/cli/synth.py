@@ -22,7 +22,8 @@ def synth(
     tile_size: int = typer.Option(512, "--tile-size", help="TIFF tile edge in pixels (multiple of 16)."),
     jpeg_quality: int = typer.Option(85, "--jpeg-quality", help="JPEG quality of the slide tiles (1-100)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Regenerate slides that already exist."),
-    workers: int = typer.Option(1, "--workers", help="Slides generated in parallel (local Dask processes)."),
+    workers: int = typer.Option(
+        0, "--workers", help="Local Dask processes that generate slides in parallel (0: in this process, no Dask)."),
     scheduler: str = typer.Option(None, "--scheduler", help="Existing Dask scheduler (tcp://HOST:PORT)."),
 ) -> None:
     """Write N pyramidal JPEG TIFF slides textured from real H&E tissue, labels.csv and lesion ground truth.

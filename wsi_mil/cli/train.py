@@ -9,6 +9,9 @@ import typer
 
 from wsi_mil.cli._app import app
 from wsi_mil.cli.common import console
+from wsi_mil.config import build_config
+from wsi_mil.mil.config import DEFAULT_HEAD, TrainConfig
+from wsi_mil.mil.heads import heads_help
 
 
 @app.command()
@@ -16,7 +19,7 @@ def train(
     features_dir: Annotated[Path, typer.Argument(help="folder of feature files (JOB/features/{encoder_id})")],
     labels: Annotated[Path, typer.Option("--labels", "-l", help="labels CSV: slide_id,label[,case_id][,split]")],
     out: Annotated[Path, typer.Option("-o", "--out", help="run folder to write (e.g. models/chowder-1)")],
-    head: Annotated[Optional[str], typer.Option(help="weldon, chowder, mean, max, attention [default chowder]")] = None,
+    head: Annotated[Optional[str], typer.Option(help=f"MIL head: {heads_help()} [default {DEFAULT_HEAD}]")] = None,
     folds: Annotated[Optional[int], typer.Option(help="cross-validation folds K [default 5]")] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML file (whole study or its 'train' section)")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda [default auto]")] = None,
@@ -27,9 +30,7 @@ def train(
     quiet: Annotated[bool, typer.Option(help="print the summary only")] = False,
 ) -> None:
     """Cross-validate a MIL head (grouped by case_id), then train the final model on all training slides."""
-    from wsi_mil.config import build_config
-    from wsi_mil.mil.config import TrainConfig
-    from wsi_mil.mil.stage import run_train
+    from wsi_mil.mil.stage import run_train  # torch: loaded when a command runs, not for --help
 
     cfg = build_config(TrainConfig, config, set_, section="train", section_optional=True,
                        cli=dict(head=head, folds=folds, device=device, seed=seed))

@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from wsi_mil.encoders.dataconfig import DataConfig
+from wsi_mil.encoders.folder import ENCODER_JSON, WEIGHTS_FILE, embed_dim_of, is_encoder_dir, read_encoder_json
 from wsi_mil.encoders.registry import EncoderEntry, resolve_arch
 from wsi_mil.encoders.weights import find_cached_timm_weights, load_into, read_state_dict, state_dict_hash
 from wsi_mil.errors import EncoderError
-
-DATA_CONFIG_KEYS = ("input_size", "mean", "std", "interpolation")
 
 
 @dataclass
@@ -31,8 +31,8 @@ class Encoder:
 
     ``model`` maps (B, 3, H, W) float images normalised with ``data_config`` to (B, embed_dim)
     features. ``arch`` is the name that rebuilds it (entry or timm architecture), ``timm_arch``
-    the underlying timm model. ``data_config``: ``input_size`` [3, H, W], ``mean`` and ``std``
-    (3 floats, for pixels on [0, 1]), ``interpolation`` (``bilinear``/``bicubic``/...).
+    the underlying timm model. ``data_config``: input size, mean/std and resize mode
+    (:class:`~wsi_mil.encoders.dataconfig.DataConfig`).
     """
 
     model: nn.Module
@@ -40,15 +40,14 @@ class Encoder:
     timm_arch: str
     encoder_id: str
     embed_dim: int
-    data_config: dict[str, Any]
+    data_config: DataConfig
     weights_source: str
     weights_hash: str
 
     @property
     def input_size(self) -> tuple[int, int]:
         """(H, W) pixels the model expects."""
-        _, h, w = self.data_config["input_size"]
-        return int(h), int(w)
+        return self.data_config.hw
 
     def attrs(self) -> dict[str, Any]:
         """The encoder's part of a feature file's attributes."""
@@ -59,10 +58,7 @@ class Encoder:
             "weights_source": self.weights_source,
             "weights_hash": self.weights_hash,
             "embed_dim": self.embed_dim,
-            "input_size": list(self.data_config["input_size"]),
-            "mean": list(self.data_config["mean"]),
-            "std": list(self.data_config["std"]),
-            "interpolation": str(self.data_config["interpolation"]),
+            **self.data_config.to_dict(),
         }
 
 
@@ -95,26 +91,17 @@ def _truncate(model: nn.Module, entry: EncoderEntry) -> tuple[str, ...]:
     for s in dropped:
         setattr(model, s, nn.Identity())
     info = {d["module"]: d["num_chs"] for d in getattr(model, "feature_info", [])}
-    model.num_features = model.head_hidden_size = int(info[stage])
+    model.num_features = model.head_hidden_size = int(info[stage])  # type: ignore[assignment]
     return tuple(f"{s}." for s in dropped)
 
 
-def _embed_dim(model: nn.Module) -> int:
-    return int(getattr(model, "head_hidden_size", None) or model.num_features)
-
-
-def _data_config(model: nn.Module, entry: EncoderEntry) -> dict[str, Any]:
-    if entry.data_config:
-        return {k: entry.data_config[k] for k in DATA_CONFIG_KEYS}
+def _data_config(model: nn.Module, entry: EncoderEntry) -> DataConfig:
+    """The entry's data config, else timm's for the built model."""
+    if entry.data_config is not None:
+        return entry.data_config
     from timm.data import resolve_model_data_config
 
-    cfg = resolve_model_data_config(model)
-    return {
-        "input_size": [int(v) for v in cfg["input_size"]],
-        "mean": [float(v) for v in cfg["mean"]],
-        "std": [float(v) for v in cfg["std"]],
-        "interpolation": str(cfg.get("interpolation") or "bilinear"),
-    }
+    return DataConfig.from_timm(resolve_model_data_config(model), f"timm data config of '{entry.timm_arch}'")
 
 
 def _build(entry: EncoderEntry, name: str | None = None, **kwargs: Any) -> nn.Module:
@@ -157,8 +144,6 @@ def create_encoder(arch: str | None, weights: str | Path, seed: int | None = Non
     folder (then ``arch`` may be ``None``). Raises :class:`EncoderError` with a one-line message
     for unknown architectures, missing files, foreign checkpoints and mismatched shapes.
     """
-    from wsi_mil.encoders.folder import is_encoder_dir, read_encoder_json
-
     weights_str = str(weights)
     folder_meta: dict[str, Any] | None = None
     if Path(weights_str).is_dir() and is_encoder_dir(weights_str):
@@ -192,7 +177,7 @@ def create_encoder(arch: str | None, weights: str | Path, seed: int | None = Non
         model = _build(entry, pretrained=False)
         dropped = _truncate(model, entry)
         if folder_meta is not None:
-            file = Path(weights_str) / str(folder_meta.get("weights_file", "encoder.safetensors"))
+            file = Path(weights_str) / str(folder_meta.get("weights_file", WEIGHTS_FILE))
             tag = safe_name(Path(weights_str).resolve().name)
         else:
             file = Path(weights_str)
@@ -200,10 +185,10 @@ def create_encoder(arch: str | None, weights: str | Path, seed: int | None = Non
         load_into(model, read_state_dict(file), str(file), entry.name, ignore_prefixes=dropped)
         source = str(file.resolve())
     model.eval()
-    data_config = dict(folder_meta["data_config"]) if folder_meta is not None else _data_config(model, entry)
-    for k in DATA_CONFIG_KEYS:
-        if k not in data_config:
-            raise EncoderError(f"{weights_str}: encoder data_config lacks '{k}'")
+    if folder_meta is not None:
+        data_config = DataConfig.from_dict(folder_meta["data_config"], str(Path(weights_str) / ENCODER_JSON))
+    else:
+        data_config = _data_config(model, entry)
     digest = state_dict_hash(model)
     encoder_id = f"{safe_name(entry.name)}-{tag}-{digest.split(':')[1][:8]}"
     return Encoder(
@@ -211,7 +196,7 @@ def create_encoder(arch: str | None, weights: str | Path, seed: int | None = Non
         arch=entry.name,
         timm_arch=entry.timm_arch,
         encoder_id=encoder_id,
-        embed_dim=_embed_dim(model),
+        embed_dim=embed_dim_of(model),
         data_config=data_config,
         weights_source=source,
         weights_hash=digest,

@@ -2,7 +2,7 @@
 
 ``DIR/encoder.json``: ``schema`` (``wsi_mil.encoder/1``), ``wsi_mil_version``, ``arch`` (an
 entry or timm architecture, enough to rebuild the model), ``embed_dim``, ``data_config``
-(``input_size`` [3, H, W], ``mean``, ``std``, ``interpolation``), ``training`` (the config
+(:meth:`DataConfig.to_dict`: ``input_size`` [3, H, W], ``mean``, ``std``, ``interpolation``), ``training`` (the config
 dict that produced it), ``patch_stores`` (paths seen), ``weights_file`` and ``weights_hash``.
 ``DIR/encoder.safetensors``: the backbone's ``state_dict()`` built with ``num_classes=0``.
 The folder is written atomically: it appears complete or not at all.
@@ -15,10 +15,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import save_file
 from torch import nn
 
 from wsi_mil import __version__
 from wsi_mil.atomic import atomic_path
+from wsi_mil.encoders.dataconfig import DataConfig
+from wsi_mil.encoders.registry import resolve_arch
 from wsi_mil.encoders.weights import state_dict_hash
 from wsi_mil.errors import EncoderError
 from wsi_mil.stores.common import ENCODER_SCHEMA, read_schema_json
@@ -37,42 +40,36 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
+def embed_dim_of(model: nn.Module) -> int:
+    """Width D of the (B, D) features of a timm backbone built with ``num_classes=0``."""
+    width: Any = getattr(model, "head_hidden_size", None) or model.num_features  # timm sets both as ints
+    return int(width)
+
+
 def save_encoder_dir(
     path: str | Path,
     model: nn.Module,
     arch: str,
-    data_config: Mapping[str, Any],
+    data_config: DataConfig | Mapping[str, Any],
     training: Mapping[str, Any] | None = None,
     patch_stores: Sequence[str | Path] = (),
 ) -> Path:
     """Write an encoder folder atomically; returns ``path``.
 
     ``model``: a timm backbone built with ``num_classes=0`` (outputs (B, D)); ``arch``: the name
-    that rebuilds it with :func:`~wsi_mil.encoders.create_encoder`; ``data_config``: at least
-    ``input_size``, ``mean``, ``std``, ``interpolation``.
+    that rebuilds it with :func:`~wsi_mil.encoders.create_encoder`; ``data_config``: a
+    :class:`DataConfig` or its JSON form (:meth:`DataConfig.from_dict`; extra keys are dropped).
     """
-    from safetensors.torch import save_file
-
-    from wsi_mil.encoders.factory import DATA_CONFIG_KEYS, _embed_dim
-    from wsi_mil.encoders.registry import resolve_arch
-
     resolve_arch(arch)
-    missing = [k for k in DATA_CONFIG_KEYS if k not in data_config]
-    if missing:
-        raise EncoderError(f"{path}: data_config lacks {', '.join(missing)}")
+    config = DataConfig.from_dict(data_config, str(path))
     model = _unwrap(model)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     meta = {
         "schema": ENCODER_SCHEMA,
         "wsi_mil_version": __version__,
         "arch": arch,
-        "embed_dim": _embed_dim(model),
-        "data_config": {
-            "input_size": [int(v) for v in data_config["input_size"]],
-            "mean": [float(v) for v in data_config["mean"]],
-            "std": [float(v) for v in data_config["std"]],
-            "interpolation": str(data_config["interpolation"]),
-        },
+        "embed_dim": embed_dim_of(model),
+        "data_config": config.to_dict(),
         "training": dict(training or {}),
         "patch_stores": [str(p) for p in patch_stores],
         "weights_file": WEIGHTS_FILE,

@@ -10,9 +10,9 @@ config then comes from timm's pretrained config for that architecture.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
+from wsi_mil.encoders.dataconfig import DataConfig
 from wsi_mil.errors import EncoderError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -27,8 +27,8 @@ class EncoderEntry:
     ``truncate_after``: for ResNets, the last stage kept (``"layer3"`` drops ``layer4``; the
     global average pool then gives the width of ``layer3``, 1024 for ResNet-50).
     ``timm_tag``: the timm pretrained tag loaded for ``--weights timm``.
-    ``data_config``: ``input_size`` (3, H, W), ``mean``, ``std`` (RGB, on [0, 1] pixels),
-    ``interpolation`` used to resize tiles whose size differs from H x W.
+    ``data_config``: how tiles are prepared (:class:`~wsi_mil.encoders.dataconfig.DataConfig`);
+    None: timm's data config of the architecture.
     """
 
     name: str
@@ -36,11 +36,11 @@ class EncoderEntry:
     description: str
     timm_tag: str | None = None
     truncate_after: str | None = None
-    data_config: dict[str, Any] = field(default_factory=dict)
+    data_config: DataConfig | None = None
 
 
-def _config(size: int, mean: tuple[float, ...], std: tuple[float, ...], interpolation: str) -> dict[str, Any]:
-    return {"input_size": [3, size, size], "mean": list(mean), "std": list(std), "interpolation": interpolation}
+def _config(size: int, mean: tuple[float, ...], std: tuple[float, ...], interpolation: str) -> DataConfig:
+    return DataConfig((3, size, size), mean, std, interpolation)
 
 
 ENTRIES: dict[str, EncoderEntry] = {

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from wsi_mil.errors import EncoderError
@@ -40,8 +41,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     name = path.name.lower()
     try:
         if name.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
             obj: Any = load_file(str(path), device="cpu")
         elif name.endswith(TORCH_SUFFIXES):
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -80,11 +79,11 @@ def _flatten(path: Path, obj: Any) -> dict[str, torch.Tensor]:
     return sd
 
 
-def _is_state_dict(obj: Mapping) -> bool:
+def _is_state_dict(obj: Mapping[str, Any]) -> bool:
     return bool(obj) and any(isinstance(v, torch.Tensor) for v in obj.values())
 
 
-def _shape(t: Any) -> str:
+def _shape(t: torch.Tensor) -> str:
     return "(" + ", ".join(str(int(s)) for s in t.shape) + ")"
 
 
@@ -167,10 +166,11 @@ def find_cached_timm_weights(pretrained_cfg: Mapping[str, Any]) -> Path | None:
     os.environ["HF_HUB_OFFLINE"] = "1"
     hub_id = pretrained_cfg.get("hf_hub_id")
     if hub_id:
+        # imported only now, after HF_HUB_OFFLINE is set (huggingface_hub reads it when loaded)
         from huggingface_hub import try_to_load_from_cache
 
         repo, _, revision = str(hub_id).partition("@")
-        names = [pretrained_cfg.get("hf_hub_filename")] if pretrained_cfg.get("hf_hub_filename") else []
+        names = [str(pretrained_cfg["hf_hub_filename"])] if pretrained_cfg.get("hf_hub_filename") else []
         names += ["model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"]
         for filename in names:
             found = try_to_load_from_cache(repo, filename, cache_dir=str(hf_cache_dir()),

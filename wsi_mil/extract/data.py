@@ -23,14 +23,21 @@ import os
 import shutil
 import threading
 import warnings
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from torch.utils.data import DataLoader, Dataset
+
+from wsi_mil.errors import StoreError
+from wsi_mil.stores import patches  # looked up at call time: tests count the stores opened
+from wsi_mil.stores.patches import PatchStore
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +46,22 @@ log = logging.getLogger(__name__)
 class TileRange:
     """Tiles ``[start, stop)`` of slide number ``slide`` (an index into the run's slide list).
 
-    ``tile_size``: the store's tile side in px (0: unknown, read from the store); ``chunks``: the
-    storage chunks ``[a, b)`` that make up the range (empty: read it as one piece).
+    ``tile_size``: the side S in px of the store's tiles, from its validated metadata (the
+    loader checks it against the store it opens); ``chunks``: the storage chunks ``[a, b)`` that
+    make up the range (empty: read it as one piece).
     """
 
     slide: int
     path: str
     start: int
     stop: int
-    tile_size: int = 0
+    tile_size: int
     chunks: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the range's (n, S, S, 3) uint8 tiles."""
+        return (self.stop - self.start) * self.tile_size * self.tile_size * 3
 
     def pieces(self) -> tuple[tuple[int, int], ...]:
         """What one decoding task reads: the storage chunks, or the whole range."""
@@ -76,8 +89,17 @@ class TileBatch:
 
 
 def plan_ranges(slide: int, path: str | Path, chunk_ranges: Sequence[tuple[int, int]], batch_size: int,
-                tile_size: int = 0) -> list[TileRange]:
-    """Group consecutive storage chunks into reads of at most ``batch_size`` tiles (>= 1 chunk)."""
+                tile_size: int) -> list[TileRange]:
+    """Group consecutive storage chunks into reads of at most ``batch_size`` tiles (>= 1 chunk).
+
+    ``tile_size``: the store's tile side in px (``PatchStore.tile_size``); not positive: a
+    :class:`StoreError` naming ``path``.
+    """
+    if int(tile_size) < 1:
+        raise StoreError(f"{path}: no tile size (got {tile_size!r}); the patch store's 'tile_size' attribute "
+                         "is missing or invalid: re-run 'wsi-mil tile --overwrite'")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch size {batch_size}: must be >= 1")
     out: list[TileRange] = []
     group: list[tuple[int, int]] = []
     for a, b in chunk_ranges:
@@ -90,23 +112,26 @@ def plan_ranges(slide: int, path: str | Path, chunk_ranges: Sequence[tuple[int, 
     return out
 
 
-class TileRangeDataset(Dataset):
+def largest_item_bytes(ranges: Sequence[TileRange]) -> int:
+    """Bytes of the largest item of ``ranges`` (0 for none): what one loader item occupies."""
+    return max([r.nbytes for r in ranges] + [0])
+
+
+class TileRangeDataset(Dataset[TileBatch]):
     """Reads :class:`TileRange` items; each worker keeps its opened stores (one per path)."""
 
     def __init__(self, ranges: Sequence[TileRange]) -> None:
         self.ranges = list(ranges)
-        self._stores: dict[str, Any] = {}
+        self._stores: dict[str, PatchStore] = {}
 
     def __len__(self) -> int:
         return len(self.ranges)
 
-    def _store(self, path: str) -> Any:
+    def _store(self, path: str) -> PatchStore:
         store = self._stores.get(path)
         if store is None:
-            from wsi_mil.stores.patches import open_patch_store
-
             self._stores.clear()  # stores are read one after the other: keep one open
-            store = self._stores[path] = open_patch_store(path)
+            store = self._stores[path] = patches.open_patch_store(path)
         return store
 
     def __getitem__(self, i: int) -> TileBatch:
@@ -121,15 +146,16 @@ class TileRangeDataset(Dataset):
             return TileBatch(r.slide, r.start, r.stop, None, reason)
 
 
-def as_tensor(tiles: np.ndarray) -> torch.Tensor:
-    """A tensor sharing ``tiles``' memory. zarr may hand back read-only arrays; the pipeline never
+def as_tensor(tiles: NDArray[np.uint8]) -> torch.Tensor:
+    """A (n, S, S, 3) uint8 tensor sharing ``tiles``' memory. zarr may hand back read-only arrays; the pipeline never
     writes to tiles (the device copy is converted out of place), so no copy is made."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         return torch.from_numpy(tiles)
 
 
-def _identity(item: TileBatch) -> TileBatch:
+def _identity(item: Any) -> Any:
+    """The DataLoader's collate function: with ``batch_size=None`` each item is one :class:`TileBatch`."""
     return item
 
 
@@ -190,9 +216,9 @@ class ThreadedTileLoader:
         wanted = -(-self.threads * max(1, prefetch) // pieces) + 1  # ceil(chunks in flight / chunks a batch) + 1
         self.buffers = max(2, min(len(self.ranges), wanted))
         self._lock = threading.Lock()
-        self._stores: dict[str, list] = {}  # path -> [lock, store or None], insertion order
+        self._stores: dict[str, list[Any]] = {}  # path -> [lock, store or None], insertion order
 
-    def _open(self, path: str) -> Any:
+    def _open(self, path: str) -> PatchStore:
         """The loader's handle on ``path``, opened once and shared by its threads (reading is
         thread-safe; opening goes through zarr's one event loop, so once per store, not per thread).
         The last few stores stay open: slides are read one after the other."""
@@ -206,16 +232,11 @@ class ThreadedTileLoader:
         if store is None:
             with lock:  # the first thread opens it, the others wait for that
                 if entry[1] is None:
-                    from wsi_mil.stores.patches import open_patch_store
-
-                    entry[1] = open_patch_store(path)
+                    entry[1] = patches.open_patch_store(path)
                 store = entry[1]
         return store
 
-    def _tile_size(self, r: TileRange) -> int:
-        return r.tile_size if r.tile_size > 0 else int(self._open(r.path).tile_size)
-
-    def _read_piece(self, r: TileRange, a: int, b: int, out: np.ndarray, free: Any) -> str:
+    def _read_piece(self, r: TileRange, a: int, b: int, out: NDArray[np.uint8], free: torch.cuda.Event | None) -> str:
         """Decode tiles ``[a, b)`` of ``r`` into ``out`` (the range's rows); '' or the error, one line."""
         try:
             if free is not None:
@@ -228,20 +249,14 @@ class ThreadedTileLoader:
         except Exception as exc:  # a damaged store fails its slide, never the run
             return " ".join(f"{type(exc).__name__}: {exc}".split())
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        from collections import deque
-        from concurrent.futures import ThreadPoolExecutor
-
+    def __iter__(self) -> Iterator[TileBatch]:
         ring: list[torch.Tensor | None] = [None] * self.buffers
         free: list[Any] = [None] * self.buffers  # event: when the slot's last batch was copied out
 
-        def submit(k: int) -> tuple[TileRange, torch.Tensor | None, list, str]:
+        def submit(k: int) -> tuple[TileRange, torch.Tensor, list[Future[str]]]:
             r = self.ranges[k]
             slot = k % self.buffers
-            try:
-                s = self._tile_size(r)
-            except Exception as exc:
-                return r, None, [], " ".join(f"{type(exc).__name__}: {exc}".split())
+            s = r.tile_size
             n = r.stop - r.start
             nbytes = n * s * s * 3
             buf = ring[slot]
@@ -253,16 +268,16 @@ class ThreadedTileLoader:
             tiles = buf[:nbytes].view(n, s, s, 3)
             out = tiles.numpy()
             tasks = [pool.submit(self._read_piece, r, a, b, out, free[slot]) for a, b in r.pieces()]
-            return r, tiles, tasks, ""
+            return r, tiles, tasks
 
         with ThreadPoolExecutor(self.threads, thread_name_prefix="wsi_mil-decode") as pool:
-            pending: deque = deque()
+            pending: deque[tuple[TileRange, torch.Tensor, list[Future[str]]]] = deque()
             for k in range(min(self.buffers, len(self.ranges))):
                 pending.append(submit(k))
             for k in range(len(self.ranges)):
-                r, tiles, tasks, error = pending.popleft()
+                r, tiles, tasks = pending.popleft()
                 errors = [e for e in (t.result() for t in tasks) if e]
-                error = error or (errors[0] if errors else "")
+                error = errors[0] if errors else ""
                 yield TileBatch(r.slide, r.start, r.stop, None if error else tiles, error)
                 if self.pin:  # the consumer has queued its copy of this batch: mark when it is done
                     event = torch.cuda.Event(blocking=True)
@@ -273,7 +288,8 @@ class ThreadedTileLoader:
 
 
 def make_loader(ranges: Sequence[TileRange], device: torch.device, num_workers: int | None = None,
-                prefetch: int = 2, item_bytes: int = 0, mode: str = "auto") -> Any:
+                prefetch: int = 2, item_bytes: int = 0,
+                mode: str = "auto") -> ThreadedTileLoader | DataLoader[TileBatch]:
     """An in-order loader over ``ranges``: threads (``mode="threads"``, or ``auto`` on CUDA) or a
     DataLoader of ``num_workers`` processes (``processes``, or ``auto`` on the CPU).
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsi_mil.encoders.dataconfig import DataConfig
 from wsi_mil.errors import WsiMilError
 
 log = logging.getLogger(__name__)
@@ -43,14 +43,15 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def _interp_mode(name: str) -> str:
+    """The ``F.interpolate`` mode for a data config's interpolation name (others: bilinear)."""
     return {"bicubic": "bicubic", "bilinear": "bilinear", "nearest": "nearest"}.get(str(name), "bilinear")
 
 
 class InferenceEngine:
     """Runs an encoder over uint8 tiles on one device.
 
-    ``data_config``: ``input_size`` [3, H, W], ``mean``, ``std`` (on [0, 1] pixels),
-    ``interpolation``. ``batch_size``: tiles per forward pass (halved on CUDA OOM, kept lower
+    ``data_config``: the encoder's input size (C, H, W), ``mean``/``std`` (on [0, 1] pixels)
+    and ``interpolation``. ``batch_size``: tiles per forward pass (halved on CUDA OOM, kept lower
     afterwards). ``out_dtype``: dtype of the returned features (float32 or float16).
     ``max_in_flight``: batches queued on a CUDA device before :meth:`embed` waits for the oldest.
     """
@@ -58,7 +59,7 @@ class InferenceEngine:
     def __init__(
         self,
         model: nn.Module,
-        data_config: Mapping[str, Any],
+        data_config: DataConfig,
         device: str | torch.device = "cpu",
         batch_size: int = 256,
         precision: str = "auto",
@@ -74,11 +75,10 @@ class InferenceEngine:
         self.precision = resolve_precision(precision, self.device)
         self.out_dtype = out_dtype
         self.channels_last = channels_last
-        _, h, w = (int(v) for v in data_config["input_size"])
-        self.input_hw = (h, w)
-        self.interpolation = _interp_mode(data_config.get("interpolation", "bilinear"))
-        std = torch.tensor([float(s) for s in data_config["std"]], dtype=torch.float32)
-        mean = torch.tensor([float(m) for m in data_config["mean"]], dtype=torch.float32)
+        self.input_hw: tuple[int, int] = data_config.hw
+        self.interpolation = _interp_mode(data_config.interpolation)
+        std = torch.tensor(data_config.std, dtype=torch.float32)
+        mean = torch.tensor(data_config.mean, dtype=torch.float32)
         # x01 = x / 255; (x01 - mean) / std == x * scale + shift
         self._scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1).to(self.device)
         self._shift = (-mean / std).view(1, 3, 1, 1).to(self.device)
@@ -92,7 +92,7 @@ class InferenceEngine:
         self._forward: Any = torch.compile(model) if compile else model
         self.oom_retries = 0
         self.max_in_flight = max(1, int(max_in_flight))
-        self._in_flight: deque = deque()
+        self._in_flight: deque[torch.cuda.Event] = deque()
         self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
     # -- preprocessing -------------------------------------------------------------------

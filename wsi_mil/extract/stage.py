@@ -11,8 +11,11 @@ existing Dask cluster (its workers use their own GPU, or the CPU).
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import queue as queue_mod
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +30,10 @@ from wsi_mil.errors import EncoderError, StoreError, WsiMilError
 from wsi_mil.extract.config import ExtractConfig
 from wsi_mil.extract.engine import InferenceEngine
 from wsi_mil.extract.runner import SlideJob, _one_line, run_slides
-from wsi_mil.runrecord import FAILED, SKIPPED, RunRecord, SlideStatus, status_path
-from wsi_mil.stores.common import feature_file_path, features_dir, file_fingerprint, slide_id_of
+from wsi_mil.jobdir import feature_file_path, features_dir, patches_dir, status_path
+from wsi_mil.parallel import dask_client, run_slide_tasks
+from wsi_mil.runrecord import FAILED, SKIPPED, RunRecord, SlideStatus, StageReport, guard_slide
+from wsi_mil.stores.common import file_fingerprint, slide_id_of
 from wsi_mil.stores.features import read_feature_attrs
 from wsi_mil.stores.patches import list_patch_stores, open_patch_store
 
@@ -38,17 +43,12 @@ STORE_ATTRS = ("slide_path", "slide_hash", "mpp", "mpp_source", "target_mpp", "t
 
 
 @dataclass
-class ExtractReport:
-    """What :func:`run_extract` did: one status per store in slide-id order, and where."""
+class ExtractReport(StageReport):
+    """What :func:`run_extract` did: one status per store in slide-id order, the record, and where
+    the feature files are."""
 
-    statuses: list[SlideStatus]
-    encoder_id: str
-    features_dir: Path
-    record_path: Path
-
-    @property
-    def failed(self) -> list[SlideStatus]:
-        return [s for s in self.statuses if s.status == FAILED]
+    encoder_id: str = ""
+    features_dir: Path = Path()
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,7 @@ def prepare_slide(store_path: Path, out_path: Path, encoder_id: str, overwrite: 
         store_path=str(store_path),
         out_path=str(out_path),
         n_tiles=store.n_tiles,
+        tile_size=store.tile_size,
         coords=store.coords,
         chunk_ranges=store.chunk_ranges(),
         attrs=attrs,
@@ -147,8 +148,6 @@ def prepare_slides(stores: Sequence[tuple[Path, Path]], encoder_id: str, overwri
     (opening a store and fingerprinting it is file I/O and hashing, which release the GIL)."""
     if len(stores) <= 1 or threads <= 1:
         return [prepare_slide(p, out, encoder_id, overwrite) for p, out in stores]
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(min(threads, len(stores)), thread_name_prefix="wsi_mil-open") as pool:
         return list(pool.map(lambda item: prepare_slide(item[0], item[1], encoder_id, overwrite), stores))
 
@@ -198,9 +197,9 @@ def run_extract(
         stores = [p for p in stores if slide_id_of(p) in wanted]
         unknown = wanted - {slide_id_of(p) for p in stores}
         if unknown:
-            raise StoreError(f"{job / 'patches'}: no patch store for slide(s) {', '.join(sorted(unknown))}")
+            raise StoreError(f"{patches_dir(job)}: no patch store for slide(s) {', '.join(sorted(unknown))}")
     if not stores:
-        raise StoreError(f"{job / 'patches'}: no patch stores; run 'wsi-mil tile' first")
+        raise StoreError(f"{patches_dir(job)}: no patch stores; run 'wsi-mil tile' first")
     out_dir = features_dir(job, enc.encoder_id)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
@@ -227,7 +226,8 @@ def run_extract(
     extra = {"extract_config": config_to_dict(cfg)}
     with bar:
         statuses += _dispatch(enc, spec, jobs, cfg, extra, done, scheduler, devices)
-    return ExtractReport(sorted(statuses, key=lambda s: s.slide_id), enc.encoder_id, out_dir, record.path)
+    return ExtractReport(sorted(statuses, key=lambda s: s.slide_id), record.path, encoder_id=enc.encoder_id,
+                         features_dir=out_dir)
 
 
 def _dispatch(enc: Encoder, spec: EncoderSpec | None, jobs: list[SlideJob], cfg: ExtractConfig,
@@ -271,9 +271,6 @@ def _device_main(device: str, spec: EncoderSpec, encoder_id: str, jobs: list[Sli
 def _run_processes(devices: Sequence[torch.device], spec: EncoderSpec, encoder_id: str, jobs: list[SlideJob],
                    cfg: ExtractConfig, extra: dict[str, Any], done: Callable[[SlideStatus], None]) -> list[SlideStatus]:
     """One spawned process per device; statuses are recorded here as they arrive."""
-    import multiprocessing as mp
-    import queue as queue_mod
-
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     parts = _balance(jobs, len(devices))
@@ -324,8 +321,8 @@ def extract_slide_task(spec: EncoderSpec, encoder_id: str, slide: SlideJob, cfg:
 
     The encoder and engine are built once per worker process and reused for its next slides.
     """
-    t0 = time.perf_counter()
-    try:
+
+    def work() -> SlideStatus:
         device = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
         key = (spec, encoder_id, str(device), cfg.model_dump_json())
         if key not in _WORKER_CACHE:
@@ -339,15 +336,12 @@ def extract_slide_task(spec: EncoderSpec, encoder_id: str, slide: SlideJob, cfg:
         workers = cfg.num_workers if cfg.num_workers is not None else (0 if device.type == "cpu" else None)
         return run_slides(engine, [slide], enc.attrs(), enc.embed_dim, lambda s: None, workers, extra,
                           cfg.loader)[0]
-    except WsiMilError as exc:
-        return SlideStatus(slide.slide_id, slide.store_path, FAILED, reason=str(exc),
-                           seconds=time.perf_counter() - t0)
+
+    return guard_slide(slide.slide_id, slide.store_path, "extracting features", work)
 
 
 def _run_dask(scheduler: str, spec: EncoderSpec, encoder_id: str, jobs: list[SlideJob], cfg: ExtractConfig,
               extra: dict[str, Any], done: Callable[[SlideStatus], None]) -> list[SlideStatus]:
-    from wsi_mil.parallel import dask_client, run_slide_tasks
-
     items = [(j.slide_id, j.store_path, (spec, encoder_id, j, cfg, extra)) for j in jobs]
     with dask_client(scheduler) as client:
         return run_slide_tasks(client, extract_slide_task, items, done, "extract", show_progress=False)

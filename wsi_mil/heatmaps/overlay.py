@@ -6,7 +6,8 @@ the tissue outline, the tiles the min-max layer selected (top: solid green squar
 dashed magenta squares), a colour bar with the score scale and a one-line legend.
 
 The layout is fixed in pixels (:func:`overlay_layout`), so the picture's size is known in
-advance and a level-0 position maps to a PNG pixel with :meth:`OverlayLayout.to_png`.
+advance and a level-0 position maps to a PNG pixel with :meth:`OverlayLayout.to_png`. What
+the picture says (texts, colour scale, width) is one :class:`OverlayOptions`.
 Rendering uses matplotlib's object API (no pyplot state): safe in worker processes.
 """
 
@@ -17,11 +18,13 @@ import math
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from wsi_mil.atomic import atomic_path
-from wsi_mil.heatmaps.scoremap import ScoreGrid
+from wsi_mil.heatmaps.scoremap import ScoreGrid, score_limits
 
 HEADER_PX = 64
 FOOTER_PX = 34
@@ -69,7 +72,7 @@ def overlay_layout(width0: int, height0: int, width_px: int = 1200) -> OverlayLa
     return OverlayLayout(width_px, height, MARGIN_PX, HEADER_PX, map_w, map_h, int(width0), int(height0))
 
 
-def _pooled_mask(mask: np.ndarray, max_px: int) -> tuple[np.ndarray, int]:
+def _pooled_mask(mask: NDArray[np.bool_], max_px: int) -> tuple[NDArray[np.bool_], int]:
     """Max-pool a (h, w) mask so that its longer side is <= ``max_px``; returns (mask, factor)."""
     k = max(1, math.ceil(max(mask.shape) / max_px))
     if k == 1:
@@ -80,98 +83,142 @@ def _pooled_mask(mask: np.ndarray, max_px: int) -> tuple[np.ndarray, int]:
     return mask[:h, :w].reshape(h // k, k, w // k, k).max(axis=(1, 3)), k
 
 
+@dataclass(frozen=True)
+class OverlayOptions:
+    """What overlay.png says and how it colours the scores.
+
+    title: the header's bold first line (the slide id); subtitle: the header's second part
+    (wrapped to at most two lines); score_label: the colour bar's label; vmin/vmax: the colour
+    scale's range in score units (None: the grid's finite range); cmap: a matplotlib colour
+    map name; alpha: opacity of the score map over the thumbnail (0-1); width_px: width of
+    the picture in PNG pixels (at least 400); message: text shown over the map ("" for none,
+    e.g. "no tissue detected").
+    """
+
+    title: str
+    subtitle: str
+    score_label: str
+    vmin: float | None = None
+    vmax: float | None = None
+    cmap: str = "coolwarm"
+    alpha: float = 0.55
+    width_px: int = 1200
+    message: str = ""
+
+
 def render_overlay_png(
     path: str | Path,
     grid: ScoreGrid,
     width0: int,
     height0: int,
-    thumbnail: np.ndarray | None,
-    coords: np.ndarray,
-    selected: np.ndarray,
-    title: str,
-    subtitle: str,
-    score_label: str,
-    tissue_mask: np.ndarray | None = None,
+    thumbnail: NDArray[np.uint8] | None,
+    coords: NDArray[np.int64],
+    selected: NDArray[np.int8],
+    options: OverlayOptions,
+    tissue_mask: NDArray[np.uint8] | None = None,
     mask_downsample: float = 1.0,
-    vmin: float | None = None,
-    vmax: float | None = None,
-    cmap: str = "coolwarm",
-    alpha: float = 0.55,
-    width_px: int = 1200,
-    message: str = "",
 ) -> OverlayLayout:
     """Render overlay.png (atomic) and return its layout.
 
     grid: tile-resolution scores; width0, height0: slide level-0 size (px); thumbnail:
     (h, w, 3) uint8 RGB of the whole slide at any downsample, or None (grey background);
-    coords: (N, 2) level-0 top-left corners and selected: (N,) int (+1 top, -1 bottom), for
-    the marks; tissue_mask: (h, w) {0, 1} at ``mask_downsample`` level-0 px per mask px;
-    vmin/vmax: colour scale (default: the grid's finite range); message: shown over the map
-    (e.g. "no tissue detected").
+    coords: (N, 2) level-0 top-left corners (px) and selected: (N,) (+1 top, -1 bottom, 0),
+    for the marks; tissue_mask: (h, w) {0, 1} at ``mask_downsample`` level-0 px per mask px,
+    or None (no outline); options: texts, colour scale and width.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.collections import PatchCollection
     from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch, Rectangle
 
-    from wsi_mil.heatmaps.scoremap import score_limits
-
-    lay = overlay_layout(width0, height0, width_px)
+    lay = overlay_layout(width0, height0, options.width_px)
     fig = Figure(figsize=(lay.width / DPI, lay.height / DPI), dpi=DPI, facecolor="white")
     FigureCanvasAgg(fig)
     W, H = float(width0), float(height0)
     ax = fig.add_axes((lay.map_left / lay.width, 1 - (lay.map_top + lay.map_height) / lay.height,
                        lay.map_width / lay.width, lay.map_height / lay.height))
     ax.set_axis_off()
+    scores = _draw_map(ax, grid, W, H, thumbnail, options)
+    if tissue_mask is not None and tissue_mask.size and tissue_mask.any():
+        _draw_outline(ax, tissue_mask, mask_downsample)
+    _draw_marks(ax, coords, selected, grid.tile_size_level0)
+    ax.set_xlim(0, W)
+    ax.set_ylim(H, 0)
+    if options.message:
+        ax.text(W / 2, H / 2, options.message, ha="center", va="center", fontsize=14, wrap=True,
+                bbox=dict(facecolor="white", edgecolor="black", alpha=0.9))
+    _draw_frame(fig, lay, scores, options)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(buf.getvalue())
+    return lay
+
+
+def _draw_map(ax: Any, grid: ScoreGrid, W: float, H: float, thumbnail: NDArray[np.uint8] | None,
+              options: OverlayOptions) -> Any:
+    """Thumbnail (or grey) and the score map over level-0 extent (0, W) x (0, H); the mappable
+    the colour bar reads."""
+    from matplotlib.patches import Rectangle
+
     if thumbnail is not None:
         ax.imshow(thumbnail, extent=(0, W, H, 0), interpolation="bilinear", aspect="auto")
     else:
         ax.add_patch(Rectangle((0, 0), W, H, facecolor="#f0f0f0", edgecolor="none"))
     lo, hi = score_limits(grid.values)
-    vmin = lo if vmin is None else float(vmin)
-    vmax = hi if vmax is None else float(vmax)
+    vmin = lo if options.vmin is None else float(options.vmin)
+    vmax = hi if options.vmax is None else float(options.vmax)
     rows, cols = grid.shape
     if rows and cols:
         ox, oy = grid.origin
-        im = ax.imshow(np.ma.masked_invalid(grid.values), extent=(ox, ox + cols * grid.step, oy + rows * grid.step, oy),
-                       cmap=cmap, vmin=vmin, vmax=vmax, alpha=alpha, interpolation="nearest", aspect="auto")
-    else:
-        from matplotlib.cm import ScalarMappable
-        from matplotlib.colors import Normalize
+        return ax.imshow(np.ma.masked_invalid(grid.values),
+                         extent=(ox, ox + cols * grid.step, oy + rows * grid.step, oy), cmap=options.cmap,
+                         vmin=vmin, vmax=vmax, alpha=options.alpha, interpolation="nearest", aspect="auto")
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
 
-        im = ScalarMappable(norm=Normalize(vmin, vmax), cmap=cmap)
-    if tissue_mask is not None and tissue_mask.size and tissue_mask.any():
-        m, k = _pooled_mask(np.asarray(tissue_mask) > 0, MAX_CONTOUR_PX)
-        ds = float(mask_downsample) * k
-        xs = (np.arange(m.shape[1]) + 0.5) * ds
-        ys = (np.arange(m.shape[0]) + 0.5) * ds
-        padded = np.pad(m.astype(np.float32), 1)  # closes outlines that touch the border
-        xs = np.concatenate([[xs[0] - ds], xs, [xs[-1] + ds]])
-        ys = np.concatenate([[ys[0] - ds], ys, [ys[-1] + ds]])
-        ax.contour(xs, ys, padded, levels=[0.5], colors="black", linewidths=0.9)
+    return ScalarMappable(norm=Normalize(vmin, vmax), cmap=options.cmap)
+
+
+def _draw_outline(ax: Any, tissue_mask: NDArray[np.uint8], mask_downsample: float) -> None:
+    """The tissue outline: the 0.5 contour of the (pooled) mask, in level-0 px."""
+    m, k = _pooled_mask(np.asarray(tissue_mask) > 0, MAX_CONTOUR_PX)
+    ds = float(mask_downsample) * k
+    xs = (np.arange(m.shape[1]) + 0.5) * ds
+    ys = (np.arange(m.shape[0]) + 0.5) * ds
+    padded = np.pad(m.astype(np.float32), 1)  # closes outlines that touch the border
+    xs = np.concatenate([[xs[0] - ds], xs, [xs[-1] + ds]])
+    ys = np.concatenate([[ys[0] - ds], ys, [ys[-1] + ds]])
+    ax.contour(xs, ys, padded, levels=[0.5], colors="black", linewidths=0.9)
+
+
+def _draw_marks(ax: Any, coords: NDArray[np.int64], selected: NDArray[np.int8], size: float) -> None:
+    """Squares of side ``size`` (level-0 px) on the selected tiles: top solid green, bottom dashed magenta."""
+    from matplotlib.collections import PatchCollection
+    from matplotlib.patches import Rectangle
+
     sel = np.asarray(selected)
-    size = grid.tile_size_level0
     for value, color, style in ((1, TOP_MARK, "solid"), (-1, BOTTOM_MARK, "dashed")):
         idx = np.flatnonzero(sel == value)
         if idx.size:
             rects = [Rectangle((float(coords[i, 0]), float(coords[i, 1])), size, size) for i in idx]
             ax.add_collection(PatchCollection(rects, facecolor="none", edgecolor=color,
                                               linewidths=1.4, linestyles=style))
-    ax.set_xlim(0, W)
-    ax.set_ylim(H, 0)
-    if message:
-        ax.text(W / 2, H / 2, message, ha="center", va="center", fontsize=14, wrap=True,
-                bbox=dict(facecolor="white", edgecolor="black", alpha=0.9))
+
+
+def _draw_frame(fig: Any, lay: OverlayLayout, scores: Any, options: OverlayOptions) -> None:
+    """Colour bar (right of the map), header texts and the one-line legend (footer)."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
     cax = fig.add_axes(((lay.map_left + lay.map_width + 18) / lay.width,
                         1 - (lay.map_top + lay.map_height) / lay.height,
                         16 / lay.width, lay.map_height / lay.height))
-    cb = fig.colorbar(im, cax=cax)
-    cb.set_label(score_label, fontsize=9)
+    cb = fig.colorbar(scores, cax=cax)
+    cb.set_label(options.score_label, fontsize=9)
     cb.ax.tick_params(labelsize=8)
-    fig.text(MARGIN_PX / lay.width, 1 - 8 / lay.height, title, ha="left", va="top", fontsize=13, weight="bold")
+    fig.text(MARGIN_PX / lay.width, 1 - 8 / lay.height, options.title, ha="left", va="top", fontsize=13,
+             weight="bold")
     chars = max(40, int((lay.width - 2 * MARGIN_PX) / 6.2))  # ~6 px per character at 9 pt
-    lines = textwrap.wrap(subtitle, chars)[:2]
+    lines = textwrap.wrap(options.subtitle, chars)[:2]
     fig.text(MARGIN_PX / lay.width, 1 - 32 / lay.height, "\n".join(lines), ha="left", va="top",
              fontsize=10 if len(lines) == 1 else 9, linespacing=1.15)
     handles = [Patch(facecolor="none", edgecolor=TOP_MARK, linewidth=1.4, label="selected top tile"),
@@ -180,8 +227,3 @@ def render_overlay_png(
                Line2D([0], [0], color="black", linewidth=0.9, label="tissue outline")]
     fig.legend(handles=handles, loc="lower left", ncol=3, fontsize=8, frameon=False,
                bbox_to_anchor=(MARGIN_PX / lay.width, 0.0))
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    with atomic_path(path) as tmp:
-        Path(tmp).write_bytes(buf.getvalue())
-    return lay

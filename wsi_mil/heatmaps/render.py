@@ -11,14 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from wsi_mil.errors import WsiMilError
 from wsi_mil.heatmaps.geojson import write_tiles_geojson
 from wsi_mil.heatmaps.montage import render_montage_png
 from wsi_mil.heatmaps.ometiff import DEFAULT_PIXELS_PER_TILE, overlay_downsample, write_score_ometiff
-from wsi_mil.heatmaps.overlay import render_overlay_png
+from wsi_mil.heatmaps.overlay import OverlayOptions, render_overlay_png
 from wsi_mil.heatmaps.scoremap import build_score_grid, score_limits
 from wsi_mil.heatmaps.table import write_scores_csv
 
@@ -43,21 +45,21 @@ class SlideArrays:
     """
 
     slide_id: str
-    coords: np.ndarray
-    tile_scores: np.ndarray
-    selected: np.ndarray
+    coords: NDArray[np.int64]
+    tile_scores: NDArray[np.float32]
+    selected: NDArray[np.int8]
     class_names: Sequence[str]
     width0: int
     height0: int
     mpp: float | None
     tile_size_level0: float
     step_level0: float | None = None
-    thumbnail: np.ndarray | None = None
-    tissue_mask: np.ndarray | None = None
+    thumbnail: NDArray[np.uint8] | None = None
+    tissue_mask: NDArray[np.uint8] | None = None
     mask_downsample: float = 1.0
-    probs: np.ndarray | None = None
+    probs: NDArray[np.float64] | None = None
     label: str | None = None
-    read_tiles: Callable[[np.ndarray], np.ndarray] | None = None
+    read_tiles: Callable[[NDArray[np.int64]], NDArray[np.uint8]] | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -75,7 +77,7 @@ class RenderOptions:
     vmax: float | None = None
 
 
-def choose_class(class_names: Sequence[str], class_name: str | None, probs: np.ndarray | None) -> int:
+def choose_class(class_names: Sequence[str], class_name: str | None, probs: NDArray[np.float64] | None) -> int:
     """Index of the class to show: the one named, else class 1 of a binary problem, else the
     predicted (highest-probability) class, else class 0."""
     names = list(class_names)
@@ -90,7 +92,7 @@ def choose_class(class_names: Sequence[str], class_name: str | None, probs: np.n
     return 0
 
 
-def _check(a: SlideArrays) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _check(a: SlideArrays) -> tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.int8]]:
     coords = np.asarray(a.coords, dtype=np.int64).reshape(-1, 2)
     n, c = coords.shape[0], len(a.class_names)
     scores = np.asarray(a.tile_scores, dtype=np.float32).reshape(n, -1) if n else np.zeros((0, c), np.float32)
@@ -103,7 +105,8 @@ def _check(a: SlideArrays) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return coords, scores, selected
 
 
-def render_slide(out_dir: str | Path, a: SlideArrays, class_index: int, opts: RenderOptions = RenderOptions()) -> dict:
+def render_slide(out_dir: str | Path, a: SlideArrays, class_index: int,
+                 opts: RenderOptions = RenderOptions()) -> dict[str, Any]:
     """Write the five outputs of one slide into ``out_dir``; returns a summary dict.
 
     The summary holds the class shown, probabilities, prediction, label, tile count, the score
@@ -136,12 +139,11 @@ def render_slide(out_dir: str | Path, a: SlideArrays, class_index: int, opts: Re
         bits.append(f"predicted: {predicted}")
     bits.append(f"label: {a.label}" if a.label is not None else "label: unknown")
     bits.append(f"{n} tiles")
-    render_overlay_png(
-        out / OVERLAY_PNG, grid, a.width0, a.height0, a.thumbnail, coords, sel,
-        title=a.slide_id, subtitle="  |  ".join(bits), score_label=f"tile score ({cls})",
-        tissue_mask=a.tissue_mask, mask_downsample=a.mask_downsample, vmin=vmin, vmax=vmax,
-        cmap=opts.cmap, alpha=opts.alpha, width_px=opts.overlay_width, message=message,
-    )
+    overlay = OverlayOptions(title=a.slide_id, subtitle="  |  ".join(bits), score_label=f"tile score ({cls})",
+                             vmin=vmin, vmax=vmax, cmap=opts.cmap, alpha=opts.alpha, width_px=opts.overlay_width,
+                             message=message)
+    render_overlay_png(out / OVERLAY_PNG, grid, a.width0, a.height0, a.thumbnail, coords, sel, overlay,
+                       tissue_mask=a.tissue_mask, mask_downsample=a.mask_downsample)
     extra = {f"score {c}": scores[:, j] for j, c in enumerate(names) if j != class_index}
     write_tiles_geojson(out / TILES_GEOJSON, coords, s, sel, a.tile_size_level0, cls, extra)
     write_score_ometiff(out / OVERLAY_TIFF, grid, a.width0, a.height0, a.mpp, opts.pixels_per_tile,

@@ -35,14 +35,9 @@ from wsi_mil.heatmaps.config import HeatmapConfig, check_cmap
 from wsi_mil.heatmaps.render import OUTPUTS, SlideArrays, choose_class, render_slide
 from wsi_mil.heatmaps.report import ReportRow, render_report_html
 from wsi_mil.heatmaps.scoremap import stride_level0
-from wsi_mil.runrecord import DONE, FAILED, SKIPPED, RunRecord, SlideStatus
-from wsi_mil.stores.common import (
-    feature_file_path,
-    features_dir,
-    file_fingerprint,
-    patch_store_path,
-    slide_id_of,
-)
+from wsi_mil.runrecord import DONE, FAILED, SKIPPED, RunRecord, SlideStatus, StageReport, guard_slide
+from wsi_mil.jobdir import feature_file_path, features_dir, patch_store_path, patches_dir
+from wsi_mil.stores.common import file_fingerprint, slide_id_of
 
 HEATMAP_SCHEMA = "wsi_mil.heatmap/1"
 SLIDE_JSON = "slide.json"
@@ -188,7 +183,8 @@ def heatmap_one_slide(slide_id: str, run_dir: str, job: str, out_dir: str, cfg: 
     folder = Path(out_dir) / slide_id
     source = str(patch_store_path(job, slide_id))
     cfg_key = config_to_dict(cfg)
-    try:
+
+    def work() -> SlideStatus:
         run_key = str(Path(run_dir).resolve())
         run = _load_run(run_key)
         inputs = _inputs_key(run, run_key, Path(job), slide_id)
@@ -203,22 +199,16 @@ def heatmap_one_slide(slide_id: str, run_dir: str, job: str, out_dir: str, cfg: 
                            encoder_id=run.encoder_id, job=str(Path(job).resolve()), inputs=inputs,
                            config=cfg_key)
             write_json_atomic(Path(tmp) / SLIDE_JSON, summary)
-    except WsiMilError as exc:
-        return SlideStatus(slide_id, source, FAILED, str(exc), 0, time.perf_counter() - t0)
-    except MemoryError:
-        return SlideStatus(slide_id, source, FAILED, f"{source}: out of memory while drawing heatmaps", 0,
-                           time.perf_counter() - t0)
-    except Exception as exc:  # a library error we did not anticipate: record it, carry on
-        reason = " ".join(f"{slide_id}: unexpected {type(exc).__name__}: {exc}".split())
-        return SlideStatus(slide_id, source, FAILED, reason, 0, time.perf_counter() - t0)
-    note = "; ".join(summary["notes"])
-    return SlideStatus(slide_id, source, DONE, note, summary["n_tiles"], time.perf_counter() - t0)
+        note = "; ".join(summary["notes"])
+        return SlideStatus(slide_id, source, DONE, note, summary["n_tiles"], time.perf_counter() - t0)
+
+    return guard_slide(slide_id, source, "drawing heatmaps", work, where=slide_id)
 
 
 def discover_slides(run_dir: Path, job: Path, encoder_id: str) -> list[str]:
     """Slides to draw by default: every patch store, feature file or slide of the run's predictions."""
     ids: set[str] = set()
-    pdir = job / "patches"
+    pdir = patches_dir(job)
     if pdir.is_dir():
         ids.update(slide_id_of(p) for p in pdir.glob("*.zarr") if not p.name.startswith("."))
     fdir = features_dir(job, encoder_id)
@@ -234,16 +224,10 @@ def discover_slides(run_dir: Path, job: Path, encoder_id: str) -> list[str]:
 
 
 @dataclass
-class HeatmapReport:
-    """What the stage did: every slide's status (slide-id order), the record and the page."""
+class HeatmapReport(StageReport):
+    """What the stage did: every slide's status (slide-id order), the record and the cohort page."""
 
-    statuses: list[SlideStatus]
-    record_path: Path
-    index_path: Path
-
-    @property
-    def failed(self) -> list[SlideStatus]:
-        return [s for s in self.statuses if s.status == FAILED]
+    index_path: Path = Path()
 
 
 def _report_row(out_dir: Path, st: SlideStatus, label: str | None) -> ReportRow:
@@ -308,4 +292,4 @@ def run_heatmap(
             f"scores shown: {shown} · {len(listed)} slides, {n_failed} failed · "
             f"{time.strftime('%Y-%m-%d %H:%M')} · wsi_mil {__version__}")
     index = render_report_html(out_dir, rows, f"Heatmaps: {run_dir.name}", meta, embed=cfg.embed_images)
-    return HeatmapReport(statuses, record.path, index)
+    return HeatmapReport(statuses, record.path, index_path=index)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from wsi_mil.errors import StoreError
 from wsi_mil.stores.features import check_encoder, read_feature_attrs, read_feature_file
 
 #: share of the free GPU memory the bags may take before they are kept in host memory instead
@@ -57,10 +58,21 @@ def load_bags(paths: Sequence[Path], encoder_id: str | None = None, embed_dim: i
     return bags
 
 
-def check_same_encoder(paths: Sequence[Path], encoder_id: str, embed_dim: int) -> None:
-    """Validate the encoder of every file before any is loaded (cheap: attributes only)."""
+def check_same_encoder(paths: Sequence[Path], encoder_id: str, embed_dim: int, skip_unreadable: bool = False) -> None:
+    """Validate the encoder of every file before any is loaded (cheap: attributes only).
+
+    ``skip_unreadable``: a file whose attributes cannot be read is left to the caller (which
+    records it as a failed slide) instead of raising here; a readable file from another encoder
+    is always an error.
+    """
     for p in paths:
-        check_encoder(p, read_feature_attrs(p), encoder_id, embed_dim)
+        try:
+            attrs = read_feature_attrs(p)
+        except StoreError:
+            if skip_unreadable:
+                continue
+            raise
+        check_encoder(p, attrs, encoder_id, embed_dim)
 
 
 def resolve_device(name: str) -> torch.device:

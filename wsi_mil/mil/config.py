@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SerializeAsAny, ValidationInfo, field_validator, model_validator
 
 from wsi_mil.config import StrictModel
+from wsi_mil.mil.heads import HeadOptions, head_entry, heads_help, parse_head_options
+
+DEFAULT_HEAD = "chowder"
 
 
 class TrainConfig(StrictModel):
     """How ``wsi-mil train`` fits and evaluates a MIL head. Epoch = one pass over the training bags."""
 
-    head: str = Field("chowder", description="weldon, chowder, mean, max or attention")
-    head_options: dict[str, Any] = Field(default_factory=dict, description="options of the head (see docs/train.md)")
+    head: str = Field(DEFAULT_HEAD, description=f"MIL head: {heads_help()}")
+    head_options: SerializeAsAny[HeadOptions] = Field(
+        default_factory=dict, validate_default=True,  # {} -> the head's defaults (the validator below)
+        description="options of the head: its registered options model (see docs/train.md)")
     folds: int = Field(5, ge=2, description="cross-validation folds K")
     val_fraction: float = Field(0.2, gt=0, le=0.5, description="share of a training fold held out for early stopping")
     max_epochs: int = Field(100, ge=1)
@@ -35,9 +40,18 @@ class TrainConfig(StrictModel):
     missing_features: Literal["error", "drop"] = Field("error", description="labelled slides without a feature file")
     final_epochs: int | None = Field(None, ge=1, description="epochs of the final model; null = median best epoch of the folds")
 
-    @model_validator(mode="after")
-    def _check_head(self) -> TrainConfig:
-        from wsi_mil.mil.registry import validate_head_options
+    @field_validator("head_options", mode="before")
+    @classmethod
+    def _typed_head_options(cls, value: Any, info: ValidationInfo) -> Any:
+        """The ``head_options`` mapping -> the options model of ``head``: the one validation."""
+        head = info.data.get("head")
+        if not isinstance(head, str):  # ``head`` failed its own validation, which is reported
+            return HeadOptions()
+        return parse_head_options(head, value)
 
-        object.__setattr__(self, "head_options", validate_head_options(self.head, self.head_options))
+    @model_validator(mode="after")
+    def _options_match_head(self) -> TrainConfig:
+        """After an assignment to ``head``: the options are re-read as the new head's."""
+        if not isinstance(self.head_options, head_entry(self.head).options):
+            object.__setattr__(self, "head_options", parse_head_options(self.head, self.head_options.model_dump()))
         return self

@@ -58,7 +58,7 @@ def evaluate_tiles(
 
 def synth_truth(cohort_dir: str | Path, job: str | Path) -> TruthFn:
     """Ground truth of a ``wsi_mil.synth`` cohort for tiles of the job's patch stores."""
-    from wsi_mil.stores.common import patch_store_path
+    from wsi_mil.jobdir import patch_store_path
     from wsi_mil.stores.patches import open_patch_store
     from wsi_mil.synth import lesion_fraction, load_lesion_mask
 

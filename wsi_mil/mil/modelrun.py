@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
+from safetensors.torch import load_file, save_file
 
 from wsi_mil import __version__
 from wsi_mil.atomic import atomic_path
@@ -34,9 +36,9 @@ CONFIG_FILE = "config.json"
 class BagPrediction:
     """One slide: ``probs`` (C,), ``tile_scores`` (N, C) float32, ``selected`` (N, C) int8 (+1 top, -1 bottom)."""
 
-    probs: np.ndarray
-    tile_scores: np.ndarray
-    selected: np.ndarray
+    probs: npt.NDArray[np.float64]
+    tile_scores: npt.NDArray[np.float32]
+    selected: npt.NDArray[np.int8]
 
 
 def rows_to_csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -78,7 +80,7 @@ class ModelRun:
         return len(self.class_names)
 
     @torch.no_grad()
-    def predict_bag(self, features: np.ndarray, overwrite_input: bool = False) -> BagPrediction:
+    def predict_bag(self, features: npt.NDArray[np.floating[Any]], overwrite_input: bool = False) -> BagPrediction:
         """Predict one whole bag ``features`` (N, D): probabilities, tile scores and selection marks.
 
         A bag with no tile gives NaN probabilities and empty (0, C) arrays. Features are
@@ -112,8 +114,6 @@ def save_model_run(
     run_dir: str | Path, head: MILHead, config: dict[str, Any], files: dict[str, str],
 ) -> Path:
     """Write a run folder atomically: weights, ``config.json`` and the given text ``files`` (name -> text)."""
-    from safetensors.torch import save_file
-
     run_dir = Path(run_dir)
     meta = {"schema": MODEL_RUN_SCHEMA, "wsi_mil_version": __version__, "weights_file": WEIGHTS_FILE, **config}
     with atomic_path(run_dir) as tmp:
@@ -139,15 +139,13 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
 
 def load_model_run(run_dir: str | Path, device: str | torch.device = "cpu") -> ModelRun:
     """Load a run folder for inference; raises :class:`StoreError` on a missing or damaged run."""
-    from safetensors.torch import load_file
-
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     weights = run_dir / str(config.get("weights_file", WEIGHTS_FILE))
     if not weights.is_file():
         raise StoreError(f"{run_dir}: weights file {weights.name} is missing; re-train the run")
     try:
-        head = create_head(config["head"], int(config["embed_dim"]), len(config["class_names"]), **config["head_options"])
+        head = create_head(config["head"], int(config["embed_dim"]), len(config["class_names"]), config["head_options"])
         head.load_state_dict(load_file(str(weights)), strict=True)
     except WsiMilError:
         raise

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from wsi_mil.atomic import atomic_path, write_text_atomic
@@ -24,11 +25,13 @@ from wsi_mil.config import config_to_dict
 from wsi_mil.errors import ConfigError, StoreError
 from wsi_mil.mil.bags import Bag, BagSet, check_same_encoder, feature_encoder, load_bags, resolve_device
 from wsi_mil.mil.config import TrainConfig
+from wsi_mil.mil.heads.base import MILHead
 from wsi_mil.mil.labels import LabelTable, match_feature_files, read_labels
 from wsi_mil.mil.metrics import bootstrap_ci, classification_metrics, summarize
-from wsi_mil.mil.modelrun import load_model_run, rows_to_csv, save_model_run
+from wsi_mil.mil.modelrun import ModelRun, load_model_run, rows_to_csv, save_model_run
 from wsi_mil.mil.splits import assign_folds, check_fold_counts, validation_split
 from wsi_mil.mil.training import build_head, fit, predict_probs
+from wsi_mil.runrecord import DONE, FAILED, RunRecord, SlideStatus, StageReport, guard_slide
 from wsi_mil.stores.common import slide_id_of
 from wsi_mil.stores.features import list_feature_files, read_feature_file
 
@@ -70,15 +73,15 @@ class TrainingData:
     warnings: list[str]
 
     @property
-    def targets(self) -> np.ndarray:
+    def targets(self) -> npt.NDArray[np.int64]:
         return np.array(self.table.targets, dtype=np.int64)
 
     @property
-    def groups(self) -> np.ndarray:
+    def groups(self) -> npt.NDArray[np.str_]:
         return np.array([r.case_id for r in self.table.rows])
 
     @property
-    def is_test(self) -> np.ndarray:
+    def is_test(self) -> npt.NDArray[np.bool_]:
         return np.array([r.split == "test" for r in self.table.rows], dtype=bool)
 
 
@@ -106,8 +109,8 @@ class CrossValidation:
     """Out-of-fold probabilities (n, C) (NaN for test slides), fold index per slide (-1: test),
     per-fold metrics, best epochs and training histories."""
 
-    oof: np.ndarray
-    folds: np.ndarray
+    oof: npt.NDArray[np.float64]
+    folds: npt.NDArray[np.int64]
     fold_metrics: list[dict[str, Any]]
     best_epochs: list[int]
     history: dict[str, Any]
@@ -188,7 +191,7 @@ def run_train(
 
     split_rows, pred_rows = _run_tables(table, folds, oof, test_pos, test_probs)
     config = {
-        "head": cfg.head, "head_options": cfg.head_options, "class_names": names, "n_classes": len(names),
+        "head": cfg.head, "head_options": config_to_dict(cfg.head_options), "class_names": names, "n_classes": len(names),
         "encoder_id": encoder_id, "embed_dim": embed_dim, "train_config": config_to_dict(cfg),
         "labels_csv": str(Path(labels_csv).resolve()), "features_dir": str(Path(features_dir).resolve()),
         "final_model": {"trained_on": "all slides with split != test", "n_slides": int(len(train_all)),
@@ -205,7 +208,7 @@ def run_train(
     return TrainSummary(run_dir, metrics, warnings)
 
 
-def _evaluation(y: np.ndarray, probs: np.ndarray, names: list[str], cfg: TrainConfig) -> dict[str, Any]:
+def _evaluation(y: npt.NDArray[np.int64], probs: npt.NDArray[np.float64], names: list[str], cfg: TrainConfig) -> dict[str, Any]:
     """Metrics of one set of predictions with bootstrap confidence intervals (``ci``: None when off)."""
     return {
         "n_slides": int(len(y)),
@@ -216,7 +219,8 @@ def _evaluation(y: np.ndarray, probs: np.ndarray, names: list[str], cfg: TrainCo
 
 
 def _run_tables(
-    table: LabelTable, folds: np.ndarray, oof: np.ndarray, test_pos: np.ndarray, test_probs: np.ndarray | None,
+    table: LabelTable, folds: npt.NDArray[np.int64], oof: npt.NDArray[np.float64], test_pos: npt.NDArray[np.int64],
+    test_probs: npt.NDArray[np.float64] | None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Rows of splits.csv and predictions.csv (out-of-fold for training slides, final model for test)."""
     names = table.class_names
@@ -234,7 +238,7 @@ def _run_tables(
     return split_rows, pred_rows
 
 
-def _orient(head: Any, bagset: BagSet, positions: np.ndarray, cfg: TrainConfig) -> None:
+def _orient(head: MILHead, bagset: BagSet, positions: npt.NDArray[np.int64], cfg: TrainConfig) -> None:
     """Let the head fix the sign of its tile scores on the training bags (CHOWDER; no-op otherwise)."""
     batches = ((f, m) for _, f, m in bagset.whole_batches(positions.tolist(), cfg.eval_tiles_per_batch))
     head.orient_(batches)
@@ -252,12 +256,25 @@ class PredictSummary:
     tiles_dir: Path
     n_slides: int
     warnings: list[str] = field(default_factory=list)
+    #: every slide's status (slide-id order), recorded in ``OUT.status.csv``
+    report: StageReport | None = None
+
+    @property
+    def failed(self) -> list[SlideStatus]:
+        """Slides whose feature file could not be read or predicted, with the reasons."""
+        return self.report.failed if self.report is not None else []
 
 
 def tiles_dir_of(out_csv: str | Path) -> Path:
     """``OUT.csv`` -> ``OUT.tiles``: where per-tile scores go."""
     out_csv = Path(out_csv)
     return out_csv.with_name(out_csv.stem + ".tiles")
+
+
+def predict_status_path(out_csv: str | Path) -> Path:
+    """``OUT.csv`` -> ``OUT.status.csv``: the per-slide record of a prediction."""
+    out_csv = Path(out_csv)
+    return out_csv.with_name(out_csv.stem + ".status.csv")
 
 
 def run_predict(
@@ -276,30 +293,50 @@ def run_predict(
     paths = list_feature_files(features_dir)
     if not paths:
         raise StoreError(f"{features_dir}: no feature files (*.h5); run 'wsi-mil extract' first")
-    check_same_encoder(paths, run.encoder_id, run.embed_dim)
+    check_same_encoder(paths, run.encoder_id, run.embed_dim, skip_unreadable=True)
     out_csv = Path(out_csv)
     tiles_dir = tiles_dir_of(out_csv)
     names = run.class_names
-    rows, warnings = [], []
+    rows: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    record = RunRecord(predict_status_path(out_csv))
+    record.rows.clear()  # a record of this prediction only, not of an earlier one
+    statuses: list[SlideStatus] = []
     with atomic_path(tiles_dir) as tmp:
         tmp.mkdir(parents=True)
         for p in paths:
-            ff = read_feature_file(p, run.encoder_id, run.embed_dim)
-            pred = run.predict_bag(ff.features)
-            row: dict[str, Any] = {"slide_id": ff.slide_id, "n_tiles": ff.n_tiles}
-            if ff.n_tiles == 0:
-                warnings.append(f"{p}: no tiles; probabilities left empty")
-                row.update({c: "" for c in _prob_columns(names)}, predicted="")
-            else:
-                row.update({c: f"{v:.6f}" for c, v in zip(_prob_columns(names), pred.probs, strict=True)})
-                row["predicted"] = names[int(np.argmax(pred.probs))]
-            rows.append(row)
-            (tmp / f"{ff.slide_id}.csv").write_text(_tile_csv(ff.coords, pred, names), encoding="utf-8")
-            log(f"{ff.slide_id}: {ff.n_tiles} tiles" + (f", predicted {row['predicted']}" if ff.n_tiles else ""))
+            st = guard_slide(slide_id_of(p), str(p), "predicting",
+                             lambda p=p: _predict_one(p, run, Path(tmp), rows, warnings, log))
+            statuses.append(st)
+            if st.status == FAILED:
+                log(f"{st.slide_id}: failed: {st.reason}")
+    record.rows = {st.slide_id: st for st in statuses}
+    record.save()
     write_text_atomic(out_csv, rows_to_csv(rows, ["slide_id", "n_tiles", *_prob_columns(names), "predicted"]))
     for w in warnings:
         log(f"warning: {w}")
-    return PredictSummary(out_csv, tiles_dir, len(rows), warnings)
+    report = StageReport(sorted(statuses, key=lambda st: st.slide_id), record.path)
+    return PredictSummary(out_csv, tiles_dir, len(rows), warnings, report)
+
+
+def _predict_one(path: Path, run: ModelRun, tiles_dir: Path, rows: list[dict[str, Any]], warnings: list[str],
+                 log: Log) -> SlideStatus:
+    """Predict one feature file: append its row to ``rows``, write ``tiles_dir/{slide_id}.csv``."""
+    t0 = time.perf_counter()
+    names = run.class_names
+    ff = read_feature_file(path, run.encoder_id, run.embed_dim)
+    pred = run.predict_bag(ff.features)
+    row: dict[str, Any] = {"slide_id": ff.slide_id, "n_tiles": ff.n_tiles}
+    if ff.n_tiles == 0:
+        warnings.append(f"{path}: no tiles; probabilities left empty")
+        row.update({c: "" for c in _prob_columns(names)}, predicted="")
+    else:
+        row.update({c: f"{v:.6f}" for c, v in zip(_prob_columns(names), pred.probs, strict=True)})
+        row["predicted"] = names[int(np.argmax(pred.probs))]
+    (tiles_dir / f"{ff.slide_id}.csv").write_text(_tile_csv(ff.coords, pred, names), encoding="utf-8")
+    rows.append(row)
+    log(f"{ff.slide_id}: {ff.n_tiles} tiles" + (f", predicted {row['predicted']}" if ff.n_tiles else ""))
+    return SlideStatus(ff.slide_id, str(path), DONE, "", ff.n_tiles, time.perf_counter() - t0)
 
 
 def _tile_csv(coords: np.ndarray, pred: Any, names: list[str]) -> str:

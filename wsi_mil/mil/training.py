@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -40,7 +41,7 @@ class FitResult:
     history: list[dict[str, float | None]] = field(default_factory=list)
 
 
-def class_weights(targets: np.ndarray, n_classes: int, mode: str) -> Tensor:
+def class_weights(targets: npt.NDArray[np.int64], n_classes: int, mode: str) -> Tensor:
     """(C,) loss weights: ``n / (C * n_c)`` for 'balanced' (absent classes get 0), ones for 'none'."""
     if mode == "none":
         return torch.ones(n_classes)
@@ -52,7 +53,7 @@ def class_weights(targets: np.ndarray, n_classes: int, mode: str) -> Tensor:
 def build_head(cfg: TrainConfig, in_dim: int, n_classes: int, seed: int) -> MILHead:
     """A freshly initialised head; initialisation depends only on ``seed``."""
     torch.manual_seed(seed)
-    return create_head(cfg.head, in_dim, n_classes, **cfg.head_options)
+    return create_head(cfg.head, in_dim, n_classes, cfg.head_options)
 
 
 def member_loss(head: MILHead, features: Tensor, mask: Tensor, targets: Tensor, weights: Tensor) -> Tensor:
@@ -64,7 +65,7 @@ def member_loss(head: MILHead, features: Tensor, mask: Tensor, targets: Tensor, 
 
 
 def train_epoch(
-    head: MILHead, opt: torch.optim.Optimizer, bags: BagSet, positions: np.ndarray, targets: Tensor,
+    head: MILHead, opt: torch.optim.Optimizer, bags: BagSet, positions: npt.NDArray[np.int64], targets: Tensor,
     weights: Tensor, cfg: TrainConfig, rng: np.random.Generator, gen: torch.Generator,
 ) -> float:
     """One pass over ``positions`` in shuffled batches; returns the mean training loss."""
@@ -84,7 +85,7 @@ def train_epoch(
 
 
 @torch.no_grad()
-def predict_probs(head: MILHead, bags: BagSet, positions: Sequence[int], tile_budget: int) -> np.ndarray:
+def predict_probs(head: MILHead, bags: BagSet, positions: Sequence[int], tile_budget: int) -> npt.NDArray[np.float64]:
     """(len(positions), C) class probabilities from whole bags, in the order of ``positions``."""
     head.eval()
     out = np.zeros((len(positions), head.n_classes), dtype=np.float64)
@@ -97,14 +98,15 @@ def predict_probs(head: MILHead, bags: BagSet, positions: Sequence[int], tile_bu
     return out
 
 
-def _weighted_nll(probs: np.ndarray, y: np.ndarray, weights: np.ndarray) -> float:
+def _weighted_nll(probs: npt.NDArray[np.float64], y: npt.NDArray[np.int64], weights: npt.NDArray[np.float32]) -> float:
     p = np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0)
     w = weights[y]
     return float(-(w * np.log(p)).sum() / max(w.sum(), 1e-12))
 
 
 def fit(
-    head: MILHead, bags: BagSet, targets: np.ndarray, train_pos: np.ndarray, val_pos: np.ndarray,
+    head: MILHead, bags: BagSet, targets: npt.NDArray[np.int64], train_pos: npt.NDArray[np.int64],
+    val_pos: npt.NDArray[np.int64],
     cfg: TrainConfig, seed: int, n_epochs: int | None = None, log: Log | None = None, class_names: list[str] | None = None,
 ) -> FitResult:
     """Train ``head`` on ``train_pos``; early-stop on ``val_pos`` unless it is empty or ``n_epochs`` is set.
@@ -135,9 +137,10 @@ def fit(
         if use_val:
             probs = predict_probs(head, bags, val_pos.tolist(), cfg.eval_tiles_per_batch)
             y = targets[val_pos]
-            row["val_loss"] = _weighted_nll(probs, y, weights.numpy())
-            row["val_auc"] = classification_metrics(y, probs, names)["auc"]
-            score = -row["val_loss"] if cfg.monitor == "loss" or row["val_auc"] is None else row["val_auc"]
+            val_loss = _weighted_nll(probs, y, weights.numpy())
+            val_auc = classification_metrics(y, probs, names)["auc"]
+            row["val_loss"], row["val_auc"] = val_loss, val_auc
+            score = -val_loss if cfg.monitor == "loss" or val_auc is None else val_auc
             if epoch < cfg.min_epochs:
                 pass  # warm-up: the best epoch is searched from min_epochs on
             elif best_score is None or score > best_score + 1e-9:
@@ -148,8 +151,8 @@ def fit(
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
         if log is not None:
-            log("  epoch {epoch:3d}  train loss {train_loss:.4f}".format(**row)
-                + (f"  val loss {row['val_loss']:.4f}  val auc {row['val_auc'] if row['val_auc'] is None else round(row['val_auc'], 4)}" if use_val else ""))
+            log(f"  epoch {epoch:3d}  train loss {train_loss:.4f}"
+                + (f"  val loss {val_loss:.4f}  val auc {val_auc if val_auc is None else round(val_auc, 4)}" if use_val else ""))
         if use_val and stale >= cfg.patience and epoch >= cfg.min_epochs:
             break
     if best_state is not None:

@@ -20,7 +20,9 @@ from typing import Any
 import torch
 
 from wsi_mil.config import config_to_dict
+from wsi_mil.encoders.dataconfig import DataConfig
 from wsi_mil.errors import EncoderError, StoreError, WsiMilError
+from wsi_mil.jobdir import patches_dir, pretrain_checkpoint_path
 from wsi_mil.ssl.config import PretrainConfig
 from wsi_mil.ssl.train import DistInfo, ProgressEvent, init_distributed, train_simclr
 
@@ -47,13 +49,6 @@ class PretrainSummary:
     notes: list[str] = field(default_factory=list)
 
 
-def checkpoint_path(job: str | Path, out_dir: str | Path) -> Path:
-    """``JOB/pretrain/{safe name of the output folder}/checkpoint.pt``."""
-    from wsi_mil.encoders import safe_name
-
-    return Path(job) / "pretrain" / safe_name(Path(out_dir).name, limit=80) / "checkpoint.pt"
-
-
 def open_job_stores(job: str | Path) -> tuple[list[Any], list[Path], list[str]]:
     """The complete patch stores of ``job`` with at least one tile.
 
@@ -76,12 +71,12 @@ def open_job_stores(job: str | Path) -> tuple[list[Any], list[Path], list[str]]:
             stores.append(store)
             used.append(p)
     if not stores:
-        raise StoreError(f"{job}: no tiles to train on ({len(paths)} patch store(s) in {job / 'patches'}, "
+        raise StoreError(f"{job}: no tiles to train on ({len(paths)} patch store(s) in {patches_dir(job)}, "
                          f"{len(complete)} complete, none with tiles); run 'wsi-mil tile' on slides with tissue first")
     return stores, used, notes
 
 
-def prepare_backbone(cfg: PretrainConfig) -> tuple[torch.nn.Module, int, dict[str, Any], int]:
+def prepare_backbone(cfg: PretrainConfig) -> tuple[torch.nn.Module, int, DataConfig, int]:
     """Build the random-init backbone; returns (model, embed_dim, data_config, view size).
 
     Raises :class:`EncoderError` for an unknown architecture or one that refuses the view size.
@@ -89,7 +84,6 @@ def prepare_backbone(cfg: PretrainConfig) -> tuple[torch.nn.Module, int, dict[st
     from wsi_mil.encoders import create_encoder
 
     enc = create_encoder(cfg.arch, f"random:{cfg.seed}")
-    data_config = dict(enc.data_config)
     h, w = enc.input_size
     size = int(cfg.input_size or h)
     if cfg.input_size is None and h != w:
@@ -107,8 +101,7 @@ def prepare_backbone(cfg: PretrainConfig) -> tuple[torch.nn.Module, int, dict[st
         raise EncoderError(f"architecture '{cfg.arch}' gives features of shape {tuple(out.shape)}, "
                            f"expected (B, {enc.embed_dim}); it cannot be used as an encoder")
     model.train()
-    data_config["input_size"] = [3, size, size]
-    return model, enc.embed_dim, data_config, size
+    return model, enc.embed_dim, enc.data_config.with_side(size), size
 
 
 def _check_output(out_dir: Path, cfg: PretrainConfig, store_paths: list[Path], overwrite: bool) -> bool:
@@ -152,7 +145,7 @@ def run_pretrain(
     di = dist_info or init_distributed(device)
     stores, store_paths, notes = open_job_stores(job)
     n_tiles = sum(s.n_tiles for s in stores)
-    ckpt = checkpoint_path(job, out_dir)
+    ckpt = pretrain_checkpoint_path(job, out_dir)
     if _check_output(out_dir, cfg, store_paths, overwrite):
         from wsi_mil.encoders import read_encoder_json
 
@@ -160,7 +153,7 @@ def run_pretrain(
         return PretrainSummary(out_dir, cfg.arch, int(meta["embed_dim"]), len(stores), n_tiles, ckpt, skipped=True,
                                notes=notes + [f"{out_dir} already holds this encoder; nothing to do"])
     if cfg.batch_size > n_tiles:
-        raise WsiMilError(f"--batch-size {cfg.batch_size} is larger than the {n_tiles} tiles in {job / 'patches'}; "
+        raise WsiMilError(f"--batch-size {cfg.batch_size} is larger than the {n_tiles} tiles in {patches_dir(job)}; "
                           "lower --batch-size or tile more slides")
     backbone, embed_dim, data_config, size = prepare_backbone(cfg)
     if ckpt.is_file() and not resume:
@@ -170,7 +163,7 @@ def run_pretrain(
 
     result = train_simclr(
         backbone, embed_dim, stores, [str(p) for p in store_paths], cfg, size,
-        data_config["mean"], data_config["std"], ckpt, resume=resume, dist_info=di, progress=progress,
+        data_config.mean, data_config.std, ckpt, resume=resume, dist_info=di, progress=progress,
         checkpoint_every=checkpoint_every,
     )
     rate = result.tiles_seen / result.seconds if result.seconds > 0 else 0.0

@@ -1,4 +1,5 @@
-"""Shared pieces of the file contracts: schema names, job-folder layout, content hashes."""
+"""Shared pieces of the file contracts: schema names, content hashes (the job folder's layout is
+:mod:`wsi_mil.jobdir`'s)."""
 
 from __future__ import annotations
 
@@ -14,24 +15,6 @@ PATCHES_SCHEMA = "wsi_mil.patches/1"
 FEATURES_SCHEMA = "wsi_mil.features/1"
 ENCODER_SCHEMA = "wsi_mil.encoder/1"
 MODEL_RUN_SCHEMA = "wsi_mil.model_run/1"
-
-
-def patches_dir(job: str | Path) -> Path:
-    """``JOB/patches``: one ``{slide_id}.zarr`` store per slide."""
-    return Path(job) / "patches"
-
-
-def patch_store_path(job: str | Path, slide_id: str) -> Path:
-    return patches_dir(job) / f"{slide_id}.zarr"
-
-
-def features_dir(job: str | Path, encoder_id: str) -> Path:
-    """``JOB/features/{encoder_id}``: one ``{slide_id}.h5`` feature file per slide."""
-    return Path(job) / "features" / encoder_id
-
-
-def feature_file_path(job: str | Path, encoder_id: str, slide_id: str) -> Path:
-    return features_dir(job, encoder_id) / f"{slide_id}.h5"
 
 
 def slide_id_of(path: str | Path) -> str:

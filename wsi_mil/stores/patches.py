@@ -26,7 +26,8 @@ from wsi_mil.errors import StoreError
 from wsi_mil.stores.codecs import (
     JPEG_MAX_SIDE, decode_tile_chunk, encode_tile_chunk, read_shard_index, shard_bytes, tile_codecs,
 )
-from wsi_mil.stores.common import PATCHES_SCHEMA, patches_dir
+from wsi_mil.jobdir import patches_dir
+from wsi_mil.stores.common import PATCHES_SCHEMA
 
 REQUIRED_ATTRS = (
     "schema", "wsi_mil_version", "complete", "slide_id", "n_tiles", "tile_size", "target_mpp",

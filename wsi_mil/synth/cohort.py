@@ -8,7 +8,8 @@ Layout of ``COHORT/``::
     cohort.json                     schema wsi_mil.synth.cohort/1: parameters and one entry per slide
 
 Every file is written atomically; a slide counts as done when its TIFF and its ground-truth JSON exist and
-the JSON records the same parameters, so a killed run is resumed by running it again.
+the JSON records the same parameters, so a killed run is resumed by running it again. Slides are made
+one task each through :func:`wsi_mil.parallel.map_slides` (``workers=0``: in this process).
 """
 
 from __future__ import annotations
@@ -19,14 +20,17 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+from numpy.typing import NDArray
 
 from wsi_mil import __version__
 from wsi_mil.atomic import remove_stale_temporaries, write_json_atomic, write_text_atomic
 from wsi_mil.errors import ConfigError, StoreError, WsiMilError
+from wsi_mil.parallel import map_slides
 from wsi_mil.runrecord import DONE, FAILED, SlideStatus
 from wsi_mil.synth.slide import make_slide
 from wsi_mil.synth.truth import ground_truth_dir, load_ground_truth, write_ground_truth
@@ -39,16 +43,53 @@ def slide_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
 
 
-def cohort_labels(n_slides: int, positive_fraction: float, seed: int) -> np.ndarray:
+def cohort_labels(n_slides: int, positive_fraction: float, seed: int) -> NDArray[np.int64]:
     """(n,) int 0/1: exactly round(n * positive_fraction) positives in a seeded random order."""
     n_pos = int(round(n_slides * positive_fraction))
     labels = np.array([1] * n_pos + [0] * (n_slides - n_pos), dtype=np.int64)
     return np.random.default_rng([int(seed), 1000]).permutation(labels)
 
 
+@dataclass(frozen=True)
+class _CohortSpec:
+    """The validated parameters of one cohort: sizes in level-0 px, ``mpp`` in µm/px,
+    ``lesion_fraction`` the (low, high) share of tissue on positive slides."""
+
+    n_slides: int
+    positive_fraction: float
+    width: int
+    height: int
+    mpp: float
+    lesion_fraction: tuple[float, float]
+    seed: int
+    tile_size: int
+    jpeg_quality: int
+    level_downsample: int
+    slides_per_case: int
+    prefix: str
+
+    def slide_id(self, i: int) -> str:
+        return f"{self.prefix}_{i:03d}"
+
+    def slide_params(self, i: int, label: int) -> dict[str, Any]:
+        """What slide ``i``'s ground truth records (a slide with other parameters is made again)."""
+        return {"cohort_seed": self.seed, "index": i, "size": [self.width, self.height], "mpp": self.mpp,
+                "lesion_fraction_range": list(self.lesion_fraction), "label": int(label),
+                "tile_size": self.tile_size, "jpeg_quality": self.jpeg_quality,
+                "level_downsample": self.level_downsample, "generator": __version__}
+
+    def manifest_params(self) -> dict[str, Any]:
+        """The ``params`` of cohort.json."""
+        return {"n_slides": self.n_slides, "positive_fraction": self.positive_fraction,
+                "size": [self.width, self.height], "mpp": self.mpp, "lesion_fraction": list(self.lesion_fraction),
+                "seed": self.seed, "tile_size": self.tile_size, "jpeg_quality": self.jpeg_quality,
+                "level_downsample": self.level_downsample, "slides_per_case": self.slides_per_case,
+                "prefix": self.prefix}
+
+
 def _check(n_slides: int, positive_fraction: float, size: Sequence[int], mpp: float,
-           lesion_fraction: Sequence[float] | float, slides_per_case: int,
-           workers: int) -> tuple[int, int, tuple[float, float]]:
+           lesion_fraction: Sequence[float] | float, seed: int, tile_size: int, jpeg_quality: int,
+           level_downsample: int, slides_per_case: int, prefix: str, workers: int | None) -> _CohortSpec:
     if int(n_slides) < 1:
         raise ConfigError(f"slides: need at least 1, got {n_slides}")
     if not 0.0 <= positive_fraction <= 1.0:
@@ -57,14 +98,19 @@ def _check(n_slides: int, positive_fraction: float, size: Sequence[int], mpp: fl
         raise ConfigError(f"size: need width and height of at least 256 px, got {tuple(size)}")
     if not mpp > 0:
         raise ConfigError(f"mpp: must be > 0, got {mpp}")
-    if workers < 1:
-        raise ConfigError(f"workers: must be >= 1, got {workers}")
+    if workers is not None and workers < 0:
+        raise ConfigError(f"workers: must be >= 0 (0: in this process), got {workers}")
     if slides_per_case < 1:
         raise ConfigError(f"slides_per_case: must be >= 1, got {slides_per_case}")
-    lf = (float(lesion_fraction),) * 2 if np.isscalar(lesion_fraction) else tuple(float(v) for v in lesion_fraction)
+    lf: tuple[float, ...]
+    if np.isscalar(lesion_fraction):
+        lf = (float(cast(float, lesion_fraction)),) * 2
+    else:
+        lf = tuple(float(v) for v in cast(Sequence[float], lesion_fraction))
     if len(lf) != 2 or not 0 < lf[0] <= lf[1] < 0.5:
         raise ConfigError(f"lesion_fraction: need 0 < low <= high < 0.5, got {lesion_fraction}")
-    return int(size[0]), int(size[1]), (lf[0], lf[1])
+    return _CohortSpec(int(n_slides), positive_fraction, int(size[0]), int(size[1]), float(mpp), (lf[0], lf[1]),
+                       int(seed), tile_size, jpeg_quality, level_downsample, slides_per_case, prefix)
 
 
 def _is_done(cohort: Path, slide_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
@@ -89,15 +135,79 @@ def _make_one(cohort: Path, slide_id: str, width: int, height: int, mpp: float, 
     return truth.summary()
 
 
+def _synth_slide(cohort: str, slide_id: str, *args: Any) -> SlideStatus:
+    """One slide (arguments of ``_make_one`` after the slide id); errors propagate (the serial path)."""
+    t0 = time.perf_counter()
+    _make_one(Path(cohort), slide_id, *args)
+    return SlideStatus(slide_id, str(Path(cohort) / f"{slide_id}.tiff"), DONE, seconds=time.perf_counter() - t0)
+
+
 def synth_slide_task(cohort: str, slide_id: str, *args: Any) -> SlideStatus:
     """One slide as a Dask task (arguments of ``_make_one`` after the slide id): never raises for bad input."""
     t0 = time.perf_counter()
-    source = str(Path(cohort) / f"{slide_id}.tiff")
     try:
-        _make_one(Path(cohort), slide_id, *args)
+        return _synth_slide(cohort, slide_id, *args)
     except WsiMilError as exc:
-        return SlideStatus(slide_id, source, FAILED, reason=str(exc), seconds=time.perf_counter() - t0)
-    return SlideStatus(slide_id, source, DONE, seconds=time.perf_counter() - t0)
+        return SlideStatus(slide_id, str(Path(cohort) / f"{slide_id}.tiff"), FAILED, reason=str(exc),
+                           seconds=time.perf_counter() - t0)
+
+
+def _pending_slides(out: Path, spec: _CohortSpec, labels: NDArray[np.int64], overwrite: bool,
+                    progress: bool) -> list[tuple[str, str, tuple[Any, ...]]]:
+    """``map_slides`` items of the slides still to make: (slide_id, source, task arguments)."""
+    items = []
+    for i in range(spec.n_slides):
+        sid = spec.slide_id(i)
+        params = spec.slide_params(i, int(labels[i]))
+        if not overwrite and _is_done(out, sid, params) is not None:
+            if progress:
+                print(f"kept {sid}.tiff (complete)", file=sys.stderr)
+            continue
+        args = (str(out), sid, spec.width, spec.height, spec.mpp, slide_seed(spec.seed, i), bool(labels[i]),
+                spec.lesion_fraction, spec.tile_size, spec.jpeg_quality, spec.level_downsample, params)
+        items.append((sid, str(out / f"{sid}.tiff"), args))
+    return items
+
+
+def _make_slides(out: Path, items: list[tuple[str, str, tuple[Any, ...]]], workers: int | None,
+                 scheduler: str | None, progress: bool) -> None:
+    """Make the slides of ``items``. In this process (``workers=0``, no scheduler) the first failure
+    raises as it happens; on Dask the first failure (by slide id) raises once all tasks ended."""
+    if not items:
+        return
+    if workers == 0 and not scheduler:
+        def written(status: SlideStatus) -> None:
+            if progress:
+                meta = load_ground_truth(out, status.slide_id)
+                print(f"wrote {status.slide_id}.tiff label={meta['label']} "
+                      f"lesion_fraction={meta['lesion_fraction']:.4f} ({status.seconds:.1f} s)", file=sys.stderr)
+
+        map_slides(_synth_slide, items, written, "synth", workers=0)
+        return
+    statuses = map_slides(synth_slide_task, items, lambda status: None, "synth", scheduler, workers, progress)
+    failed = [s for s in statuses if s.status == FAILED]  # map_slides sorts by slide id
+    if failed:
+        raise WsiMilError(f"{len(failed)} of {len(items)} slides failed; first: {failed[0].slide_id}: "
+                          f"{failed[0].reason}")
+
+
+def _write_index(out: Path, spec: _CohortSpec, labels: NDArray[np.int64]) -> None:
+    """labels.csv and cohort.json, from the ground truth of every slide."""
+    entries = []
+    for i in range(spec.n_slides):
+        sid = spec.slide_id(i)
+        meta = load_ground_truth(out, sid)
+        entries.append({"slide_id": sid, "file": f"{sid}.tiff", "label": int(labels[i]),
+                        "case_id": f"case_{i // spec.slides_per_case:03d}", "seed": slide_seed(spec.seed, i),
+                        "n_lesions": meta["n_lesions"], "lesion_fraction": meta["lesion_fraction"]})
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["slide_id", "label", "case_id"])
+    for e in entries:
+        writer.writerow([e["slide_id"], e["label"], e["case_id"]])
+    write_text_atomic(out / "labels.csv", buf.getvalue())
+    write_json_atomic(out / "cohort.json", {"schema": COHORT_SCHEMA, "wsi_mil_version": __version__,
+                                            "params": spec.manifest_params(), "slides": entries})
 
 
 def make_cohort(
@@ -116,86 +226,31 @@ def make_cohort(
     prefix: str = "slide",
     overwrite: bool = False,
     progress: bool = False,
-    workers: int = 1,
+    workers: int | None = 0,
     scheduler: str | None = None,
 ) -> Path:
-    """Write ``n_slides`` slides of ``size`` (W, H) px at ``mpp`` into ``out_dir`` and return it.
+    """Write ``n_slides`` slides of ``size`` (W, H) px at ``mpp`` (µm/px) into ``out_dir`` and return it.
 
     ``round(n_slides * positive_fraction)`` slides are positive; each positive slide's lesions cover a
     share of its tissue drawn from ``lesion_fraction`` (low, high) (or exactly a given float). Slide ids
     are ``{prefix}_{i:03d}``; consecutive groups of ``slides_per_case`` slides share a ``case_id``.
     The same arguments give byte-identical slides and ground truth. Slides already complete with the
-    same parameters are kept unless ``overwrite``. ``workers`` > 1 (a local Dask cluster of that many
-    processes) or ``scheduler`` (an existing Dask scheduler) generate slides in parallel, one task each.
+    same parameters are kept unless ``overwrite``. ``workers=0`` (default) makes the slides one after
+    another in this process; ``workers`` > 0 (a local Dask cluster of that many processes; None: one
+    per core) or ``scheduler`` (an existing Dask scheduler) makes them in parallel, one task each.
     """
-    width, height, lf = _check(n_slides, positive_fraction, size, mpp, lesion_fraction, slides_per_case, workers)
+    spec = _check(n_slides, positive_fraction, size, mpp, lesion_fraction, seed, tile_size, jpeg_quality,
+                  level_downsample, slides_per_case, prefix, workers)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     gt = ground_truth_dir(out)
     gt.mkdir(exist_ok=True)
     remove_stale_temporaries(out)
     remove_stale_temporaries(gt)
-    labels = cohort_labels(int(n_slides), positive_fraction, seed)
-    jobs = []
-    for i in range(int(n_slides)):
-        sid = f"{prefix}_{i:03d}"
-        params = {"cohort_seed": int(seed), "index": i, "size": [width, height], "mpp": float(mpp),
-                  "lesion_fraction_range": list(lf), "label": int(labels[i]), "tile_size": tile_size,
-                  "jpeg_quality": jpeg_quality, "level_downsample": level_downsample,
-                  "generator": __version__}
-        done = None if overwrite else _is_done(out, sid, params)
-        if progress and done is not None:
-            print(f"kept {sid}.tiff (complete)", file=sys.stderr)
-        if done is None:
-            jobs.append((sid, (width, height, float(mpp), slide_seed(seed, i), bool(labels[i]), lf, tile_size,
-                               jpeg_quality, level_downsample, params)))
-    if scheduler or workers > 1:
-        _run_parallel(out, jobs, workers, scheduler, progress)
-    else:
-        for sid, args in jobs:
-            t0 = time.perf_counter()
-            meta = _make_one(out, sid, *args)
-            if progress:
-                print(f"wrote {sid}.tiff label={meta['label']} lesion_fraction={meta['lesion_fraction']:.4f} "
-                      f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
-    entries = []
-    for i in range(int(n_slides)):
-        sid = f"{prefix}_{i:03d}"
-        meta = load_ground_truth(out, sid)
-        entries.append({"slide_id": sid, "file": f"{sid}.tiff", "label": int(labels[i]),
-                        "case_id": f"case_{i // slides_per_case:03d}", "seed": slide_seed(seed, i),
-                        "n_lesions": meta["n_lesions"], "lesion_fraction": meta["lesion_fraction"]})
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["slide_id", "label", "case_id"])
-    for e in entries:
-        writer.writerow([e["slide_id"], e["label"], e["case_id"]])
-    write_text_atomic(out / "labels.csv", buf.getvalue())
-    write_json_atomic(out / "cohort.json", {
-        "schema": COHORT_SCHEMA, "wsi_mil_version": __version__,
-        "params": {"n_slides": int(n_slides), "positive_fraction": positive_fraction, "size": [width, height],
-                   "mpp": float(mpp), "lesion_fraction": list(lf), "seed": int(seed), "tile_size": tile_size,
-                   "jpeg_quality": jpeg_quality, "level_downsample": level_downsample,
-                   "slides_per_case": slides_per_case, "prefix": prefix},
-        "slides": entries,
-    })
+    labels = cohort_labels(spec.n_slides, positive_fraction, spec.seed)
+    _make_slides(out, _pending_slides(out, spec, labels, overwrite, progress), workers, scheduler, progress)
+    _write_index(out, spec, labels)
     return out
-
-
-def _run_parallel(out: Path, jobs: list[tuple[str, tuple]], workers: int, scheduler: str | None,
-                  progress: bool) -> None:
-    """Generate slides as Dask tasks; raise the first failure (as the serial path would) once all ended."""
-    from wsi_mil.parallel import dask_client, run_slide_tasks
-
-    if not jobs:
-        return
-    items = [(sid, str(out / f"{sid}.tiff"), (str(out), sid, *args)) for sid, args in jobs]
-    with dask_client(scheduler, workers) as client:
-        statuses = run_slide_tasks(client, synth_slide_task, items, lambda status: None, "synth", progress)
-    failed = sorted((s for s in statuses if s.status == FAILED), key=lambda s: s.slide_id)
-    if failed:
-        raise WsiMilError(f"{len(failed)} of {len(jobs)} slides failed; first: {failed[0].slide_id}: "
-                          f"{failed[0].reason}")
 
 
 def read_cohort_manifest(cohort_dir: str | Path) -> dict[str, Any]:

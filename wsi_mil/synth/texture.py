@@ -1,7 +1,7 @@
 """Tissue and lesion texture sources cut from the bundled real H&E sample, with per-slide stain variation.
 
 The source is ``wsi_mil/data/CMU-1-Small-Region.svs`` (2220 x 2967 px, 0.499 mpp, CC0), read once per
-process with OpenSlide. Colours are handled in optical density (OD) space with the Ruifrok-Johnston
+process with :func:`wsi_mil.slide.open_slide` (the reader every stage uses). Colours are handled in optical density (OD) space with the Ruifrok-Johnston
 haematoxylin / eosin / residual stain vectors:
 
 * ``od = -ln((rgb + 1) / 256)`` per channel, ``conc = od @ inv(M)``; back: ``rgb = 256 exp(-conc @ M) - 1``.
@@ -21,11 +21,15 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
 from scipy import ndimage as ndi
 
 from wsi_mil.errors import SlideError
+from wsi_mil.slide import open_slide
 
 #: the bundled real H&E sample (CC0)
 SAMPLE_PATH = Path(__file__).resolve().parents[1] / "data" / "CMU-1-Small-Region.svs"
@@ -51,22 +55,22 @@ class Sample:
     mpp: micrometres per sample pixel; patch_px: window edge in sample pixels.
     """
 
-    rgb: np.ndarray
-    lesion_rgb: np.ndarray
-    candidates: np.ndarray
+    rgb: NDArray[np.uint8]
+    lesion_rgb: NDArray[np.uint8]
+    candidates: NDArray[np.int64]
     mpp: float
     patch_px: int
 
 
-def rgb_to_conc(rgb: np.ndarray) -> np.ndarray:
+def rgb_to_conc(rgb: NDArray[np.uint8]) -> NDArray[np.float32]:
     """(..., 3) uint8 RGB -> (..., 3) float32 stain concentrations (H, E, residual)."""
     lut = -np.log((np.arange(256, dtype=np.float64) + 1.0) / 256.0)
     od = lut[rgb].astype(np.float32)
     return od @ np.linalg.inv(STAIN_MATRIX).astype(np.float32)
 
 
-def conc_to_rgb(conc: np.ndarray, stains: np.ndarray = STAIN_MATRIX,
-                white: np.ndarray | None = None) -> np.ndarray:
+def conc_to_rgb(conc: NDArray[np.float32], stains: NDArray[np.float64] = STAIN_MATRIX,
+                white: NDArray[np.float64] | None = None) -> NDArray[np.uint8]:
     """(..., 3) float32 concentrations -> (..., 3) uint8 RGB with stain matrix ``stains`` (3, 3).
 
     ``white``: (3,) glass colour in 0-255 (white balance); pure white when None.
@@ -81,21 +85,16 @@ def conc_to_rgb(conc: np.ndarray, stains: np.ndarray = STAIN_MATRIX,
     return (rgb + 0.5).astype(np.uint8)
 
 
-def _read_sample_rgb(path: Path) -> tuple[np.ndarray, float]:
-    import openslide
-
+def _read_sample_rgb(path: Path) -> tuple[NDArray[np.uint8], float]:
+    """The whole sample at level 0, (h, w, 3) uint8 RGB (composited on white), and its mpp (µm/px)."""
     if not path.is_file():
         raise SlideError(f"{path}: the bundled H&E sample is missing; reinstall wsi_mil (package data)")
-    with openslide.OpenSlide(str(path)) as slide:
-        w, h = slide.dimensions
-        rgba = np.asarray(slide.read_region((0, 0), 0, (w, h)))
-        mpp = float(slide.properties.get(openslide.PROPERTY_NAME_MPP_X, 0.499))
-    rgb = rgba[..., :3].copy()
-    rgb[rgba[..., 3] == 0] = 255
-    return rgb, mpp
+    with open_slide(path) as slide:
+        rgb = np.ascontiguousarray(slide.read_region((0, 0), 0, slide.dimensions))
+        return rgb, slide.mpp
 
 
-def tissue_pixels(rgb: np.ndarray) -> np.ndarray:
+def tissue_pixels(rgb: NDArray[np.uint8]) -> NDArray[np.bool_]:
     """(h, w, 3) uint8 -> (h, w) bool: stained tissue (OD sum > 0.25, not the sample's green ink)."""
     lut = -np.log((np.arange(256, dtype=np.float64) + 1.0) / 256.0).astype(np.float32)
     od_sum = lut[rgb[..., 0]] + lut[rgb[..., 1]] + lut[rgb[..., 2]]
@@ -103,7 +102,7 @@ def tissue_pixels(rgb: np.ndarray) -> np.ndarray:
     return (od_sum > 0.25) & (g < r + 8)
 
 
-def lesion_concentrations(conc: np.ndarray, mpp: float) -> np.ndarray:
+def lesion_concentrations(conc: NDArray[np.float32], mpp: float) -> NDArray[np.float32]:
     """Lesion texture from normal tissue: crowded, enlarged, hyperchromatic nuclei.
 
     conc: (h, w, 3) float32 (H, E, residual) at ``mpp``. Nuclei are the top of the haematoxylin
@@ -126,8 +125,8 @@ def lesion_concentrations(conc: np.ndarray, mpp: float) -> np.ndarray:
     return out
 
 
-def patch_candidates(tissue: np.ndarray, patch_px: int, min_tissue: float = MIN_PATCH_TISSUE,
-                     stride: int = 8) -> np.ndarray:
+def patch_candidates(tissue: NDArray[np.bool_], patch_px: int, min_tissue: float = MIN_PATCH_TISSUE,
+                     stride: int = 8) -> NDArray[np.int64]:
     """(K, 2) int64 (x, y) top-left corners of ``patch_px`` windows of ``tissue`` (h, w) bool that are
     at least ``min_tissue`` tissue, on a grid of ``stride`` px."""
     f = ndi.uniform_filter(tissue.astype(np.float32), size=patch_px, mode="constant")
@@ -145,8 +144,6 @@ def load_sample(path: str = str(SAMPLE_PATH)) -> Sample:
     """Read and prepare the texture sample (cached per process): crop, concentrations, candidates."""
     rgb, mpp = _read_sample_rgb(Path(path))
     patch_px = int(np.ceil(PATCH_UM / mpp)) + 2
-    from PIL import Image
-
     small = np.asarray(Image.fromarray(rgb).reduce(4))  # windows are found at 1/4 resolution
     cand = patch_candidates(tissue_pixels(small), patch_px // 4, stride=2) * 4
     if len(cand) < 16:
@@ -166,9 +163,9 @@ def load_sample(path: str = str(SAMPLE_PATH)) -> Sample:
 class StainVariation:
     """One slide's staining and scanning: stain vectors (3, 3), stain amounts (3,), glass colour (3,)."""
 
-    stains: np.ndarray
-    amounts: np.ndarray
-    white: np.ndarray
+    stains: NDArray[np.float64]
+    amounts: NDArray[np.float64]
+    white: NDArray[np.float64]
 
     @classmethod
     def draw(cls, rng: np.random.Generator, strength: float = 1.0) -> StainVariation:
@@ -185,7 +182,7 @@ class StainVariation:
         white = np.clip(level + rng.normal(0.0, 3.0 * strength, size=3), 200.0, 255.0)
         return cls(stains=stains, amounts=amounts, white=white)
 
-    def channel_luts(self) -> np.ndarray:
+    def channel_luts(self) -> NDArray[np.float32]:
         """(3, 3, 256) float32 ``L[k, c, v]``: factor of input channel k at value v on output channel c.
 
         OD is linear in the stains, so re-staining an image is an affine map of its OD,
@@ -196,7 +193,7 @@ class StainVariation:
         od = -np.log((np.arange(256, dtype=np.float64) + 1.0) / 256.0)
         return np.exp(-od[None, None, :] * a[:, :, None]).astype(np.float32)
 
-    def restain(self, rgb: np.ndarray) -> np.ndarray:
+    def restain(self, rgb: NDArray[np.uint8]) -> NDArray[np.uint8]:
         """(h, w, 3) uint8 RGB of the sample -> (h, w, 3) uint8 as this slide's lab and scanner show it."""
         lut = self.channel_luts()
         out = np.empty(rgb.shape, np.uint8)
@@ -217,14 +214,12 @@ class StainVariation:
         return tuple(int(v + 0.5) for v in self.white)  # type: ignore[return-value]
 
 
-def resample(rgb: np.ndarray, factor: float) -> np.ndarray:
+def resample(rgb: NDArray[np.uint8], factor: float) -> NDArray[np.uint8]:
     """Resize (h, w, 3) uint8 by ``factor`` (>1 enlarges): box filter down, bicubic up.
 
     Factors within 1% of 1/n (n = 1, 2, 3, ...) use an exact n x n box reduction (fast; the texture is
     then at most 1% off its nominal scale).
     """
-    from PIL import Image
-
     n = round(1.0 / factor) if factor < 1.0 else 1
     if n >= 1 and abs(n * factor - 1.0) < 0.01:
         return rgb if n == 1 else np.asarray(Image.fromarray(rgb).reduce(n))
@@ -234,7 +229,7 @@ def resample(rgb: np.ndarray, factor: float) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((nw, nh), method))
 
 
-def dihedral(a: np.ndarray, d: int) -> np.ndarray:
+def dihedral(a: NDArray[Any], d: int) -> NDArray[Any]:
     """One of the 8 flips/rotations of a (h, w, ...) array (d = 0-7), as a view."""
     v = np.rot90(a, k=d % 4, axes=(0, 1))
     return v[:, ::-1] if d >= 4 else v
@@ -271,26 +266,26 @@ class SlideTextures:
     def __init__(self, sample: Sample, stain: StainVariation) -> None:
         self.sample = sample
         self.stain = stain
-        self._base: dict[str, np.ndarray] = {}
-        self._scaled: dict[tuple[str, float], np.ndarray] = {}
-        self._variants: dict[tuple[str, float, int], np.ndarray] = {}
+        self._base: dict[str, NDArray[np.uint8]] = {}
+        self._scaled: dict[tuple[str, float], NDArray[np.uint8]] = {}
+        self._variants: dict[tuple[str, float, int], NDArray[np.uint8]] = {}
         self._uses: dict[tuple[str, float, int], int] = {}
 
-    def base(self, kind: str) -> np.ndarray:
+    def base(self, kind: str) -> NDArray[np.uint8]:
         """(h, w, 3) uint8 stain-varied crop at the sample's resolution."""
         if kind not in self._base:
             src = self.sample.rgb if kind == "normal" else self.sample.lesion_rgb
             self._base[kind] = self.stain.restain(src)
         return self._base[kind]
 
-    def level_image(self, kind: str, scale: float) -> np.ndarray:
+    def level_image(self, kind: str, scale: float) -> NDArray[np.uint8]:
         """(h', w', 3) uint8 crop resized by ``scale``, C-contiguous."""
         key = (kind, round(scale, 6))
         if key not in self._scaled:
             self._scaled[key] = np.ascontiguousarray(resample(self.base(kind), scale))
         return self._scaled[key]
 
-    def window(self, kind: str, scale: float, d: int, x: int, y: int, size: int) -> np.ndarray:
+    def window(self, kind: str, scale: float, d: int, x: int, y: int, size: int) -> NDArray[np.uint8]:
         """(size, size, 3) uint8 view: the window at (x, y) of :meth:`level_image`, flipped/rotated by ``d``.
 
         The window must lie inside the image (texture patches do: the crop has a margin).

@@ -21,9 +21,11 @@ from wsi_mil.config import config_to_dict
 from wsi_mil.tiling.config import TilingConfig
 from wsi_mil.errors import WsiMilError
 from wsi_mil.parallel import map_slides
-from wsi_mil.runrecord import DONE, FAILED, SKIPPED, RunRecord, SlideStatus, status_path
+from wsi_mil.jobdir import status_path
+from wsi_mil.runrecord import DONE, FAILED, SKIPPED, RunRecord, SlideStatus, StageReport, guard_slide
 from wsi_mil.slide import Slide, SlideSource, open_slide, scan_slides
-from wsi_mil.stores.common import file_fingerprint, path_size, patch_store_path, patches_dir
+from wsi_mil.jobdir import patch_store_path, patches_dir
+from wsi_mil.stores.common import file_fingerprint, path_size
 from wsi_mil.stores.patches import PatchStoreWriter, validate_patch_store
 from wsi_mil.tiling.grid import make_tile_grid
 from wsi_mil.tiling.tissue import detect_tissue
@@ -39,12 +41,11 @@ class ReadPlan:
     resample: bool
 
 
-def plan_reads(slide: Slide, tile_size: int, tile_size_level0: float) -> ReadPlan:
-    """Choose the coarsest level at least as fine as the target; resample only if needed."""
-    target_mpp = tile_size_level0 * slide.mpp / tile_size
+def plan_reads(slide: Slide, target_mpp: float, tile_size: int) -> ReadPlan:
+    """Choose the coarsest level at least as fine as ``target_mpp`` (µm/px); resample only if needed."""
     level = slide.best_level_for_mpp(target_mpp)
     ds = slide.level_downsamples[level]
-    region = tile_size_level0 / ds
+    region = tile_size * target_mpp / slide.mpp / ds
     resample = abs(region - tile_size) > 0.5
     return ReadPlan(level, ds, region, resample)
 
@@ -95,16 +96,12 @@ def tile_one_slide(source: SlideSource, job: str | Path, cfg: TilingConfig, over
             return SlideStatus(source.slide_id, src, FAILED,
                                f"{out}: exists but was {why}; pass --overwrite or use another job folder",
                                0, time.perf_counter() - t0)
-    try:
+
+    def work() -> SlideStatus:
         n = _tile(source, out, cfg)
-    except WsiMilError as exc:
-        return SlideStatus(source.slide_id, src, FAILED, str(exc), 0, time.perf_counter() - t0)
-    except MemoryError:
-        return SlideStatus(source.slide_id, src, FAILED, f"{src}: out of memory while tiling", 0, time.perf_counter() - t0)
-    except Exception as exc:  # a library error we did not anticipate: record it, carry on
-        reason = " ".join(f"{src}: unexpected {type(exc).__name__}: {exc}".split())
-        return SlideStatus(source.slide_id, src, FAILED, reason, 0, time.perf_counter() - t0)
-    return SlideStatus(source.slide_id, src, DONE, "", n, time.perf_counter() - t0)
+        return SlideStatus(source.slide_id, src, DONE, "", n, time.perf_counter() - t0)
+
+    return guard_slide(source.slide_id, src, "tiling", work)
 
 
 def _tile(source: SlideSource, out: Path, cfg: TilingConfig) -> int:
@@ -114,11 +111,11 @@ def _tile(source: SlideSource, out: Path, cfg: TilingConfig) -> int:
         stride = cfg.stride or cfg.tile_size
         grid = make_tile_grid(slide.dimensions, slide.mpp, cfg.target_mpp, cfg.tile_size, stride,
                               mask, mask_ds, cfg.min_tissue_fraction)
-        plan = plan_reads(slide, cfg.tile_size, grid.tile_size_level0)
+        plan = plan_reads(slide, cfg.target_mpp, cfg.tile_size)
         attrs = dict(
             slide_id=source.slide_id, slide_path=str(Path(source.path).resolve()),
             slide_size_bytes=path_size(source.path), slide_hash=file_fingerprint(source.path),
-            reader=f"openslide {__import__('openslide').__library_version__}", vendor=slide.vendor,
+            reader=slide.reader, vendor=slide.vendor,
             level0_width=slide.dimensions[0], level0_height=slide.dimensions[1],
             mpp=slide.mpp, mpp_source=slide.mpp_source, target_mpp=cfg.target_mpp,
             tile_size=cfg.tile_size, tile_size_um=cfg.tile_size * cfg.target_mpp, stride=stride,
@@ -142,18 +139,6 @@ def _tile(source: SlideSource, out: Path, cfg: TilingConfig) -> int:
                 writer.append(batch[:fill])
             writer.close(grid.coords, grid.tissue_fraction, mask, mask_ds)
     return n
-
-
-@dataclass
-class StageReport:
-    """What a batch stage did: every slide's status, in slide-id order."""
-
-    statuses: list[SlideStatus]
-    record_path: Path
-
-    @property
-    def failed(self) -> list[SlideStatus]:
-        return [s for s in self.statuses if s.status == FAILED]
 
 
 def run_tile(

@@ -1,9 +1,40 @@
-"""MIL heads: WELDON, CHOWDER and the baselines, all following :class:`MILHead`'s contract."""
+"""MIL heads: WELDON, CHOWDER and the baselines, all following :class:`MILHead`'s contract.
 
-from wsi_mil.mil.heads.base import MILHead
-from wsi_mil.mil.heads.baselines import AttentionMIL, AttentionOptions, MaxPool, MeanPool, PoolOptions
-from wsi_mil.mil.heads.chowder import Chowder, ChowderOptions
-from wsi_mil.mil.heads.weldon import Weldon, WeldonOptions
+Importing this package is light (no torch): it registers every head's name and options
+(:mod:`~wsi_mil.mil.heads.options`). The ``nn.Module`` classes load on first access, and
+:func:`wsi_mil.mil.registry.create_head` builds a head by name.
+"""
 
-__all__ = ["AttentionMIL", "AttentionOptions", "Chowder", "ChowderOptions", "MILHead", "MaxPool",
-           "MeanPool", "PoolOptions", "Weldon", "WeldonOptions"]
+from wsi_mil._lazy import lazy_exports
+from wsi_mil.mil.heads._registry import (
+    HeadEntry,
+    HeadOptions,
+    head_entry,
+    heads_help,
+    is_head,
+    list_heads,
+    parse_head_options,
+    register_head,
+    register_options,
+)
+from wsi_mil.mil.heads.options import AttentionOptions, ChowderOptions, PoolOptions, WeldonOptions
+
+_TORCH_EXPORTS = {
+    "AttentionMIL": "baselines",
+    "Chowder": "chowder",
+    "MILHead": "base",
+    "MaxPool": "baselines",
+    "MeanPool": "baselines",
+    "Weldon": "weldon",
+}
+__getattr__, _dir_torch = lazy_exports(__name__, _TORCH_EXPORTS)
+
+__all__ = [
+    "AttentionMIL", "AttentionOptions", "Chowder", "ChowderOptions", "HeadEntry", "HeadOptions", "MILHead",
+    "MaxPool", "MeanPool", "PoolOptions", "Weldon", "WeldonOptions", "head_entry", "heads_help", "is_head",
+    "list_heads", "parse_head_options", "register_head", "register_options",
+]
+
+
+def __dir__() -> list[str]:
+    return __all__

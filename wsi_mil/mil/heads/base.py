@@ -25,6 +25,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+from wsi_mil.mil.heads._registry import HeadOptions
 from wsi_mil.mil.minmax import KSpec, selection_marks
 
 
@@ -39,7 +40,12 @@ def check_inputs(features: Tensor, mask: Tensor, in_dim: int) -> None:
 class MILHead(nn.Module):
     """Base class: subclasses implement :meth:`member_outputs` and optionally the hooks below."""
 
-    def __init__(self, in_dim: int, n_classes: int) -> None:
+    feature_shift: Tensor  # (D,) buffers: features are scored as x * scale + shift
+    feature_scale: Tensor
+
+    def __init__(self, in_dim: int, n_classes: int, opts: HeadOptions | None = None) -> None:
+        """Registered heads are built as ``cls(in_dim, n_classes, opts)``, ``opts`` of their
+        registered options model (subclasses narrow its type and keep it as ``self.opts``)."""
         super().__init__()
         if n_classes < 2:
             raise ValueError(f"a MIL head needs at least 2 classes, got {n_classes}")
@@ -69,7 +75,16 @@ class MILHead(nn.Module):
 
     # -- to implement ------------------------------------------------------------------------
     def member_outputs(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Raw outputs: member slide scores (B, E, O) and tile scores (B, N, O), O = n_outputs."""
+        """Raw outputs of standardised features (O = ``n_outputs``: 1 for binary problems, else C).
+
+        Arguments:
+            features: Standardised tile features of shape `(B, N, D)`.
+            mask: Bool mask of shape `(B, N)`, True on real tiles.
+
+        Returns:
+            slide: Member slide scores of shape `(B, E, O)` (E = 1 unless an ensemble).
+            tiles: Tile scores of shape `(B, N, O)` (any value on padding; ``forward`` zeroes it).
+        """
         raise NotImplementedError
 
     def selection_k(self) -> tuple[KSpec | None, KSpec | None]:
@@ -93,15 +108,30 @@ class MILHead(nn.Module):
         return torch.cat([torch.zeros_like(raw), raw], dim=-1)
 
     def member_logits(self, features: Tensor, mask: Tensor) -> Tensor:
-        """Per-member slide logits (B, E, C), for the training loss."""
+        """Per-member slide logits, for the training loss.
+
+        Arguments:
+            features: Tile features of shape `(B, N, D)` (not standardised).
+            mask: Bool mask of shape `(B, N)`, True on real tiles.
+
+        Returns:
+            logits: Member slide logits of shape `(B, E, C)`.
+        """
         check_inputs(features, mask, self.in_dim)
         raw, _ = self.member_outputs(self.standardize(features), mask)
         return self._expand(raw, dim_is_tiles=False)
 
     def forward(self, features: Tensor, mask: Tensor, standardized: bool = False) -> tuple[Tensor, Tensor]:
-        """``features`` (B, N, D), ``mask`` (B, N) -> ``slide_logits`` (B, C), ``tile_scores`` (B, N, C).
+        """Slide logits and tile scores of a batch of padded bags.
 
-        ``standardized``: the features went through :meth:`standardize_` already.
+        Arguments:
+            features: Tile features of shape `(B, N, D)`; padded positions may hold anything.
+            mask: Bool mask of shape `(B, N)`, True on real tiles, False on padding.
+            standardized: The features went through :meth:`standardize_` already.
+
+        Returns:
+            slide_logits: Slide logits of shape `(B, C)` (an ensemble: log of the mean probability).
+            tile_scores: Tile scores of shape `(B, N, C)`, 0 on padding (binary: `[-s, s]`).
         """
         check_inputs(features, mask, self.in_dim)
         raw, tiles = self.member_outputs(features if standardized else self.standardize(features), mask)
@@ -115,6 +145,14 @@ class MILHead(nn.Module):
         return slide, tiles
 
     def select(self, tile_scores: Tensor, mask: Tensor) -> Tensor:
-        """(B, N, C) int8 selection marks of the tiles the pooling used: +1 top, -1 bottom, 0 not."""
+        """Selection marks of the tiles the pooling used.
+
+        Arguments:
+            tile_scores: Tile scores of shape `(B, N, C)` (from :meth:`forward`).
+            mask: Bool mask of shape `(B, N)`.
+
+        Returns:
+            marks: int8 marks of shape `(B, N, C)`: +1 top, -1 bottom, 0 not selected or padding.
+        """
         k_top, k_bottom = self.selection_k()
         return selection_marks(tile_scores, mask, k_top, k_bottom)

@@ -13,19 +13,12 @@ to the slide logits; no tile is "selected".
 from __future__ import annotations
 
 import torch
-from pydantic import Field
 from torch import Tensor, nn
 
-from wsi_mil.config import StrictModel
+from wsi_mil.mil.heads._registry import register_head
 from wsi_mil.mil.heads.base import MILHead
+from wsi_mil.mil.heads.options import AttentionOptions, PoolOptions
 from wsi_mil.mil.minmax import KSpec, extreme_mean
-
-
-class PoolOptions(StrictModel):
-    """Mean/max pooling: optional hidden layer of the tile scorer."""
-
-    hidden: int | None = Field(None, ge=1, description="hidden ReLU units; null = linear tile scorer")
-    dropout: float = Field(0.0, ge=0, lt=1)
 
 
 def _tile_scorer(in_dim: int, out: int, opts: PoolOptions) -> nn.Module:
@@ -44,10 +37,12 @@ class _ScoredTilesHead(MILHead):
         self.scorer = _tile_scorer(in_dim, self.n_outputs, self.opts)
 
 
+@register_head("mean")
 class MeanPool(_ScoredTilesHead):
     """Slide logit = mean of tile logits over the real tiles."""
 
     def member_outputs(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean of the tile logits over the real tiles: slide `(B, 1, O)`, tiles `(B, N, O)` from features `(B, N, D)`, mask `(B, N)`."""
         tiles = self.scorer(features)
         m = mask.unsqueeze(-1)
         total = torch.where(m, tiles, torch.zeros_like(tiles)).sum(dim=1)
@@ -55,10 +50,12 @@ class MeanPool(_ScoredTilesHead):
         return slide.unsqueeze(1), tiles
 
 
+@register_head("max")
 class MaxPool(_ScoredTilesHead):
     """Slide logit = highest tile logit (per output); the arg-max tile is selected."""
 
     def member_outputs(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Highest tile logit: slide `(B, 1, O)`, tiles `(B, N, O)` from features `(B, N, D)`, mask `(B, N)`."""
         tiles = self.scorer(features)
         return extreme_mean(tiles, mask, 1, largest=True).unsqueeze(1), tiles
 
@@ -66,15 +63,7 @@ class MaxPool(_ScoredTilesHead):
         return 1, None
 
 
-class AttentionOptions(StrictModel):
-    """Attention MIL sizes (Ilse et al. used L=500, D=128 on small images)."""
-
-    hidden: int = Field(256, ge=1, description="tile embedding size L")
-    attention_dim: int = Field(128, ge=1, description="attention network size D")
-    gated: bool = True
-    dropout: float = Field(0.25, ge=0, lt=1)
-
-
+@register_head("attention")
 class AttentionMIL(MILHead):
     """Gated attention MIL; tile scores are each tile's share of the slide logit."""
 
@@ -98,6 +87,7 @@ class AttentionMIL(MILHead):
         return torch.where(mask, weights, torch.zeros_like(weights))  # empty bag: 0, not NaN
 
     def member_outputs(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Attention pooling: slide `(B, 1, O)`, tiles `(B, N, O)` from features `(B, N, D)`, mask `(B, N)`."""
         h = self.embed(features)
         h = torch.where(mask.unsqueeze(-1), h, torch.zeros_like(h))
         a = self.attention(h, mask)

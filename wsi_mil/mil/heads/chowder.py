@@ -21,24 +21,15 @@ import math
 from collections.abc import Iterable
 
 import torch
-from pydantic import Field
 from torch import Tensor, nn
 
-from wsi_mil.config import StrictModel
+from wsi_mil.mil.heads._registry import register_head
 from wsi_mil.mil.heads.base import MILHead
+from wsi_mil.mil.heads.options import ChowderOptions
 from wsi_mil.mil.minmax import KSpec, extreme_values
 
 
-class ChowderOptions(StrictModel):
-    """CHOWDER hyper-parameters (paper values by default, except a 10-member ensemble)."""
-
-    r: int = Field(5, ge=1, description="top and bottom tiles kept by the min-max layer")
-    n_members: int = Field(10, ge=1, description="ensemble size E")
-    hidden: list[int] = Field(default_factory=lambda: [200, 100], description="MLP sigmoid layers")
-    dropout: float = Field(0.5, ge=0, lt=1, description="dropout after each hidden layer")
-    l2: float = Field(0.5, ge=0, description="L2 penalty on the tile embedding weights (per member)")
-
-
+@register_head("chowder")
 class Chowder(MILHead):
     """CHOWDER ensemble. Output shapes as in :class:`MILHead`; member logits (B, E, C)."""
 
@@ -75,6 +66,7 @@ class Chowder(MILHead):
         return scores.reshape(b, n, e, o), x
 
     def member_outputs(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Member MLP outputs: slide `(B, E, O)`; tiles `(B, N, O)` = members' mean score; mask `(B, N)`."""
         scores, x = self._extremes(features, mask)
         slide = self._mlp(x).squeeze(-1).permute(2, 0, 1)  # (B, E, O)
         return slide, scores.mean(dim=2)

@@ -6,22 +6,15 @@ class = mean of the ``k_top`` highest + ``negative_weight`` x mean of the ``k_bo
 
 from __future__ import annotations
 
-from pydantic import Field
 from torch import Tensor, nn
 
-from wsi_mil.config import StrictModel
+from wsi_mil.mil.heads._registry import register_head
 from wsi_mil.mil.heads.base import MILHead
+from wsi_mil.mil.heads.options import WeldonOptions
 from wsi_mil.mil.minmax import KSpec, minmax_pool
 
 
-class WeldonOptions(StrictModel):
-    """WELDON hyper-parameters; k is a tile count (int) or a fraction of the bag (float in (0, 1])."""
-
-    k_top: int | float = Field(10, gt=0, description="tiles of positive evidence")
-    k_bottom: int | float | None = Field(10, gt=0, description="tiles of negative evidence; null = none")
-    negative_weight: float = Field(1.0, ge=0, description="weight of the negative evidence (WILDCAT alpha)")
-
-
+@register_head("weldon")
 class Weldon(MILHead):
     """WELDON: linear tile scorer + min-max pooling. Output shapes as in :class:`MILHead`."""
 
@@ -31,6 +24,7 @@ class Weldon(MILHead):
         self.scorer = nn.Linear(in_dim, self.n_outputs)
 
     def member_outputs(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Top-k + bottom-k mean of linear tile scores: slide `(B, 1, O)`, tiles `(B, N, O)` from features `(B, N, D)`, mask `(B, N)`."""
         tiles = self.scorer(features)  # (B, N, O)
         k_bottom = self.opts.k_bottom if self.opts.negative_weight > 0 else None
         slide = minmax_pool(tiles, mask, self.opts.k_top, k_bottom, self.opts.negative_weight)

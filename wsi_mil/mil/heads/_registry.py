@@ -1,0 +1,125 @@
+"""The MIL head registry (torch-free): one entry per head name, filled by two decorators.
+
+A head registers in two halves, so configs and ``--help`` know every head without loading torch:
+
+- :func:`register_options` on the head's options model (a :class:`HeadOptions`, in the torch-free
+  :mod:`wsi_mil.mil.heads.options`) records the name, the model and a one-line description;
+- :func:`register_head` on the ``nn.Module`` class (in the head's own module) adds the class to
+  that entry.
+
+The names of :func:`list_heads` come from here only: the CLI help, the ``train.head`` field
+description and the unknown-head error all read it. :func:`parse_head_options` is the one place
+where a mapping of options becomes its typed model (unknown or mistyped keys are a
+:class:`~wsi_mil.errors.ConfigError` naming the key).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import ValidationError
+
+from wsi_mil.config import StrictModel, format_validation_error
+from wsi_mil.errors import ConfigError
+
+if TYPE_CHECKING:
+    from wsi_mil.mil.heads.base import MILHead
+
+
+class HeadOptions(StrictModel):
+    """Base of every head's options model (``train.head_options``); unknown keys are errors."""
+
+
+OptionsT = TypeVar("OptionsT", bound=HeadOptions)
+HeadT = TypeVar("HeadT", bound="MILHead")
+
+
+@dataclass
+class HeadEntry:
+    """A registered head: its options model, a one-line description, and (once its module is
+    imported) its ``nn.Module`` class."""
+
+    name: str
+    options: type[HeadOptions]
+    description: str
+    cls: type[MILHead] | None = None
+
+
+_HEADS: dict[str, HeadEntry] = {}
+
+
+def register_options(name: str, description: str) -> Callable[[type[OptionsT]], type[OptionsT]]:
+    """Class decorator: register ``name`` (lower-case, unique) with these options and description.
+
+    One options model may serve several heads (stack the decorator).
+    """
+    if name != name.lower() or not name.isidentifier():
+        raise ValueError(f"MIL head name '{name}' must be a lower-case identifier")
+
+    def add(options: type[OptionsT]) -> type[OptionsT]:
+        if name in _HEADS:
+            raise ValueError(f"MIL head '{name}' is already registered")
+        if not issubclass(options, HeadOptions):
+            raise TypeError(f"options of MIL head '{name}' must subclass HeadOptions, got {options!r}")
+        _HEADS[name] = HeadEntry(name, options, description)
+        return options
+
+    return add
+
+
+def register_head(name: str) -> Callable[[type[HeadT]], type[HeadT]]:
+    """Class decorator on an ``nn.Module`` head: it implements the registered head ``name``."""
+
+    def add(cls: type[HeadT]) -> type[HeadT]:
+        entry = _HEADS.get(name)
+        if entry is None:
+            raise ValueError(f"MIL head '{name}' has no registered options; decorate its options "
+                             "model with @register_options first")
+        if entry.cls is not None and entry.cls is not cls:
+            raise ValueError(f"MIL head '{name}' is already implemented by {entry.cls.__qualname__}")
+        entry.cls = cls
+        return cls
+
+    return add
+
+
+def list_heads() -> list[str]:
+    """Names of the registered heads, in registration order."""
+    return list(_HEADS)
+
+
+def is_head(name: str) -> bool:
+    """Whether ``name`` is a registered head."""
+    return name in _HEADS
+
+
+def head_entry(name: str) -> HeadEntry:
+    """The entry of a registered head, or a ConfigError listing the known names."""
+    try:
+        return _HEADS[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown MIL head '{name}'; choose one of {', '.join(_HEADS)}") from None
+
+
+def heads_help() -> str:
+    """``'weldon, chowder, ...'``: the registered names, for help texts."""
+    return ", ".join(_HEADS)
+
+
+def parse_head_options(name: str, options: Mapping[str, Any] | HeadOptions | None = None) -> HeadOptions:
+    """The typed options of head ``name`` from a mapping (defaults filled in), validated here once.
+
+    An options object already of the head's type is returned as it is; one of another head's type
+    is a ConfigError.
+    """
+    model = head_entry(name).options
+    if isinstance(options, HeadOptions):
+        if not isinstance(options, model):
+            raise ConfigError(f"head_options of '{name}': expected {model.__name__}, got {type(options).__name__}")
+        return options
+    try:
+        return model.model_validate({} if options is None else options)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, f"head_options of '{name}'")) from exc
