@@ -1,4 +1,5 @@
 # Two commands: `make demo` and `make test`. Each creates .venv and installs the project first.
+# `make test` runs ruff (lint, import order), mypy, then the fast pytest suite.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -19,6 +20,8 @@ demo: $(STAMP)
 	$(BIN)/wsi-mil demo -o $(DEMO_OUT)
 
 test: $(STAMP)
+	$(BIN)/ruff check wsi_mil tests benchmarks pipelines
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 clean:

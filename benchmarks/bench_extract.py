@@ -120,9 +120,9 @@ def prepare_stores(slide: Path, out: Path, n_slides: int, per_slide: int) -> tup
     Returns the level-0 coords (per_slide, 2) of the source tiles used (the CLAM baseline reads
     these regions) and the store paths.
     """
+    from wsi_mil.stores.patches import open_patch_store, write_patch_store
     from wsi_mil.tiling.config import TilingConfig
     from wsi_mil.tiling.stage import run_tile
-    from wsi_mil.stores.patches import open_patch_store, write_patch_store
 
     cfg = TilingConfig()
     src_job = out / "source"

@@ -34,10 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+import torch  # noqa: E402
 from _common import machine  # noqa: E402
 from bench_extract import DEFAULT_SLIDE, PeakHostMemory, ours_end_to_end, prepare_stores  # noqa: E402
-
-import torch  # noqa: E402
 
 from wsi_mil.encoders.dataconfig import DataConfig  # noqa: E402
 from wsi_mil.extract.engine import InferenceEngine  # noqa: E402

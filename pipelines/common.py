@@ -8,7 +8,6 @@ command, pointed at them with ``--scheduler`` (tile, heatmap) and ``--extract-sc
 from __future__ import annotations
 
 import argparse
-
 import shlex
 import shutil
 import subprocess

@@ -10,7 +10,11 @@ import pytest
 
 from wsi_mil.errors import StoreError
 from wsi_mil.stores.features import (
-    is_complete_feature_file, list_feature_files, read_feature_attrs, read_feature_file, write_feature_file,
+    is_complete_feature_file,
+    list_feature_files,
+    read_feature_attrs,
+    read_feature_file,
+    write_feature_file,
 )
 
 

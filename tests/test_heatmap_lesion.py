@@ -16,13 +16,13 @@ import pytest
 
 @pytest.fixture(scope="module")
 def heatmaps(synth_cohort, tmp_path_factory):
-    from wsi_mil.tiling.config import TilingConfig
     from wsi_mil.extract.config import ExtractConfig
     from wsi_mil.extract.stage import run_extract
     from wsi_mil.heatmaps.config import HeatmapConfig
     from wsi_mil.heatmaps.stage import run_heatmap
     from wsi_mil.mil.config import TrainConfig
     from wsi_mil.mil.stage import run_train
+    from wsi_mil.tiling.config import TilingConfig
     from wsi_mil.tiling.stage import run_tile
 
     root = tmp_path_factory.mktemp("hm_lesion")

@@ -14,12 +14,12 @@ from PIL import Image
 
 from wsi_mil.cli import main
 from wsi_mil.errors import ConfigError, StoreError
-from wsi_mil.heatmaps.render import OUTPUTS
 from wsi_mil.heatmaps.config import HeatmapConfig
+from wsi_mil.heatmaps.render import OUTPUTS
 from wsi_mil.heatmaps.stage import run_heatmap
 from wsi_mil.heatmaps.table import read_scores_csv
-from wsi_mil.runrecord import read_run_record
 from wsi_mil.jobdir import feature_file_path, patch_store_path
+from wsi_mil.runrecord import read_run_record
 from wsi_mil.stores.features import write_feature_file
 from wsi_mil.stores.patches import write_patch_store
 

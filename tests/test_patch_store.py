@@ -10,7 +10,11 @@ import pytest
 
 from wsi_mil.errors import StoreError
 from wsi_mil.stores.patches import (
-    PatchStoreWriter, is_complete_patch_store, list_patch_stores, open_patch_store, write_patch_store,
+    PatchStoreWriter,
+    is_complete_patch_store,
+    list_patch_stores,
+    open_patch_store,
+    write_patch_store,
 )
 
 ATTRS = dict(slide_id="s", target_mpp=0.5, mpp=0.5, tile_size_level0=32.0, tile_size=32)

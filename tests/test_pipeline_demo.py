@@ -16,8 +16,8 @@ from wsi_mil.cli import main
 def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("demo") / "demo"
     import sys
-    from io import StringIO
     from contextlib import redirect_stdout
+    from io import StringIO
 
     buf = StringIO()
     with redirect_stdout(buf):

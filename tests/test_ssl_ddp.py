@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from test_ssl_stage import add_store
 
 
@@ -44,8 +43,8 @@ def test_two_process_ddp_run_writes_one_encoder(job: Path, tmp_path: Path) -> No
     import torch.multiprocessing as mp
 
     from wsi_mil.encoders import create_encoder, read_encoder_json
-    from wsi_mil.ssl.checkpoint import load_checkpoint
     from wsi_mil.jobdir import pretrain_checkpoint_path
+    from wsi_mil.ssl.checkpoint import load_checkpoint
 
     add_store(job, "s1", 30, seed=1)
     add_store(job, "s2", 20, seed=2)

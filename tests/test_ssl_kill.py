@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
-
 from test_ssl_stage import add_store
 
 ARGS = ["--arch", "test_resnet", "--epochs", "3", "--batch-size", "8", "--input-size", "32",
@@ -24,8 +23,8 @@ def _cli(job: Path, out: Path, *extra: str) -> list[str]:
 
 @pytest.mark.slow  # three CLI processes (torch + timm imports each)
 def test_sigkill_then_resume_gives_the_uninterrupted_encoder(job: Path, tmp_path: Path) -> None:
-    from wsi_mil.ssl.checkpoint import load_checkpoint
     from wsi_mil.jobdir import pretrain_checkpoint_path
+    from wsi_mil.ssl.checkpoint import load_checkpoint
 
     add_store(job, "s1", 60, seed=1)
     add_store(job, "s2", 44, seed=2)

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-from wsi_mil.tiling.config import TilingConfig
 from wsi_mil.encoders import create_encoder
 from wsi_mil.ssl.config import PretrainConfig
 from wsi_mil.ssl.probe import encode_tiles, labelled_tiles, probe_auc
 from wsi_mil.ssl.stage import run_pretrain
+from wsi_mil.tiling.config import TilingConfig
 
 
 def test_simclr_features_find_lesions_better_than_random_init(synth_cohort: Path, tmp_path: Path,

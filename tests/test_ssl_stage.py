@@ -12,10 +12,9 @@ import torch
 from wsi_mil.cli import main
 from wsi_mil.encoders import create_encoder, read_encoder_json
 from wsi_mil.errors import EncoderError, StoreError, WsiMilError
+from wsi_mil.jobdir import patch_store_path, pretrain_checkpoint_path
 from wsi_mil.ssl.config import PretrainConfig
-from wsi_mil.jobdir import pretrain_checkpoint_path
 from wsi_mil.ssl.stage import run_pretrain
-from wsi_mil.jobdir import patch_store_path
 from wsi_mil.stores.patches import write_patch_store
 
 TINY = ["--arch", "test_resnet", "--epochs", "1", "--batch-size", "16", "--input-size", "32",

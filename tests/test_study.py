@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from wsi_mil.config import build_config
-from wsi_mil.tiling.config import TilingConfig
 from wsi_mil.errors import ConfigError
 from wsi_mil.study import SECTIONS, StudyConfig, load_study, study_to_yaml
+from wsi_mil.tiling.config import TilingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))

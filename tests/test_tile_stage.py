@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from wsi_mil.cli import main
-from wsi_mil.tiling.config import TilingConfig
 from wsi_mil.runrecord import read_run_record
 from wsi_mil.slide import open_slide
-from wsi_mil.tiling.stage import run_tile
 from wsi_mil.stores.patches import is_complete_patch_store, open_patch_store
+from wsi_mil.tiling.config import TilingConfig
+from wsi_mil.tiling.stage import run_tile
 
 BIN = Path(sys.executable).parent
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsi_mil.tiling.config import TissueConfig
 from wsi_mil.slide import open_slide
+from wsi_mil.tiling.config import TissueConfig
 from wsi_mil.tiling.grid import make_tile_grid, tissue_fractions
 from wsi_mil.tiling.tissue import detect_tissue, pen_mask
 

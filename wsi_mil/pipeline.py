@@ -35,10 +35,24 @@ from typing import Any
 from wsi_mil import __version__
 from wsi_mil.atomic import write_json_atomic, write_text_atomic
 from wsi_mil.config import config_to_dict
+from wsi_mil.encoders import is_encoder_dir, read_encoder_json, resolve_arch
 from wsi_mil.errors import ConfigError, EncoderError, LabelsError, StoreError
-from wsi_mil.jobdir import pipeline_record_path
+from wsi_mil.extract import stage as extract_stage
+from wsi_mil.heatmaps import stage as heatmap_stage
+from wsi_mil.heatmaps.config import check_cmap
+from wsi_mil.jobdir import features_dir, patch_store_path, patches_dir, pipeline_record_path, pretrain_checkpoint_path
+from wsi_mil.mil import stage as mil_stage
+from wsi_mil.mil.labels import read_labels
+from wsi_mil.parallel import dask_client
 from wsi_mil.runrecord import DONE, FAILED, SKIPPED, SlideStatus
+from wsi_mil.slide import scan_slides
+from wsi_mil.ssl import stage as ssl_stage
+from wsi_mil.ssl.checkpoint import CheckpointError
+from wsi_mil.stores.common import file_fingerprint, slide_id_of
+from wsi_mil.stores.features import list_feature_files
+from wsi_mil.stores.patches import is_complete_patch_store, list_patch_stores, open_patch_store
 from wsi_mil.study import StudyConfig, study_to_yaml
+from wsi_mil.tiling import stage as tiling_stage
 
 Log = Callable[[str], None]
 #: a context-manager factory called around each stage (benchmarks use it to sample memory)
@@ -185,10 +199,6 @@ def preflight(cfg: StudyConfig, slides: list[Path], labels: Path) -> tuple[list[
     labels, a labels CSV that does not parse, labelled slides with no slide file, an encoder
     architecture or weights file that does not exist, an unknown colour map.
     """
-    from wsi_mil.encoders import resolve_arch
-    from wsi_mil.heatmaps.config import check_cmap
-    from wsi_mil.mil.labels import read_labels
-    from wsi_mil.slide import scan_slides
 
     for p in slides:
         if not p.exists():
@@ -231,7 +241,6 @@ def check_existing_stores(job: Path, cfg: StudyConfig) -> None:
     Mixing tilings in one job would silently train on stale tiles; the fix is another job
     folder (or deleting ``JOB/patches`` to re-tile).
     """
-    from wsi_mil.stores.patches import is_complete_patch_store, list_patch_stores, open_patch_store
 
     want = config_to_dict(cfg.tiling)
     for p in list_patch_stores(job):
@@ -248,9 +257,8 @@ def check_existing_stores(job: Path, cfg: StudyConfig) -> None:
 
 # -- stages ----------------------------------------------------------------------------------------
 def _stage_tile(ctx: _Context) -> StageResult:
-    from wsi_mil.tiling.stage import run_tile
 
-    report = run_tile(ctx.slides, ctx.job, ctx.cfg.tiling, scheduler=ctx.scheduler, workers=ctx.workers,
+    report = tiling_stage.run_tile(ctx.slides, ctx.job, ctx.cfg.tiling, scheduler=ctx.scheduler, workers=ctx.workers,
                          progress=ctx.progress)
     ctx.fail("tile", report.statuses)
     c = _counts(report.statuses)
@@ -261,21 +269,16 @@ def _stage_tile(ctx: _Context) -> StageResult:
 
 def _encoder_matches(out_dir: Path, cfg: StudyConfig, job: Path) -> bool:
     """True if ``out_dir`` holds the encoder SimCLR would train now (same config, same stores)."""
-    from wsi_mil.encoders import is_encoder_dir, read_encoder_json
-    from wsi_mil.ssl.stage import open_job_stores
 
     if not is_encoder_dir(out_dir):
         return False
     meta = read_encoder_json(out_dir)
-    _, paths, _ = open_job_stores(job)
+    _, paths, _ = ssl_stage.open_job_stores(job)
     return ((meta.get("training") or {}).get("config") == config_to_dict(cfg.pretrain)
             and meta.get("patch_stores") == [str(p) for p in paths])
 
 
 def _stage_pretrain(ctx: _Context) -> StageResult:
-    from wsi_mil.ssl.checkpoint import CheckpointError
-    from wsi_mil.jobdir import pretrain_checkpoint_path
-    from wsi_mil.ssl.stage import run_pretrain
 
     out = ctx.cfg.simclr_dir(ctx.job)
     if _encoder_matches(out, ctx.cfg, ctx.job):
@@ -288,11 +291,11 @@ def _stage_pretrain(ctx: _Context) -> StageResult:
             ctx.log(f"  pretrain epoch {ev.epoch}/{ev.epochs}: mean loss {ev.loss:.4f}")
 
     try:
-        summary = run_pretrain(ctx.job, out, ctx.cfg.pretrain, resume=resume, device=ctx.cfg.device,
+        summary = ssl_stage.run_pretrain(ctx.job, out, ctx.cfg.pretrain, resume=resume, device=ctx.cfg.device,
                                overwrite=overwrite, progress=show if ctx.progress else None)
     except CheckpointError as exc:
         ctx.log(f"  pretrain: the checkpoint cannot be resumed ({exc}); starting over")
-        summary = run_pretrain(ctx.job, out, ctx.cfg.pretrain, resume=False, device=ctx.cfg.device,
+        summary = ssl_stage.run_pretrain(ctx.job, out, ctx.cfg.pretrain, resume=False, device=ctx.cfg.device,
                                overwrite=overwrite, progress=show if ctx.progress else None)
     ctx.warnings += [n for n in summary.notes if not n.startswith("starting over:")]  # pipeline resumes itself
     where = f"resumed at step {summary.resumed_from}, " if summary.resumed_from else ""
@@ -309,10 +312,9 @@ def _encoder_args(ctx: _Context) -> tuple[str | None, str]:
 
 
 def _stage_extract(ctx: _Context) -> StageResult:
-    from wsi_mil.extract.stage import run_extract
 
     arch, weights = _encoder_args(ctx)
-    report = run_extract(ctx.job, arch, weights, ctx.cfg.extract_config(), scheduler=ctx.extract_scheduler,
+    report = extract_stage.run_extract(ctx.job, arch, weights, ctx.cfg.extract_config(), scheduler=ctx.extract_scheduler,
                               slides=ctx.ok, progress=ctx.progress)
     ctx.encoder_id = report.encoder_id
     ctx.fail("extract", report.statuses)
@@ -324,16 +326,11 @@ def _stage_extract(ctx: _Context) -> StageResult:
 
 def _features_fingerprint(folder: Path, slides: set[str]) -> list[tuple[str, str]]:
     """(slide id, content fingerprint) of the feature files of ``slides`` in ``folder``."""
-    from wsi_mil.stores.common import file_fingerprint, slide_id_of
-    from wsi_mil.stores.features import list_feature_files
 
     return [(slide_id_of(p), file_fingerprint(p)) for p in list_feature_files(folder) if slide_id_of(p) in slides]
 
 
 def _stage_train(ctx: _Context) -> StageResult:
-    from wsi_mil.mil.stage import run_train
-    from wsi_mil.jobdir import features_dir
-    from wsi_mil.stores.common import file_fingerprint
 
     tcfg = ctx.cfg.train_config()
     fdir = features_dir(ctx.job, ctx.encoder_id or "")
@@ -350,7 +347,7 @@ def _stage_train(ctx: _Context) -> StageResult:
         return StageResult("train", SKIPPED, detail=f"{run_dir} is up to date")
     ctx.state.mark("train", fp, "running")
     ctx.log(f"  train: {tcfg.head}, {tcfg.folds}-fold cross-validation -> {run_dir}")
-    summary = run_train(fdir, ctx.labels, run_dir, tcfg, log=(lambda s: ctx.log(f"    {s}")) if ctx.progress else _quiet,
+    summary = mil_stage.run_train(fdir, ctx.labels, run_dir, tcfg, log=(lambda s: ctx.log(f"    {s}")) if ctx.progress else _quiet,
                           overwrite=run_dir.exists())
     ctx.warnings += summary.warnings
     ctx.state.mark("train", fp, DONE)
@@ -358,8 +355,6 @@ def _stage_train(ctx: _Context) -> StageResult:
 
 
 def _stage_predict(ctx: _Context) -> StageResult:
-    from wsi_mil.mil.stage import run_predict
-    from wsi_mil.jobdir import features_dir
 
     out = ctx.cfg.predictions_csv(ctx.job)
     fdir = features_dir(ctx.job, ctx.encoder_id or "")
@@ -368,14 +363,16 @@ def _stage_predict(ctx: _Context) -> StageResult:
         return StageResult("predict", SKIPPED, detail=f"{out} is up to date")
     ctx.state.mark("predict", fp, "running")
     out.parent.mkdir(parents=True, exist_ok=True)
-    summary = run_predict(ctx.cfg.run_dir(ctx.job), fdir, out, device=ctx.cfg.device)
+    summary = mil_stage.run_predict(ctx.cfg.run_dir(ctx.job), fdir, out, device=ctx.cfg.device)
     ctx.warnings += summary.warnings
+    for st in summary.failed:
+        ctx.failed.setdefault(st.slide_id, f"predict: {st.reason}")
+    ctx.ok = [s for s in ctx.ok if s not in ctx.failed]
     ctx.state.mark("predict", fp, DONE)
     return StageResult("predict", DONE, detail=f"{summary.n_slides} slides -> {out}")
 
 
 def _stage_heatmap(ctx: _Context) -> StageResult:
-    from wsi_mil.heatmaps.stage import run_heatmap
 
     out = ctx.cfg.heatmap_dir(ctx.job)
     # same model and options as the (possibly interrupted) last drawing: resume per slide;
@@ -385,7 +382,7 @@ def _stage_heatmap(ctx: _Context) -> StageResult:
         return StageResult("heatmap", SKIPPED, detail=f"{out} is up to date; page {out / 'index.html'}")
     overwrite = out.exists() and ctx.state.fingerprint("heatmap")[0] != fp
     ctx.state.mark("heatmap", fp, "running")
-    report = run_heatmap(ctx.cfg.run_dir(ctx.job), ctx.job, out, ctx.cfg.heatmap, slides=ctx.ok,
+    report = heatmap_stage.run_heatmap(ctx.cfg.run_dir(ctx.job), ctx.job, out, ctx.cfg.heatmap, slides=ctx.ok,
                           labels_csv=ctx.labels, workers=ctx.workers, scheduler=ctx.scheduler, overwrite=overwrite,
                           progress=ctx.progress)
     # drawn with the same model: a later run only retries failed slides (the others are skipped)
@@ -452,7 +449,7 @@ def run_study(
             results.append(res)
             log(f"  {name} {res.status} in {res.seconds:.1f} s: {res.detail}")
             if name == "tile" and not any(s for s in _ok_stores(job, found)):
-                raise StoreError(f"{job / 'patches'}: no slide was tiled ({len(ctx.failed)} failed); see "
+                raise StoreError(f"{patches_dir(job)}: no slide was tiled ({len(ctx.failed)} failed); see "
                                  f"{job / 'status' / 'tile.csv'} for the reasons")
             if name == stop_after:
                 break
@@ -464,8 +461,6 @@ def run_study(
 
 
 def _ok_stores(job: Path, slide_ids: list[str]) -> list[str]:
-    from wsi_mil.jobdir import patch_store_path
-    from wsi_mil.stores.patches import is_complete_patch_store
 
     return [s for s in slide_ids if is_complete_patch_store(patch_store_path(job, s))]
 
@@ -476,7 +471,6 @@ def _shared_cluster(ctx: _Context) -> Iterator[None]:
     if ctx.scheduler or ctx.workers == 0:
         yield
         return
-    from wsi_mil.parallel import dask_client
 
     with dask_client(None, ctx.workers) as client:
         ctx.scheduler = client.scheduler.address

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -211,7 +212,7 @@ def _is_slide_file(p: Path) -> bool:
         return False
 
 
-def scan_slides(inputs: list[str | Path]) -> list[SlideSource]:
+def scan_slides(inputs: Sequence[str | Path]) -> list[SlideSource]:
     """Find slides in files and folders (recursively). A folder of ``.dcm`` files is one slide.
 
     Files given explicitly are always taken (a bad one then fails with its reason when opened).

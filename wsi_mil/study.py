@@ -29,15 +29,17 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import Field, field_validator, model_validator
 
 from wsi_mil.config import StrictModel, build_config, config_to_dict
-from wsi_mil.jobdir import encoder_dir, heatmaps_dir, model_run_dir, predictions_path, safe_name
-from wsi_mil.tiling.config import TilingConfig
+from wsi_mil.errors import ConfigError
 from wsi_mil.extract.config import ExtractConfig
 from wsi_mil.heatmaps.config import HeatmapConfig
+from wsi_mil.jobdir import encoder_dir, heatmaps_dir, model_run_dir, predictions_path, safe_name
 from wsi_mil.mil.config import TrainConfig
 from wsi_mil.ssl.config import PretrainConfig
+from wsi_mil.tiling.config import TilingConfig
 
 #: ``encoder.weights`` value that means "train the encoder with SimCLR first"
 SIMCLR = "simclr"
@@ -138,7 +140,6 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
 
     Raises :class:`~wsi_mil.errors.ConfigError` naming the file and every bad key.
     """
-    from wsi_mil.errors import ConfigError
 
     try:
         return build_config(StudyConfig, path, overrides)
@@ -157,6 +158,5 @@ def study_to_dict(cfg: StudyConfig) -> dict[str, Any]:
 
 def study_to_yaml(cfg: StudyConfig) -> str:
     """The effective study as YAML text; ``load_study`` of it gives the same config."""
-    import yaml
 
     return yaml.safe_dump(study_to_dict(cfg), sort_keys=False, default_flow_style=None, width=100)

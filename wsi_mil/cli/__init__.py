@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:  # usage errors from click, or from the click that typer bundles
         if isinstance(exc, _usage_errors()):
-            exc.show()
+            exc.show()  # type: ignore[attr-defined]
             return int(getattr(exc, "exit_code", 2))
         if type(exc).__name__ == "Abort":
             return 130

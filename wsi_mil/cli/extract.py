@@ -9,6 +9,7 @@ import typer
 
 from wsi_mil.cli._app import app
 from wsi_mil.cli.common import console, exit_with, print_batch_summary
+from wsi_mil.config import build_config
 
 
 @app.command()
@@ -36,7 +37,6 @@ def extract(
     list_encoders: Annotated[bool, typer.Option("--list-encoders", help="print the ready-made encoders and exit")] = False,
 ) -> None:
     """Embed every tile of every patch store: one features/{encoder_id}/{slide_id}.h5 per slide."""
-    from wsi_mil.config import build_config
     from wsi_mil.extract import ExtractConfig, run_extract
 
     if list_encoders:

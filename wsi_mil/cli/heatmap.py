@@ -9,6 +9,8 @@ import typer
 
 from wsi_mil.cli._app import app
 from wsi_mil.cli.common import console, exit_with, print_batch_summary
+from wsi_mil.config import build_config
+from wsi_mil.heatmaps.config import HeatmapConfig
 
 
 @app.command()
@@ -34,8 +36,6 @@ def heatmap(
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
     """Draw per-slide heatmaps (PNG, QuPath GeoJSON, pyramidal OME-TIFF, top tiles, CSV) and index.html."""
-    from wsi_mil.config import build_config
-    from wsi_mil.heatmaps.config import HeatmapConfig
     from wsi_mil.heatmaps.stage import run_heatmap
 
     cfg = build_config(

@@ -9,6 +9,9 @@ import typer
 
 from wsi_mil.cli._app import app
 from wsi_mil.cli.common import console
+from wsi_mil.config import build_config
+from wsi_mil.jobdir import pretrain_checkpoint_path
+from wsi_mil.ssl.config import PretrainConfig
 
 if TYPE_CHECKING:
     from wsi_mil.ssl.train import ProgressEvent
@@ -50,8 +53,6 @@ def pretrain(
     progress: Annotated[bool, typer.Option(help="print loss and tiles/s while training")] = True,
 ) -> None:
     """Train a timm encoder with SimCLR on the job's own tiles (works under torchrun for DDP)."""
-    from wsi_mil.config import build_config
-    from wsi_mil.ssl.config import PretrainConfig
     from wsi_mil.ssl.stage import run_pretrain
 
     cfg = build_config(
@@ -60,7 +61,6 @@ def pretrain(
                  optimizer=optimizer, max_steps=max_steps, max_tiles=max_tiles, input_size=input_size,
                  compile=compile),
     )
-    from wsi_mil.jobdir import pretrain_checkpoint_path
 
     ckpt = pretrain_checkpoint_path(job, out)
 

@@ -9,6 +9,7 @@ import typer
 
 from wsi_mil.cli._app import app
 from wsi_mil.cli.common import console, exit_with
+from wsi_mil.study import load_study, study_to_yaml
 
 
 def _log(text: str) -> None:
@@ -38,7 +39,6 @@ def run(
     interruption, or after adding slides, and only the missing work is done.
     """
     from wsi_mil.pipeline import format_summary, preflight, run_study
-    from wsi_mil.study import load_study, study_to_yaml
 
     cfg = load_study(config, set_)
     if check:

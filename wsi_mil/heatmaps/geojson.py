@@ -120,4 +120,4 @@ def write_tiles_geojson(
                     f.write(",")
                 f.write("\n" + ",\n".join(parts))
             f.write("\n]}\n")
-    return path
+    return Path(path)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -97,8 +98,8 @@ def write_score_ometiff(
         metadata.update(PhysicalSizeX=size_um, PhysicalSizeXUnit="µm",
                         PhysicalSizeY=size_um, PhysicalSizeYUnit="µm")
         resolution = (1e4 / size_um, 1e4 / size_um)
-    options = dict(tile=(TIFF_TILE, TIFF_TILE), compression=compression, dtype=np.float32,
-                   photometric="minisblack")
+    options: dict[str, Any] = dict(tile=(TIFF_TILE, TIFF_TILE), compression=compression, dtype=np.float32,
+                                   photometric="minisblack")
     bigtiff = base_h * base_w * 4 * 4 // 3 > 2**31 - 2**26  # all levels, uncompressed, with margin
     with atomic_path(path) as tmp:
         with tifffile.TiffWriter(tmp, bigtiff=bigtiff, ome=True) as tif:
@@ -107,7 +108,7 @@ def write_score_ometiff(
                       resolution=resolution, resolutionunit="CENTIMETER" if resolution else None,
                       **options)
             for h, w, dk in levels[1:]:
-                res_k = (1e4 / (dk * mpp), 1e4 / (dk * mpp)) if resolution else None
+                res_k = (1e4 / (dk * float(mpp)), 1e4 / (dk * float(mpp))) if resolution and mpp else None
                 tif.write(_level_tiles(grid, (h, w), dk, TIFF_TILE), shape=(h, w), subfiletype=1,
                           metadata=None, resolution=res_k,
                           resolutionunit="CENTIMETER" if res_k else None, **options)

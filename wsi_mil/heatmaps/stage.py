@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from wsi_mil import __version__
 from wsi_mil.atomic import atomic_path, remove_stale_temporaries, write_json_atomic
 from wsi_mil.config import config_to_dict
@@ -35,9 +36,15 @@ from wsi_mil.heatmaps.config import HeatmapConfig, check_cmap
 from wsi_mil.heatmaps.render import OUTPUTS, SlideArrays, choose_class, render_slide
 from wsi_mil.heatmaps.report import ReportRow, render_report_html
 from wsi_mil.heatmaps.scoremap import stride_level0
-from wsi_mil.runrecord import DONE, FAILED, SKIPPED, RunRecord, SlideStatus, StageReport, guard_slide
 from wsi_mil.jobdir import feature_file_path, features_dir, patch_store_path, patches_dir
+from wsi_mil.mil import load_model_run
+from wsi_mil.mil.labels import read_label_csv
+from wsi_mil.parallel import map_slides
+from wsi_mil.runrecord import DONE, FAILED, SKIPPED, RunRecord, SlideStatus, StageReport, guard_slide
+from wsi_mil.slide import open_slide
 from wsi_mil.stores.common import file_fingerprint, slide_id_of
+from wsi_mil.stores.features import read_feature_file
+from wsi_mil.stores.patches import open_patch_store
 
 HEATMAP_SCHEMA = "wsi_mil.heatmap/1"
 SLIDE_JSON = "slide.json"
@@ -48,7 +55,6 @@ INDEX_HTML = "index.html"
 @functools.lru_cache(maxsize=4)
 def _load_run(run_dir: str) -> Any:
     """The MIL run (cached per process: Dask workers load it once)."""
-    from wsi_mil.mil import load_model_run
 
     return load_model_run(run_dir)
 
@@ -71,7 +77,6 @@ def read_display_labels(path: str | Path) -> dict[str, str]:
     Lenient on purpose: labels are only shown, so a file of one class or a subset of the
     cohort is fine; a missing column, an empty cell or a duplicate slide id is an error.
     """
-    from wsi_mil.mil.labels import read_label_csv
 
     path = Path(path)
     header, rows = read_label_csv(path)
@@ -94,7 +99,6 @@ def read_thumbnail(slide_path: str | Path, mpp: float | None, max_px: int) -> np
     Reads through :func:`wsi_mil.slide.open_slide` at the matching scale: a pyramid's coarse
     level makes this cheap; memory is one strip of the level read plus the thumbnail.
     """
-    from wsi_mil.slide import open_slide
 
     with open_slide(slide_path, mpp=mpp) as slide:
         w0, h0 = slide.dimensions
@@ -126,14 +130,12 @@ def _manifest_ok(folder: Path, inputs: dict, cfg_key: dict) -> bool:
 
 def _slide_arrays(slide_id: str, run: Any, job: Path, cfg: HeatmapConfig, label: str | None) -> SlideArrays:
     """Everything one slide needs, read from the job folder and scored with the run."""
-    from wsi_mil.stores.patches import open_patch_store
 
     store = open_patch_store(patch_store_path(job, slide_id))
     fpath = feature_file_path(job, run.encoder_id, slide_id)
     if not fpath.is_file():
         raise StoreError(f"{fpath}: no feature file for slide '{slide_id}' from encoder '{run.encoder_id}'; "
                          "run 'wsi-mil extract' with the run's encoder")
-    from wsi_mil.stores.features import read_feature_file
 
     ff = read_feature_file(fpath, run.encoder_id, getattr(run, "embed_dim", None))  # float32, converted by HDF5
     features, fcoords = ff.features, ff.coords
@@ -280,7 +282,6 @@ def run_heatmap(
     items = [(s, str(patch_store_path(job, s)),
               (s, str(run_dir.resolve()), str(job.resolve()), str(out_dir.resolve()), cfg, labels.get(s), overwrite))
              for s in ids]
-    from wsi_mil.parallel import map_slides
 
     statuses = map_slides(heatmap_one_slide, items, record.record, "heatmap", scheduler, workers, progress)
     # the page lists every slide recorded in OUT_DIR (earlier runs with --slides included)

@@ -63,7 +63,7 @@ def write_scores_csv(
                 cols += [tile_scores[start:stop, j].tolist() for j in range(c)]
                 cols += [selected[start:stop, j].tolist() for j in range(c)]
                 f.write("\n".join(template % row for row in zip(*cols)) + "\n")
-    return path
+    return Path(path)
 
 
 def read_scores_csv(path: str | Path) -> dict[str, np.ndarray]:

@@ -66,7 +66,7 @@ def summarize(per_fold: list[dict[str, float | None]]) -> dict[str, dict[str, An
     """Mean and standard deviation (ddof=0) of each metric over folds where it is defined."""
     out: dict[str, dict[str, Any]] = {}
     for k in per_fold[0] if per_fold else []:
-        vals = [m[k] for m in per_fold if m.get(k) is not None]
+        vals = [float(v) for m in per_fold if (v := m.get(k)) is not None]
         out[k] = {"mean": float(np.mean(vals)) if vals else None,
                   "std": float(np.std(vals)) if vals else None, "n_folds": len(vals)}
     return out

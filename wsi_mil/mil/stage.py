@@ -9,6 +9,7 @@ per-tile scores.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -305,8 +306,8 @@ def run_predict(
     with atomic_path(tiles_dir) as tmp:
         tmp.mkdir(parents=True)
         for p in paths:
-            st = guard_slide(slide_id_of(p), str(p), "predicting",
-                             lambda p=p: _predict_one(p, run, Path(tmp), rows, warnings, log))
+            work = functools.partial(_predict_one, p, run, Path(tmp), rows, warnings, log)
+            st = guard_slide(slide_id_of(p), str(p), "predicting", work)
             statuses.append(st)
             if st.status == FAILED:
                 log(f"{st.slide_id}: failed: {st.reason}")

@@ -14,6 +14,8 @@ N tiles each computes the same loss and gradient as one process over the W N til
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -33,7 +35,6 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     _, world = _world()
     if world == 1:
         return x
-    import warnings
 
     from torch.distributed.nn.functional import all_gather
 

@@ -67,7 +67,8 @@ class LARS(Optimizer):
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two groups: weights (ndim >= 2) with ``weight_decay``; biases and norms without."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)

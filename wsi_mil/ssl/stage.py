@@ -18,13 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from wsi_mil.config import config_to_dict
+from wsi_mil.encoders import create_encoder, is_encoder_dir, read_encoder_json, save_encoder_dir
 from wsi_mil.encoders.dataconfig import DataConfig
 from wsi_mil.errors import EncoderError, StoreError, WsiMilError
 from wsi_mil.jobdir import patches_dir, pretrain_checkpoint_path
 from wsi_mil.ssl.config import PretrainConfig
 from wsi_mil.ssl.train import DistInfo, ProgressEvent, init_distributed, train_simclr
+from wsi_mil.stores.patches import is_complete_patch_store, list_patch_stores, open_patch_store
 
 
 @dataclass
@@ -54,7 +57,6 @@ def open_job_stores(job: str | Path) -> tuple[list[Any], list[Path], list[str]]:
 
     Returns (stores, paths, notes). Raises :class:`StoreError` when the job has no tiles at all.
     """
-    from wsi_mil.stores.patches import is_complete_patch_store, list_patch_stores, open_patch_store
 
     job = Path(job)
     if not job.is_dir():
@@ -81,7 +83,6 @@ def prepare_backbone(cfg: PretrainConfig) -> tuple[torch.nn.Module, int, DataCon
 
     Raises :class:`EncoderError` for an unknown architecture or one that refuses the view size.
     """
-    from wsi_mil.encoders import create_encoder
 
     enc = create_encoder(cfg.arch, f"random:{cfg.seed}")
     h, w = enc.input_size
@@ -106,7 +107,6 @@ def prepare_backbone(cfg: PretrainConfig) -> tuple[torch.nn.Module, int, DataCon
 
 def _check_output(out_dir: Path, cfg: PretrainConfig, store_paths: list[Path], overwrite: bool) -> bool:
     """True if ``out_dir`` already holds the encoder this config would write (nothing to do)."""
-    from wsi_mil.encoders import is_encoder_dir, read_encoder_json
 
     if not out_dir.exists():
         return False
@@ -147,7 +147,6 @@ def run_pretrain(
     n_tiles = sum(s.n_tiles for s in stores)
     ckpt = pretrain_checkpoint_path(job, out_dir)
     if _check_output(out_dir, cfg, store_paths, overwrite):
-        from wsi_mil.encoders import read_encoder_json
 
         meta = read_encoder_json(out_dir)
         return PretrainSummary(out_dir, cfg.arch, int(meta["embed_dim"]), len(stores), n_tiles, ckpt, skipped=True,
@@ -168,7 +167,6 @@ def run_pretrain(
     )
     rate = result.tiles_seen / result.seconds if result.seconds > 0 else 0.0
     if di.is_main:
-        from wsi_mil.encoders import save_encoder_dir
 
         training = {
             "method": "simclr",
@@ -183,7 +181,6 @@ def run_pretrain(
         }
         save_encoder_dir(out_dir, result.model.backbone, cfg.arch, data_config, training, store_paths)
     if di.world > 1:
-        import torch.distributed as dist
 
         dist.barrier()
     return PretrainSummary(

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import google_crc32c
 import imagecodecs
 import numpy as np
 from zarr.abc.codec import ArrayBytesCodec
@@ -58,7 +59,7 @@ class JpegTilesCodec(ArrayBytesCodec):
     def _decode_sync(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
         k, s, w, c = chunk_spec.shape
         image = imagecodecs.jpeg8_decode(chunk_bytes.to_bytes())
-        return chunk_spec.prototype.nd_buffer.from_ndarray_like(image.reshape(k, s, w, c))
+        return chunk_spec.prototype.nd_buffer.from_ndarray_like(image.reshape(k, s, w, c))  # type: ignore[arg-type]
 
     async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
         return self._decode_sync(chunk_bytes, chunk_spec)
@@ -106,7 +107,6 @@ def shard_bytes(chunks: list[bytes], chunks_per_shard: int) -> bytes:
     """A zarr v3 ``sharding_indexed`` shard: encoded chunks, then the index (little-endian
     uint64 (offset, nbytes) per chunk, all-ones for absent chunks) and its crc32c, at the end.
     """
-    import google_crc32c
 
     index = np.full((chunks_per_shard, 2), np.iinfo(np.uint64).max, dtype="<u8")
     offset = 0
@@ -133,7 +133,7 @@ def decode_tile_chunk(data: bytes, shape: tuple[int, int, int, int], codec: str,
         return imagecodecs.jpeg8_decode(data).reshape(shape)
     if codec == "zstd":
         if out is not None:
-            imagecodecs.zstd_decode(data, out=out.reshape(-1).view(np.uint8))
+            imagecodecs.zstd_decode(data, out=out.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
             return out
         return np.frombuffer(imagecodecs.zstd_decode(data), dtype=np.uint8).reshape(shape)
     raise ValueError(f"unknown tile codec {codec!r}")
@@ -144,7 +144,6 @@ def read_shard_index(f: Any, chunks_per_shard: int) -> np.ndarray:
 
     Raises ValueError if its crc32c does not match (a damaged shard).
     """
-    import google_crc32c
 
     size = chunks_per_shard * 16 + 4
     f.seek(-size, 2)

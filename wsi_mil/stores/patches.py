@@ -23,10 +23,15 @@ import zarr
 from wsi_mil import __version__
 from wsi_mil.atomic import atomic_path
 from wsi_mil.errors import StoreError
-from wsi_mil.stores.codecs import (
-    JPEG_MAX_SIDE, decode_tile_chunk, encode_tile_chunk, read_shard_index, shard_bytes, tile_codecs,
-)
 from wsi_mil.jobdir import patches_dir
+from wsi_mil.stores.codecs import (
+    JPEG_MAX_SIDE,
+    decode_tile_chunk,
+    encode_tile_chunk,
+    read_shard_index,
+    shard_bytes,
+    tile_codecs,
+)
 from wsi_mil.stores.common import PATCHES_SCHEMA
 
 REQUIRED_ATTRS = (
@@ -217,8 +222,8 @@ class PatchStore:
         self.n_tiles: int = int(attrs["n_tiles"])
         self.tile_size: int = int(attrs["tile_size"])
         self.chunk_size: int = int(chunk_size)
-        self.coords: np.ndarray = np.asarray(group["coords"][:], dtype=np.int64).reshape(-1, 2)
-        self.tissue_fraction: np.ndarray = np.asarray(group["tissue_fraction"][:], dtype=np.float32)
+        self.coords: np.ndarray = np.asarray(group["coords"][:], dtype=np.int64).reshape(-1, 2)  # type: ignore[index]
+        self.tissue_fraction: np.ndarray = np.asarray(group["tissue_fraction"][:], dtype=np.float32)  # type: ignore[index]
         self.codec = str(attrs.get("codec", ""))
         shard = int(attrs.get("tiles_per_shard", 0))
         self._chunks_per_shard = shard // self.chunk_size if shard else 0
@@ -234,7 +239,10 @@ class PatchStore:
     def _tiles(self) -> zarr.Array:
         """The tiles through zarr (the general reader, for layouts not read directly)."""
         if self._tiles_array is None:
-            self._tiles_array = self._group["tiles"]
+            tiles = self._group["tiles"]
+            if not isinstance(tiles, zarr.Array):
+                raise StoreError(f"{self.path}: 'tiles' is a group, not an array; re-run 'wsi-mil tile'")
+            self._tiles_array = tiles
         return self._tiles_array
 
     @property
@@ -307,7 +315,8 @@ class PatchStore:
 
     def tissue_mask(self) -> tuple[np.ndarray, float]:
         """The tissue mask (h, w) uint8 {0, 1} and its downsample relative to level 0."""
-        return np.asarray(self._group["tissue_mask"][:]), float(self.attrs["tissue_mask_downsample"])
+        mask = np.asarray(self._group["tissue_mask"][:])  # type: ignore[index]
+        return mask, float(self.attrs["tissue_mask_downsample"])
 
 
 def _read_attrs(path: Path) -> tuple[zarr.Group, dict[str, Any]]:

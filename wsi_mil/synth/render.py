@@ -64,8 +64,10 @@ class SlideSpec:
             raise ConfigError(f"size: slides must be at least 256 x 256 px, got {width} x {height}")
         if not 0.1 <= mpp <= 4.0:
             raise ConfigError(f"mpp: must be within 0.1-4 um/px (0.25 = 40x, 0.5 = 20x), got {mpp}")
-        lo, hi = (lesion_fraction, lesion_fraction) if np.isscalar(lesion_fraction) else lesion_fraction
-        lo, hi = float(lo), float(hi)
+        if isinstance(lesion_fraction, tuple | list):
+            lo, hi = float(lesion_fraction[0]), float(lesion_fraction[1])
+        else:
+            lo = hi = float(lesion_fraction)
         if not (0 < lo <= hi < 0.5):
             raise ConfigError(f"lesion_fraction: need 0 < low <= high < 0.5, got {lo}, {hi}")
         sample = load_sample()

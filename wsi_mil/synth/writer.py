@@ -60,8 +60,8 @@ def encode_jpeg(tile: np.ndarray, quality: int) -> bytes:
     """JPEG bytes of a (t, t, 3) uint8 tile as tifffile writes them (YCbCr, 2x2 chroma subsampling)."""
     import imagecodecs
 
-    return imagecodecs.jpeg8_encode(tile, level=quality, colorspace="RGB", outcolorspace="YCBCR",
-                                    subsampling=JPEG_SUBSAMPLING)
+    return bytes(imagecodecs.jpeg8_encode(tile, level=quality, colorspace="RGB", outcolorspace="YCBCR",
+                                          subsampling=JPEG_SUBSAMPLING))
 
 
 def encode_tile(pixels: np.ndarray, tile: int, quality: int, background: np.ndarray) -> bytes:
@@ -186,7 +186,9 @@ class _Pyramid:
             return
         f = self.factor
         if pixels is not None or small is not None:
-            small = box_reduce(pixels, f) if small is None else small
+            if small is None:
+                assert pixels is not None  # one of the two is given (checked above)
+                small = box_reduce(pixels, f)
             r0 = (y // f) - self.strip_y[n]
             self.strips[n][r0:r0 + small.shape[0], x // f:x // f + small.shape[1]] = small  # type: ignore[index]
             self.glass[n][(x // f) // self.tile] = False  # type: ignore[index]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,15 +19,14 @@ from PIL import Image
 
 from wsi_mil.atomic import remove_stale_temporaries
 from wsi_mil.config import config_to_dict
-from wsi_mil.tiling.config import TilingConfig
 from wsi_mil.errors import WsiMilError
+from wsi_mil.jobdir import patch_store_path, patches_dir, status_path
 from wsi_mil.parallel import map_slides
-from wsi_mil.jobdir import status_path
 from wsi_mil.runrecord import DONE, FAILED, SKIPPED, RunRecord, SlideStatus, StageReport, guard_slide
 from wsi_mil.slide import Slide, SlideSource, open_slide, scan_slides
-from wsi_mil.jobdir import patch_store_path, patches_dir
 from wsi_mil.stores.common import file_fingerprint, path_size
 from wsi_mil.stores.patches import PatchStoreWriter, validate_patch_store
+from wsi_mil.tiling.config import TilingConfig
 from wsi_mil.tiling.grid import make_tile_grid
 from wsi_mil.tiling.tissue import detect_tissue
 
@@ -142,7 +142,7 @@ def _tile(source: SlideSource, out: Path, cfg: TilingConfig) -> int:
 
 
 def run_tile(
-    inputs: list[str | Path],
+    inputs: Sequence[str | Path],
     job: str | Path,
     cfg: TilingConfig | None = None,
     scheduler: str | None = None,
