@@ -4,24 +4,28 @@ when only ``wsi_mil.mil.config`` is wanted (PEP 562 module ``__getattr__``)."""
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 
-def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """``(__getattr__, __dir__)`` for ``package``: ``exports`` maps a public name to its submodule.
+def lazy_exports(package: str, modules: Mapping[str, tuple[str, ...]]
+                 ) -> tuple[Callable[[str], Any], Callable[[], list[str]], list[str]]:
+    """``(__getattr__, __dir__, __all__)`` for ``package``; ``modules`` maps a submodule to the public
+    names it defines, e.g. ``{"config": ("TilingConfig",), "stage": ("run_tile",)}``.
 
-    The submodule is imported on first access of the name, so importing the package (or one of
-    its light submodules, such as ``config``) loads nothing heavy.
+    A submodule is imported on the first access of one of its names, so importing the package (or
+    one of its light submodules, such as ``config``) loads nothing heavy.
     """
+    where = {name: module for module, names in modules.items() for name in names}
+    public = sorted(where)
 
     def __getattr__(name: str) -> Any:
-        module = exports.get(name)
+        module = where.get(name)
         if module is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
         return getattr(importlib.import_module(f"{package}.{module}"), name)
 
     def __dir__() -> list[str]:
-        return sorted(exports)
+        return public
 
-    return __getattr__, __dir__
+    return __getattr__, __dir__, public

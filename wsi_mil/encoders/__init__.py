@@ -11,23 +11,10 @@ name resolution), ``weights`` (checkpoints, hashes), ``folder`` (encoder folders
 
 from wsi_mil._lazy import lazy_exports
 
-_EXPORTS = {
-    "DATA_CONFIG_KEYS": "dataconfig",
-    "DataConfig": "dataconfig",
-    "ENTRIES": "registry",
-    "Encoder": "factory",
-    "EncoderEntry": "registry",
-    "create_encoder": "factory",
-    "embed_dim_of": "folder",
-    "is_encoder_dir": "folder",
-    "list_entries": "registry",
-    "load_into": "weights",
-    "read_encoder_json": "folder",
-    "read_state_dict": "weights",
-    "resolve_arch": "registry",
-    "safe_name": "factory",
-    "save_encoder_dir": "folder",
-    "state_dict_hash": "weights",
-}
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "dataconfig": ("DATA_CONFIG_KEYS", "DataConfig"),
+    "factory": ("Encoder", "create_encoder", "safe_name"),
+    "folder": ("embed_dim_of", "is_encoder_dir", "read_encoder_json", "save_encoder_dir"),
+    "registry": ("ENTRIES", "EncoderEntry", "list_entries", "resolve_arch"),
+    "weights": ("load_into", "read_state_dict", "state_dict_hash"),
+})

@@ -8,17 +8,9 @@
 
 from wsi_mil._lazy import lazy_exports
 
-_EXPORTS = {
-    "EncoderSpec": "stage",
-    "ExtractConfig": "config",
-    "ExtractReport": "stage",
-    "InferenceEngine": "engine",
-    "SlideJob": "runner",
-    "resolve_devices": "stage",
-    "resolve_precision": "engine",
-    "run_extract": "stage",
-    "run_slides": "runner",
-    "stage_name": "stage",
-}
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "config": ("ExtractConfig",),
+    "engine": ("InferenceEngine", "resolve_precision"),
+    "runner": ("SlideJob", "run_slides"),
+    "stage": ("EncoderSpec", "ExtractReport", "resolve_devices", "run_extract", "stage_name"),
+})

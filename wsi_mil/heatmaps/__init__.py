@@ -16,12 +16,8 @@ Public API: :func:`run_heatmap`, :class:`HeatmapConfig`, :func:`render_slide`, :
 
 from wsi_mil._lazy import lazy_exports
 
-_EXPORTS = {
-    "HeatmapConfig": "config",
-    "RenderOptions": "render",
-    "SlideArrays": "render",
-    "render_slide": "render",
-    "run_heatmap": "stage",
-}
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "config": ("HeatmapConfig",),
+    "render": ("RenderOptions", "SlideArrays", "render_slide"),
+    "stage": ("run_heatmap",),
+})

@@ -6,14 +6,8 @@ Public API: :func:`load_model_run` -> :class:`ModelRun` (``predict_bag``), :func
 
 from wsi_mil._lazy import lazy_exports
 
-_EXPORTS = {
-    "BagPrediction": "modelrun",
-    "ModelRun": "modelrun",
-    "create_head": "registry",
-    "list_heads": "registry",
-    "load_model_run": "modelrun",
-    "run_predict": "stage",
-    "run_train": "stage",
-}
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "modelrun": ("BagPrediction", "ModelRun", "load_model_run"),
+    "registry": ("create_head", "list_heads"),
+    "stage": ("run_predict", "run_train"),
+})

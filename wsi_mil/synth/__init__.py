@@ -11,16 +11,8 @@ Public API: :func:`make_cohort`, :func:`make_slide`, :func:`load_lesion_mask`, :
 
 from wsi_mil._lazy import lazy_exports
 
-_EXPORTS = {
-    "SlideTruth": "truth",
-    "lesion_fraction": "truth",
-    "load_ground_truth": "truth",
-    "load_lesion_mask": "truth",
-    "load_lesion_polygons": "truth",
-    "load_tissue_mask": "truth",
-    "make_cohort": "cohort",
-    "make_slide": "slide",
-    "read_cohort_manifest": "cohort",
-}
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "cohort": ("make_cohort", "read_cohort_manifest"),
+    "slide": ("make_slide",),
+    "truth": ("SlideTruth", "lesion_fraction", "load_ground_truth", "load_lesion_mask", "load_lesion_polygons", "load_tissue_mask"),
+})

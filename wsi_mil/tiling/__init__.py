@@ -8,14 +8,9 @@
 
 from wsi_mil._lazy import lazy_exports
 
-_EXPORTS = {
-    "TileGrid": "grid",
-    "TilingConfig": "config",
-    "TissueConfig": "config",
-    "detect_tissue": "tissue",
-    "make_tile_grid": "grid",
-    "run_tile": "stage",
-    "tile_one_slide": "stage",
-}
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "config": ("TilingConfig", "TissueConfig"),
+    "grid": ("TileGrid", "make_tile_grid"),
+    "stage": ("run_tile", "tile_one_slide"),
+    "tissue": ("detect_tissue",),
+})

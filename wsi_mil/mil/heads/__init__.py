@@ -19,15 +19,12 @@ from wsi_mil.mil.heads._registry import (
 )
 from wsi_mil.mil.heads.options import AttentionOptions, ChowderOptions, PoolOptions, WeldonOptions
 
-_TORCH_EXPORTS = {
-    "AttentionMIL": "baselines",
-    "Chowder": "chowder",
-    "MILHead": "base",
-    "MaxPool": "baselines",
-    "MeanPool": "baselines",
-    "Weldon": "weldon",
-}
-__getattr__, _dir_torch = lazy_exports(__name__, _TORCH_EXPORTS)
+__getattr__, _dir_torch, _torch_names = lazy_exports(__name__, {
+    "base": ("MILHead",),
+    "baselines": ("AttentionMIL", "MaxPool", "MeanPool"),
+    "chowder": ("Chowder",),
+    "weldon": ("Weldon",),
+})
 
 __all__ = [
     "AttentionMIL", "AttentionOptions", "Chowder", "ChowderOptions", "HeadEntry", "HeadOptions", "MILHead",
