@@ -109,7 +109,7 @@ def read_region_rate(slide: Path, coords: np.ndarray, n: int = 2000) -> float:
 
 def peak_memory(slide: Path, job: Path) -> dict:
     code = (
-        "from wsi_mil.config import TilingConfig\nfrom wsi_mil.tiling.stage import run_tile\n"
+        "from wsi_mil.tiling.config import TilingConfig\nfrom wsi_mil.tiling.stage import run_tile\n"
         f"rep = run_tile([{str(slide)!r}], {str(job)!r}, TilingConfig(), workers=0, overwrite=True, progress=False)\n"
         "RESULT = {'n_tiles': rep.statuses[0].n_tiles, 'status': rep.statuses[0].status}\n"
     )
