@@ -90,7 +90,7 @@ def data_epoch(bags: BagSet, positions: np.ndarray, cfg: TrainConfig, gen: torch
 def cohort_main(argv: list[str]) -> None:
     """Synthetic image cohort -> every head -> slide and tile AUC table (markdown)."""
     from wsi_mil.cli import main as cli
-    from wsi_mil.mil.evaluate import synth_truth
+    from wsi_mil.evaluation.truth import synth_truth
 
     ap = argparse.ArgumentParser(prog="bench_mil.py cohort")
     ap.add_argument("--slides", type=int, default=40)
@@ -140,8 +140,8 @@ def cohort_main(argv: list[str]) -> None:
 def compare_heads(feats: Path, labels: Path, test_feats: Path, truth, args: argparse.Namespace) -> None:
     """Train every head with CV (+ final model), print a markdown table of slide and tile AUC."""
     from wsi_mil.cli import main as cli
+    from wsi_mil.evaluation.tiles import evaluate_tiles
     from wsi_mil.mil import load_model_run
-    from wsi_mil.mil.evaluate import evaluate_tiles
 
     table = []
     for head in args.heads.split(","):

@@ -160,7 +160,7 @@ def cmd_throughput(a: argparse.Namespace) -> None:
 def cmd_probe(a: argparse.Namespace) -> None:
     from wsi_mil.config import build_config
     from wsi_mil.encoders import create_encoder
-    from wsi_mil.ssl.probe import encode_tiles, labelled_tiles, probe_auc
+    from wsi_mil.evaluation.probe import encode_tiles, labelled_tiles, probe_auc
     from wsi_mil.ssl.stage import run_pretrain
     from wsi_mil.synth import make_cohort
     from wsi_mil.tiling.config import TilingConfig

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from wsi_mil.cli import main
+from wsi_mil.evaluation.tiles import evaluate_tiles
+from wsi_mil.evaluation.truth import synth_truth
 from wsi_mil.mil import load_model_run
-from wsi_mil.mil.evaluate import evaluate_tiles, synth_truth
 
 pytestmark = pytest.mark.slow
 

@@ -227,7 +227,7 @@ def test_min_max_heads_beat_mean_pooling_on_small_lesions() -> None:
 
 
 def test_evaluate_tiles_against_ground_truth(cohort, tmp_path: Path) -> None:
-    from wsi_mil.mil.evaluate import evaluate_tiles
+    from wsi_mil.evaluation.tiles import evaluate_tiles
 
     root, features, labels, co = cohort
     cfg = TrainConfig(head="max", folds=2, lr=0.01, max_epochs=2, min_epochs=1, bootstrap=0, device="cpu",

@@ -73,7 +73,7 @@ def _rewrite_scores(tiles_dir: Path, cohort: Path, job: Path, sign: float) -> di
 def test_localisation_figures_of_a_perfect_and_an_inverted_model(tiny_demo: tuple[Path, str], tmp_path: Path) -> None:
     import shutil
 
-    from wsi_mil.demo import evaluate_localisation
+    from wsi_mil.evaluation.localisation import evaluate_localisation
 
     out, _ = tiny_demo
     job = out / "job"

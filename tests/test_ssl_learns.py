@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from wsi_mil.encoders import create_encoder
+from wsi_mil.evaluation.probe import encode_tiles, labelled_tiles, probe_auc
 from wsi_mil.ssl.config import PretrainConfig
-from wsi_mil.ssl.probe import encode_tiles, labelled_tiles, probe_auc
 from wsi_mil.ssl.stage import run_pretrain
 from wsi_mil.tiling.config import TilingConfig
 

@@ -5,28 +5,23 @@
 2. ``run_study`` on :func:`demo_study` (the same settings as ``configs/demo.yaml``): tile,
    a brief SimCLR pretraining of a small encoder, extract, CHOWDER with K-fold cross-validation,
    predict, heatmaps and the HTML report;
-3. :func:`evaluate_localisation`: how well the tile scores find the planted lesions.
+3. :func:`wsi_mil.evaluation.localisation.evaluate_localisation`: how well the tile scores find the
+   planted lesions.
 
 Every figure printed is measured on this run; nothing is fixed in advance.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 if TYPE_CHECKING:  # keep `import wsi_mil.demo` light: the CLI reads DemoOptions defaults
+    from wsi_mil.evaluation.localisation import Localisation
     from wsi_mil.pipeline import PipelineReport
     from wsi_mil.study import StudyConfig
-
-#: a tile counts as lesion when at least this share of its area is lesion; normal when none is
-LESION_TILE_FRACTION = 0.5
 
 
 @dataclass(frozen=True)
@@ -77,92 +72,6 @@ def demo_study(out_dir: str | Path, opts: DemoOptions = DemoOptions()) -> StudyC
 
 
 @dataclass
-class Localisation:
-    """How well tile scores find the planted lesions (tiles of every slide; see ``describe``)."""
-
-    tile_auc: float | None  # pooled over all slides: lesion tiles vs normal tiles
-    mean_slide_tile_auc: float | None  # mean over positive slides of the within-slide tile AUC
-    top_tile_hits: int  # positive slides whose top-scored tile is a lesion tile
-    top_tile_touch: int  # positive slides whose top-scored tile overlaps a lesion at all
-    n_positive: int
-    n_lesion_tiles: int
-    n_normal_tiles: int
-
-    def describe(self) -> list[str]:
-        f = (lambda v: "n/a" if v is None else f"{v:.3f}")
-        share = (lambda k: f"{k}/{self.n_positive}" + (f" = {k / self.n_positive:.0%}" if self.n_positive else ""))
-        return [
-            f"tile AUC, lesion vs normal tiles, all slides: {f(self.tile_auc)} "
-            f"({self.n_lesion_tiles} lesion tiles >= {LESION_TILE_FRACTION:.0%} lesion, "
-            f"{self.n_normal_tiles} normal tiles)",
-            f"tile AUC within each positive slide, mean: {f(self.mean_slide_tile_auc)}",
-            f"top-scored tile is a lesion tile: {share(self.top_tile_hits)} positive slides; "
-            f"overlaps a lesion: {share(self.top_tile_touch)}",
-        ]
-
-
-def _auc(y: np.ndarray, s: np.ndarray) -> float | None:
-    from sklearn.metrics import roc_auc_score
-
-    if len(np.unique(y)) < 2:
-        return None
-    return float(roc_auc_score(y, s))
-
-
-def _read_tile_scores(path: Path, class_name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(coords (N, 2) int64 level-0 x, y; scores (N,) float) from a predict ``.tiles`` CSV."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    coords = np.array([[int(r["x"]), int(r["y"])] for r in rows], dtype=np.int64).reshape(-1, 2)
-    scores = np.array([float(r[f"score_{class_name}"]) for r in rows], dtype=np.float64)
-    return coords, scores
-
-
-def evaluate_localisation(cohort: Path, job: Path, predictions_csv: Path, run_dir: Path) -> Localisation:
-    """Compare the run's tile scores (``predict``'s ``.tiles`` CSVs) with the planted lesions.
-
-    Scores are those of the positive class (class index 1). Lesion share of each tile comes
-    from the ground-truth masks (:func:`wsi_mil.synth.lesion_fraction`).
-    """
-    from wsi_mil.mil.stage import tiles_dir_of
-    from wsi_mil.jobdir import patch_store_path
-    from wsi_mil.stores.patches import open_patch_store
-    from wsi_mil.synth import lesion_fraction, load_lesion_mask
-
-    run_cfg = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    positive = str(run_cfg["class_names"][1])
-    ys, ss, slide_aucs = [], [], []
-    hits = touch = n_pos = 0
-    for path in sorted(tiles_dir_of(predictions_csv).glob("*.csv")):
-        slide_id = path.stem
-        coords, scores = _read_tile_scores(path, positive)
-        if len(scores) == 0:
-            continue
-        store = open_patch_store(patch_store_path(job, slide_id))
-        mask, ds = load_lesion_mask(cohort, slide_id)
-        frac = lesion_fraction(mask, ds, coords, float(store.attrs["tile_size_level0"]))
-        keep = (frac >= LESION_TILE_FRACTION) | (frac == 0)
-        ys.append((frac[keep] >= LESION_TILE_FRACTION).astype(np.int64))
-        ss.append(scores[keep])
-        if mask.any():
-            n_pos += 1
-            top = int(np.argmax(scores))
-            hits += int(frac[top] >= LESION_TILE_FRACTION)
-            touch += int(frac[top] > 0)
-            a = _auc(ys[-1], ss[-1])
-            if a is not None:
-                slide_aucs.append(a)
-    y = np.concatenate(ys) if ys else np.zeros(0, np.int64)
-    s = np.concatenate(ss) if ss else np.zeros(0)
-    return Localisation(
-        tile_auc=_auc(y, s) if len(y) else None,
-        mean_slide_tile_auc=float(np.mean(slide_aucs)) if slide_aucs else None,
-        top_tile_hits=hits, top_tile_touch=touch, n_positive=n_pos,
-        n_lesion_tiles=int(y.sum()), n_normal_tiles=int(len(y) - y.sum()),
-    )
-
-
-@dataclass
 class DemoResult:
     """What the demo did and measured."""
 
@@ -199,6 +108,7 @@ def run_demo(out_dir: str | Path, opts: DemoOptions = DemoOptions(), progress: b
 
 
 def _run_demo(out: Path, cohort: Path, opts: DemoOptions, progress: bool, log: Any) -> DemoResult:
+    from wsi_mil.evaluation.localisation import evaluate_localisation
     from wsi_mil.pipeline import run_study
     from wsi_mil.synth import make_cohort
 

@@ -47,7 +47,10 @@ def make_synthetic_bags(
     rng.shuffle(labels)
     direction = np.zeros(dim, dtype=np.float32)
     direction[:n_informative] = shift
-    feats, lesions, ids, cases = [], [], [], []
+    feats: list[np.ndarray] = []
+    lesions: list[np.ndarray] = []
+    ids: list[str] = []
+    cases: list[str] = []
     for i in range(n_slides):
         n = int(rng.integers(tiles[0], tiles[1] + 1))
         x = rng.standard_normal((n, dim), dtype=np.float32)

@@ -8,6 +8,7 @@
 - ``data``: deterministic, shardable chunk-aware tile order and threaded reading;
 - ``checkpoint``: checkpoints for exact resume;
 - ``train``: the loop (bf16 on CUDA, DDP under torchrun, progress);
-- ``stage``: ``run_pretrain(job, out_dir, cfg)`` -> an encoder folder for ``extract --weights``;
-- ``probe``: tile-level lesion probes on synthetic cohorts (does an encoder see disease?).
+- ``stage``: ``run_pretrain(job, out_dir, cfg)`` -> an encoder folder for ``extract --weights``.
+
+Tile-level lesion probes of an encoder (does it see disease?) are in ``wsi_mil.evaluation.probe``.
 """
