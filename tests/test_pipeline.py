@@ -42,7 +42,7 @@ def study_doc(cohort: Path, job: Path, simclr: bool = False, **sections: dict) -
                      "proj_hidden_dim": 32, "proj_dim": 16, "read_threads": 1},
         "extract": {"batch_size": 64, "num_workers": 0},
         "train": {"head": "chowder", "head_options": {"r": 2, "n_members": 2}, "folds": 2, "max_epochs": 3,
-                  "min_epochs": 1, "patience": 2, "batch_size": 4, "tiles_per_bag": None, "bootstrap": 20},
+                  "min_epochs": 1, "patience": 2, "batch_size": 4, "tiles_per_bag": None, "bootstrap": 20, "tune": "off"},
         "heatmap": {"thumbnail_px": 256, "overlay_width": 400, "montage_tiles": 2, "montage_cell": 32},
     }
     for k, v in sections.items():

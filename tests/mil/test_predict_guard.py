@@ -35,7 +35,7 @@ def _cohort(root: Path) -> tuple[Path, Path]:
 
 def test_unreadable_feature_file_fails_alone(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     fd, labels = _cohort(tmp_path)
-    cfg = TrainConfig(head="mean", folds=2, max_epochs=3, min_epochs=1, patience=1, bootstrap=0, device="cpu")
+    cfg = TrainConfig(head="mean", folds=2, max_epochs=3, min_epochs=1, patience=1, bootstrap=0, device="cpu", tune="off")
     run_train(fd, labels, tmp_path / "run", cfg)
     other = tmp_path / "other"
     shutil.copytree(fd, other)

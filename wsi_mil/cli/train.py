@@ -24,6 +24,9 @@ def train(
     config: Annotated[Optional[Path], typer.Option(help="YAML file (whole study or its 'train' section)")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda [default auto]")] = None,
     seed: Annotated[Optional[int], typer.Option(help="random seed [default 0]")] = None,
+    tune: Annotated[Optional[str], typer.Option(
+        help="on: choose the head's settings by nested cross-validation (Optuna); off: use them as given "
+             "[default on]")] = None,
     set_: Annotated[Optional[list[str]], typer.Option(
         "--set", help="override, e.g. --set head_options.r=10 --set tiles_per_bag=null")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing run folder")] = False,
@@ -33,7 +36,7 @@ def train(
     from wsi_mil.mil.stage import run_train  # torch: loaded when a command runs, not for --help
 
     cfg = build_config(TrainConfig, config, set_, section="train", section_optional=True,
-                       cli=dict(head=head, folds=folds, device=device, seed=seed))
+                       cli=dict(head=head, folds=folds, device=device, seed=seed, tune=tune))
     log = (lambda s: None) if quiet else (lambda s: console.print(s, markup=False, highlight=False, soft_wrap=True))
     summary = run_train(features_dir, labels, out, cfg, log=log, overwrite=overwrite)
     oof = summary.metrics["out_of_fold"]

@@ -8,6 +8,7 @@ from wsi_mil._lazy import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "modelrun": ("BagPrediction", "ModelRun", "load_model_run"),
-    "registry": ("create_head", "list_heads"),
+    "heads._registry": ("list_heads",),
+    "registry": ("create_head",),
     "stage": ("run_predict", "run_train"),
 })

@@ -26,9 +26,10 @@ class TrainConfig(StrictModel):
     patience: int = Field(10, ge=1, description="epochs without improvement before stopping")
     monitor: Literal["loss", "auc"] = Field("loss", description="validation metric for early stopping")
     batch_size: int = Field(16, ge=1, description="bags per optimisation step")
-    tiles_per_bag: int | None = Field(1000, ge=1, description="tiles sampled per bag per step; null = whole bags")
-    lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay (all parameters)")
+    tiles_per_bag: int | None = Field(
+        None, ge=1, description="tiles sampled per bag per step; null = whole bags (default: a sample can miss a slide's few lesion tiles)")
+    lr: float = Field(3e-3, gt=0, description="AdamW learning rate (default from docs/mil-defaults.md)")
+    weight_decay: float = Field(1e-2, ge=0, description="AdamW decoupled weight decay (all parameters)")
     standardize: bool = Field(True, description="standardise features with the training tiles' mean and std")
     class_weighting: Literal["balanced", "none"] = Field("balanced", description="loss weights n / (C * n_c)")
     seed: int = 0
@@ -39,6 +40,15 @@ class TrainConfig(StrictModel):
     classes: list[str] | None = Field(None, description="class order (index 1 = positive for binary)")
     missing_features: Literal["error", "drop"] = Field("error", description="labelled slides without a feature file")
     final_epochs: int | None = Field(None, ge=1, description="epochs of the final model; null = median best epoch of the folds")
+    tune: Literal["on", "off"] = Field(
+        "on", description="choose the head's settings by nested cross-validation (Optuna); off = the settings as given")
+    tune_trials: int = Field(16, ge=1, description="settings tried per search (one search per outer fold + one for the final model)")
+    tune_timeout_s: float | None = Field(
+        None, gt=0, description="cap in seconds per search (stops after the running trial; not deterministic); null = none")
+    tune_folds: int = Field(3, ge=2, description="inner cross-validation folds of a search")
+    tune_final: Literal["ensemble", "refit"] = Field(
+        "ensemble", description="final model of a tuned run: the mean of the outer-fold models, or a refit on all "
+                                "training slides with the settings of one more search over them")
 
     @field_validator("head_options", mode="before")
     @classmethod

@@ -1,7 +1,8 @@
 """Model runs ``models/{run}/``: save, load, and predict one bag (the API of ``predict`` and heatmaps).
 
 A run folder holds ``model.safetensors`` (the final model: trained on all training slides, i.e.
-every labelled slide not in ``split=test``, for the median best epoch of the CV folds),
+every labelled slide not in ``split=test``, for the median best epoch of the CV folds; in a tuned
+run, by default, the mean of the outer-fold models, see :class:`~wsi_mil.mil.heads.ensemble.FoldEnsemble`),
 ``config.json`` (schema, head and its options, class names, encoder id, embed dim, training
 config), ``splits.csv``, ``metrics.json``, ``predictions.csv`` (out-of-fold) and
 ``history.json``. The folder is written atomically: it appears complete or not at all.
@@ -25,10 +26,13 @@ from wsi_mil import __version__
 from wsi_mil.atomic import atomic_path
 from wsi_mil.errors import StoreError, WsiMilError
 from wsi_mil.mil.heads.base import MILHead
+from wsi_mil.mil.heads.ensemble import FoldEnsemble
 from wsi_mil.mil.registry import create_head
 from wsi_mil.stores.common import MODEL_RUN_SCHEMA, read_schema_json
 
 WEIGHTS_FILE = "model.safetensors"
+#: ``config.json`` ``final_model.kind`` of a final model that is the mean of the outer-fold models
+FOLD_ENSEMBLE = "fold_ensemble"
 CONFIG_FILE = "config.json"
 
 
@@ -137,6 +141,16 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     return config
 
 
+def build_run_head(config: dict[str, Any]) -> MILHead:
+    """The (untrained) head a run's ``config.json`` describes: one head, or the fold ensemble of
+    a tuned run (``final_model.kind: fold_ensemble``, one options mapping per member)."""
+    dim, n_classes = int(config["embed_dim"]), len(config["class_names"])
+    final = config.get("final_model") or {}
+    if final.get("kind") == FOLD_ENSEMBLE:
+        return FoldEnsemble([create_head(config["head"], dim, n_classes, o) for o in final["member_head_options"]])
+    return create_head(config["head"], dim, n_classes, config["head_options"])
+
+
 def load_model_run(run_dir: str | Path, device: str | torch.device = "cpu") -> ModelRun:
     """Load a run folder for inference; raises :class:`StoreError` on a missing or damaged run."""
     run_dir = Path(run_dir)
@@ -145,7 +159,7 @@ def load_model_run(run_dir: str | Path, device: str | torch.device = "cpu") -> M
     if not weights.is_file():
         raise StoreError(f"{run_dir}: weights file {weights.name} is missing; re-train the run")
     try:
-        head = create_head(config["head"], int(config["embed_dim"]), len(config["class_names"]), config["head_options"])
+        head = build_run_head(config)
         head.load_state_dict(load_file(str(weights)), strict=True)
     except WsiMilError:
         raise

@@ -12,22 +12,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from wsi_mil.errors import ConfigError
-from wsi_mil.mil.heads import baselines, chowder, weldon  # noqa: F401  (each registers its head classes)
-from wsi_mil.mil.heads._registry import (
-    HeadEntry,
-    HeadOptions,
-    head_entry,
-    heads_help,
-    is_head,
-    list_heads,
-    parse_head_options,
-    register_head,
-    register_options,
-)
+from wsi_mil.mil.heads import baselines, chowder, logistic, lse, weldon  # noqa: F401  (each registers its head classes)
+from wsi_mil.mil.heads._registry import HeadOptions, head_entry, parse_head_options
 from wsi_mil.mil.heads.base import MILHead
 
-__all__ = ["HeadEntry", "HeadOptions", "create_head", "head_class", "head_entry", "heads_help", "is_head",
-           "list_heads", "parse_head_options", "register_head", "register_options"]
+__all__ = ["create_head", "head_class"]
 
 
 def head_class(name: str) -> type[MILHead]:

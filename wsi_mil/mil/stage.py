@@ -3,7 +3,9 @@
 ``run_train``: labels + feature files -> K-fold cross-validation (grouped by case, stratified)
 with out-of-fold predictions and metrics, then the final model on all training slides (every
 slide not in ``split=test``, for the median of the folds' best epochs), evaluated on the test
-split when there is one. ``run_predict``: a run + feature files -> slide probabilities and
+split when there is one. With ``tune: on`` the CV is nested: each outer fold's settings come
+from a search over its training slides only (:mod:`wsi_mil.mil.tuning`), and the final model's
+from a search over all training slides. ``run_predict``: a run + feature files -> slide probabilities and
 per-tile scores.
 """
 
@@ -24,12 +26,14 @@ import torch
 from wsi_mil.atomic import atomic_path, write_text_atomic
 from wsi_mil.config import config_to_dict
 from wsi_mil.errors import ConfigError, StoreError
+from wsi_mil.mil import tuning
 from wsi_mil.mil.bags import Bag, BagSet, check_same_encoder, feature_encoder, load_bags, resolve_device
 from wsi_mil.mil.config import TrainConfig
 from wsi_mil.mil.heads.base import MILHead
+from wsi_mil.mil.heads.ensemble import FoldEnsemble
 from wsi_mil.mil.labels import LabelTable, match_feature_files, read_labels
 from wsi_mil.mil.metrics import bootstrap_ci, classification_metrics, summarize
-from wsi_mil.mil.modelrun import ModelRun, load_model_run, rows_to_csv, save_model_run
+from wsi_mil.mil.modelrun import FOLD_ENSEMBLE, ModelRun, load_model_run, rows_to_csv, save_model_run
 from wsi_mil.mil.splits import assign_folds, check_fold_counts, validation_split
 from wsi_mil.mil.training import build_head, fit, predict_probs
 from wsi_mil.runrecord import DONE, FAILED, RunRecord, SlideStatus, StageReport, guard_slide
@@ -108,13 +112,17 @@ def load_training_data(features_dir: str | Path, labels_csv: str | Path, cfg: Tr
 @dataclass
 class CrossValidation:
     """Out-of-fold probabilities (n, C) (NaN for test slides), fold index per slide (-1: test),
-    per-fold metrics, best epochs and training histories."""
+    per-fold metrics, best epochs and training histories; nested CV adds each fold model's
+    probabilities (n_test, C) of the test split."""
 
     oof: npt.NDArray[np.float64]
     folds: npt.NDArray[np.int64]
     fold_metrics: list[dict[str, Any]]
     best_epochs: list[int]
     history: dict[str, Any]
+    test_probs: list[npt.NDArray[np.float64]] = field(default_factory=list)
+    fold_heads: list[MILHead] = field(default_factory=list)
+    fold_options: list[dict[str, Any]] = field(default_factory=list)
 
 
 def cross_validate(data: TrainingData, bagset: BagSet, cfg: TrainConfig, log: Log = _quiet) -> CrossValidation:
@@ -142,6 +150,44 @@ def cross_validate(data: TrainingData, bagset: BagSet, cfg: TrainConfig, log: Lo
     return CrossValidation(oof, folds, fold_metrics, best_epochs, history)
 
 
+def cross_validate_tuned(data: TrainingData, bagset: BagSet, cfg: TrainConfig, log: Log = _quiet) -> CrossValidation:
+    """Nested K-fold CV: the same outer folds as :func:`cross_validate`; each fold's settings are
+    chosen by a search over that fold's training slides only, then the fold model is fitted with
+    them and scores the held-out fold (which no search of this fold has seen)."""
+    names = data.table.class_names
+    targets, groups, train_all = data.targets, data.groups, np.flatnonzero(~data.is_test)
+    test_pos = np.flatnonzero(data.is_test)
+    folds = np.full(len(data.bags), -1, dtype=np.int64)
+    folds[train_all] = assign_folds(targets[train_all], groups[train_all], cfg.folds, cfg.seed)
+    oof = np.full((len(data.bags), len(names)), np.nan)
+    fold_metrics, best_epochs, history, test_probs = [], [], {}, []
+    fold_heads: list[MILHead] = []
+    for f in range(cfg.folds):
+        held = np.flatnonzero(folds == f)
+        rest = np.flatnonzero((folds >= 0) & (folds != f))
+        log(f"fold {f + 1}/{cfg.folds}: choosing settings on its {len(rest)} training slides")
+        search = tuning.search_settings(bagset, targets, groups, rest, cfg, names, cfg.seed + 101 * (f + 1), log)
+        fcfg = search.cfg
+        tr, va = validation_split(rest, targets, groups, fcfg.val_fraction, cfg.seed + f)
+        head = build_head(fcfg, data.embed_dim, len(names), cfg.seed + 1000 * (f + 1))
+        res = fit(head, bagset, targets, tr, va, fcfg, cfg.seed + f, class_names=names)
+        _orient(head, bagset, rest, fcfg)  # exact (predictions unchanged): the fold model may join the final one
+        oof[held] = predict_probs(head, bagset, held.tolist(), cfg.eval_tiles_per_batch)
+        if len(test_pos):
+            test_probs.append(predict_probs(head, bagset, test_pos.tolist(), cfg.eval_tiles_per_batch))
+        fold_heads.append(head)
+        m: dict[str, Any] = dict(classification_metrics(targets[held], oof[held], names))
+        m.update(fold=f, n_slides=int(len(held)), best_epoch=res.best_epoch, epochs_run=res.epochs_run,
+                 tuning=search.record())
+        fold_metrics.append(m)
+        best_epochs.append(res.best_epoch)
+        history[f"fold_{f}"] = res.history
+        log(f"fold {f + 1}/{cfg.folds}: {len(tr)} train / {len(va)} val / {len(held)} held out; best epoch "
+            f"{res.best_epoch} of {res.epochs_run}; AUC {_fmt(m['auc'])}, balanced accuracy {_fmt(m['balanced_accuracy'])}")
+    return CrossValidation(oof, folds, fold_metrics, best_epochs, history, test_probs, fold_heads,
+                           [config_to_dict(h.opts) for h in fold_heads])  # type: ignore[arg-type]
+
+
 def run_train(
     features_dir: str | Path, labels_csv: str | Path, run_dir: str | Path, cfg: TrainConfig,
     log: Log = _quiet, overwrite: bool = False,
@@ -164,10 +210,11 @@ def run_train(
     log(f"{len(train_all)} training slides, {len(test_pos)} test slides, classes {names}, {encoder_id} "
         f"({embed_dim}-d); bags {'on' if bagset.on_device else 'copied per batch to'} {device} "
         f"({bagset.nbytes / 2**20:.0f} MiB)")
-    cv = cross_validate(data, bagset, cfg, log)
+    tuned = cfg.tune == "on"
+    cv = (cross_validate_tuned if tuned else cross_validate)(data, bagset, cfg, log)
     oof, folds, fold_metrics, best_epochs, history = cv.oof, cv.folds, cv.fold_metrics, cv.best_epochs, cv.history
 
-    metric_keys = [k for k in fold_metrics[0] if k not in ("fold", "n_slides", "best_epoch", "epochs_run")]
+    metric_keys = [k for k in fold_metrics[0] if k not in ("fold", "n_slides", "best_epoch", "epochs_run", "tuning")]
     metrics: dict[str, Any] = {
         "head": cfg.head,
         "class_names": names,
@@ -176,27 +223,54 @@ def run_train(
         "out_of_fold": _evaluation(targets[train_all], oof[train_all], names, cfg),
     }
 
-    final_epochs = cfg.final_epochs or max(1, int(round(float(np.median(best_epochs)))))
-    log(f"final model: {len(train_all)} training slides, {final_epochs} epochs")
-    head = build_head(cfg, embed_dim, len(names), cfg.seed)
-    res = fit(head, bagset, targets, train_all, train_all[:0], cfg, cfg.seed, n_epochs=final_epochs)
-    history["final"] = res.history
-    _orient(head, bagset, train_all, cfg)
+    final_cfg, epochs_from = cfg, best_epochs
+    final_search: tuning.SearchResult | None = None
+    final_model: dict[str, Any] = {"trained_on": "all slides with split != test", "n_slides": int(len(train_all))}
+    head: MILHead
+    if tuned and cfg.tune_final == "ensemble":  # the outer-fold models, averaged: no further training
+        head = FoldEnsemble(cv.fold_heads)
+        final_model = {"kind": FOLD_ENSEMBLE, "trained_on": "each outer fold's training slides",
+                       "n_slides": int(len(train_all)), "members": len(cv.fold_heads),
+                       "member_head_options": cv.fold_options,
+                       "member_settings": [m["tuning"]["chosen"] for m in fold_metrics],
+                       "fold_best_epochs": best_epochs}
+        metrics["tuning"] = {"final_model": "ensemble", "trials_budget": cfg.tune_trials,
+                             "timeout_s": cfg.tune_timeout_s, "inner_folds": cfg.tune_folds}
+        log(f"final model: the mean of the {len(cv.fold_heads)} outer-fold models")
+    else:
+        if tuned:  # the final model's settings: a search over all training slides (the test split unseen)
+            log(f"final model: choosing settings on all {len(train_all)} training slides")
+            final_search = tuning.search_settings(bagset, targets, data.groups, train_all, cfg, names, cfg.seed, log)
+            final_cfg = final_search.cfg
+            epochs_from = final_search.best_epochs or best_epochs
+            metrics["tuning"] = {"final_model": "refit", **final_search.record(), "trials_budget": cfg.tune_trials,
+                                 "timeout_s": cfg.tune_timeout_s}
+        final_epochs = cfg.final_epochs or max(1, int(round(float(np.median(epochs_from)))))
+        log(f"final model: {len(train_all)} training slides, {final_epochs} epochs")
+        head = build_head(final_cfg, embed_dim, len(names), cfg.seed)
+        res = fit(head, bagset, targets, train_all, train_all[:0], final_cfg, cfg.seed, n_epochs=final_epochs)
+        history["final"] = res.history
+        _orient(head, bagset, train_all, final_cfg)
+        final_model.update(epochs=final_epochs, fold_best_epochs=best_epochs)
+        if final_search is not None:
+            final_model["tuned_settings"] = final_search.chosen
+            final_model["train_config"] = config_to_dict(final_cfg)
     test_probs = None
     if len(test_pos):
         test_probs = predict_probs(head, bagset, test_pos.tolist(), cfg.eval_tiles_per_batch)
         metrics["test"] = _evaluation(targets[test_pos], test_probs, names, cfg)
         log(f"test split: {len(test_pos)} slides, AUC {_fmt(metrics['test']['metrics']['auc'])}")
+        if cv.test_probs and final_search is not None:  # the alternative, measured: the mean of the fold models
+            metrics["test_fold_ensemble"] = _evaluation(targets[test_pos], np.mean(cv.test_probs, axis=0), names, cfg)
     metrics["warnings"] = warnings
     metrics["seconds"] = round(time.perf_counter() - t_start, 2)
 
     split_rows, pred_rows = _run_tables(table, folds, oof, test_pos, test_probs)
     config = {
-        "head": cfg.head, "head_options": config_to_dict(cfg.head_options), "class_names": names, "n_classes": len(names),
-        "encoder_id": encoder_id, "embed_dim": embed_dim, "train_config": config_to_dict(cfg),
+        "head": cfg.head, "head_options": config_to_dict(final_cfg.head_options), "class_names": names,
+        "n_classes": len(names), "encoder_id": encoder_id, "embed_dim": embed_dim, "train_config": config_to_dict(cfg),
         "labels_csv": str(Path(labels_csv).resolve()), "features_dir": str(Path(features_dir).resolve()),
-        "final_model": {"trained_on": "all slides with split != test", "n_slides": int(len(train_all)),
-                        "epochs": final_epochs, "fold_best_epochs": best_epochs},
+        "final_model": final_model,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     save_model_run(run_dir, head, config, {

@@ -108,16 +108,18 @@ def fit(
     head: MILHead, bags: BagSet, targets: npt.NDArray[np.int64], train_pos: npt.NDArray[np.int64],
     val_pos: npt.NDArray[np.int64],
     cfg: TrainConfig, seed: int, n_epochs: int | None = None, log: Log | None = None, class_names: list[str] | None = None,
+    stats: tuple[Tensor, Tensor] | None = None,
 ) -> FitResult:
     """Train ``head`` on ``train_pos``; early-stop on ``val_pos`` unless it is empty or ``n_epochs`` is set.
 
-    ``targets`` (n_bags,) int class index per bag position. Returns the best weights (or the
-    last ones when there is no validation part).
+    ``targets`` (n_bags,) int class index per bag position. ``stats``: the (D,) mean and std of
+    the ``train_pos`` tiles when already computed (a search reuses them across its trials).
+    Returns the best weights (or the last ones when there is no validation part).
     """
     device = bags.device
     head.to(device)
     if cfg.standardize:
-        head.set_standardization(*bags.feature_stats(train_pos.tolist()))
+        head.set_standardization(*(stats if stats is not None else bags.feature_stats(train_pos.tolist())))
     names = class_names or [str(i) for i in range(head.n_classes)]
     weights = class_weights(targets[train_pos], head.n_classes, cfg.class_weighting)
     weights_dev = weights.to(device)

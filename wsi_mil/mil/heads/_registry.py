@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pydantic import ValidationError
 
@@ -28,8 +28,50 @@ if TYPE_CHECKING:
     from wsi_mil.mil.heads.base import MILHead
 
 
+@dataclass(frozen=True)
+class FloatRange:
+    """A float hyper-parameter in ``[low, high]`` (sampled on a log scale when ``log``)."""
+
+    low: float
+    high: float
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class IntRange:
+    """An int hyper-parameter in ``[low, high]`` (sampled on a log scale when ``log``)."""
+
+    low: int
+    high: int
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A hyper-parameter taking one of ``choices`` (ints, floats, strings, bools or None)."""
+
+    choices: tuple[Any, ...]
+
+
+#: a search space: config key -> its range. Keys are ``TrainConfig`` fields (``lr``) or
+#: ``head_options.<option>`` (as in ``--set``); read by :mod:`wsi_mil.mil.tuning` (Optuna).
+SearchSpace = dict[str, FloatRange | IntRange | Choice]
+
+#: the training loop's part of every head's default space
+LOOP_SPACE: SearchSpace = {
+    "lr": FloatRange(1e-4, 3e-2, log=True),
+    "weight_decay": FloatRange(1e-5, 1.0, log=True),
+}
+
+
 class HeadOptions(StrictModel):
-    """Base of every head's options model (``train.head_options``); unknown keys are errors."""
+    """Base of every head's options model (``train.head_options``); unknown keys are errors.
+
+    ``search_space`` declares what ``train --tune on`` searches for this head (torch- and
+    Optuna-free data; the tuning module turns it into Optuna suggestions).
+    """
+
+    search_space: ClassVar[SearchSpace] = LOOP_SPACE
 
 
 OptionsT = TypeVar("OptionsT", bound=HeadOptions)

@@ -2,13 +2,21 @@
 
 Importing this module registers the names, descriptions and options models of the built-in
 heads; their ``nn.Module`` classes register against the same names in their own modules.
+Each options model also declares its ``search_space``: what ``train --tune on`` searches
+(``head_options.<key>`` for options, plain keys for the training loop; see ``docs/train.md``).
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 
-from wsi_mil.mil.heads._registry import HeadOptions, register_options
+from wsi_mil.mil.heads._registry import Choice, FloatRange, HeadOptions, SearchSpace, register_options
+
+_LR = FloatRange(1e-4, 1e-2, log=True)
+#: AdamW's decoupled weight decay: the L2 of heads without an ``l2`` option
+_WD = FloatRange(1e-5, 1.0, log=True)
 
 
 @register_options("weldon", "WELDON: linear tile scores, mean of top-k + bottom-k")
@@ -17,18 +25,36 @@ class WeldonOptions(HeadOptions):
 
     k_top: int | float = Field(10, gt=0, description="tiles of positive evidence")
     k_bottom: int | float | None = Field(10, gt=0, description="tiles of negative evidence; null = none")
-    negative_weight: float = Field(1.0, ge=0, description="weight of the negative evidence (WILDCAT alpha)")
+    negative_weight: float = Field(0.5, ge=0, description="weight of the negative evidence (WILDCAT alpha)")
+
+    search_space: ClassVar[SearchSpace] = {
+        "head_options.k_top": Choice((1, 2, 3, 5, 10)),
+        "head_options.k_bottom": Choice((None, 1, 2, 3, 5, 10)),
+        "head_options.negative_weight": FloatRange(0.0, 1.0),
+        "weight_decay": _WD,  # WELDON's L2 (decoupled)
+        "lr": _LR,
+    }
 
 
 @register_options("chowder", "CHOWDER: ensemble of 1-d embedding + min-max + MLP")
 class ChowderOptions(HeadOptions):
-    """CHOWDER hyper-parameters (paper values by default, except a 10-member ensemble)."""
+    """CHOWDER hyper-parameters (paper values by default, except a 10-member ensemble and ``l2`` 0:
+    the paper's 0.5 flattened the tile scores; see docs/mil-defaults.md)."""
 
     r: int = Field(5, ge=1, description="top and bottom tiles kept by the min-max layer")
     n_members: int = Field(10, ge=1, description="ensemble size E")
     hidden: list[int] = Field(default_factory=lambda: [200, 100], description="MLP sigmoid layers")
     dropout: float = Field(0.5, ge=0, lt=1, description="dropout after each hidden layer")
-    l2: float = Field(0.5, ge=0, description="L2 penalty on the tile embedding weights (per member)")
+    l2: float = Field(0.0, ge=0, description="L2 penalty on the tile embedding weights (per member; AdamW weight_decay also applies)")
+
+    search_space: ClassVar[SearchSpace] = {
+        "head_options.l2": FloatRange(1e-4, 1.0, log=True),
+        "head_options.r": Choice((1, 2, 3, 5, 10)),
+        "lr": _LR,
+        "head_options.dropout": FloatRange(0.0, 0.6),
+        "patience": Choice((5, 10, 20)),  # early stopping
+        "head_options.n_members": Choice((1, 5, 10)),
+    }
 
 
 @register_options("max", "baseline: max of tile logits")
@@ -48,3 +74,33 @@ class AttentionOptions(HeadOptions):
     attention_dim: int = Field(128, ge=1, description="attention network size D")
     gated: bool = True
     dropout: float = Field(0.25, ge=0, lt=1)
+
+    search_space: ClassVar[SearchSpace] = {
+        "lr": _LR, "weight_decay": _WD, "head_options.dropout": FloatRange(0.0, 0.5),
+    }
+
+
+@register_options("lse", "LSE: linear tile scores, log-sum-exp pooling (mean to max)")
+class LSEOptions(HeadOptions):
+    """Log-sum-exp pooling with temperature r (Durand et al.'s generalised pooling, WILDCAT line)."""
+
+    r: float = Field(5.0, gt=0, description="temperature: mean of tile scores as r -> 0, max as r -> inf")
+    learn_r: bool = Field(False, description="learn r (kept positive by a softplus; r is its start value)")
+    l2: float = Field(0.0, ge=0, description="L2 penalty on the tile scorer's weights")
+
+    search_space: ClassVar[SearchSpace] = {
+        "head_options.r": FloatRange(0.1, 20.0, log=True),
+        "head_options.l2": FloatRange(1e-5, 1.0, log=True),
+        "lr": _LR,
+    }
+
+
+@register_options("logistic", "baseline: logistic regression on the bag's mean feature")
+class LogisticOptions(HeadOptions):
+    """Mean-pooled logistic regression: one linear layer on the mean tile feature, L2-penalised."""
+
+    l2: float = Field(1e-3, ge=0, description="L2 penalty on the weights (sum of squares; bias not penalised)")
+
+    search_space: ClassVar[SearchSpace] = {
+        "lr": FloatRange(1e-4, 3e-2, log=True), "head_options.l2": FloatRange(1e-5, 1.0, log=True),
+    }

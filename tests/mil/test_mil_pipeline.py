@@ -29,7 +29,7 @@ def test_pipeline_on_synthetic_cohort(synth_cohort: Path, tmp_path: Path) -> Non
     run = tmp_path / "run"
     assert main(["train", str(feats), "--labels", str(synth_cohort / "labels.csv"), "--head", "weldon",
                  "-o", str(run), "--folds", "2", "--device", "cpu", "--quiet", "--set", "max_epochs=5",
-                 "--set", "min_epochs=1", "--set", "bootstrap=20"]) == 0
+                 "--set", "min_epochs=1", "--set", "bootstrap=20", "--tune", "off"]) == 0
     out = tmp_path / "pred.csv"
     assert main(["predict", str(run), str(feats), "-o", str(out), "--quiet"]) == 0
     with open(out, newline="") as f:

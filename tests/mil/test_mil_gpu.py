@@ -43,7 +43,7 @@ def test_train_and_predict_on_device(tmp_path: Path) -> None:
     co = make_synthetic_bags(n_slides=40, tiles=(200, 400), dim=32, lesion_fraction=(0.03, 0.06), seed=5)
     feats, labels = write_synthetic_cohort(co, tmp_path / "f", labels_csv=tmp_path / "labels.csv")
     cfg = TrainConfig(head="chowder", folds=2, lr=0.01, max_epochs=30, batch_size=8, tiles_per_bag=128,
-                      bootstrap=50, device=DEVICE)
+                      bootstrap=50, device=DEVICE, tune="off")
     summary = run_train(feats, labels, tmp_path / "run", cfg)
     assert summary.metrics["out_of_fold"]["metrics"]["auc"] > 0.8
     run_predict(tmp_path / "run", feats, tmp_path / "p.csv", device=DEVICE)

@@ -169,6 +169,73 @@ def test_chowder_ensemble_averages_member_probabilities_multiclass() -> None:
     assert not torch.allclose(head.weights[0][0], head.weights[0][1])
 
 
+def _lse_reference(s: np.ndarray, r: float) -> float:
+    """(1/r) log(mean exp(r s)) written out in numpy (max-shifted)."""
+    m = s.max()
+    return float(m + np.log(np.mean(np.exp(r * (s - m)))) / r)
+
+
+def test_lse_matches_hand_reference_on_padded_batch() -> None:
+    torch.manual_seed(0)
+    head = create_head("lse", 4, 2, r=3.0).eval()
+    bags = [_bag(n, 4, i) for i, n in enumerate((9, 1, 4))]
+    feats = torch.full((3, 12, 4), 1e4)  # huge padding: would dominate a max or an unmasked LSE
+    mask = torch.zeros(3, 12, dtype=torch.bool)
+    for i, b in enumerate(bags):
+        feats[i, : len(b)] = torch.tensor(b)
+        mask[i, : len(b)] = True
+    w = head.scorer.weight.detach().numpy()[0]
+    b0 = float(head.scorer.bias.detach()[0])
+    with torch.no_grad():
+        logits, tiles = head(feats, mask)
+    for i, x in enumerate(bags):
+        s = x @ w + b0
+        assert logits[i, 1].item() == pytest.approx(_lse_reference(s, 3.0), rel=1e-12)
+        np.testing.assert_allclose(tiles[i, : len(x), 1].numpy(), s, rtol=1e-12)  # heatmap scores: tile logits
+        sel = head.select(tiles, mask)[i, :, 1].numpy()
+        assert np.flatnonzero(sel == 1).tolist() == [int(np.argmax(s))] and not (sel == -1).any()
+    empty = head(torch.zeros(1, 3, 4), torch.zeros(1, 3, dtype=torch.bool))[0]
+    assert torch.isfinite(empty).all() and empty.abs().sum() == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_lse_limits_mean_and_max(dtype: torch.dtype) -> None:
+    from wsi_mil.mil.heads.lse import lse_pool
+
+    s = torch.tensor([[[1.0], [-2.0], [4.0], [0.5], [100.0]]], dtype=dtype)  # last one is padding
+    mask = torch.tensor([[True, True, True, True, False]])
+    assert lse_pool(s, mask, 1e-4).item() == pytest.approx(0.875, abs=1e-3)  # mean of the real tiles
+    assert lse_pool(s, mask, 1e4).item() == pytest.approx(4.0, abs=1e-3)  # their max, no overflow
+    for r in (0.1, 1.0, 10.0):  # always between the two, increasing with r
+        assert 0.875 < lse_pool(s, mask, r).item() < 4.0
+    assert lse_pool(s, mask, 0.5).item() < lse_pool(s, mask, 2.0).item()
+
+
+def test_lse_learnable_temperature_is_positive_and_trained() -> None:
+    head = create_head("lse", 3, 2, r=2.5, learn_r=True)
+    assert head.temperature().item() == pytest.approx(2.5)
+    x, m = torch.randn(2, 6, 3), torch.ones(2, 6, dtype=torch.bool)
+    head.member_logits(x, m)[:, 0, 1].sum().backward()
+    assert head.rho.grad is not None and head.rho.grad.abs().item() > 0
+    with torch.no_grad():
+        head.rho.fill_(-50.0)
+    assert head.temperature().item() > 0
+    assert "rho" in create_head("lse", 3, 2).state_dict()  # fixed r: a buffer, not trained
+
+
+def test_logistic_is_linear_on_the_mean_feature() -> None:
+    torch.manual_seed(0)
+    head = create_head("logistic", 4, 2, l2=0.1).eval()
+    x = _bag(7, 4, 5)
+    with torch.no_grad():
+        logits, tiles = head(torch.tensor(x)[None], torch.ones(1, 7, dtype=torch.bool))
+    w, b = head.linear.weight.detach().numpy()[0], float(head.linear.bias.detach()[0])
+    assert logits[0, 1].item() == pytest.approx(x.mean(0) @ w + b, rel=1e-12)
+    np.testing.assert_allclose(tiles[0, :, 1].numpy(), x @ w + b, rtol=1e-12)  # their mean is the logit
+    assert head.regularization().item() == pytest.approx(0.1 * (w ** 2).sum())
+    assert head.select(tiles, torch.ones(1, 7, dtype=torch.bool)).abs().sum() == 0
+
+
 def test_chowder_orientation_is_exact_and_makes_slope_positive() -> None:
     torch.manual_seed(3)
     head = create_head("chowder", 6, 2, r=2, n_members=4, hidden=[5, 4]).eval()
@@ -191,7 +258,8 @@ def test_chowder_orientation_is_exact_and_makes_slope_positive() -> None:
 # -- contract: every head ------------------------------------------------------------------------
 
 HEAD_KW = {"weldon": {"k_top": 3, "k_bottom": 2}, "chowder": {"r": 3, "n_members": 3, "hidden": [8, 4]},
-           "mean": {"hidden": 8}, "max": {}, "attention": {"hidden": 8, "attention_dim": 4}}
+           "mean": {"hidden": 8}, "max": {}, "attention": {"hidden": 8, "attention_dim": 4},
+           "lse": {"r": 2.0, "learn_r": True}, "logistic": {}}
 
 
 def test_registry_lists_every_head_and_rejects_unknown() -> None:
@@ -205,7 +273,7 @@ def test_registry_lists_every_head_and_rejects_unknown() -> None:
 
 
 def test_typed_options_are_validated_once_and_used_as_they_are() -> None:
-    cfg = TrainConfig(head="weldon", head_options={"k_top": 3})
+    cfg = TrainConfig(head="weldon", head_options={"k_top": 3, "negative_weight": 1.0})
     assert isinstance(cfg.head_options, WeldonOptions) and cfg.head_options.k_bottom == 10
     head = create_head(cfg.head, 4, 2, cfg.head_options)
     assert head.opts is cfg.head_options  # no dict round trip, no second validation
@@ -238,7 +306,7 @@ def test_names_come_from_the_registry_only() -> None:
     with pytest.raises(ConfigError) as err:
         TrainConfig(head="nope")
     assert str(err.value).endswith(", ".join(names))
-    docs = (Path(__file__).resolve().parents[1] / "docs" / "train.md").read_text(encoding="utf-8")
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "train.md").read_text(encoding="utf-8")
     table = docs[docs.index("Heads (`head_options`):"):]
     rows = [line.split("|")[1].strip().strip("`") for line in table.splitlines()[4:] if line.startswith("| `")]
     assert rows == names

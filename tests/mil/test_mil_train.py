@@ -23,7 +23,7 @@ from wsi_mil.mil.training import build_head, fit, predict_probs
 from wsi_mil.stores.features import write_feature_file
 
 FAST = ["--set", "lr=0.01", "--set", "max_epochs=12", "--set", "min_epochs=3", "--set", "patience=4",
-        "--set", "bootstrap=50", "--set", "tiles_per_bag=64", "--set", "batch_size=8"]
+        "--set", "bootstrap=50", "--set", "tiles_per_bag=64", "--set", "batch_size=8", "--tune", "off"]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: no oversubscription
@@ -47,7 +47,8 @@ def test_train_and_predict_cli(cohort, tmp_path: Path, capsys: pytest.CaptureFix
     root, features, labels, co = cohort
     run = tmp_path / "run"
     assert main(["train", str(features), "--labels", str(labels), "--head", "weldon", "-o", str(run),
-                 "--folds", "3", "--device", "cpu", "--seed", "1", "--quiet", *FAST]) == 0
+                 "--folds", "3", "--device", "cpu", "--seed", "1", "--quiet", *FAST,
+                 "--set", "head_options.negative_weight=1.0"]) == 0
     assert "out-of-fold (36 slides) auc" in capsys.readouterr().out
     assert sorted(p.name for p in run.iterdir()) == ["config.json", "history.json", "metrics.json",
                                                      "model.safetensors", "predictions.csv", "splits.csv"]
@@ -108,7 +109,7 @@ def test_test_split_and_reproducible_runs(cohort, tmp_path: Path) -> None:
         for i, (s, y, c) in enumerate(zip(co.slide_ids, co.labels, co.case_ids))]
     labels.write_text("\n".join(lines) + "\n")
     cfg = TrainConfig(head="chowder", head_options={"n_members": 3, "r": 3}, folds=2, lr=0.01, max_epochs=6,
-                      min_epochs=2, patience=3, bootstrap=20, tiles_per_bag=32, batch_size=8, device="cpu")
+                      min_epochs=2, patience=3, bootstrap=20, tiles_per_bag=32, batch_size=8, device="cpu", tune="off")
     a = run_train(features, labels, tmp_path / "a", cfg)
     run_train(features, labels, tmp_path / "b", cfg)
     assert a.metrics["test"]["n_slides"] == 8 and a.metrics["class_names"] == ["neg", "pos"]
@@ -123,7 +124,7 @@ def test_test_split_and_reproducible_runs(cohort, tmp_path: Path) -> None:
 def test_other_encoder_or_dimension_is_refused(cohort, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     root, features, labels, co = cohort
     run = tmp_path / "run"
-    cfg = TrainConfig(head="mean", folds=2, max_epochs=2, bootstrap=0, device="cpu")
+    cfg = TrainConfig(head="mean", folds=2, max_epochs=2, bootstrap=0, device="cpu", tune="off")
     run_train(features, labels, run, cfg)
     other = tmp_path / "enc-b"
     for sid, x in zip(co.slide_ids[:3], co.features[:3]):
@@ -180,7 +181,7 @@ def test_multiclass_and_empty_bag(tmp_path: Path) -> None:
     csv_path = tmp_path / "labels.csv"
     csv_path.write_text("slide_id,label\n" + "".join(f"s{i:02d},{y}\n" for i, y in enumerate(labels)) + "empty,a\n")
     cfg = TrainConfig(head="chowder", head_options={"n_members": 2}, folds=3, lr=0.01, max_epochs=25,
-                      patience=25, bootstrap=20, device="cpu", batch_size=6)
+                      patience=25, bootstrap=20, device="cpu", batch_size=6, tune="off")
     s = run_train(fd, csv_path, tmp_path / "run", cfg)
     assert any("no tiles" in w and "empty" in w for w in s.warnings)
     oof = s.metrics["out_of_fold"]["metrics"]
@@ -231,7 +232,7 @@ def test_evaluate_tiles_against_ground_truth(cohort, tmp_path: Path) -> None:
 
     root, features, labels, co = cohort
     cfg = TrainConfig(head="max", folds=2, lr=0.01, max_epochs=2, min_epochs=1, bootstrap=0, device="cpu",
-                      tiles_per_bag=None, batch_size=4, final_epochs=60)
+                      tiles_per_bag=None, batch_size=4, final_epochs=60, tune="off")
     # (2 CV epochs only: this test is about the final model that evaluate_tiles uses)
     run_train(features, labels, tmp_path / "run", cfg)
     lesion = dict(zip(co.slide_ids, co.lesion))

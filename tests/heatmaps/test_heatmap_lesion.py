@@ -34,7 +34,7 @@ def heatmaps(synth_cohort, tmp_path_factory):
     assert all(s.status == "done" for s in ext.statuses)
     run = root / "run"
     cfg = TrainConfig(head="weldon", head_options={"k_top": 3, "k_bottom": 3}, folds=2, max_epochs=60,
-                      bootstrap=0, device="cpu", seed=0)
+                      bootstrap=0, device="cpu", seed=0, tune="off")
     run_train(job / "features" / ext.encoder_id, synth_cohort / "labels.csv", run, cfg)
     out = root / "heatmaps"
     report = run_heatmap(run, job, out, HeatmapConfig(), workers=0, progress=False)

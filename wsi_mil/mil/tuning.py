@@ -1,0 +1,226 @@
+"""Model selection inside ``train``: an Optuna search over a head's declared space, by an inner
+cross-validation of one pool of training slides.
+
+``run_train`` (``tune: on``) runs one search per outer fold, over that fold's training slides
+only, and one over all training slides for the final model. A search splits its ``pool`` into
+``tune_folds`` inner folds (stratified, grouped by case: :func:`~wsi_mil.mil.splits.assign_folds`);
+each trial fits the head on every inner training part (early stopping on a grouped validation
+part of it, as the outer folds do) and scores the inner held-out fold. The trial's value is the
+AUC of its pooled inner out-of-fold predictions (balanced accuracy where AUC is undefined);
+the running mean of the fold AUCs is reported after each inner fold, so Optuna's
+:class:`~optuna.pruners.MedianPruner` stops poor trials early. Sampling is
+:class:`~optuna.samplers.TPESampler` seeded from the run's seed: a given seed, data and device
+give the same trials and the same choice (``tune_timeout_s`` can end a search earlier, which
+is not deterministic; ``tune_trials`` is).
+
+Keys set explicitly in the config (``lr`` in a YAML file, ``head_options.r`` with ``--set``)
+are kept as given and left out of the search. The bags stay in one :class:`BagSet` for every
+trial, and each inner fold's standardisation statistics are computed once per search.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import optuna
+from torch import Tensor
+
+from wsi_mil.config import config_to_dict
+from wsi_mil.mil.bags import BagSet
+from wsi_mil.mil.config import TrainConfig
+from wsi_mil.mil.heads import Choice, FloatRange, IntRange, SearchSpace, head_entry
+from wsi_mil.mil.metrics import classification_metrics
+from wsi_mil.mil.splits import assign_folds, validation_split
+from wsi_mil.mil.training import build_head, fit, predict_probs
+
+Log = Callable[[str], None]
+HEAD_PREFIX = "head_options."
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+def search_space(cfg: TrainConfig) -> tuple[SearchSpace, list[str]]:
+    """The head's declared space minus the keys the config sets explicitly: (space, fixed keys)."""
+    declared = head_entry(cfg.head).options.search_space
+    set_options = cfg.head_options.model_fields_set
+    space: SearchSpace = {}
+    fixed: list[str] = []
+    for key, dist in declared.items():
+        given = (key[len(HEAD_PREFIX):] in set_options) if key.startswith(HEAD_PREFIX) else key in cfg.model_fields_set
+        if given:
+            fixed.append(key)
+        else:
+            space[key] = dist
+    return space, fixed
+
+
+def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
+    """One point of ``space``: config key -> value, drawn by ``trial``."""
+    out: dict[str, Any] = {}
+    for key, dist in space.items():
+        if isinstance(dist, FloatRange):
+            out[key] = trial.suggest_float(key, dist.low, dist.high, log=dist.log)
+        elif isinstance(dist, IntRange):
+            out[key] = trial.suggest_int(key, dist.low, dist.high, log=dist.log)
+        elif isinstance(dist, Choice):
+            out[key] = trial.suggest_categorical(key, list(dist.choices))
+        else:
+            raise TypeError(f"search space of '{key}': unknown range {dist!r}")
+    return out
+
+
+def apply_settings(cfg: TrainConfig, settings: dict[str, Any]) -> TrainConfig:
+    """``cfg`` with ``settings`` (``lr``, ``head_options.r``, ...) applied, validated, tuning off."""
+    data = config_to_dict(cfg)
+    options = dict(data["head_options"])
+    for key, value in settings.items():
+        if key.startswith(HEAD_PREFIX):
+            options[key[len(HEAD_PREFIX):]] = value
+        else:
+            data[key] = value
+    data["head_options"] = options
+    data["tune"] = "off"
+    return TrainConfig.model_validate(data)
+
+
+def inner_score(y: npt.NDArray[np.int64], probs: npt.NDArray[np.float64], names: list[str]) -> float:
+    """What a search maximises: AUC, else balanced accuracy (one class only), else 0."""
+    m = classification_metrics(y, probs, names)
+    for key in ("auc", "balanced_accuracy"):
+        if m[key] is not None:
+            return float(m[key])  # type: ignore[arg-type]
+    return 0.0
+
+
+@dataclass
+class SearchResult:
+    """The outcome of one search over ``pool``: the chosen config (``tune`` off) and its record."""
+
+    cfg: TrainConfig
+    chosen: dict[str, Any]
+    inner_score: float | None
+    best_epochs: list[int]
+    searched: list[str]
+    fixed: list[str]
+    n_trials: int = 0
+    n_pruned: int = 0
+    inner_folds: int = 0
+    seconds: float = 0.0
+    note: str = ""
+    trials: list[dict[str, Any]] = field(default_factory=list)
+
+    def record(self) -> dict[str, Any]:
+        """The JSON record of metrics.json (settings chosen, inner score, budget used)."""
+        return {"chosen": self.chosen, "inner_score": self.inner_score, "inner_metric": "auc",
+                "inner_folds": self.inner_folds, "best_epochs": self.best_epochs, "trials": self.n_trials,
+                "pruned": self.n_pruned, "seconds": round(self.seconds, 2), "searched": self.searched,
+                "fixed": self.fixed, **({"note": self.note} if self.note else {})}
+
+
+@dataclass
+class _InnerFold:
+    train: npt.NDArray[np.int64]
+    val: npt.NDArray[np.int64]
+    held: npt.NDArray[np.int64]
+    stats: tuple[Tensor, Tensor] | None
+
+
+def _inner_folds(
+    bagset: BagSet, targets: npt.NDArray[np.int64], groups: npt.NDArray[np.str_], pool: npt.NDArray[np.int64],
+    cfg: TrainConfig, seed: int,
+) -> list[_InnerFold]:
+    """The inner folds of ``pool`` (positions into the bags), at most ``tune_folds`` and at most
+    the smallest class's number of cases; empty when fewer than 2 are possible."""
+    cases = [len(set(groups[pool][targets[pool] == c].tolist())) for c in np.unique(targets[pool])]
+    k = min(cfg.tune_folds, min(cases)) if len(cases) > 1 else 0
+    if k < 2:
+        return []
+    fold_of = assign_folds(targets[pool], groups[pool], k, seed)
+    out = []
+    for j in range(k):
+        held, rest = pool[fold_of == j], pool[fold_of != j]
+        tr, va = validation_split(rest, targets, groups, cfg.val_fraction, seed + j)
+        stats = bagset.feature_stats(tr.tolist()) if cfg.standardize else None
+        out.append(_InnerFold(tr, va, held, stats))
+    return out
+
+
+def search_settings(
+    bagset: BagSet, targets: npt.NDArray[np.int64], groups: npt.NDArray[np.str_], pool: npt.NDArray[np.int64],
+    cfg: TrainConfig, class_names: list[str], seed: int, log: Log = _quiet,
+) -> SearchResult:
+    """Choose the settings of ``cfg.head`` by an inner CV of the slides at positions ``pool`` only.
+
+    ``targets`` (n_bags,) int class per bag, ``groups`` (n_bags,) case ids; nothing outside
+    ``pool`` is read. Runs ``cfg.tune_trials`` trials (or until ``cfg.tune_timeout_s``).
+    """
+    t0 = time.perf_counter()
+    space, fixed = search_space(cfg)
+    base = apply_settings(cfg, {})
+    if not space:
+        return SearchResult(base, {}, None, [], [], fixed, note="nothing to search: every key is set in the config")
+    folds = _inner_folds(bagset, targets, groups, pool, cfg, seed)
+    if not folds:
+        return SearchResult(base, {}, None, [], list(space), fixed,
+                            note="too few cases per class for an inner cross-validation: settings as given")
+    in_dim, n_classes = int(bagset.bags[int(pool[0])].shape[1]), len(class_names)
+    where = {int(p): i for i, p in enumerate(pool)}
+
+    def objective(trial: optuna.Trial) -> float:
+        trial_cfg = apply_settings(cfg, suggest(trial, space))
+        probs = np.full((len(pool), n_classes), np.nan)
+        scores, best = [], []
+        for j, part in enumerate(folds):
+            head = build_head(trial_cfg, in_dim, n_classes, seed + 1000 * (j + 1))
+            res = fit(head, bagset, targets, part.train, part.val, trial_cfg, seed + j,
+                      class_names=class_names, stats=part.stats)
+            p = predict_probs(head, bagset, part.held.tolist(), trial_cfg.eval_tiles_per_batch)
+            probs[[where[int(i)] for i in part.held]] = p
+            scores.append(inner_score(targets[part.held], p, class_names))
+            best.append(res.best_epoch)
+            trial.report(float(np.mean(scores)), j)
+            if j < len(folds) - 1 and trial.should_prune():
+                raise optuna.TrialPruned()
+        trial.set_user_attr("best_epochs", best)
+        return inner_score(targets[pool], probs, class_names)
+
+    n = cfg.tune_trials
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the run's log reports each search
+    try:
+        study = optuna.create_study(
+            direction="maximize",
+            sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, n // 3))),
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=max(2, n // 4), n_warmup_steps=0),
+        )
+        study.optimize(objective, n_trials=n, timeout=cfg.tune_timeout_s)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
+    if not complete:
+        return SearchResult(base, {}, None, [], list(space), fixed, len(study.trials), pruned, len(folds),
+                            time.perf_counter() - t0, note="no trial completed: settings as given")
+    best = study.best_trial
+    chosen = {k: best.params[k] for k in space}
+    result = SearchResult(
+        apply_settings(cfg, chosen), chosen, float(best.value) if best.value is not None else None,
+        list(best.user_attrs.get("best_epochs", [])), list(space), fixed, len(study.trials), pruned, len(folds),
+        time.perf_counter() - t0,
+        trials=[{"number": t.number, "state": t.state.name.lower(), "value": t.value, "params": t.params}
+                for t in study.trials])
+    log(f"  search: {result.n_trials} trials ({pruned} pruned) on {len(pool)} slides, {len(folds)} inner folds, "
+        f"{result.seconds:.1f} s; inner AUC {result.inner_score:.3f} with {_settings(chosen)}")
+    return result
+
+
+def _settings(chosen: dict[str, Any]) -> str:
+    return ", ".join(f"{k.removeprefix(HEAD_PREFIX)}={v:.3g}" if isinstance(v, float) else f"{k.removeprefix(HEAD_PREFIX)}={v}"
+                     for k, v in chosen.items())
