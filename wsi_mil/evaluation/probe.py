@@ -93,5 +93,6 @@ def probe_auc(features: NDArray[np.floating], labels: NDArray[np.int64], folds: 
     p_knn = cross_val_predict(KNeighborsClassifier(k), unit, labels, cv=cv, method="predict_proba")[:, 1]
     positive = labels == 1
     lin, knn = roc_auc(p_lin, positive), roc_auc(p_knn, positive)
-    assert lin is not None and knn is not None  # both classes are present (checked above)
+    if lin is None or knn is None:  # unreachable: both classes were checked above
+        raise ValueError("probe_auc needs tiles of both classes")
     return {"linear_auc": lin, "knn_auc": knn}

@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,16 +34,10 @@ from wsi_mil.mil.labels import LabelTable, match_feature_files, read_labels
 from wsi_mil.mil.metrics import bootstrap_ci, classification_metrics, summarize
 from wsi_mil.mil.modelrun import FOLD_ENSEMBLE, ModelRun, load_model_run, rows_to_csv, save_model_run
 from wsi_mil.mil.splits import assign_folds, check_fold_counts, validation_split
-from wsi_mil.mil.training import build_head, fit, predict_probs
+from wsi_mil.mil.training import Log, build_head, fit, predict_probs, quiet
 from wsi_mil.runrecord import DONE, FAILED, RunRecord, SlideStatus, StageReport, guard_slide
 from wsi_mil.stores.common import slide_id_of
 from wsi_mil.stores.features import list_feature_files, read_feature_file
-
-Log = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    return None
 
 
 @dataclass
@@ -125,72 +118,55 @@ class CrossValidation:
     fold_options: list[dict[str, Any]] = field(default_factory=list)
 
 
-def cross_validate(data: TrainingData, bagset: BagSet, cfg: TrainConfig, log: Log = _quiet) -> CrossValidation:
-    """K folds over the training slides, grouped by case; each fold early-stops on its own validation part."""
-    names = data.table.class_names
-    targets, groups, train_all = data.targets, data.groups, np.flatnonzero(~data.is_test)
-    folds = np.full(len(data.bags), -1, dtype=np.int64)
-    folds[train_all] = assign_folds(targets[train_all], groups[train_all], cfg.folds, cfg.seed)
-    oof = np.full((len(data.bags), len(names)), np.nan)
-    fold_metrics, best_epochs, history = [], [], {}
-    for f in range(cfg.folds):
-        held = np.flatnonzero(folds == f)
-        rest = np.flatnonzero((folds >= 0) & (folds != f))
-        tr, va = validation_split(rest, targets, groups, cfg.val_fraction, cfg.seed + f)
-        head = build_head(cfg, data.embed_dim, len(names), cfg.seed + 1000 * (f + 1))
-        res = fit(head, bagset, targets, tr, va, cfg, cfg.seed + f, class_names=names)
-        oof[held] = predict_probs(head, bagset, held.tolist(), cfg.eval_tiles_per_batch)
-        m: dict[str, Any] = dict(classification_metrics(targets[held], oof[held], names))
-        m.update(fold=f, n_slides=int(len(held)), best_epoch=res.best_epoch, epochs_run=res.epochs_run)
-        fold_metrics.append(m)
-        best_epochs.append(res.best_epoch)
-        history[f"fold_{f}"] = res.history
-        log(f"fold {f + 1}/{cfg.folds}: {len(tr)} train / {len(va)} val / {len(held)} held out; best epoch "
-            f"{res.best_epoch} of {res.epochs_run}; AUC {_fmt(m['auc'])}, balanced accuracy {_fmt(m['balanced_accuracy'])}")
-    return CrossValidation(oof, folds, fold_metrics, best_epochs, history)
+def cross_validate(data: TrainingData, bagset: BagSet, cfg: TrainConfig, log: Log = quiet) -> CrossValidation:
+    """K folds over the training slides, grouped by case; each fold early-stops on its own validation part.
 
-
-def cross_validate_tuned(data: TrainingData, bagset: BagSet, cfg: TrainConfig, log: Log = _quiet) -> CrossValidation:
-    """Nested K-fold CV: the same outer folds as :func:`cross_validate`; each fold's settings are
-    chosen by a search over that fold's training slides only, then the fold model is fitted with
-    them and scores the held-out fold (which no search of this fold has seen)."""
+    With ``cfg.tune == "on"`` the CV is nested: each fold's settings are chosen by a search over
+    that fold's training slides only, then the fold model is fitted with them and scores the
+    held-out fold (which no search of this fold has seen); the fold models and their predictions
+    of the test split are kept for the final model.
+    """
+    tuned = cfg.tune == "on"
     names = data.table.class_names
     targets, groups, train_all = data.targets, data.groups, np.flatnonzero(~data.is_test)
     test_pos = np.flatnonzero(data.is_test)
     folds = np.full(len(data.bags), -1, dtype=np.int64)
     folds[train_all] = assign_folds(targets[train_all], groups[train_all], cfg.folds, cfg.seed)
     oof = np.full((len(data.bags), len(names)), np.nan)
-    fold_metrics, best_epochs, history, test_probs = [], [], {}, []
-    fold_heads: list[MILHead] = []
+    cv = CrossValidation(oof, folds, [], [], {})
     for f in range(cfg.folds):
         held = np.flatnonzero(folds == f)
         rest = np.flatnonzero((folds >= 0) & (folds != f))
-        log(f"fold {f + 1}/{cfg.folds}: choosing settings on its {len(rest)} training slides")
-        search = tuning.search_settings(bagset, targets, groups, rest, cfg, names, cfg.seed + 101 * (f + 1), log)
-        fcfg = search.cfg
+        fcfg, search = cfg, None
+        if tuned:
+            log(f"fold {f + 1}/{cfg.folds}: choosing settings on its {len(rest)} training slides")
+            search = tuning.search_settings(bagset, targets, groups, rest, cfg, names, cfg.seed + 101 * (f + 1), log)
+            fcfg = search.cfg
         tr, va = validation_split(rest, targets, groups, fcfg.val_fraction, cfg.seed + f)
         head = build_head(fcfg, data.embed_dim, len(names), cfg.seed + 1000 * (f + 1))
         res = fit(head, bagset, targets, tr, va, fcfg, cfg.seed + f, class_names=names)
-        _orient(head, bagset, rest, fcfg)  # exact (predictions unchanged): the fold model may join the final one
+        if tuned:
+            _orient(head, bagset, rest, fcfg)  # exact (predictions unchanged): the fold model may join the final one
         oof[held] = predict_probs(head, bagset, held.tolist(), cfg.eval_tiles_per_batch)
-        if len(test_pos):
-            test_probs.append(predict_probs(head, bagset, test_pos.tolist(), cfg.eval_tiles_per_batch))
-        fold_heads.append(head)
         m: dict[str, Any] = dict(classification_metrics(targets[held], oof[held], names))
-        m.update(fold=f, n_slides=int(len(held)), best_epoch=res.best_epoch, epochs_run=res.epochs_run,
-                 tuning=search.record())
-        fold_metrics.append(m)
-        best_epochs.append(res.best_epoch)
-        history[f"fold_{f}"] = res.history
+        m.update(fold=f, n_slides=int(len(held)), best_epoch=res.best_epoch, epochs_run=res.epochs_run)
+        if search is not None:
+            m["tuning"] = search.record()
+            if len(test_pos):
+                cv.test_probs.append(predict_probs(head, bagset, test_pos.tolist(), cfg.eval_tiles_per_batch))
+            cv.fold_heads.append(head)
+            cv.fold_options.append(config_to_dict(head.opts))  # type: ignore[arg-type]
+        cv.fold_metrics.append(m)
+        cv.best_epochs.append(res.best_epoch)
+        cv.history[f"fold_{f}"] = res.history
         log(f"fold {f + 1}/{cfg.folds}: {len(tr)} train / {len(va)} val / {len(held)} held out; best epoch "
             f"{res.best_epoch} of {res.epochs_run}; AUC {_fmt(m['auc'])}, balanced accuracy {_fmt(m['balanced_accuracy'])}")
-    return CrossValidation(oof, folds, fold_metrics, best_epochs, history, test_probs, fold_heads,
-                           [config_to_dict(h.opts) for h in fold_heads])  # type: ignore[arg-type]
+    return cv
 
 
 def run_train(
     features_dir: str | Path, labels_csv: str | Path, run_dir: str | Path, cfg: TrainConfig,
-    log: Log = _quiet, overwrite: bool = False,
+    log: Log = quiet, overwrite: bool = False,
 ) -> TrainSummary:
     """Cross-validate and train ``cfg.head`` on the labelled feature files; write the run folder."""
     t_start = time.perf_counter()
@@ -211,7 +187,7 @@ def run_train(
         f"({embed_dim}-d); bags {'on' if bagset.on_device else 'copied per batch to'} {device} "
         f"({bagset.nbytes / 2**20:.0f} MiB)")
     tuned = cfg.tune == "on"
-    cv = (cross_validate_tuned if tuned else cross_validate)(data, bagset, cfg, log)
+    cv = cross_validate(data, bagset, cfg, log)
     oof, folds, fold_metrics, best_epochs, history = cv.oof, cv.folds, cv.fold_metrics, cv.best_epochs, cv.history
 
     metric_keys = [k for k in fold_metrics[0] if k not in ("fold", "n_slides", "best_epoch", "epochs_run", "tuning")]
@@ -353,7 +329,7 @@ def predict_status_path(out_csv: str | Path) -> Path:
 
 
 def run_predict(
-    run_dir: str | Path, features_dir: str | Path, out_csv: str | Path, device: str = "auto", log: Log = _quiet,
+    run_dir: str | Path, features_dir: str | Path, out_csv: str | Path, device: str = "auto", log: Log = quiet,
 ) -> PredictSummary:
     """Predict every feature file in ``features_dir`` with the run's final model.
 

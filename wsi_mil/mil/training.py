@@ -31,6 +31,11 @@ from wsi_mil.mil.registry import create_head
 Log = Callable[[str], None]
 
 
+def quiet(_: str) -> None:
+    """A :data:`Log` that prints nothing."""
+    return None
+
+
 @dataclass
 class FitResult:
     """The weights kept (CPU copies), the epoch they come from (1-based) and per-epoch history."""

@@ -21,7 +21,6 @@ trial, and each inner fold's standardisation statistics are computed once per se
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,14 +35,9 @@ from wsi_mil.mil.config import TrainConfig
 from wsi_mil.mil.heads import Choice, FloatRange, IntRange, SearchSpace, head_entry
 from wsi_mil.mil.metrics import classification_metrics
 from wsi_mil.mil.splits import assign_folds, validation_split
-from wsi_mil.mil.training import build_head, fit, predict_probs
+from wsi_mil.mil.training import Log, build_head, fit, predict_probs, quiet
 
-Log = Callable[[str], None]
 HEAD_PREFIX = "head_options."
-
-
-def _quiet(_: str) -> None:
-    return None
 
 
 def search_space(cfg: TrainConfig) -> tuple[SearchSpace, list[str]]:
@@ -154,7 +148,7 @@ def _inner_folds(
 
 def search_settings(
     bagset: BagSet, targets: npt.NDArray[np.int64], groups: npt.NDArray[np.str_], pool: npt.NDArray[np.int64],
-    cfg: TrainConfig, class_names: list[str], seed: int, log: Log = _quiet,
+    cfg: TrainConfig, class_names: list[str], seed: int, log: Log = quiet,
 ) -> SearchResult:
     """Choose the settings of ``cfg.head`` by an inner CV of the slides at positions ``pool`` only.
 

@@ -185,10 +185,9 @@ class _Pyramid:
         if n >= len(self.levels):
             return
         f = self.factor
-        if pixels is not None or small is not None:
-            if small is None:
-                assert pixels is not None  # one of the two is given (checked above)
-                small = box_reduce(pixels, f)
+        if small is None and pixels is not None:
+            small = box_reduce(pixels, f)
+        if small is not None:
             r0 = (y // f) - self.strip_y[n]
             self.strips[n][r0:r0 + small.shape[0], x // f:x // f + small.shape[1]] = small  # type: ignore[index]
             self.glass[n][(x // f) // self.tile] = False  # type: ignore[index]

@@ -34,14 +34,13 @@ class FoldEnsemble(MILHead):
     def forward(self, features: Tensor, mask: Tensor, standardized: bool = False) -> tuple[Tensor, Tensor]:
         """Mean member probabilities (as logits `(B, C)`) and mean tile scores `(B, N, C)`."""
         check_inputs(features, mask, self.in_dim)
-        probs: Tensor | None = None
-        tiles: Tensor | None = None
-        for m in self.members:
+        first, *rest = self.members
+        logits, tiles = first(features, mask)
+        probs = torch.softmax(logits.float(), dim=-1)
+        for m in rest:
             lg, tl = m(features, mask)
-            p = torch.softmax(lg.float(), dim=-1)
-            probs = p if probs is None else probs + p
-            tiles = tl if tiles is None else tiles + tl
-        assert probs is not None and tiles is not None
+            probs = probs + torch.softmax(lg.float(), dim=-1)
+            tiles = tiles + tl
         k = len(self.members)
         return torch.log((probs / k).clamp(min=torch.finfo(probs.dtype).tiny)), tiles / k
 
