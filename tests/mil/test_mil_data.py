@@ -159,6 +159,29 @@ def test_bagset_sampling_and_whole_batches() -> None:
     assert sorted(seen) == [0, 1, 2]
 
 
+def test_dense_bag_block_gives_the_same_batches_as_per_bag_padding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small bags are also kept as one padded block (a batch = one gather): same tensors, same
+    masks and the same random draws as the per-bag copies it replaces."""
+    from wsi_mil.mil import bags as bags_module
+
+    rng = np.random.default_rng(0)
+    bags = [rng.standard_normal((n, 3)).astype(np.float16) for n in (5, 50, 20, 1, 12)]
+    dense = BagSet(bags)
+    monkeypatch.setattr(bags_module, "DENSE_BYTES", 0)
+    per_bag = BagSet(bags)
+    assert dense._dense is not None and per_bag._dense is None
+    for positions, k in (([0, 1, 2], None), ([3, 4], None), ([4, 0, 3], 12), ([1, 2], 10)):
+        a = dense.sample_batch(positions, k, torch.Generator().manual_seed(1))
+        b = per_bag.sample_batch(positions, k, torch.Generator().manual_seed(1))
+        torch.testing.assert_close(a[0], b[0], rtol=0, atol=0)
+        assert torch.equal(a[1], b[1])
+    got_a = [(p, f.clone(), m.clone()) for p, f, m in dense.whole_batches([0, 1, 2, 3, 4], 64)]
+    got_b = [(p, f.clone(), m.clone()) for p, f, m in per_bag.whole_batches([0, 1, 2, 3, 4], 64)]
+    assert [p for p, _, _ in got_a] == [p for p, _, _ in got_b]
+    for (_, fa, ma), (_, fb, mb) in zip(got_a, got_b, strict=True):
+        assert torch.equal(fa, fb) and torch.equal(ma, mb)
+
+
 def test_validation_split_on_tiny_folds_stays_grouped() -> None:
     targets = np.array([0, 0, 0, 1, 1, 1])
     groups = np.array(["a", "a", "b", "c", "d", "e"])

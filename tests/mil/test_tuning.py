@@ -172,3 +172,31 @@ def test_fold_ensemble_averages_members_probabilities() -> None:
     torch.testing.assert_close(tiles, (outs[0][1] + outs[1][1]) / 2)
     marks = ens.select(tiles, mask)
     assert (marks[:, :, 1] == 1).sum(dim=1).tolist() == [1, 1] and marks[1, 2:].abs().sum() == 0
+
+
+def test_the_settings_as_given_are_the_first_trial_and_are_replaced_only_by_a_better_score() -> None:
+    """Trial 0 of every search is the defaults; a search keeps them unless a searched trial scores
+    strictly higher on the same inner folds, and records which it did."""
+    from wsi_mil.mil.bags import BagSet
+
+    rng = np.random.default_rng(0)
+    y = np.array([i % 2 for i in range(24)], dtype=np.int64)
+    bags = [rng.standard_normal((6, 3)).astype(np.float32) + 1.5 * y[i] * (np.arange(6)[:, None] == 0) for i in range(24)]
+    bagset = BagSet(bags)
+    groups = np.array([f"c{i}" for i in range(24)])
+    pool = np.arange(24, dtype=np.int64)
+    base = TrainConfig(head="weldon", **{**FAST, "tune_folds": 3})
+    only_given = tuning.search_settings(bagset, y, groups, pool, base.model_copy(update={"tune_trials": 1}), ["0", "1"], 0)
+    defaults = {k: tuning._current_value(base, k) for k in tuning.search_space(base)[0]}
+    assert only_given.kept_given and only_given.chosen == defaults and only_given.n_trials == 1
+    assert only_given.record()["trials"] == 1 and only_given.trials[0]["given"]
+
+    res = tuning.search_settings(bagset, y, groups, pool, base.model_copy(update={"tune_trials": 6}), ["0", "1"], 0)
+    given_value = res.trials[0]["value"]
+    assert res.trials[0]["params"] == defaults and given_value == only_given.inner_score  # same inner folds
+    others = [t["value"] for t in res.trials[1:] if t["state"] == "complete"]
+    assert res.n_trials == 6 and len(res.trials) == 6
+    if res.kept_given:
+        assert all(v <= given_value for v in others) and res.chosen == defaults
+    else:
+        assert res.inner_score == max(others) > given_value

@@ -21,6 +21,9 @@ from wsi_mil.stores.features import check_encoder, read_feature_attrs, read_feat
 
 #: share of the free GPU memory the bags may take before they are kept in host memory instead
 GPU_MEMORY_SHARE = 0.6
+#: bags whose padded float32 block (n_bags, N_max, D) fits in this many bytes are also kept as that
+#: block, so a batch is one gather instead of one copy per bag (small bags: the classic MIL sets)
+DENSE_BYTES = 256 << 20
 
 
 @dataclass
@@ -101,6 +104,14 @@ class BagSet:
         self.sizes = np.array([t.shape[0] for t in tensors], dtype=np.int64)
         self.nbytes = total
         self._buffer: Tensor | None = None
+        self._dense: Tensor | None = None
+        self._lengths = torch.as_tensor(self.sizes, device=self.device)
+        dim = int(tensors[0].shape[1]) if tensors and tensors[0].ndim == 2 else 0
+        width = int(self.sizes.max()) if len(self.sizes) else 0
+        if self.on_device and dim and 0 < len(tensors) * width * dim * 4 <= DENSE_BYTES:
+            self._dense = torch.zeros(len(tensors), width, dim, dtype=torch.float32, device=self.device)
+            for i, t in enumerate(tensors):
+                self._dense[i, : t.shape[0]].copy_(t)
 
     def __len__(self) -> int:
         return len(self.bags)
@@ -128,6 +139,18 @@ class BagSet:
         mask = torch.arange(width, device=self.device).unsqueeze(0) < lengths.unsqueeze(1)
         return out, mask
 
+    def _gather(self, positions: Sequence[int]) -> tuple[Tensor, Tensor]:
+        """Whole bags from the dense block: the same (B, N_max_batch, D) and mask as :meth:`_pad`."""
+        dense = self._dense
+        if dense is None:
+            raise RuntimeError("BagSet._gather needs the dense block")
+        idx = torch.as_tensor(list(positions), dtype=torch.int64, device=self.device)
+        lengths = self._lengths.index_select(0, idx)
+        width = int(self.sizes[list(positions)].max())
+        feats = dense[:, :width].index_select(0, idx)
+        mask = torch.arange(width, device=self.device).unsqueeze(0) < lengths.unsqueeze(1)
+        return feats, mask
+
     def sample_batch(
         self, positions: Sequence[int], tiles_per_bag: int | None, generator: torch.Generator
     ) -> tuple[Tensor, Tensor]:
@@ -137,6 +160,8 @@ class BagSet:
         Returns features (B, T, D) float32 and mask (B, T) bool on the device, valid until the
         next batch is built (one buffer is reused).
         """
+        if self._dense is not None and (tiles_per_bag is None or int(self.sizes[list(positions)].max()) <= tiles_per_bag):
+            return self._gather(positions)
         draws = {}
         for p in positions:
             n = self.bags[p].shape[0]
@@ -183,6 +208,6 @@ class BagSet:
             while j < len(order) and (j - i + 1) * width <= tile_budget:
                 j += 1
             batch = order[i:j]
-            feats, mask = self._pad([self.bags[p] for p in batch])
+            feats, mask = self._gather(batch) if self._dense is not None else self._pad([self.bags[p] for p in batch])
             yield batch, feats, mask
             i = j

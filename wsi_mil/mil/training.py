@@ -129,7 +129,7 @@ def fit(
     weights = class_weights(targets[train_pos], head.n_classes, cfg.class_weighting)
     weights_dev = weights.to(device)
     targets_dev = torch.as_tensor(targets, dtype=torch.int64, device=device)
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout

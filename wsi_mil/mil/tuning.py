@@ -6,7 +6,10 @@ only, and one over all training slides for the final model. A search splits its 
 ``tune_folds`` inner folds (stratified, grouped by case: :func:`~wsi_mil.mil.splits.assign_folds`);
 each trial fits the head on every inner training part (early stopping on a grouped validation
 part of it, as the outer folds do) and scores the inner held-out fold. The trial's value is the
-AUC of its pooled inner out-of-fold predictions (balanced accuracy where AUC is undefined);
+AUC of its pooled inner out-of-fold predictions (balanced accuracy where AUC is undefined).
+The first trial is always the settings as given (the defaults): the search replaces them only
+with settings that score strictly higher on the same inner folds, so tuning cannot pick
+something its own inner evidence says is worse than not tuning;
 the running mean of the fold AUCs is reported after each inner fold, so Optuna's
 :class:`~optuna.pruners.MedianPruner` stops poor trials early. Sampling is
 :class:`~optuna.samplers.TPESampler` seeded from the run's seed: a given seed, data and device
@@ -109,13 +112,14 @@ class SearchResult:
     seconds: float = 0.0
     note: str = ""
     trials: list[dict[str, Any]] = field(default_factory=list)
+    kept_given: bool = False
 
     def record(self) -> dict[str, Any]:
         """The JSON record of metrics.json (settings chosen, inner score, budget used)."""
         return {"chosen": self.chosen, "inner_score": self.inner_score, "inner_metric": "auc",
                 "inner_folds": self.inner_folds, "best_epochs": self.best_epochs, "trials": self.n_trials,
                 "pruned": self.n_pruned, "seconds": round(self.seconds, 2), "searched": self.searched,
-                "fixed": self.fixed, **({"note": self.note} if self.note else {})}
+                "fixed": self.fixed, "kept_given": self.kept_given, **({"note": self.note} if self.note else {})}
 
 
 @dataclass
@@ -153,7 +157,8 @@ def search_settings(
     """Choose the settings of ``cfg.head`` by an inner CV of the slides at positions ``pool`` only.
 
     ``targets`` (n_bags,) int class per bag, ``groups`` (n_bags,) case ids; nothing outside
-    ``pool`` is read. Runs ``cfg.tune_trials`` trials (or until ``cfg.tune_timeout_s``).
+    ``pool`` is read. Runs ``cfg.tune_trials`` trials (or until ``cfg.tune_timeout_s``): the first
+    is the settings as given (the defaults), kept unless a searched trial scores strictly higher.
     """
     t0 = time.perf_counter()
     space, fixed = search_space(cfg)
@@ -167,10 +172,12 @@ def search_settings(
     in_dim, n_classes = int(bagset.bags[int(pool[0])].shape[1]), len(class_names)
     where = {int(p): i for i, p in enumerate(pool)}
 
-    def objective(trial: optuna.Trial) -> float:
-        trial_cfg = apply_settings(cfg, suggest(trial, space))
+    def evaluate(settings: dict[str, Any], trial: optuna.Trial | None) -> tuple[float, list[int], list[float]]:
+        """Inner-CV score of ``settings`` (pooled out-of-fold AUC), best epochs and running fold means;
+        reports each running mean to ``trial`` and stops early when Optuna prunes it."""
+        trial_cfg = apply_settings(cfg, settings)
         probs = np.full((len(pool), n_classes), np.nan)
-        scores, best = [], []
+        scores, best, running = [], [], []
         for j, part in enumerate(folds):
             head = build_head(trial_cfg, in_dim, n_classes, seed + 1000 * (j + 1))
             res = fit(head, bagset, targets, part.train, part.val, trial_cfg, seed + j,
@@ -179,12 +186,22 @@ def search_settings(
             probs[[where[int(i)] for i in part.held]] = p
             scores.append(inner_score(targets[part.held], p, class_names))
             best.append(res.best_epoch)
-            trial.report(float(np.mean(scores)), j)
-            if j < len(folds) - 1 and trial.should_prune():
-                raise optuna.TrialPruned()
-        trial.set_user_attr("best_epochs", best)
-        return inner_score(targets[pool], probs, class_names)
+            running.append(float(np.mean(scores)))
+            if trial is not None:
+                trial.report(running[-1], j)
+                if j < len(folds) - 1 and trial.should_prune():
+                    raise optuna.TrialPruned()
+        return inner_score(targets[pool], probs, class_names), best, running
 
+    def objective(trial: optuna.Trial) -> float:
+        value, best, _ = evaluate(suggest(trial, space), trial)
+        trial.set_user_attr("best_epochs", best)
+        return value
+
+    # The settings as given (the defaults) are always the first candidate: a search can only replace
+    # them with settings that score higher on the same inner folds.
+    given = {key: _current_value(cfg, key) for key in space}
+    given_value, given_best, given_running = evaluate({}, None)
     n = cfg.tune_trials
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the run's log reports each search
@@ -194,25 +211,63 @@ def search_settings(
             sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, n // 3))),
             pruner=optuna.pruners.MedianPruner(n_startup_trials=max(2, n // 4), n_warmup_steps=0),
         )
-        study.optimize(objective, n_trials=n, timeout=cfg.tune_timeout_s)
+        distributions = {key: _distribution(dist) for key, dist in space.items()}
+        added = all(_contains(distributions[k], v) for k, v in given.items())
+        if added:  # the sampler and the pruner learn from the given settings too
+            study.add_trial(optuna.trial.create_trial(
+                params=given, distributions=distributions, value=given_value,
+                intermediate_values=dict(enumerate(given_running)), user_attrs={"best_epochs": given_best}))
+        if n > 1:
+            study.optimize(objective, n_trials=n - 1, timeout=cfg.tune_timeout_s)
     finally:
         optuna.logging.set_verbosity(verbosity)
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
-    if not complete:
-        return SearchResult(base, {}, None, [], list(space), fixed, len(study.trials), pruned, len(folds),
-                            time.perf_counter() - t0, note="no trial completed: settings as given")
-    best = study.best_trial
-    chosen = {k: best.params[k] for k in space}
+    tried = study.trials[1:] if added else study.trials
+    searched = [t for t in tried if t.state == optuna.trial.TrialState.COMPLETE]
+    pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in tried)
+    n_run = 1 + len(tried)
+    trials = [{"number": 0, "state": "complete", "value": given_value, "params": given, "given": True}]
+    trials += [{"number": i + 1, "state": t.state.name.lower(), "value": t.value, "params": t.params}
+               for i, t in enumerate(tried)]
+    top = max(searched, key=lambda t: t.value if t.value is not None else -np.inf, default=None)
+    if top is None or top.value is None or top.value <= given_value:
+        result = SearchResult(base, given, given_value, given_best, list(space), fixed, n_run, pruned, len(folds),
+                              time.perf_counter() - t0, note="the settings as given scored best", trials=trials,
+                              kept_given=True)
+        log(f"  search: {n_run} trials ({pruned} pruned) on {len(pool)} slides, {len(folds)} inner folds, "
+            f"{result.seconds:.1f} s; inner AUC {given_value:.3f}: kept the settings as given")
+        return result
+    chosen = {k: top.params[k] for k in space}
     result = SearchResult(
-        apply_settings(cfg, chosen), chosen, float(best.value) if best.value is not None else None,
-        list(best.user_attrs.get("best_epochs", [])), list(space), fixed, len(study.trials), pruned, len(folds),
-        time.perf_counter() - t0,
-        trials=[{"number": t.number, "state": t.state.name.lower(), "value": t.value, "params": t.params}
-                for t in study.trials])
+        apply_settings(cfg, chosen), chosen, float(top.value), list(top.user_attrs.get("best_epochs", [])),
+        list(space), fixed, n_run, pruned, len(folds), time.perf_counter() - t0, trials=trials)
     log(f"  search: {result.n_trials} trials ({pruned} pruned) on {len(pool)} slides, {len(folds)} inner folds, "
-        f"{result.seconds:.1f} s; inner AUC {result.inner_score:.3f} with {_settings(chosen)}")
+        f"{result.seconds:.1f} s; inner AUC {result.inner_score:.3f} with {_settings(chosen)} "
+        f"(as given: {given_value:.3f})")
     return result
+
+
+def _current_value(cfg: TrainConfig, key: str) -> Any:
+    """The value ``cfg`` holds for a search-space key (``lr``, ``head_options.r``, ...)."""
+    if key.startswith(HEAD_PREFIX):
+        return getattr(cfg.head_options, key[len(HEAD_PREFIX):])
+    return getattr(cfg, key)
+
+
+def _contains(dist: optuna.distributions.BaseDistribution, value: Any) -> bool:
+    """Whether ``value`` is a point of ``dist`` (an ``l2`` of 0 is not one of a log range)."""
+    try:
+        return bool(dist._contains(dist.to_internal_repr(value)))
+    except ValueError:
+        return False
+
+
+def _distribution(dist: FloatRange | IntRange | Choice) -> optuna.distributions.BaseDistribution:
+    """The Optuna distribution :func:`suggest` draws ``dist`` from."""
+    if isinstance(dist, FloatRange):
+        return optuna.distributions.FloatDistribution(dist.low, dist.high, log=dist.log)
+    if isinstance(dist, IntRange):
+        return optuna.distributions.IntDistribution(dist.low, dist.high, log=dist.log)
+    return optuna.distributions.CategoricalDistribution(list(dist.choices))
 
 
 def _settings(chosen: dict[str, Any]) -> str:

@@ -28,8 +28,10 @@ class WeldonOptions(HeadOptions):
     negative_weight: float = Field(0.5, ge=0, description="weight of the negative evidence (WILDCAT alpha)")
 
     search_space: ClassVar[SearchSpace] = {
-        "head_options.k_top": Choice((1, 2, 3, 5, 10)),
-        "head_options.k_bottom": Choice((None, 1, 2, 3, 5, 10)),
+        # counts, and fractions of the bag: 0.5 top + 0.5 bottom with negative_weight 1 is the
+        # mean tile score, i.e. logistic regression on the mean-pooled features
+        "head_options.k_top": Choice((1, 2, 3, 5, 10, 0.1, 0.5)),
+        "head_options.k_bottom": Choice((None, 1, 2, 3, 5, 10, 0.1, 0.5)),
         "head_options.negative_weight": FloatRange(0.0, 1.0),
         "weight_decay": _WD,  # WELDON's L2 (decoupled)
         "lr": _LR,
