@@ -1,8 +1,9 @@
 """Shared by the cluster recipes: build the `wsi-mil run` command and run it.
 
 The recipes only start Dask clusters; the study itself is always the same `wsi-mil run`
-command, pointed at them with ``--scheduler`` (tile, heatmap) and ``--extract-scheduler``
-(extraction on GPU workers).
+command, pointed at one scheduler with ``--scheduler``: tile and heatmap tasks run on any of its
+workers, extraction tasks on its GPU workers (Dask resource ``GPU=1``) unless the study extracts
+on the CPU. (``--extract-scheduler``, a second scheduler for extraction, is still accepted.)
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def wsi_mil_executable() -> str:
@@ -32,6 +34,15 @@ def run_command(config: str, sets: list[str], scheduler: str | None, extract_sch
     if extract_scheduler:
         cmd += ["--extract-scheduler", extract_scheduler]
     return cmd + list(extra or [])
+
+
+def add_worker_specs(cluster: Any, specs: dict[str, dict[str, Any]]) -> None:
+    """Add workers of other kinds to a running ``SpecCluster`` (its scheduler): ``specs`` maps a
+    name to ``{"cls": ..., "options": {...}}`` (``"group"`` too for a job of several workers), as in
+    ``SpecCluster.worker_spec``; they start now (their errors are raised here). Do not call the
+    cluster's ``scale()`` afterwards: it would replace them with its own kind."""
+    cluster.worker_spec.update(specs)
+    cluster.sync(cluster._correct_state)
 
 
 def show(cmd: list[str]) -> str:

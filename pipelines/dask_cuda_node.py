@@ -1,10 +1,11 @@
 #!/usr/bin/env python
-"""Run a study on one node with several GPUs: dask-cuda for extraction, CPU processes for tiling.
+"""Run a study on one node with several GPUs: one Dask scheduler, GPU workers and CPU workers.
 
-Starts a ``dask_cuda.LocalCUDACluster`` (one worker per visible GPU, each pinned to its
-device) and a CPU ``LocalCluster`` (one process per remaining core), then runs
-``wsi-mil run CONFIG --scheduler CPU --extract-scheduler GPU``. SimCLR pretraining and the MIL
-head run in the ``wsi-mil run`` process on the first GPU.
+Starts a ``dask_cuda.LocalCUDACluster`` (one worker per visible GPU, each pinned to its device
+and advertising the Dask resource ``GPU=1``) and adds CPU worker processes (one per remaining
+core, no GPU visible) to the same scheduler, then runs ``wsi-mil run CONFIG --scheduler ADDRESS``:
+extraction tasks ask for ``GPU=1``, tiling and heatmap tasks run on any worker. SimCLR
+pretraining and the MIL head run in the ``wsi-mil run`` process on the first GPU.
 
     python pipelines/dask_cuda_node.py configs/resnet50_chowder.yaml --set slides=/data/slides --set job=/data/job
 
@@ -18,7 +19,7 @@ import argparse
 import os
 import sys
 
-from common import run, run_command, show, study_parser
+from common import add_worker_specs, run, run_command, show, study_parser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,9 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     cores = len(os.sched_getaffinity(0))
     if a.dry_run:
         gpus = a.gpus or "all visible GPUs"
-        print(f"# GPU cluster: dask_cuda.LocalCUDACluster(CUDA_VISIBLE_DEVICES={gpus}), one worker per GPU")
-        print(f"# CPU cluster: distributed.LocalCluster({a.cpu_workers or 'cores - GPUs'} processes, 1 thread each)")
-        print(show(run_command(a.config, a.sets, "tcp://CPU-SCHEDULER", "tcp://GPU-SCHEDULER")))
+        print(f"# one scheduler: dask_cuda.LocalCUDACluster(CUDA_VISIBLE_DEVICES={gpus}), one worker per GPU "
+              "with resources GPU=1")
+        print(f"# + {a.cpu_workers or 'cores - GPUs'} CPU worker processes (1 thread each, CUDA_VISIBLE_DEVICES='')")
+        print(show(run_command(a.config, a.sets, "tcp://SCHEDULER", None)))
         return 0
     # loader processes inside GPU workers need non-daemonic worker processes
     os.environ["DASK_DISTRIBUTED__WORKER__DAEMON"] = "False"
@@ -49,16 +51,17 @@ def main(argv: list[str] | None = None) -> int:
               "already extracts with one process per GPU)", file=sys.stderr)
         return 2
     import dask
-    from distributed import LocalCluster
+    from distributed import Nanny
 
     dask.config.set({"distributed.worker.daemon": False})
-    with LocalCUDACluster(CUDA_VISIBLE_DEVICES=a.gpus, threads_per_worker=1, dashboard_address=None) as gpu:
-        n_gpu = len(gpu.workers)
+    with LocalCUDACluster(CUDA_VISIBLE_DEVICES=a.gpus, threads_per_worker=1, dashboard_address=None,
+                          resources={"GPU": 1}) as cluster:
+        n_gpu = len(cluster.workers)
         n_cpu = a.cpu_workers or max(1, cores - n_gpu)
-        with LocalCluster(n_workers=n_cpu, threads_per_worker=1, processes=True, dashboard_address=None) as cpu:
-            print(f"{n_gpu} GPU worker(s) at {gpu.scheduler_address}; {n_cpu} CPU worker(s) at {cpu.scheduler_address}")
-            return run(run_command(a.config, a.sets, cpu.scheduler_address, gpu.scheduler_address))
-
+        add_worker_specs(cluster, {f"cpu-{i}": {"cls": Nanny, "options": {
+            "nthreads": 1, "env": {"CUDA_VISIBLE_DEVICES": ""}}} for i in range(n_cpu)})
+        print(f"{n_gpu} GPU worker(s) and {n_cpu} CPU worker(s) at {cluster.scheduler_address}")
+        return run(run_command(a.config, a.sets, cluster.scheduler_address, None))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,6 +9,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +32,21 @@ def shared_slides() -> Path:
 def cmu_slide(shared_slides: Path) -> Path:
     """CMU-1-Small-Region.svs: 2220 x 2967 px, 0.499 mpp, real H&E."""
     return shared_slides / "CMU-1-Small-Region.svs"
+
+
+#: scale of :func:`cmu_tissue` in µm/px
+CMU_TISSUE_MPP = 2.0
+
+
+@pytest.fixture(scope="session")
+def cmu_tissue(cmu_slide: Path) -> np.ndarray:
+    """Real H&E of CMU-1-Small-Region.svs at exactly 2 µm/px, (h, w, 3) uint8 (about 740 x 555 px):
+    the tissue that test-time TIFF variants (strips, OME, fluorescence look-alikes) are written from."""
+    from wsi_mil.slide import open_slide
+
+    with open_slide(cmu_slide) as s:
+        rgb, _ = s.read_at_mpp(CMU_TISSUE_MPP)
+    return np.ascontiguousarray(rgb)
 
 
 @pytest.fixture()

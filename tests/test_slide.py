@@ -88,7 +88,7 @@ def test_edge_cases_fail_cleanly(shared_slides: Path) -> None:
 def test_not_a_slide_and_missing(tmp_path: Path) -> None:
     text = tmp_path / "notes.txt"
     text.write_text("hello")
-    with pytest.raises(SlideError, match="not a slide format"):
+    with pytest.raises(SlideError, match="unsupported: not a slide format"):
         open_slide(text)
     with pytest.raises(SlideError, match="not found"):
         open_slide(tmp_path / "nope.svs")
@@ -110,3 +110,15 @@ def test_read_at_mpp_bounded_strips(cmu_slide: Path) -> None:
         strips, ds = s.read_at_mpp(8.0, max_strip_pixels=2220 * 40)
     assert ds == ds_full and full.shape == strips.shape == (186, 139, 3)
     assert np.abs(full.astype(int) - strips.astype(int)).mean() < 2.0
+
+
+def test_mpp_fallback_only_fills_in_missing_metadata(cmu_slide: Path, shared_slides: Path) -> None:
+    with open_slide(cmu_slide, mpp_fallback=1.0) as s:
+        assert s.mpp == pytest.approx(0.499) and s.mpp_source == "metadata" and s.metadata_mpp == pytest.approx(0.499)
+    with open_slide(cmu_slide, mpp=1.0) as s:
+        assert s.mpp == 1.0 and s.mpp_source == "override" and s.metadata_mpp == pytest.approx(0.499)
+    with open_slide(shared_slides / "boxes.tiff", mpp_fallback=1.0) as s:
+        assert s.mpp == 1.0 and s.mpp_source == "fallback" and s.metadata_mpp is None
+        assert "implausible mpp 352.7" in s.mpp_problem
+    with pytest.raises(SlideError, match="outside the plausible range"):
+        open_slide(cmu_slide, mpp_fallback=500.0)

@@ -20,21 +20,33 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class StrictModel(BaseModel):
-    """Base of every config section: unknown keys are errors, assignments are validated."""
+    """Base of every config section: unknown keys are errors, assignments are validated, and no
+    number may be NaN or infinite (``--set tiling.target_mpp=inf`` is an error, not a hang)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    """One line naming each bad key (dotted path) and what is wrong with it."""
-    parts = []
+def format_validation_error(
+    exc: ValidationError, source: str, origins: dict[tuple[str, ...], str] | None = None
+) -> str:
+    """One line naming each bad key (dotted path) and what is wrong with it.
+
+    ``origins`` maps key paths to where their value came from (``--set KEY=VALUE``, a CLI option):
+    an error under such a key blames that origin instead of ``source`` (the file).
+    """
+    blamed: dict[str, list[str]] = {}
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(root)"
+        loc = tuple(str(p) for p in err["loc"])
+        key = ".".join(loc) or "(root)"
         if err["type"] == "extra_forbidden":
-            parts.append(f"unknown key '{key}'")
+            text = f"unknown key '{key}'"
+        elif err["type"] == "missing":
+            text = f"missing required key '{key}'"
         else:
-            parts.append(f"'{key}': {err['msg']} (got {err.get('input')!r})")
-    return f"{source}: invalid config: " + "; ".join(parts)
+            text = f"'{key}': {err['msg']} (got {err.get('input')!r})"
+        origin = next((origins[loc[:n]] for n in range(len(loc), 0, -1) if origins and loc[:n] in origins), source)
+        blamed.setdefault(origin, []).append(text)
+    return "; ".join(f"{origin}: invalid config: " + "; ".join(parts) for origin, parts in blamed.items())
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -46,6 +58,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save the config as UTF-8") from exc
+    except (OSError, RecursionError) as exc:
+        raise ConfigError(f"{path}: cannot read the config ({type(exc).__name__}: {exc})") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -113,14 +129,18 @@ def build_config(
             if not isinstance(sub, dict):
                 raise ConfigError(f"{path}: '{section}' must be a mapping")
             data = sub
+    origins: dict[tuple[str, ...], str] = {}
     for k, v in (cli or {}).items():
         if v is not None:
             data[k] = v
+            origins[(k,)] = f"command-line option for '{k}'"
+    for text in overrides or []:
+        origins[tuple(parse_override(text)[0])] = f"--set {text}"
     data = apply_overrides(data, overrides)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from exc
+        raise ConfigError(format_validation_error(exc, source, origins)) from exc
 
 
 def config_to_dict(cfg: BaseModel) -> dict[str, Any]:

@@ -46,6 +46,11 @@ def patch_store_path(job: str | Path, slide_id: str) -> Path:
     return patches_dir(job) / f"{slide_id}.zarr"
 
 
+def features_root(job: str | Path) -> Path:
+    """``JOB/features``: one folder per encoder id."""
+    return Path(job) / FEATURES
+
+
 def features_dir(job: str | Path, encoder_id: str) -> Path:
     """``JOB/features/{encoder_id}``: one ``{slide_id}.h5`` feature file per slide."""
     return Path(job) / FEATURES / encoder_id

@@ -15,8 +15,11 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from wsi_mil.errors import WsiMilError
+from wsi_mil.errors import ConfigError, WsiMilError
 from wsi_mil.runrecord import FAILED, SlideStatus
+
+#: the Dask worker resource a GPU worker advertises (``dask worker --resources GPU=1``)
+GPU_RESOURCE = "GPU"
 
 
 def default_workers() -> int:
@@ -41,6 +44,9 @@ def dask_client(
     """
     from distributed import Client, LocalCluster
 
+    if workers is not None and workers < 0:  # a local cluster of -1 workers waits for ever
+        raise ConfigError(f"workers={workers}: give 0 (no Dask, all in this process) or a positive number of "
+                          "worker processes")
     if scheduler:
         try:
             client = Client(scheduler)  # connect timeout: dask config distributed.comm.timeouts.connect
@@ -66,6 +72,32 @@ def dask_client(
         yield client
 
 
+def worker_resources(client: Any) -> dict[str, dict[str, float]]:
+    """The resources each worker of ``client``'s scheduler advertises: ``{address: {name: amount}}``."""
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    return {addr: dict(info.get("resources") or {}) for addr, info in workers.items()}
+
+
+def device_resources(client: Any, device: str) -> dict[str, float] | None:
+    """What a task on ``device`` asks of a worker: ``{"GPU": 1}`` or ``None`` (any worker).
+
+    ``device`` is a stage's device setting: ``cpu`` runs on any worker (its CPU); ``cuda`` or
+    ``cuda:N`` needs a worker with the ``GPU`` resource and fails fast when none has it; ``auto``
+    asks for a GPU worker when the cluster has one, else runs on any worker.
+    """
+    text = device.strip().lower()
+    if text == "cpu":
+        return None
+    if any(res.get(GPU_RESOURCE, 0) > 0 for res in worker_resources(client).values()):
+        return {GPU_RESOURCE: 1}
+    if text == "auto":
+        return None
+    raise WsiMilError(
+        f"device '{device}': no worker of the Dask scheduler {client.scheduler.address} has the resource "
+        f"{GPU_RESOURCE}; start GPU workers with 'dask worker ... --resources {GPU_RESOURCE}=1' or set device: cpu"
+    )
+
+
 def run_slide_tasks(
     client: Any,
     task: Callable[..., SlideStatus],
@@ -77,8 +109,11 @@ def run_slide_tasks(
 ) -> list[SlideStatus]:
     """Submit ``task(*args)`` for each ``(slide_id, source, args)``; call ``on_done`` as each ends.
 
-    Returns the statuses in completion order. A task that raises (or whose worker died) becomes
-    a ``failed`` status with a one-line reason.
+    ``resources``: what each task asks of a worker (e.g. ``{"GPU": 1}``; see
+    :func:`device_resources`). Returns the statuses in completion order. A task that raises (or
+    whose worker died more often than ``distributed.scheduler.allowed-failures``) becomes a
+    ``failed`` status with a one-line reason; a task whose worker was lost fewer times is run
+    again elsewhere by Dask.
     """
     from distributed import as_completed
 
@@ -117,9 +152,11 @@ def map_slides(
     scheduler: str | None = None,
     workers: int | None = None,
     show_progress: bool = True,
+    resources: dict[str, float] | None = None,
 ) -> list[SlideStatus]:
     """Run ``task(*args)`` per slide: in this process when ``workers == 0`` and no scheduler
-    (debugging, no Dask), else one Dask task per slide (local cluster or ``scheduler``).
+    (debugging, no Dask), else one Dask task per slide (local cluster or ``scheduler``), each
+    asking for ``resources`` (Dask worker resources, e.g. ``{"GPU": 1}``; local clusters have none).
 
     Returns the statuses sorted by slide id; ``on_done`` sees each as it ends.
     """
@@ -131,5 +168,6 @@ def map_slides(
             statuses.append(status)
     else:
         with dask_client(scheduler, workers) as client:
-            statuses = run_slide_tasks(client, task, items, on_done, description, show_progress)
+            statuses = run_slide_tasks(client, task, items, on_done, description, show_progress,
+                                       resources if scheduler else None)
     return sorted(statuses, key=lambda s: s.slide_id)

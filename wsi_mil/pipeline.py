@@ -36,23 +36,34 @@ from wsi_mil import __version__
 from wsi_mil.atomic import write_json_atomic, write_text_atomic
 from wsi_mil.config import config_to_dict
 from wsi_mil.encoders import is_encoder_dir, read_encoder_json, resolve_arch
-from wsi_mil.errors import ConfigError, EncoderError, LabelsError, StoreError
+from wsi_mil.errors import ConfigError, EncoderError, LabelsError, StoreError, WsiMilError
 from wsi_mil.extract import stage as extract_stage
 from wsi_mil.heatmaps import stage as heatmap_stage
 from wsi_mil.heatmaps.config import check_cmap
-from wsi_mil.jobdir import features_dir, patch_store_path, patches_dir, pipeline_record_path, pretrain_checkpoint_path
+from wsi_mil.jobdir import (
+    features_dir,
+    patch_store_path,
+    patches_dir,
+    pipeline_record_path,
+    pretrain_checkpoint_path,
+    status_path,
+)
 from wsi_mil.mil import stage as mil_stage
-from wsi_mil.mil.labels import read_labels
+from wsi_mil.mil.labels import LabelTable, check_class_counts, describe_classes, read_labels
+from wsi_mil.mil.targets import TargetTable, check_table_folds, read_targets
+from wsi_mil.outputs import ENCODER_FOLDER, MODEL_RUN, OutputError, check_replaceable, check_writable, output_error
 from wsi_mil.parallel import dask_client
 from wsi_mil.runrecord import DONE, FAILED, SKIPPED, SlideStatus
-from wsi_mil.slide import scan_slides
+from wsi_mil.slide import scan_inputs, scan_slides
 from wsi_mil.ssl import stage as ssl_stage
 from wsi_mil.ssl.checkpoint import CheckpointError
 from wsi_mil.stores.common import file_fingerprint, slide_id_of
 from wsi_mil.stores.features import list_feature_files
-from wsi_mil.stores.patches import is_complete_patch_store, list_patch_stores, open_patch_store
+from wsi_mil.stores.patches import is_complete_patch_store
 from wsi_mil.study import StudyConfig, study_to_yaml
+from wsi_mil.tiling import reuse
 from wsi_mil.tiling import stage as tiling_stage
+from wsi_mil.tiling.mpp import mpp_requests
 
 Log = Callable[[str], None]
 #: a context-manager factory called around each stage (benchmarks use it to sample memory)
@@ -107,6 +118,16 @@ class PipelineReport:
     def exit_code(self) -> int:
         """0: every slide went through; 1: some slides failed (the study still finished)."""
         return 1 if self.failed else 0
+
+
+#: attribute set on the error that stopped :func:`run_study`: the :class:`PipelineReport` until then
+STOPPED_REPORT = "study_report"
+
+
+def stopped_report(exc: BaseException) -> PipelineReport | None:
+    """What ran before ``exc`` stopped the study (failed slides and their reasons included), if it did."""
+    report = getattr(exc, STOPPED_REPORT, None)
+    return report if isinstance(report, PipelineReport) else None
 
 
 def _quiet(_: str) -> None:
@@ -215,7 +236,8 @@ def preflight(cfg: StudyConfig, slides: list[Path], labels: Path) -> tuple[list[
             raise EncoderError(f"encoder.weights: {enc.weights} not found; give the path of a weights file "
                                "(.safetensors/.pth/.bin) or an encoder folder (in Docker: mount it under /weights)")
     check_cmap(cfg.heatmap.cmap)
-    table = read_labels(labels, cfg.train.classes)
+    check_outputs(cfg)
+    table = _read_study_labels(labels, cfg)
     sources = scan_slides(list(slides))
     if not sources:
         raise ConfigError(f"slides: no slide files found in {', '.join(str(p) for p in slides)}")
@@ -232,27 +254,70 @@ def preflight(cfg: StudyConfig, slides: list[Path], labels: Path) -> tuple[list[
     unlabelled = len(set(found) - {r.slide_id for r in table.rows})
     if unlabelled:
         warnings.append(f"{unlabelled} slide(s) are not in {labels.name}: tiled, extracted and drawn, not trained on")
+    usable = table.subset(set(found))
+    _check_study_folds(usable, cfg.train.folds)
+    if isinstance(table, LabelTable) and len(table.class_names) > 2 and cfg.train.classes is None:
+        warnings.append(f"{labels}: {len(table.class_names)} classes, a multi-class study; "
+                        f"{describe_classes([r.label for r in table.rows], table.class_names)} (if you expected two, "
+                        "fix the stray labels or set train.classes)")
     return found, warnings
 
 
+#: how a study's advice names the number of folds (``run`` has no ``--folds`` option)
+STUDY_FOLDS_OPTION = "train.folds (--set train.folds=N)"
+
+
+def _read_study_labels(labels: Path, cfg: StudyConfig) -> LabelTable | TargetTable:
+    """The study's labels CSV read as its task needs: classes, or survival / regression targets."""
+    if cfg.train.task == "classification":
+        return read_labels(labels, cfg.train.classes)
+    return read_targets(labels, cfg.train.task)
+
+
+def _check_study_folds(table: LabelTable | TargetTable, folds: int) -> None:
+    """Enough training cases per class (or with an event, or at all) for ``folds`` folds."""
+    if isinstance(table, LabelTable):
+        check_class_counts(table, folds, STUDY_FOLDS_OPTION)
+    else:
+        check_table_folds(table, folds, STUDY_FOLDS_OPTION)
+
+
+def check_outputs(cfg: StudyConfig) -> None:
+    """Refuse, before any work, outputs that cannot be written or must not be replaced.
+
+    The job folder must be a folder that can be written; an existing run, encoder or heatmap
+    folder of this study must be of its kind; existing patch stores must have been cut with
+    this study's tiling parameters (:func:`check_existing_stores`).
+    """
+    job = cfg.job.expanduser().resolve()
+    if job.exists() and not job.is_dir():
+        raise OutputError(f"job: {job} is a file; 'job' must be a folder (choose another path or move the file)")
+    check_writable(job, folder=True)
+    check_replaceable(cfg.run_dir(job), MODEL_RUN)
+    if cfg.encoder.is_simclr:
+        check_replaceable(cfg.simclr_dir(job), ENCODER_FOLDER)
+    hdir = cfg.heatmap_dir(job)
+    if hdir.exists() and not hdir.is_dir():
+        raise OutputError(f"{hdir}: is a file, not a heatmap folder; move it away")
+    pred = cfg.predictions_csv(job)
+    if pred.is_dir():
+        raise OutputError(f"{pred}: is a folder, not a predictions CSV; move it away")
+    if job.is_dir():
+        check_existing_stores(job, cfg)
+
+
 def check_existing_stores(job: Path, cfg: StudyConfig) -> None:
-    """Refuse a job folder whose patch stores were cut with other tiling parameters.
+    """Refuse a job folder whose patch stores were cut with other tiling parameters (the tile
+    stage's own check, :func:`wsi_mil.tiling.reuse.check_existing_stores`, with ``run``'s advice).
 
     Mixing tilings in one job would silently train on stale tiles; the fix is another job
     folder (or deleting ``JOB/patches`` to re-tile).
     """
-
-    want = config_to_dict(cfg.tiling)
-    for p in list_patch_stores(job):
-        if not is_complete_patch_store(p):
-            continue
-        have = open_patch_store(p).attrs.get("config")
-        if have != want:
-            diff = sorted(k for k in set(want) | set(have or {}) if (have or {}).get(k) != want.get(k))
-            raise ConfigError(
-                f"tiling: {p} was cut with other tiling parameters ({', '.join('tiling.' + k for k in diff)} "
-                f"differ from this study); use another 'job' folder, set them back, or delete {job / 'patches'} "
-                "to tile again")
+    sources = scan_inputs([p.expanduser().resolve() for p in cfg.slides]).sources
+    requests, _ = mpp_requests([s.slide_id for s in sources], cfg.tiling)
+    reuse.check_existing_stores(
+        job, sources, cfg.tiling, requests,
+        advice=f"use another 'job' folder, set them back, or delete {patches_dir(job)} to tile again", prefix="tiling.")
 
 
 # -- stages ----------------------------------------------------------------------------------------
@@ -261,6 +326,8 @@ def _stage_tile(ctx: _Context) -> StageResult:
     report = tiling_stage.run_tile(ctx.slides, ctx.job, ctx.cfg.tiling, scheduler=ctx.scheduler, workers=ctx.workers,
                          progress=ctx.progress)
     ctx.fail("tile", report.statuses)
+    for line in report.notes():  # zero-tile warnings with their likely reason, skipped input entries
+        ctx.log(line)
     c = _counts(report.statuses)
     tiles = sum(s.n_tiles for s in report.statuses if s.ok)
     return StageResult("tile", DONE if c[DONE] or c[FAILED] else SKIPPED,
@@ -345,6 +412,7 @@ def _stage_train(ctx: _Context) -> StageResult:
     ctx.train_fp = fp
     if ctx.state.is_done("train", fp) and (run_dir / "metrics.json").is_file():
         return StageResult("train", SKIPPED, detail=f"{run_dir} is up to date")
+    _check_study_folds(_read_study_labels(ctx.labels, ctx.cfg).subset(set(ctx.ok)), tcfg.folds)
     ctx.state.mark("train", fp, "running")
     ctx.log(f"  train: {tcfg.head}, {tcfg.folds}-fold cross-validation -> {run_dir}")
     summary = mil_stage.run_train(fdir, ctx.labels, run_dir, tcfg, log=(lambda s: ctx.log(f"    {s}")) if ctx.progress else _quiet,
@@ -414,6 +482,9 @@ def run_study(
     this process) and extraction runs here on ``cfg.extract.device``. ``stop_after``: the name
     of the last stage to run. ``monitor(stage)`` wraps each stage (e.g. to sample memory).
     """
+    if workers is not None and workers < 0:
+        raise ConfigError(f"--workers {workers}: give 0 (no Dask, all in this process) or a positive number of "
+                          "worker processes")
     if stop_after is not None and stop_after not in STAGES:
         raise ConfigError(f"--stop-after {stop_after!r}: choose one of {', '.join(STAGES)}")
     if stop_after == "pretrain" and not cfg.encoder.is_simclr:
@@ -423,11 +494,8 @@ def run_study(
     job = cfg.job.expanduser().resolve()
     labels = cfg.labels.expanduser().resolve()
     slides = [p.expanduser().resolve() for p in cfg.slides]
-    if job.exists() and not job.is_dir():
-        raise ConfigError(f"job: {job} is a file; 'job' must be a folder")
     found, warnings = preflight(cfg, slides, labels)
     job.mkdir(parents=True, exist_ok=True)
-    check_existing_stores(job, cfg)
     write_text_atomic(job / "study.yaml", "# the effective study config of the last 'wsi-mil run' (written by it)\n"
                       + study_to_yaml(cfg))
     state = PipelineState(job)
@@ -443,20 +511,35 @@ def run_study(
         for name, fn in plan:
             log(f"[{len(results) + 1}/{len(plan)}] {name}")
             t0 = time.perf_counter()
-            with monitor(name):
-                res = fn(ctx)
+            try:
+                with monitor(name):
+                    res = fn(ctx)
+                if name == "tile" and not any(s for s in _ok_stores(job, found)):
+                    raise StoreError(f"{patches_dir(job)}: no slide was tiled ({len(ctx.failed)} failed, reasons "
+                                     f"above); see {status_path(job, 'tile')}")
+            except (WsiMilError, OSError) as exc:
+                # whatever stage ends the run, the summary (failed slides and their reasons) goes with the error
+                err = exc if isinstance(exc, WsiMilError) else output_error(exc)
+                results.append(StageResult(name, FAILED, time.perf_counter() - t0, detail=str(err)))
+                setattr(err, STOPPED_REPORT, _finish(ctx, results, len(found), t_start))
+                if err is exc:
+                    raise
+                raise err from exc
             res.seconds = time.perf_counter() - t0
             results.append(res)
             log(f"  {name} {res.status} in {res.seconds:.1f} s: {res.detail}")
-            if name == "tile" and not any(s for s in _ok_stores(job, found)):
-                raise StoreError(f"{patches_dir(job)}: no slide was tiled ({len(ctx.failed)} failed); see "
-                                 f"{job / 'status' / 'tile.csv'} for the reasons")
             if name == stop_after:
                 break
-    report = _report(ctx, results, len(found), time.perf_counter() - t_start)
-    state.save(last_run={"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "wsi_mil_version": __version__,
-                         "seconds": round(report.seconds, 2), "stages": [asdict(r) for r in results],
-                         "failed": report.failed, "auc": report.auc})
+    return _finish(ctx, results, len(found), t_start)
+
+
+def _finish(ctx: _Context, results: list[StageResult], n_slides: int, t_start: float) -> PipelineReport:
+    """The report of this run, also recorded as ``last_run`` in ``JOB/status/pipeline.json``."""
+    report = _report(ctx, results, n_slides, time.perf_counter() - t_start)
+    with contextlib.suppress(OSError, WsiMilError):  # a record that cannot be written must not hide the summary
+        ctx.state.save(last_run={"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "wsi_mil_version": __version__,
+                                 "seconds": round(report.seconds, 2), "stages": [asdict(r) for r in results],
+                                 "failed": report.failed, "auc": report.auc})
     return report
 
 

@@ -3,6 +3,10 @@
 One row per slide with its status (``done``, ``failed``, ``skipped``), the one-line reason of a
 failure, the number of tiles and the seconds it took. The file is rewritten atomically after
 every slide, so it is always readable and never half-written, even after SIGKILL.
+
+A full disk stops a batch: the slide being written fails with the cause, is recorded, and
+:meth:`RunRecord.record` raises :class:`~wsi_mil.outputs.DiskFullError` (one line) so no further
+slide is tried; finished slides are kept and the same command resumes after space is freed.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 
 from wsi_mil.atomic import write_text_atomic
 from wsi_mil.errors import WsiMilError
+from wsi_mil.outputs import DiskFullError, is_disk_full, os_error_line, output_error
 
 DONE = "done"
 FAILED = "failed"
@@ -77,6 +82,8 @@ def guard_slide(slide_id: str, source: str, doing: str, work: Callable[[], Slide
         reason = str(exc)
     except MemoryError:
         reason = f"{source}: out of memory while {doing}"
+    except OSError as exc:  # a write (or read) the system refused: name the path and the cause
+        reason = one_line(os_error_line(exc, None if exc.filename else (where or source), doing))
     except Exception as exc:  # a library error we did not anticipate: record it, carry on
         reason = one_line(f"{where or source}: unexpected {type(exc).__name__}: {exc}")
     return SlideStatus(slide_id, source, FAILED, reason, 0, time.perf_counter() - t0)
@@ -92,11 +99,28 @@ class RunRecord:
             self.rows = {r.slide_id: r for r in read_run_record(self.path)}
 
     def record(self, row: SlideStatus) -> None:
-        """Add or replace a slide's row and rewrite the file atomically."""
+        """Add or replace a slide's row and rewrite the file atomically.
+
+        Raises :class:`~wsi_mil.outputs.DiskFullError` after recording a slide that failed on a
+        full disk (or when the record itself cannot be written for lack of space): the batch stops.
+        """
         self.rows[row.slide_id] = row
-        self.save()
+        try:
+            self.save()
+        except DiskFullError as exc:
+            raise DiskFullError(f"{exc}; the batch stopped at slide {row.slide_id} (finished slides are kept)") from exc
+        if row.status == FAILED and is_disk_full(row.reason):
+            raise DiskFullError(f"{row.reason}; the batch stopped at this slide (recorded in {self.path}; finished "
+                                "slides are kept): free disk space and run the same command again")
 
     def save(self) -> None:
+        """Rewrite the record atomically; an OS error becomes one :class:`~wsi_mil.outputs.OutputError` line."""
+        try:
+            self._save()
+        except OSError as exc:
+            raise output_error(exc, self.path) from exc
+
+    def _save(self) -> None:
         buf = io.StringIO()
         names = [f.name for f in fields(SlideStatus)]
         writer = csv.DictWriter(buf, fieldnames=names, lineterminator="\n")

@@ -12,7 +12,7 @@ from PIL import Image
 
 from wsi_mil.errors import WsiMilError
 from wsi_mil.heatmaps.geojson import tile_class_names, write_tiles_geojson
-from wsi_mil.heatmaps.montage import HEADING_PX, PAD, montage_size, render_montage_png, top_bottom_indices
+from wsi_mil.heatmaps.montage import CAPTION_PX, HEADING_PX, PAD, montage_size, render_montage_png, top_bottom_indices
 from wsi_mil.heatmaps.ometiff import level_shapes, write_score_ometiff
 from wsi_mil.heatmaps.overlay import OverlayOptions, overlay_layout, render_overlay_png
 from wsi_mil.heatmaps.render import OUTPUTS, RenderOptions, SlideArrays, choose_class, render_slide
@@ -344,6 +344,25 @@ def test_montage_reads_the_right_tiles(tmp_path):
         rgb = np.asarray(im.convert("RGB"))
     first = rgb[PAD + HEADING_PX + 20, PAD + 20]
     assert abs(int(first[0]) - 29 * 8) <= 2
+
+
+@pytest.mark.parametrize("cell", [40, 96, 160])
+def test_montage_captions_stay_under_their_tile(tmp_path, cell):
+    """Captions of long ids, long scores and selection marks never reach into the neighbour's column."""
+    n, k = 400_000, 8
+    scores = np.linspace(-0.000123456, 12345.678, n).astype(np.float32)
+    sel = np.zeros(n, np.int8)
+    sel[-k:], sel[:k] = 1, -1  # every shown tile carries a mark
+    render_montage_png(tmp_path / "t.png", None, scores, sel, "tumor", k=k, cell=cell)
+    with Image.open(tmp_path / "t.png") as im:
+        rgb = np.asarray(im.convert("L")).astype(int)
+    for row in range(2):
+        y0 = PAD + row * (HEADING_PX + cell + CAPTION_PX + PAD) + HEADING_PX + cell
+        band = rgb[y0:y0 + CAPTION_PX]
+        assert (band < 128).any()  # captions are drawn
+        for j in range(k - 1):  # the gap between tile j and tile j + 1 stays white
+            gap = band[:, PAD + j * (cell + PAD) + cell:PAD + (j + 1) * (cell + PAD)]
+            assert (gap > 200).all(), (cell, row, j)
 
 
 # --- the whole slide ------------------------------------------------------------------------------

@@ -96,7 +96,9 @@ def write_run(run_dir: Path) -> None:
     config = {"head": "weldon", "head_options": opts, "class_names": ["normal", "tumor"],
               "encoder_id": ENCODER, "embed_dim": D}
     preds = rows_to_csv([{"slide_id": "s1", "label": "tumor"}, {"slide_id": "s2", "label": "normal"},
-                         {"slide_id": "s-nofeat", "label": "tumor"}], ["slide_id", "label"])
+                         {"slide_id": "s-nofeat", "label": "tumor"},
+                         {"slide_id": "s-trainonly", "label": "normal"}],  # a training slide of another job
+                        ["slide_id", "label"])
     save_model_run(run_dir, head, config, {"predictions.csv": preds})
 
 
@@ -136,6 +138,7 @@ def rendered(job_and_run, tmp_path_factory):
 def test_statuses_and_record(rendered):
     job, run, coords, out, report = rendered
     st = {s.slide_id: s for s in report.statuses}
+    # the job's slides only: the run's training slide 's-trainonly' (not in this job) is not tried
     assert set(st) == {"s1", "s2", "s-empty", "s-nofeat", "s-nostore", "s-otherenc", "s-shifted"}
     assert st["s1"].status == "done" and st["s1"].n_tiles == len(coords) and st["s1"].reason == ""
     assert st["s2"].status == "done" and "thumbnail unavailable" in st["s2"].reason
@@ -191,6 +194,7 @@ def test_cohort_page_lists_every_slide_with_reasons(rendered):
     assert "no feature file" in html and "patch store not found" in html and "no tissue" in html
     assert 'src="s1/overlay.png"' in html
     assert "encoder test-encoder" in html
+    assert "s-trainonly" not in html  # issue 14 item 9: a run's training slides are not drawn or reported
 
 
 def test_resume_skips_complete_slides_and_overwrite_redraws(rendered):

@@ -197,6 +197,10 @@ def test_the_settings_as_given_are_the_first_trial_and_are_replaced_only_by_a_be
     others = [t["value"] for t in res.trials[1:] if t["state"] == "complete"]
     assert res.n_trials == 6 and len(res.trials) == 6
     if res.kept_given:
-        assert all(v <= given_value for v in others) and res.chosen == defaults
+        assert res.chosen == defaults and max(others) - given_value <= res.margin
     else:
-        assert res.inner_score == max(others) > given_value
+        assert res.inner_score == max(others) > given_value + res.margin > given_value
+    # a searched trial that beats the defaults by less than the paired standard error does not replace them
+    se = tuning._paired_se(y, np.tile([[0.6, 0.4]], (24, 1)) + 0.01 * rng.random((24, 1)) * [[-1, 1]],
+                           np.tile([[0.5, 0.5]], (24, 1)), ["0", "1"], "classification", 0)
+    assert se > 0

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from wsi_mil.cli import main
+from wsi_mil.errors import ConfigError
 from wsi_mil.runrecord import read_run_record
 from wsi_mil.slide import open_slide
 from wsi_mil.stores.patches import is_complete_patch_store, open_patch_store
@@ -109,7 +110,9 @@ def test_mpp_override_reads_from_the_matching_level(shared_slides: Path, job: Pa
                  "--workers", "0", "--no-progress"])
     assert code == 0
     store = open_patch_store(job / "patches" / "tcga-cr-7395-01a-01-ts1.zarr")
-    assert store.attrs["mpp_source"] == "override" and store.attrs["read_level"] == 1
+    assert store.attrs["mpp_source"] == "fallback" and store.attrs["mpp_given_by"] == "--mpp"
+    assert store.attrs["mpp_metadata"] is None and "no mpp" in store.attrs["mpp_metadata_problem"]
+    assert store.attrs["read_level"] == 1
     assert store.attrs["resampled"] is False and store.n_tiles > 10
     assert store.tile_size_level0 == 448.0
 
@@ -131,9 +134,10 @@ def test_resume_skips_complete_and_redoes_damaged(cmu_slide: Path, tmp_path: Pat
     by_id = {s.slide_id: s.status for s in report.statuses}
     assert by_id == {"slide00": "skipped", "slide01": "done", "slide02": "skipped"}
     assert is_complete_patch_store(damaged)
-    # other parameters: refuse to mix, unless --overwrite
-    report = run_tile([slides], job, TilingConfig(tile_size=256), workers=0)
-    assert all(s.status == "failed" and "--overwrite" in s.reason for s in report.statuses)
+    # other parameters: refuse to mix before any work, naming the parameter and both values, unless --overwrite
+    with pytest.raises(ConfigError, match=r"3 existing store.*tile_size: 224 in the job's stores, 256 in this run.*--overwrite"):
+        run_tile([slides], job, TilingConfig(tile_size=256), workers=0)
+    assert open_patch_store(damaged).tile_size == 224
     report = run_tile([slides], job, TilingConfig(tile_size=256), workers=0, overwrite=True)
     assert all(s.status == "done" for s in report.statuses)
     assert open_patch_store(damaged).tile_size == 256

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Sequence
 
 import typer
@@ -9,7 +11,8 @@ from rich.console import Console
 
 from wsi_mil.runrecord import FAILED, SlideStatus
 
-console = Console(stderr=False, highlight=False)
+#: soft_wrap: a long line (a path) is never split at 80 columns when stdout is a file or a pipe
+console = Console(stderr=False, highlight=False, soft_wrap=True)
 
 
 def print_batch_summary(stage: str, statuses: Sequence[SlideStatus], record_path: object) -> int:
@@ -24,6 +27,20 @@ def print_batch_summary(stage: str, statuses: Sequence[SlideStatus], record_path
     for s in failed:
         console.print(f"  failed {s.slide_id}: {s.reason}", markup=False, soft_wrap=True)
     return 1 if failed else 0
+
+
+def finite_positive(value: float | None) -> float | None:
+    """Typer callback: a number option must be finite and > 0 (``nan``, ``inf``, ``0``, ``-1`` are errors)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"{value} is not a finite number > 0")
+    return value
+
+
+def device_name(value: str | None) -> str | None:
+    """Typer callback: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    if value is not None and not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        raise typer.BadParameter(f"{value!r}: choose auto, cpu, cuda or cuda:N")
+    return value
 
 
 def exit_with(code: int) -> None:

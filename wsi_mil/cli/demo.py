@@ -10,6 +10,7 @@ import typer
 from wsi_mil.cli._app import app
 from wsi_mil.cli.common import console, exit_with
 from wsi_mil.demo import DemoOptions
+from wsi_mil.errors import WsiMilError
 
 _D = DemoOptions()
 
@@ -26,8 +27,9 @@ def demo(
     pretrain_epochs: Annotated[int, typer.Option(help="SimCLR epochs over the tiles", min=1)] = _D.pretrain_epochs,
     arch: Annotated[str, typer.Option(help="timm architecture of the encoder trained with SimCLR")] = _D.arch,
     folds: Annotated[int, typer.Option(help="cross-validation folds", min=2)] = _D.folds,
-    seed: Annotated[int, typer.Option(help="seed of the cohort and of training")] = _D.seed,
-    workers: Annotated[Optional[int], typer.Option(help="worker processes for tile/heatmap (default: one per core)")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the cohort and of training", min=0)] = _D.seed,
+    workers: Annotated[Optional[int], typer.Option(help="worker processes for tile/heatmap (default: one per core; "
+                                                   "0: no Dask)", min=0)] = None,
     torch_threads: Annotated[int, typer.Option(help="torch threads for SimCLR, extraction and training", min=1)] = _D.torch_threads,
     progress: Annotated[bool, typer.Option(help="show progress of each stage")] = True,
 ) -> None:
@@ -37,11 +39,17 @@ def demo(
     Running it again reuses what is done.
     """
     from wsi_mil.demo import run_demo
-    from wsi_mil.pipeline import format_summary
+    from wsi_mil.pipeline import format_summary, stopped_report
 
     opts = DemoOptions(slides=slides, size=size, pretrain_epochs=pretrain_epochs, arch=arch, folds=folds,
                        seed=seed, workers=workers, torch_threads=torch_threads)
-    result = run_demo(out, opts, progress=progress, log=_log)
+    try:
+        result = run_demo(out, opts, progress=progress, log=_log)
+    except WsiMilError as exc:  # the summary (earlier failures and their reasons) first, then the error line
+        stopped = stopped_report(exc)
+        if stopped is not None:
+            _log(format_summary(stopped))
+        raise
     _log(format_summary(result.report))
     _log("")
     _log("demo results (measured on this run):")

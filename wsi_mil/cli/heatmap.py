@@ -22,7 +22,7 @@ def heatmap(
     class_name: Annotated[Optional[str], typer.Option("--class", help="class whose scores are shown "
                                                       "[default: class 1 of a binary run, else the predicted class]")] = None,
     labels: Annotated[Optional[Path], typer.Option(help="labels CSV (slide_id,label) to show beside predictions")] = None,
-    pixels_per_tile: Annotated[Optional[int], typer.Option(help="overlay.ome.tif pixels per tile [default 4]")] = None,
+    pixels_per_tile: Annotated[Optional[int], typer.Option(help="overlay.ome.tif pixels per tile [default 4]", min=1)] = None,
     vmin: Annotated[Optional[float], typer.Option(help="score at the bottom of the colour scale [default: slide min]")] = None,
     vmax: Annotated[Optional[float], typer.Option(help="score at the top of the colour scale [default: slide max]")] = None,
     cmap: Annotated[Optional[str], typer.Option(help="matplotlib colour map [default coolwarm]")] = None,
@@ -30,7 +30,8 @@ def heatmap(
                                                          help="inline overlays in index.html")] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML file (whole study or its 'heatmap' section)")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override, e.g. --set overlay_width=1600")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="local worker processes [default: one per core; 0: no Dask]")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="local worker processes [default: one per core; 0: no Dask]",
+                                                   min=0)] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="address of an existing Dask scheduler, tcp://HOST:PORT")] = None,
     overwrite: Annotated[bool, typer.Option(help="redraw slides whose heatmaps already exist")] = False,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from wsi_mil.cli._app import app
-from wsi_mil.cli.common import console
+from wsi_mil.cli.common import console, device_name
 from wsi_mil.config import build_config
 from wsi_mil.jobdir import pretrain_checkpoint_path
 from wsi_mil.ssl.config import PretrainConfig
@@ -42,12 +42,12 @@ def pretrain(
     max_steps: Annotated[Optional[int], typer.Option(help="stop after this many steps (short runs, demos)")] = None,
     max_tiles: Annotated[Optional[int], typer.Option(help="cap on tiles per epoch per process")] = None,
     input_size: Annotated[Optional[int], typer.Option(help="view side in pixels (default: the architecture's)")] = None,
-    device: Annotated[str, typer.Option(help="auto, cuda or cpu")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cuda or cpu", callback=device_name)] = "auto",
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile",
                                                     help="torch.compile the model (long GPU runs)")] = None,
     resume: Annotated[bool, typer.Option(help="continue from JOB/pretrain/NAME/checkpoint.pt")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an existing encoder folder")] = False,
-    checkpoint_every: Annotated[Optional[int], typer.Option(help="also checkpoint every N steps")] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option(help="also checkpoint every N steps", min=1)] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML file (whole study or its 'pretrain' section)")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override, e.g. --set augment.blur_p=0")] = None,
     progress: Annotated[bool, typer.Option(help="print loss and tiles/s while training")] = True,

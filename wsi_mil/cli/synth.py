@@ -7,6 +7,13 @@ from pathlib import Path
 import typer
 
 from wsi_mil.cli._app import app
+from wsi_mil.cli.common import finite_positive
+
+
+def _multiple_of_16(value: int) -> int:
+    if value % 16:
+        raise typer.BadParameter(f"{value} is not a multiple of 16 (TIFF tiles are), e.g. {max(16, value // 16 * 16)}")
+    return value
 
 
 @app.command("synth")
@@ -15,16 +22,20 @@ def synth(
     slides: int = typer.Option(..., "--slides", "-n", help="Number of slides (>= 1)."),
     positive_fraction: float = typer.Option(0.5, "--positive-fraction", help="Share of positive slides (0-1)."),
     size: tuple[int, int] = typer.Option((4096, 4096), "--size", help="Level-0 width and height in pixels."),
-    mpp: float = typer.Option(0.5, "--mpp", help="Microns per pixel at level 0 (0.25 = '40x', 0.5 = '20x')."),
+    mpp: float = typer.Option(0.5, "--mpp", help="Microns per pixel at level 0 (0.25 = '40x', 0.5 = '20x').",
+                              callback=finite_positive),
     lesion_fraction: tuple[float, float] = typer.Option(
         (0.01, 0.05), "--lesion-fraction", help="Range of the lesion share of the tissue on positive slides."),
-    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same cohort."),
-    tile_size: int = typer.Option(512, "--tile-size", help="TIFF tile edge in pixels (multiple of 16)."),
-    jpeg_quality: int = typer.Option(85, "--jpeg-quality", help="JPEG quality of the slide tiles (1-100)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same cohort.", min=0),
+    tile_size: int = typer.Option(512, "--tile-size", help="TIFF tile edge in pixels (multiple of 16).", min=16,
+                                  callback=_multiple_of_16),
+    jpeg_quality: int = typer.Option(85, "--jpeg-quality", help="JPEG quality of the slide tiles (1-100).", min=1, max=100),
     overwrite: bool = typer.Option(False, "--overwrite", help="Regenerate slides that already exist."),
     workers: int = typer.Option(
-        0, "--workers", help="Local Dask processes that generate slides in parallel (0: in this process, no Dask)."),
+        0, "--workers", help="Local Dask processes that generate slides in parallel (0: in this process, no Dask).",
+        min=0),
     scheduler: str = typer.Option(None, "--scheduler", help="Existing Dask scheduler (tcp://HOST:PORT)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Print each slide as it is written."),
 ) -> None:
     """Write N pyramidal JPEG TIFF slides textured from real H&E tissue, labels.csv and lesion ground truth.
 
@@ -37,7 +48,7 @@ def synth(
     folder = make_cohort(
         out, slides, positive_fraction=positive_fraction, size=size, mpp=mpp,
         lesion_fraction=lesion_fraction, seed=seed, tile_size=tile_size, jpeg_quality=jpeg_quality,
-        overwrite=overwrite, progress=True, workers=workers, scheduler=scheduler,
+        overwrite=overwrite, progress=progress, workers=workers, scheduler=scheduler,
     )
     manifest = read_cohort_manifest(folder)
     n_pos = sum(1 for s in manifest["slides"] if s["label"] == 1)

@@ -17,13 +17,17 @@ from wsi_mil.mil.heads import heads_help
 @app.command()
 def train(
     features_dir: Annotated[Path, typer.Argument(help="folder of feature files (JOB/features/{encoder_id})")],
-    labels: Annotated[Path, typer.Option("--labels", "-l", help="labels CSV: slide_id,label[,case_id][,split]")],
+    labels: Annotated[Path, typer.Option("--labels", "-l", help="labels CSV: slide_id,label[,case_id][,split] "
+                                                         "(survival: time,event; regression: target)")],
     out: Annotated[Path, typer.Option("-o", "--out", help="run folder to write (e.g. models/chowder-1)")],
+    task: Annotated[Optional[str], typer.Option(
+        help="classification (labels: label), survival (time,event; Cox loss) or regression (target) "
+             "[default classification]")] = None,
     head: Annotated[Optional[str], typer.Option(help=f"MIL head: {heads_help()} [default {DEFAULT_HEAD}]")] = None,
-    folds: Annotated[Optional[int], typer.Option(help="cross-validation folds K [default 5]")] = None,
+    folds: Annotated[Optional[int], typer.Option(help="cross-validation folds K (at least 2) [default 5]", min=2)] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML file (whole study or its 'train' section)")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda [default auto]")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="random seed [default 0]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="random seed [default 0]", min=0)] = None,
     tune: Annotated[Optional[str], typer.Option(
         help="on: choose the head's settings by nested cross-validation (Optuna); off: use them as given "
              "[default on]")] = None,
@@ -31,26 +35,30 @@ def train(
         "--set", help="override, e.g. --set head_options.r=10 --set tiles_per_bag=null")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing run folder")] = False,
     quiet: Annotated[bool, typer.Option(help="print the summary only")] = False,
+    progress: Annotated[bool, typer.Option(help="print each fold as it ends (--no-progress: the summary only)")] = True,
 ) -> None:
     """Cross-validate a MIL head (grouped by case_id), then train the final model on all training slides."""
     from wsi_mil.mil.stage import run_train  # torch: loaded when a command runs, not for --help
 
     cfg = build_config(TrainConfig, config, set_, section="train", section_optional=True,
-                       cli=dict(head=head, folds=folds, device=device, seed=seed, tune=tune))
-    log = (lambda s: None) if quiet else (lambda s: console.print(s, markup=False, highlight=False, soft_wrap=True))
+                       cli=dict(task=task, head=head, folds=folds, device=device, seed=seed, tune=tune))
+    log = (lambda s: None) if quiet or not progress else (lambda s: console.print(s, markup=False, highlight=False, soft_wrap=True))
     summary = run_train(features_dir, labels, out, cfg, log=log, overwrite=overwrite)
     oof = summary.metrics["out_of_fold"]
     m, ci = oof["metrics"], oof["ci"] or {}
     parts = []
-    for k in ("auc", "accuracy", "balanced_accuracy"):
+    keys = {"survival": ("c_index", "c_index_uno", "logrank_p_median"),
+            "regression": ("mae", "pearson_r", "spearman_r")}.get(cfg.task, ("auc", "accuracy", "balanced_accuracy"))
+    for k in keys:
         v = m.get(k)
         band = ci.get(k)
         parts.append(f"{k} {'n/a' if v is None else f'{v:.3f}'}"
                      + (f" [{band[0]:.3f}, {band[1]:.3f}]" if band else ""))
     console.print(f"[bold]train[/bold] {cfg.head}: out-of-fold ({oof['n_slides']} slides) " + ", ".join(parts), soft_wrap=True)
     if "test" in summary.metrics:
-        t = summary.metrics["test"]["metrics"]["auc"]
-        console.print(f"test split ({summary.metrics['test']['n_slides']} slides): auc {'n/a' if t is None else f'{t:.3f}'}")
+        t = summary.metrics["test"]["metrics"][keys[0]]
+        console.print(f"test split ({summary.metrics['test']['n_slides']} slides): {keys[0]} "
+                      f"{'n/a' if t is None else f'{t:.3f}'}")
     for w in summary.warnings:
         console.print(f"warning: {w}", markup=False)
     console.print(f"run: {summary.run_dir}")

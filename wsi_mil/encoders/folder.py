@@ -20,6 +20,7 @@ from torch import nn
 
 from wsi_mil import __version__
 from wsi_mil.atomic import atomic_path
+from wsi_mil.encoders.build import ClsMeanPool
 from wsi_mil.encoders.dataconfig import DataConfig
 from wsi_mil.encoders.registry import resolve_arch
 from wsi_mil.encoders.weights import state_dict_hash
@@ -63,7 +64,9 @@ def save_encoder_dir(
     resolve_arch(arch)
     config = DataConfig.from_dict(data_config, str(path))
     model = _unwrap(model)
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    # an entry's pooling (ClsMeanPool) is rebuilt from its arch: store the backbone's tensors, as loaded
+    backbone = model.backbone if isinstance(model, ClsMeanPool) else model
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in backbone.state_dict().items()}
     meta = {
         "schema": ENCODER_SCHEMA,
         "wsi_mil_version": __version__,
@@ -73,7 +76,7 @@ def save_encoder_dir(
         "training": dict(training or {}),
         "patch_stores": [str(p) for p in patch_stores],
         "weights_file": WEIGHTS_FILE,
-        "weights_hash": state_dict_hash(model),
+        "weights_hash": state_dict_hash(backbone),
     }
     path = Path(path)
     with atomic_path(path) as tmp:

@@ -10,38 +10,12 @@ config then comes from timm's pretrained config for that architecture.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
 
-from wsi_mil.encoders.dataconfig import DataConfig
+from wsi_mil.encoders.entry import HALF, IMAGENET_MEAN, IMAGENET_STD, EncoderEntry, square_config
+from wsi_mil.encoders.foundation import FOUNDATION_ENTRIES
 from wsi_mil.errors import EncoderError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-HALF = (0.5, 0.5, 0.5)
-
-
-@dataclass(frozen=True)
-class EncoderEntry:
-    """A named encoder recipe over a timm architecture.
-
-    ``truncate_after``: for ResNets, the last stage kept (``"layer3"`` drops ``layer4``; the
-    global average pool then gives the width of ``layer3``, 1024 for ResNet-50).
-    ``timm_tag``: the timm pretrained tag loaded for ``--weights timm``.
-    ``data_config``: how tiles are prepared (:class:`~wsi_mil.encoders.dataconfig.DataConfig`);
-    None: timm's data config of the architecture.
-    """
-
-    name: str
-    timm_arch: str
-    description: str
-    timm_tag: str | None = None
-    truncate_after: str | None = None
-    data_config: DataConfig | None = None
-
-
-def _config(size: int, mean: tuple[float, ...], std: tuple[float, ...], interpolation: str) -> DataConfig:
-    return DataConfig((3, size, size), mean, std, interpolation)
-
+__all__ = ["ENTRIES", "EncoderEntry", "list_entries", "resolve_arch"]
 
 ENTRIES: dict[str, EncoderEntry] = {
     e.name: e
@@ -52,31 +26,32 @@ ENTRIES: dict[str, EncoderEntry] = {
             "ImageNet ResNet-50 truncated after layer3 + global average pool, 1024-d (CLAM style)",
             timm_tag="tv_in1k",
             truncate_after="layer3",
-            data_config=_config(224, IMAGENET_MEAN, IMAGENET_STD, "bilinear"),
+            data_config=square_config(224, IMAGENET_MEAN, IMAGENET_STD, "bilinear"),
         ),
         EncoderEntry(
             "resnet50_in1k",
             "resnet50",
             "ImageNet ResNet-50 (torchvision weights), 2048-d",
             timm_tag="tv_in1k",
-            data_config=_config(224, IMAGENET_MEAN, IMAGENET_STD, "bilinear"),
+            data_config=square_config(224, IMAGENET_MEAN, IMAGENET_STD, "bilinear"),
         ),
         EncoderEntry(
             "vit_s16_in21k",
             "vit_small_patch16_224",
             "ViT-S/16, ImageNet-21k pretrained and 1k fine-tuned (AugReg), 384-d",
             timm_tag="augreg_in21k_ft_in1k",
-            data_config=_config(224, HALF, HALF, "bicubic"),
+            data_config=square_config(224, HALF, HALF, "bicubic"),
         ),
         EncoderEntry(
             "vit_b16_in21k",
             "vit_base_patch16_224",
             "ViT-B/16, ImageNet-21k pretrained and 1k fine-tuned (AugReg), 768-d",
             timm_tag="augreg2_in21k_ft_in1k",
-            data_config=_config(224, HALF, HALF, "bicubic"),
+            data_config=square_config(224, HALF, HALF, "bicubic"),
         ),
     )
 }
+ENTRIES.update({e.name: e for e in FOUNDATION_ENTRIES})
 
 
 def list_entries() -> list[EncoderEntry]:

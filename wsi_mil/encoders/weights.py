@@ -18,6 +18,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from wsi_mil.encoders.entry import EncoderEntry
+from wsi_mil.encoders.sources import hf_cache_dir
 from wsi_mil.errors import EncoderError
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
@@ -83,6 +85,14 @@ def _is_state_dict(obj: Mapping[str, Any]) -> bool:
     return bool(obj) and any(isinstance(v, torch.Tensor) for v in obj.values())
 
 
+def _some(items: list[str], n: int = 5) -> str:
+    """The first ``n`` of ``items``, comma-separated, with a count of the rest."""
+    if not items:
+        return "-"
+    more = f", ... {len(items) - n} more" if len(items) > n else ""
+    return ", ".join(items[:n]) + more
+
+
 def _shape(t: torch.Tensor) -> str:
     return "(" + ", ".join(str(int(s)) for s in t.shape) + ")"
 
@@ -110,25 +120,21 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: 
     if want and len(missing) > len(want) // 2:
         raise EncoderError(
             f"{source}: not a checkpoint for '{arch}': {len(missing)} of its {len(want)} tensors are "
-            f"missing (e.g. {missing[0]}) and {len(unexpected)} are foreign "
-            f"(e.g. {unexpected[0] if unexpected else '-'}); pass the architecture it was trained with "
-            "as --encoder"
+            f"missing ({_some(missing)}) and {len(unexpected)} are foreign ({_some(unexpected)}); "
+            "pass the architecture it was trained with as --encoder"
         )
-    mismatched = [(k, expected[k], sd[k]) for k in sorted(want & set(sd)) if expected[k].shape != sd[k].shape]
+    mismatched = [f"{k} {_shape(sd[k])} vs expected {_shape(expected[k])}"
+                  for k in sorted(want & set(sd)) if expected[k].shape != sd[k].shape]
+    parts = []
     if mismatched:
-        k, exp, got = mismatched[0]
-        more = f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
-        raise EncoderError(
-            f"{source}: tensor '{k}' has shape {_shape(got)} but '{arch}' expects {_shape(exp)}{more}; "
-            "the checkpoint is for another architecture or width"
-        )
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing ({', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])})")
-        raise EncoderError(f"{source}: does not match '{arch}': tensors {'; '.join(parts)}")
+        parts.append(f"{len(mismatched)} with another shape ({_some(mismatched)})")
+    if missing:
+        parts.append(f"{len(missing)} missing ({_some(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected ({_some(unexpected)})")
+    if parts:
+        raise EncoderError(f"{source}: does not match '{arch}': tensors {'; '.join(parts)}; the checkpoint is "
+                           "for another architecture, width or variant (nothing was loaded)")
     model.load_state_dict(sd, strict=False)
 
 
@@ -148,14 +154,6 @@ def state_dict_hash(model: nn.Module) -> str:
         if t.numel():
             h.update(t.reshape(-1).view(torch.uint8).numpy())
     return "sha256:" + h.hexdigest()
-
-
-def hf_cache_dir() -> Path:
-    """The Hugging Face hub cache folder, read from the environment at call time."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
-    return Path(home) / "hub"
 
 
 def find_cached_timm_weights(pretrained_cfg: Mapping[str, Any]) -> Path | None:
@@ -183,3 +181,34 @@ def find_cached_timm_weights(pretrained_cfg: Mapping[str, Any]) -> Path | None:
         if cached.is_file():
             return cached
     return None
+
+
+#: timm ``model_args`` compared between a publisher's ``config.json`` and the entry
+_TIMM_SHAPE_ARGS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "reg_tokens", "no_embed_class",
+                    "class_token")
+
+
+def check_timm_config(config: Mapping[str, Any], entry: EncoderEntry, file: str | Path) -> None:
+    """Refuse a timm-format ``config.json`` (``architecture``, ``model_args``) for another model.
+
+    The architecture name and the shape arguments both sides give must agree; each difference
+    is named. Arguments only one side gives are left to the strict key and shape check.
+    """
+    where = Path(file).parent / "config.json"
+    arch = config.get("architecture")
+    if arch and arch != entry.timm_arch:
+        raise EncoderError(f"{where}: describes a '{arch}', but encoder '{entry.name}' is a '{entry.timm_arch}'; "
+                           "is this the folder of another model?")
+    args = config.get("model_args")
+    if not isinstance(args, Mapping):
+        return
+    diffs = []
+    for key in _TIMM_SHAPE_ARGS:
+        if key in args and key in entry.timm_kwargs:
+            got, want = args[key], entry.timm_kwargs[key]
+            same = (abs(float(got) - float(want)) <= 1e-4 * abs(float(want))
+                    if isinstance(got, (int, float)) and isinstance(want, (int, float)) else got == want)
+            if not same:
+                diffs.append(f"{key} {got!r} (entry: {want!r})")
+    if diffs:
+        raise EncoderError(f"{where}: model_args differ from encoder '{entry.name}': {'; '.join(diffs)}")

@@ -11,6 +11,7 @@ existing Dask cluster (its workers use their own GPU, or the CPU).
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import queue as queue_mod
 import time
@@ -28,14 +29,18 @@ from wsi_mil.config import config_to_dict
 from wsi_mil.encoders import Encoder, create_encoder
 from wsi_mil.errors import EncoderError, StoreError, WsiMilError
 from wsi_mil.extract.config import ExtractConfig
-from wsi_mil.extract.engine import InferenceEngine
+from wsi_mil.extract.engine import InferenceEngine, resolve_precision
+from wsi_mil.extract.memory import estimate_memory
 from wsi_mil.extract.runner import SlideJob, _one_line, run_slides
-from wsi_mil.jobdir import feature_file_path, features_dir, patches_dir, status_path
-from wsi_mil.parallel import dask_client, run_slide_tasks
+from wsi_mil.jobdir import feature_file_path, features_dir, features_root, patches_dir, status_path
+from wsi_mil.outputs import FEATURE_FILE, check_writable, replace_refusal
+from wsi_mil.parallel import dask_client, device_resources, run_slide_tasks
 from wsi_mil.runrecord import FAILED, SKIPPED, RunRecord, SlideStatus, StageReport, guard_slide
 from wsi_mil.stores.common import file_fingerprint, slide_id_of
 from wsi_mil.stores.features import read_feature_attrs
 from wsi_mil.stores.patches import list_patch_stores, open_patch_store
+
+log = logging.getLogger(__name__)
 
 #: patch-store attributes copied into every feature file
 STORE_ATTRS = ("slide_path", "slide_hash", "mpp", "mpp_source", "target_mpp", "tile_size", "tile_size_um",
@@ -49,17 +54,22 @@ class ExtractReport(StageReport):
 
     encoder_id: str = ""
     features_dir: Path = Path()
+    memory_estimate: str = ""
 
 
 @dataclass(frozen=True)
 class EncoderSpec:
-    """What rebuilds an encoder in another process: ``create_encoder(arch, weights)``."""
+    """What rebuilds an encoder in another process: ``create_encoder(arch, weights, manifest=...)``.
+
+    ``weights`` None takes the path the weights ``manifest`` pins for ``arch``.
+    """
 
     arch: str | None
-    weights: str
+    weights: str | None
+    manifest: str | None = None
 
     def build(self) -> Encoder:
-        return create_encoder(self.arch, self.weights)
+        return create_encoder(self.arch, self.weights, manifest=self.manifest)
 
 
 def stage_name(encoder_id: str) -> str:
@@ -118,6 +128,9 @@ def prepare_slide(store_path: Path, out_path: Path, encoder_id: str, overwrite: 
         fingerprint = file_fingerprint(store_path)
     except (StoreError, OSError) as exc:
         return SlideStatus(slide_id, str(store_path), FAILED, reason=_one_line(exc), seconds=time.perf_counter() - t0)
+    refusal = replace_refusal(out_path, FEATURE_FILE)  # only a feature file is ever replaced there
+    if refusal:
+        return SlideStatus(slide_id, str(store_path), FAILED, reason=refusal, seconds=time.perf_counter() - t0)
     if not overwrite and out_path.exists():
         try:
             attrs = read_feature_attrs(out_path)
@@ -173,23 +186,30 @@ def run_extract(
     slides: Sequence[str] | None = None,
     on_done: Callable[[SlideStatus], None] | None = None,
     progress: bool = False,
+    manifest: str | Path | None = None,
 ) -> ExtractReport:
     """Embed every complete patch store of ``job`` (or the ``slides`` named) with one encoder.
 
     ``encoder``/``weights``: as :func:`~wsi_mil.encoders.create_encoder` (``encoder`` may also
     be a ready :class:`Encoder`: then this process runs everything, on the first device of
-    ``cfg.device``). Returns the report: one status per store in slide-id order; the run record
+    ``cfg.device``). ``manifest``: a weights manifest (YAML) pinning the weights' path and
+    sha256; ``weights`` may then be None. A memory estimate for the first device is printed
+    (``progress``) or logged before any slide runs. Returns the report: one status per store in slide-id order; the run record
     is ``JOB/status/extract-{encoder_id}.csv``.
     """
     cfg = cfg or ExtractConfig()
     job = Path(job)
     devices = resolve_devices(cfg.device) if not scheduler else []
+    check_writable(features_root(job), folder=True)  # before the encoder is built
+    check_writable(status_path(job, "extract"))
     if isinstance(encoder, Encoder):
         enc, spec = encoder, None
     else:
-        if weights is None:
-            raise EncoderError("give --weights: a weights file, an encoder folder, 'timm' or 'random'")
-        spec = EncoderSpec(encoder, str(weights))
+        if weights is None and manifest is None:
+            raise EncoderError("give --weights: a weights file, a publisher or encoder folder, 'hub', 'timm' or "
+                               "'random' (or --weights-manifest)")
+        spec = EncoderSpec(encoder, str(weights) if weights is not None else None,
+                           str(manifest) if manifest is not None else None)
         enc = spec.build()
     stores = list_patch_stores(job)
     if slides is not None:
@@ -207,6 +227,11 @@ def run_extract(
     bar = Progress(TextColumn("[bold]extract"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"),
                    TimeElapsedColumn(), disable=not progress)
     task = bar.add_task("extract", total=len(stores), last="")
+    first = devices[0] if devices else torch.device("cpu")
+    memory = estimate_memory(enc.model, enc.data_config, cfg.batch_size, resolve_precision(cfg.precision, first), first)
+    log.info(memory.line())
+    if progress:
+        bar.console.print(memory.line(), markup=False, soft_wrap=True)
 
     def done(st: SlideStatus) -> None:
         record.record(st)
@@ -227,7 +252,7 @@ def run_extract(
     with bar:
         statuses += _dispatch(enc, spec, jobs, cfg, extra, done, scheduler, devices)
     return ExtractReport(sorted(statuses, key=lambda s: s.slide_id), record.path, encoder_id=enc.encoder_id,
-                         features_dir=out_dir)
+                         features_dir=out_dir, memory_estimate=memory.line())
 
 
 def _dispatch(enc: Encoder, spec: EncoderSpec | None, jobs: list[SlideJob], cfg: ExtractConfig,
@@ -344,5 +369,7 @@ def _run_dask(scheduler: str, spec: EncoderSpec, encoder_id: str, jobs: list[Sli
               extra: dict[str, Any], done: Callable[[SlideStatus], None]) -> list[SlideStatus]:
     items = [(j.slide_id, j.store_path, (spec, encoder_id, j, cfg, extra)) for j in jobs]
     with dask_client(scheduler) as client:
-        return run_slide_tasks(client, extract_slide_task, items, done, "extract", show_progress=False)
+        resources = device_resources(client, cfg.device)  # a GPU worker unless device: cpu (or auto, none has one)
+        return run_slide_tasks(client, extract_slide_task, items, done, "extract", show_progress=False,
+                               resources=resources)
 

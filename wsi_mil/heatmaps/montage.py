@@ -1,8 +1,10 @@
 """top_tiles.png: the highest- and lowest-scoring tiles side by side, each with its score.
 
 Two rows (highest scores first, then lowest), ``k`` tiles each, drawn at ``cell`` px with a
-caption ``#tile_id  score`` (and a mark when the min-max layer selected the tile). Built with
-PIL only: a montage of 2 x 8 tiles takes milliseconds.
+two-line caption under each tile: ``#tile_id`` (and a mark when the min-max layer selected the
+tile), then the score. Each line is measured and shortened (ending in "…") to the tile's width,
+so a caption never runs into its neighbour's. Built with PIL only: a montage of 2 x 8 tiles
+takes milliseconds.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from PIL import Image, ImageDraw, ImageFont
 from wsi_mil.atomic import atomic_path
 
 PAD = 8
-CAPTION_PX = 20
+LINE_PX = 15
+CAPTION_PX = 2 * LINE_PX + 4
 HEADING_PX = 26
 
 
@@ -34,6 +37,22 @@ def top_bottom_indices(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarr
     top = order[:k_top]
     bottom = order[::-1][:k_bot]
     return top, bottom
+
+
+def fit_text(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
+             width: float) -> str:
+    """``text``, shortened with a trailing "…" until it is at most ``width`` px wide in ``font``."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…" if text else ""
+
+
+def caption_lines(tile_id: int, score: float, selected: int) -> tuple[str, str]:
+    """The two caption lines of a tile: ``#id`` (+ ``top`` / ``bottom`` mark), then the score."""
+    mark = {1: "  top", -1: "  bottom"}.get(int(selected), "")
+    return f"#{int(tile_id)}{mark}", f"{float(score):.4g}"
 
 
 def montage_size(k: int, cell: int) -> tuple[int, int]:
@@ -86,8 +105,9 @@ def render_montage_png(
                 img.paste(im, (x, y))
             else:
                 draw.rectangle((x, y, x + cell - 1, y + cell - 1), fill="#dddddd", outline="#999999")
-            mark = {1: " [top]", -1: " [bottom]"}.get(int(sel[i]) if sel.size else 0, "")
-            draw.text((x, y + cell + 3), f"#{int(i)}  {float(scores[i]):.3g}{mark}", fill="black", font=font)
+            lines = caption_lines(int(i), float(scores[i]), int(sel[i]) if sel.size else 0)
+            for k_line, text in enumerate(lines):
+                draw.text((x, y + cell + 3 + k_line * LINE_PX), fit_text(draw, text, font, cell), fill="black", font=font)
         y += cell + CAPTION_PX + PAD
     buf = io.BytesIO()
     img.save(buf, format="PNG")

@@ -36,9 +36,11 @@ from wsi_mil.heatmaps.config import HeatmapConfig, check_cmap
 from wsi_mil.heatmaps.render import OUTPUTS, SlideArrays, choose_class, render_slide
 from wsi_mil.heatmaps.report import ReportRow, render_report_html
 from wsi_mil.heatmaps.scoremap import stride_level0
-from wsi_mil.jobdir import feature_file_path, features_dir, patch_store_path, patches_dir
+from wsi_mil.heatmaps.summary import cohort_summary
+from wsi_mil.jobdir import HEATMAPS, feature_file_path, features_dir, heatmaps_dir, patch_store_path, patches_dir
 from wsi_mil.mil import load_model_run
 from wsi_mil.mil.labels import read_label_csv
+from wsi_mil.outputs import HEATMAP_SLIDE, OutputError, check_replaceable, check_writable, is_job_folder
 from wsi_mil.parallel import map_slides
 from wsi_mil.runrecord import DONE, FAILED, SKIPPED, RunRecord, SlideStatus, StageReport, guard_slide
 from wsi_mil.slide import open_slide
@@ -193,6 +195,7 @@ def heatmap_one_slide(slide_id: str, run_dir: str, job: str, out_dir: str, cfg: 
         if not overwrite and _manifest_ok(folder, inputs, cfg_key):
             n = int(json.loads((folder / SLIDE_JSON).read_text(encoding="utf-8")).get("n_tiles", 0))
             return SlideStatus(slide_id, source, SKIPPED, "complete heatmaps exist", n, time.perf_counter() - t0)
+        check_replaceable(folder, HEATMAP_SLIDE)  # only a heatmap folder is ever replaced at OUT/{slide_id}
         arrays = _slide_arrays(slide_id, run, Path(job), cfg, label)
         cls = choose_class(run.class_names, cfg.class_name, arrays.probs)
         with atomic_path(folder) as tmp:
@@ -207,8 +210,12 @@ def heatmap_one_slide(slide_id: str, run_dir: str, job: str, out_dir: str, cfg: 
     return guard_slide(slide_id, source, "drawing heatmaps", work, where=slide_id)
 
 
-def discover_slides(run_dir: Path, job: Path, encoder_id: str) -> list[str]:
-    """Slides to draw by default: every patch store, feature file or slide of the run's predictions."""
+def discover_slides(job: Path, encoder_id: str) -> list[str]:
+    """Slides to draw by default: every patch store or feature file (of the run's encoder) of the job.
+
+    The run's own predictions are not a source: a run applied to a new job must not try (and
+    report as failed) the slides it was trained on.
+    """
     ids: set[str] = set()
     pdir = patches_dir(job)
     if pdir.is_dir():
@@ -216,12 +223,6 @@ def discover_slides(run_dir: Path, job: Path, encoder_id: str) -> list[str]:
     fdir = features_dir(job, encoder_id)
     if fdir.is_dir():
         ids.update(slide_id_of(p) for p in fdir.glob("*.h5") if not p.name.startswith("."))
-    pred = run_dir / "predictions.csv"
-    if pred.is_file():
-        with open(pred, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if reader.fieldnames and "slide_id" in reader.fieldnames:
-                ids.update(r["slide_id"] for r in reader if r.get("slide_id"))
     return sorted(ids)
 
 
@@ -265,6 +266,10 @@ def run_heatmap(
     run_dir, job, out_dir = Path(run_dir), Path(job), Path(out_dir)
     if not job.is_dir():
         raise StoreError(f"{job}: job folder not found")
+    if is_job_folder(out_dir):
+        raise OutputError(f"{out_dir}: is a job folder; heatmaps go to a folder of their own, e.g. "
+                          f"{heatmaps_dir(job, run_dir.name)}")
+    check_writable(out_dir, folder=True)  # before any slide is drawn
     run = _load_run(str(run_dir.resolve()))
     if cfg.class_name is not None and cfg.class_name not in list(run.class_names):
         raise ConfigError(f"--class {cfg.class_name!r} is not a class of run {run_dir}; choose one of "
@@ -272,9 +277,9 @@ def run_heatmap(
     labels = read_run_labels(run_dir)
     if labels_csv is not None:
         labels.update(read_display_labels(labels_csv))
-    ids = list(dict.fromkeys(slides)) if slides else discover_slides(run_dir, job, run.encoder_id)
+    ids = list(dict.fromkeys(slides)) if slides else discover_slides(job, run.encoder_id)
     if not ids:
-        raise StoreError(f"{job}: no slides found (no patch stores, feature files or predictions); run "
+        raise StoreError(f"{job}: no slides found (no patch stores or '{run.encoder_id}' feature files); run "
                          "'wsi-mil tile' and 'wsi-mil extract' first")
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
@@ -292,5 +297,14 @@ def run_heatmap(
     meta = (f"run {run_dir.resolve()} · encoder {run.encoder_id} · classes {', '.join(run.class_names)} · "
             f"scores shown: {shown} · {len(listed)} slides, {n_failed} failed · "
             f"{time.strftime('%Y-%m-%d %H:%M')} · wsi_mil {__version__}")
-    index = render_report_html(out_dir, rows, f"Heatmaps: {run_dir.name}", meta, embed=cfg.embed_images)
+    shown_index = list(run.class_names).index(cfg.class_name) if cfg.class_name else 1
+    summary = cohort_summary(run_dir, list(run.class_names), shown_index, labels_csv)
+    # a page at JOB/heatmaps/{run}/ is served by 'wsi-mil view JOB': link each slide to the viewer
+    viewer_run = out_dir.name if out_dir.resolve().parent == (job / HEATMAPS).resolve() else None
+    figures = [f for f in ("km_curves.png", "predicted_vs_true.png") if (run_dir / f).is_file()]  # task runs
+    for f in figures:
+        with atomic_path(out_dir / f) as tmp_png:
+            tmp_png.write_bytes((run_dir / f).read_bytes())
+    index = render_report_html(out_dir, rows, f"Heatmaps: {run_dir.name}", meta, embed=cfg.embed_images,
+                               summary=summary, viewer_run=viewer_run, figures=figures)
     return HeatmapReport(statuses, record.path, index_path=index)

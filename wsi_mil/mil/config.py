@@ -15,6 +15,11 @@ DEFAULT_HEAD = "chowder"
 class TrainConfig(StrictModel):
     """How ``wsi-mil train`` fits and evaluates a MIL head. Epoch = one pass over the training bags."""
 
+    task: Literal["classification", "survival", "regression"] = Field(
+        "classification", description="classification (label), survival (time, event: Cox loss) or regression "
+                                      "(target: MSE/Huber loss); see docs/train.md")
+    regression_loss: Literal["mse", "huber"] = Field(
+        "mse", description="regression loss on standardised targets (huber: delta 1 standard deviation)")
     head: str = Field(DEFAULT_HEAD, description=f"MIL head: {heads_help()}")
     head_options: SerializeAsAny[HeadOptions] = Field(
         default_factory=dict, validate_default=True,  # {} -> the head's defaults (the validator below)
@@ -24,7 +29,9 @@ class TrainConfig(StrictModel):
     max_epochs: int = Field(100, ge=1)
     min_epochs: int = Field(10, ge=1, description="the best epoch is searched from here on (no stop before)")
     patience: int = Field(10, ge=1, description="epochs without improvement before stopping")
-    monitor: Literal["loss", "auc"] = Field("loss", description="validation metric for early stopping")
+    monitor: Literal["loss", "auc"] = Field(
+        "loss", description="validation metric for early stopping: the loss, or the task's score (AUC; survival: "
+                            "Harrell's c-index; regression: negative MAE)")
     batch_size: int = Field(16, ge=1, description="bags per optimisation step")
     tiles_per_bag: int | None = Field(
         None, ge=1, description="tiles sampled per bag per step; null = whole bags (default: a sample can miss a slide's few lesion tiles)")

@@ -4,7 +4,8 @@ Rules (every problem names the file, the rows and the fix):
 - ``slide_id`` and ``label`` columns are required; ``case_id`` (patient) and ``split``
   (``train``/``val``/``test``) are optional. Empty slide ids or labels, duplicate slide ids, an
   unknown split value, a case with slides in both the test and the training split, a label
-  outside ``classes`` (when given) or fewer than two classes are errors.
+  outside ``classes`` (when given), one number written two ways (``1`` beside ``1.0``) or fewer
+  than two classes are errors; each label error lists the classes found, with their counts.
 - Labels may be 0/1 (any integers: ordered numerically) or class names (ordered alphabetically,
   or as given by ``classes``). Class index i is ``class_names[i]``; for binary problems class 1
   is the positive one.
@@ -75,12 +76,63 @@ def read_label_csv(path: str | Path) -> tuple[list[str], list[tuple[dict[str, st
     path = Path(path)
     if not path.is_file():
         raise LabelsError(f"{path}: labels CSV not found")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        rows = [({(k or "").strip(): (v or "").strip() for k, v in rec.items() if k is not None}, i + 2)
-                for i, rec in enumerate(reader)]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            rows = []
+            for i, rec in enumerate(reader):
+                extra = rec.get(None)  # type: ignore[call-overload]
+                if extra and any(str(v).strip() for v in extra):
+                    raise LabelsError(f"{path}: line {reader.line_num} has more cells than the header "
+                                      f"({', '.join(header)}); quote cells that hold commas or fix the row")
+                rows.append(({(k or "").strip(): (v or "").strip() for k, v in rec.items() if k is not None}, i + 2))
+    except UnicodeDecodeError as exc:
+        raise LabelsError(f"{path}: not UTF-8 text (byte {exc.start}); save the labels CSV as UTF-8") from exc
+    except csv.Error as exc:
+        raise LabelsError(f"{path}: not a readable CSV ({exc}); save it as plain comma-separated text") from exc
+    except OSError as exc:
+        raise LabelsError(f"{path}: cannot read the labels CSV ({exc.strerror or exc})") from exc
+    if len(set(header)) != len(header):
+        dup = sorted({h for h in header if header.count(h) > 1})
+        raise LabelsError(f"{path}: column(s) {', '.join(repr(h) for h in dup)} appear more than once in the header; "
+                          "keep one of each")
     return header, rows
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return None if value != value else value  # NaN is not a number label
+
+
+def describe_classes(labels: list[str], order: list[str] | None = None) -> str:
+    """``"classes found: '0' (12 slides), '1' (10), '2' (1)"`` for these labels (in ``order`` if given)."""
+    counts = Counter(labels)
+    if order is None:
+        names = _order_classes(labels)
+    else:
+        names = [c for c in order if counts[c]] + sorted(c for c in counts if c not in order)
+    parts = [f"'{c}' ({counts[c]}{' slides' if i == 0 else ''})" for i, c in enumerate(names)]
+    return "classes found: " + ", ".join(parts)
+
+
+def _check_numbers(path: Path, rows: list[LabelRow]) -> None:
+    """Refuse one number written two ways (``1`` and ``1.0``): two classes the user did not mean."""
+    by_value: dict[float, set[str]] = defaultdict(set)
+    for r in rows:
+        v = _number(r.label)
+        if v is not None:
+            by_value[v].add(r.label)
+    for spellings in by_value.values():
+        if len(spellings) > 1:
+            names = sorted(spellings)
+            lines = [r.line for r in rows if r.label in names[1:]]
+            raise LabelsError(f"{path}: labels {' and '.join(repr(n) for n in names)} are one number written in "
+                              f"{len(names)} ways (line(s) {_lines(lines)}); write each class one way; "
+                              f"{describe_classes([r.label for r in rows])}")
 
 
 def read_labels(path: str | Path, classes: list[str] | None = None) -> LabelTable:
@@ -132,13 +184,40 @@ def read_labels(path: str | Path, classes: list[str] | None = None) -> LabelTabl
         if unknown:
             lines = [r.line for r in rows if r.label in unknown]
             raise LabelsError(f"{path}: label(s) {', '.join(unknown)} (line(s) {_lines(lines)}) are not in the "
-                              f"configured classes {', '.join(classes)}")
+                              f"configured classes {', '.join(classes)}; {describe_classes(labels, list(classes))}")
         class_names = list(classes)
     else:
+        _check_numbers(path, rows)
         class_names = _order_classes(labels)
     if len(class_names) < 2:
-        raise LabelsError(f"{path}: only one class ({class_names[0]!r}); a classifier needs at least two")
+        raise LabelsError(f"{path}: only one class ({class_names[0]!r}); a classifier needs at least two; "
+                          f"{describe_classes(labels)}")
     return LabelTable(path, rows, class_names, has_case, warnings)
+
+
+def check_class_counts(table: LabelTable, folds: int, folds_option: str = "--folds") -> None:
+    """Refuse ``folds``-fold cross-validation when some class has fewer training cases than folds.
+
+    ``folds_option`` names the setting in the advice, as the command in use spells it (``--folds``
+    for ``train``, ``train.folds`` for a study). The message lists every class found, with counts.
+    """
+    train = [r for r in table.rows if r.split != "test"]
+    cases: dict[str, set[str]] = defaultdict(set)
+    for r in train:
+        cases[r.label].add(r.case_id)
+    found = describe_classes([r.label for r in train], table.class_names)
+    for name in table.class_names:
+        n_cases = len(cases[name])
+        if n_cases == 0 or n_cases >= folds:  # a class with no training slide is reported by training itself
+            continue
+        n_slides = sum(r.label == name for r in train)
+        if n_cases >= 2:
+            fix = f"set {folds_option} to at most {n_cases}, or add slides"
+        else:
+            fix = (f"add slides of class '{name}' (at least 2 cases) or remove its row(s), if it is a stray label "
+                   "value")
+        raise LabelsError(f"{table.path}: class '{name}' has {n_slides} training slide(s) from {n_cases} case(s), "
+                          f"fewer than the {folds} cross-validation folds; {fix}; {found}")
 
 
 def match_feature_files(

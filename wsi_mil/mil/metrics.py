@@ -7,6 +7,7 @@ class). A metric that is undefined (one class only) is ``None``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -70,3 +71,21 @@ def summarize(per_fold: list[dict[str, float | None]]) -> dict[str, dict[str, An
         out[k] = {"mean": float(np.mean(vals)) if vals else None,
                   "std": float(np.std(vals)) if vals else None, "n_folds": len(vals)}
     return out
+
+
+def bootstrap_intervals(
+    metric: Callable[[np.ndarray], dict[str, float | None]], n: int, n_boot: int = 1000, level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, list[float] | None]:
+    """Percentile bootstrap ``[low, high]`` of each metric ``metric(idx)`` computes on resampled slide
+    positions ``idx`` (n,) (any task); None where fewer than half the resamples define it."""
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[float]] = {}
+    for _ in range(n_boot):
+        for k, v in metric(rng.integers(0, n, n)).items():
+            if v is not None:
+                samples.setdefault(k, []).append(v)
+    keys = metric(np.arange(n)).keys()
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    return {k: ([float(np.percentile(samples[k], lo)), float(np.percentile(samples[k], hi))]
+                if len(samples.get(k, [])) >= max(10, n_boot // 2) else None) for k in keys}

@@ -3,7 +3,7 @@
 A run folder holds ``model.safetensors`` (the final model: trained on all training slides, i.e.
 every labelled slide not in ``split=test``, for the median best epoch of the CV folds; in a tuned
 run, by default, the mean of the outer-fold models, see :class:`~wsi_mil.mil.heads.ensemble.FoldEnsemble`),
-``config.json`` (schema, head and its options, class names, encoder id, embed dim, training
+``config.json`` (schema, head and its options, task, class names, encoder id, embed dim, training
 config), ``splits.csv``, ``metrics.json``, ``predictions.csv`` (out-of-fold) and
 ``history.json``. The folder is written atomically: it appears complete or not at all.
 """
@@ -28,6 +28,7 @@ from wsi_mil.errors import StoreError, WsiMilError
 from wsi_mil.mil.heads.base import MILHead
 from wsi_mil.mil.heads.ensemble import FoldEnsemble
 from wsi_mil.mil.registry import create_head
+from wsi_mil.outputs import writing
 from wsi_mil.stores.common import MODEL_RUN_SCHEMA, read_schema_json
 
 WEIGHTS_FILE = "model.safetensors"
@@ -38,7 +39,10 @@ CONFIG_FILE = "config.json"
 
 @dataclass
 class BagPrediction:
-    """One slide: ``probs`` (C,), ``tile_scores`` (N, C) float32, ``selected`` (N, C) int8 (+1 top, -1 bottom)."""
+    """One slide: ``probs`` (C,), ``tile_scores`` (N, C) float32, ``selected`` (N, C) int8 (+1 top, -1 bottom).
+
+    Survival and regression runs (C = 1): ``probs`` (1,) is the risk score or the predicted value and
+    ``tile_scores`` (N, 1) the tiles' scores of that output (higher: more risk / a higher value)."""
 
     probs: npt.NDArray[np.float64]
     tile_scores: npt.NDArray[np.float32]
@@ -76,6 +80,11 @@ class ModelRun:
         return list(self.config["class_names"])
 
     @property
+    def task(self) -> str:
+        """classification, survival or regression (runs from before tasks: classification)."""
+        return str(self.config.get("task", "classification"))
+
+    @property
     def head_name(self) -> str:
         return str(self.config["head"])
 
@@ -107,8 +116,9 @@ class ModelRun:
         mask = torch.ones(x.shape[:2], dtype=torch.bool, device=self.device)
         logits, tiles = self.head(x, mask, standardized=standardized)
         selected = self.head.select(tiles, mask)
+        out = logits.float() if c == 1 else torch.softmax(logits.float(), dim=-1)  # one output: risk / value
         return BagPrediction(
-            torch.softmax(logits.float(), dim=-1)[0].cpu().numpy().astype(np.float64),
+            out[0].cpu().numpy().astype(np.float64),
             tiles[0].float().cpu().numpy().astype(np.float32),
             selected[0].cpu().numpy().astype(np.int8),
         )
@@ -116,17 +126,21 @@ class ModelRun:
 
 def save_model_run(
     run_dir: str | Path, head: MILHead, config: dict[str, Any], files: dict[str, str],
+    binary: dict[str, bytes] | None = None,
 ) -> Path:
-    """Write a run folder atomically: weights, ``config.json`` and the given text ``files`` (name -> text)."""
+    """Write a run folder atomically: weights, ``config.json``, the given text ``files`` (name -> text)
+    and ``binary`` files (name -> bytes, e.g. a PNG figure)."""
     run_dir = Path(run_dir)
     meta = {"schema": MODEL_RUN_SCHEMA, "wsi_mil_version": __version__, "weights_file": WEIGHTS_FILE, **config}
-    with atomic_path(run_dir) as tmp:
+    with writing(run_dir), atomic_path(run_dir) as tmp:  # an OSError: one line naming the run folder
         tmp.mkdir(parents=True)
         state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"schema": MODEL_RUN_SCHEMA})
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
         for name, text in files.items():
             (tmp / name).write_text(text, encoding="utf-8")
+        for name, data in (binary or {}).items():
+            (tmp / name).write_bytes(data)
     return run_dir
 
 

@@ -6,7 +6,9 @@ slide not in ``split=test``, for the median of the folds' best epochs), evaluate
 split when there is one. With ``tune: on`` the CV is nested: each outer fold's settings come
 from a search over its training slides only (:mod:`wsi_mil.mil.tuning`), and the final model's
 from a search over all training slides. ``run_predict``: a run + feature files -> slide probabilities and
-per-tile scores.
+per-tile scores. Survival and regression tasks (``task``) run the same way with one output (a risk
+score or a value), folds stratified on the event (survival) or the target's quartile, their own
+metrics (:mod:`wsi_mil.mil.targets`) and a figure in the run folder (:mod:`wsi_mil.mil.plots`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,17 @@ from wsi_mil.mil.labels import LabelTable, match_feature_files, read_labels
 from wsi_mil.mil.metrics import bootstrap_ci, classification_metrics, summarize
 from wsi_mil.mil.modelrun import FOLD_ENSEMBLE, ModelRun, load_model_run, rows_to_csv, save_model_run
 from wsi_mil.mil.splits import assign_folds, check_fold_counts, validation_split
+from wsi_mil.mil.targets import (
+    SURVIVAL,
+    TargetTable,
+    check_task_folds,
+    match_target_files,
+    read_targets,
+    task_evaluation,
+    task_metrics,
+)
 from wsi_mil.mil.training import Log, build_head, fit, predict_probs, quiet
+from wsi_mil.outputs import MODEL_RUN, DiskFullError, check_replaceable, check_writable, is_disk_full
 from wsi_mil.runrecord import DONE, FAILED, RunRecord, SlideStatus, StageReport, guard_slide
 from wsi_mil.stores.common import slide_id_of
 from wsi_mil.stores.features import list_feature_files, read_feature_file
@@ -62,17 +74,33 @@ def _prob_columns(class_names: list[str]) -> list[str]:
 
 @dataclass
 class TrainingData:
-    """Matched labels and bags: ``targets``/``groups``/``is_test`` are (n,) arrays in table order."""
+    """Matched labels and bags: ``targets``/``groups``/``is_test`` are (n,) arrays in table order;
+    ``y`` the task's targets (classification: ``targets``; see :func:`wsi_mil.mil.targets.task_arrays`),
+    ``strata`` (n,) int the classes folds are stratified on."""
 
-    table: LabelTable
+    table: LabelTable | TargetTable
     bags: list[Bag]
     encoder_id: str
     embed_dim: int
     warnings: list[str]
 
     @property
+    def task(self) -> str:
+        return self.table.task if isinstance(self.table, TargetTable) else "classification"
+
+    @property
     def targets(self) -> npt.NDArray[np.int64]:
+        if isinstance(self.table, TargetTable):
+            return self.strata
         return np.array(self.table.targets, dtype=np.int64)
+
+    @property
+    def y(self) -> npt.NDArray[Any]:
+        return self.table.y if isinstance(self.table, TargetTable) else self.targets
+
+    @property
+    def strata(self) -> npt.NDArray[np.int64]:
+        return self.table.strata if isinstance(self.table, TargetTable) else self.targets
 
     @property
     def groups(self) -> npt.NDArray[np.str_]:
@@ -88,8 +116,11 @@ def load_training_data(features_dir: str | Path, labels_csv: str | Path, cfg: Tr
     files = {slide_id_of(p): p for p in list_feature_files(features_dir)}
     if not files:
         raise StoreError(f"{features_dir}: no feature files (*.h5); run 'wsi-mil extract' first")
-    table = read_labels(labels_csv, cfg.classes)
-    table, warnings = match_feature_files(table, files, cfg.missing_features)
+    table: LabelTable | TargetTable
+    if cfg.task == "classification":
+        table, warnings = match_feature_files(read_labels(labels_csv, cfg.classes), files, cfg.missing_features)
+    else:
+        table, warnings = match_target_files(read_targets(labels_csv, cfg.task), files, cfg.missing_features)
     paths = [files[r.slide_id] for r in table.rows]
     encoder_id, embed_dim = feature_encoder(paths[0])
     check_same_encoder(paths, encoder_id, embed_dim)
@@ -128,10 +159,11 @@ def cross_validate(data: TrainingData, bagset: BagSet, cfg: TrainConfig, log: Lo
     """
     tuned = cfg.tune == "on"
     names = data.table.class_names
-    targets, groups, train_all = data.targets, data.groups, np.flatnonzero(~data.is_test)
+    targets, groups, train_all = data.y, data.groups, np.flatnonzero(~data.is_test)
+    strata = data.strata  # classification: the classes themselves
     test_pos = np.flatnonzero(data.is_test)
     folds = np.full(len(data.bags), -1, dtype=np.int64)
-    folds[train_all] = assign_folds(targets[train_all], groups[train_all], cfg.folds, cfg.seed)
+    folds[train_all] = assign_folds(strata[train_all], groups[train_all], cfg.folds, cfg.seed)
     oof = np.full((len(data.bags), len(names)), np.nan)
     cv = CrossValidation(oof, folds, [], [], {})
     for f in range(cfg.folds):
@@ -140,15 +172,16 @@ def cross_validate(data: TrainingData, bagset: BagSet, cfg: TrainConfig, log: Lo
         fcfg, search = cfg, None
         if tuned:
             log(f"fold {f + 1}/{cfg.folds}: choosing settings on its {len(rest)} training slides")
-            search = tuning.search_settings(bagset, targets, groups, rest, cfg, names, cfg.seed + 101 * (f + 1), log)
+            search = tuning.search_settings(bagset, targets, groups, rest, cfg, names, cfg.seed + 101 * (f + 1), log,
+                                            strata=strata)
             fcfg = search.cfg
-        tr, va = validation_split(rest, targets, groups, fcfg.val_fraction, cfg.seed + f)
+        tr, va = validation_split(rest, strata, groups, fcfg.val_fraction, cfg.seed + f)
         head = build_head(fcfg, data.embed_dim, len(names), cfg.seed + 1000 * (f + 1))
         res = fit(head, bagset, targets, tr, va, fcfg, cfg.seed + f, class_names=names)
         if tuned:
             _orient(head, bagset, rest, fcfg)  # exact (predictions unchanged): the fold model may join the final one
         oof[held] = predict_probs(head, bagset, held.tolist(), cfg.eval_tiles_per_batch)
-        m: dict[str, Any] = dict(classification_metrics(targets[held], oof[held], names))
+        m: dict[str, Any] = dict(_metrics_of(data.task, targets[held], oof[held], names))
         m.update(fold=f, n_slides=int(len(held)), best_epoch=res.best_epoch, epochs_run=res.epochs_run)
         if search is not None:
             m["tuning"] = search.record()
@@ -160,8 +193,24 @@ def cross_validate(data: TrainingData, bagset: BagSet, cfg: TrainConfig, log: Lo
         cv.best_epochs.append(res.best_epoch)
         cv.history[f"fold_{f}"] = res.history
         log(f"fold {f + 1}/{cfg.folds}: {len(tr)} train / {len(va)} val / {len(held)} held out; best epoch "
-            f"{res.best_epoch} of {res.epochs_run}; AUC {_fmt(m['auc'])}, balanced accuracy {_fmt(m['balanced_accuracy'])}")
+            f"{res.best_epoch} of {res.epochs_run}; {_brief(data.task, m)}")
     return cv
+
+
+def _metrics_of(task: str, y: npt.NDArray[Any], out: npt.NDArray[np.float64], names: list[str]) -> dict[str, float | None]:
+    """The task's metrics of predictions ``out`` (n, C) (one-output tasks: (n, 1))."""
+    if task == "classification":
+        return classification_metrics(y, out, names)
+    return task_metrics(task, y, out)
+
+
+def _brief(task: str, m: dict[str, Any]) -> str:
+    """The log's summary of one set of metrics."""
+    if task == "classification":
+        return f"AUC {_fmt(m['auc'])}, balanced accuracy {_fmt(m['balanced_accuracy'])}"
+    if task == SURVIVAL:
+        return f"c-index {_fmt(m['c_index'])}, Uno's c-index {_fmt(m['c_index_uno'])}"
+    return f"MAE {_fmt(m['mae'])}, Spearman r {_fmt(m['spearman_r'])}, Pearson r {_fmt(m['pearson_r'])}"
 
 
 def run_train(
@@ -173,17 +222,24 @@ def run_train(
     run_dir = Path(run_dir)
     if run_dir.exists() and not overwrite:
         raise StoreError(f"{run_dir}: run folder exists; choose another -o or pass --overwrite")
+    check_replaceable(run_dir, MODEL_RUN)  # --overwrite replaces only a model run: never a job or foreign folder
+    check_writable(run_dir)  # before the cross-validation, not after it
     device = _device(cfg)
     data = load_training_data(features_dir, labels_csv, cfg)
     table, warnings, embed_dim, encoder_id = data.table, data.warnings, data.embed_dim, data.encoder_id
     for w in warnings:
         log(f"warning: {w}")
     names = table.class_names
-    targets, is_test = data.targets, data.is_test
+    task = data.task
+    targets, is_test = data.y, data.is_test
     train_all, test_pos = np.flatnonzero(~is_test), np.flatnonzero(is_test)
-    check_fold_counts(targets[train_all], data.groups[train_all], names, cfg.folds, str(table.path))
+    if task == "classification":
+        check_fold_counts(targets[train_all], data.groups[train_all], names, cfg.folds, str(table.path))
+    else:
+        check_task_folds(task, targets[train_all], data.groups[train_all], cfg.folds, str(table.path))
     bagset = BagSet([b.features for b in data.bags], device)
-    log(f"{len(train_all)} training slides, {len(test_pos)} test slides, classes {names}, {encoder_id} "
+    what = f"classes {names}" if task == "classification" else f"task {task}"
+    log(f"{len(train_all)} training slides, {len(test_pos)} test slides, {what}, {encoder_id} "
         f"({embed_dim}-d); bags {'on' if bagset.on_device else 'copied per batch to'} {device} "
         f"({bagset.nbytes / 2**20:.0f} MiB)")
     tuned = cfg.tune == "on"
@@ -193,10 +249,11 @@ def run_train(
     metric_keys = [k for k in fold_metrics[0] if k not in ("fold", "n_slides", "best_epoch", "epochs_run", "tuning")]
     metrics: dict[str, Any] = {
         "head": cfg.head,
+        "task": task,
         "class_names": names,
         "folds": fold_metrics,
         "fold_summary": summarize([{k: m[k] for k in metric_keys} for m in fold_metrics]),
-        "out_of_fold": _evaluation(targets[train_all], oof[train_all], names, cfg),
+        "out_of_fold": _evaluation(targets[train_all], oof[train_all], names, cfg, task),
     }
 
     final_cfg, epochs_from = cfg, best_epochs
@@ -216,7 +273,8 @@ def run_train(
     else:
         if tuned:  # the final model's settings: a search over all training slides (the test split unseen)
             log(f"final model: choosing settings on all {len(train_all)} training slides")
-            final_search = tuning.search_settings(bagset, targets, data.groups, train_all, cfg, names, cfg.seed, log)
+            final_search = tuning.search_settings(bagset, targets, data.groups, train_all, cfg, names, cfg.seed, log,
+                                                  strata=data.strata)
             final_cfg = final_search.cfg
             epochs_from = final_search.best_epochs or best_epochs
             metrics["tuning"] = {"final_model": "refit", **final_search.record(), "trials_budget": cfg.tune_trials,
@@ -234,33 +292,43 @@ def run_train(
     test_probs = None
     if len(test_pos):
         test_probs = predict_probs(head, bagset, test_pos.tolist(), cfg.eval_tiles_per_batch)
-        metrics["test"] = _evaluation(targets[test_pos], test_probs, names, cfg)
-        log(f"test split: {len(test_pos)} slides, AUC {_fmt(metrics['test']['metrics']['auc'])}")
+        metrics["test"] = _evaluation(targets[test_pos], test_probs, names, cfg, task)
+        log(f"test split: {len(test_pos)} slides, {_brief(task, metrics['test']['metrics'])}")
         if cv.test_probs and final_search is not None:  # the alternative, measured: the mean of the fold models
-            metrics["test_fold_ensemble"] = _evaluation(targets[test_pos], np.mean(cv.test_probs, axis=0), names, cfg)
+            metrics["test_fold_ensemble"] = _evaluation(targets[test_pos], np.mean(cv.test_probs, axis=0), names, cfg,
+                                                        task)
     metrics["warnings"] = warnings
     metrics["seconds"] = round(time.perf_counter() - t_start, 2)
 
-    split_rows, pred_rows = _run_tables(table, folds, oof, test_pos, test_probs)
+    extra_files: dict[str, bytes] = {}
+    if isinstance(table, TargetTable):
+        split_rows, pred_rows, split_cols, pred_cols = _task_tables(table, folds, oof, test_pos, test_probs)
+        extra_files = _task_figures(task, targets[train_all], oof[train_all])
+    else:
+        split_rows, pred_rows = _run_tables(table, folds, oof, test_pos, test_probs)
+        split_cols = ["slide_id", "case_id", "label", "split", "fold"]
+        pred_cols = ["slide_id", "label", "split", "fold", "predicted", *_prob_columns(names)]
     config = {
-        "head": cfg.head, "head_options": config_to_dict(final_cfg.head_options), "class_names": names,
+        "head": cfg.head, "task": task, "head_options": config_to_dict(final_cfg.head_options), "class_names": names,
         "n_classes": len(names), "encoder_id": encoder_id, "embed_dim": embed_dim, "train_config": config_to_dict(cfg),
         "labels_csv": str(Path(labels_csv).resolve()), "features_dir": str(Path(features_dir).resolve()),
         "final_model": final_model,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     save_model_run(run_dir, head, config, {
-        "splits.csv": rows_to_csv(split_rows, ["slide_id", "case_id", "label", "split", "fold"]),
-        "predictions.csv": rows_to_csv(pred_rows, ["slide_id", "label", "split", "fold", "predicted",
-                                                   *_prob_columns(names)]),
+        "splits.csv": rows_to_csv(split_rows, split_cols),
+        "predictions.csv": rows_to_csv(pred_rows, pred_cols),
         "metrics.json": json.dumps(metrics, indent=2, default=str) + "\n",
         "history.json": json.dumps(history, indent=1) + "\n",
-    })
+    }, extra_files)
     return TrainSummary(run_dir, metrics, warnings)
 
 
-def _evaluation(y: npt.NDArray[np.int64], probs: npt.NDArray[np.float64], names: list[str], cfg: TrainConfig) -> dict[str, Any]:
+def _evaluation(y: npt.NDArray[Any], probs: npt.NDArray[np.float64], names: list[str], cfg: TrainConfig,
+                task: str = "classification") -> dict[str, Any]:
     """Metrics of one set of predictions with bootstrap confidence intervals (``ci``: None when off)."""
+    if task != "classification":
+        return task_evaluation(task, y, probs, cfg.bootstrap, cfg.ci_level, cfg.seed)
     return {
         "n_slides": int(len(y)),
         "metrics": classification_metrics(y, probs, names),
@@ -287,6 +355,39 @@ def _run_tables(
         row.update({c: f"{p:.6f}" for c, p in zip(_prob_columns(names), probs, strict=True)})
         pred_rows.append(row)
     return split_rows, pred_rows
+
+
+def _task_tables(
+    table: TargetTable, folds: npt.NDArray[np.int64], oof: npt.NDArray[np.float64], test_pos: npt.NDArray[np.int64],
+    test_out: npt.NDArray[np.float64] | None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str], list[str]]:
+    """Rows and columns of splits.csv and predictions.csv of a survival or regression run: the targets,
+    ``site`` when the labels have it, and the out-of-fold (test: final model) ``risk`` or ``value``."""
+    out_name = table.class_names[0]
+    value_cols = ["time", "event"] if table.task == SURVIVAL else ["target"]
+    site_cols = ["site"] if table.has_site else []
+    split_rows, pred_rows = [], []
+    for i, r in enumerate(table.rows):
+        test = r.split == "test"
+        fold = int(folds[i]) if folds[i] >= 0 else ""
+        values = ({"time": f"{r.time:g}", "event": r.event} if table.task == SURVIVAL else {"target": f"{r.target:g}"})
+        base = {"slide_id": r.slide_id, **values, "split": "test" if test else "train", "fold": fold,
+                **({"site": r.site} if table.has_site else {})}
+        split_rows.append({"case_id": r.case_id, **base})
+        out = test_out[np.searchsorted(test_pos, i)] if test and test_out is not None else oof[i]
+        pred_rows.append({**base, out_name: f"{out[0]:.6g}"})
+    split_cols = ["slide_id", "case_id", *value_cols, *site_cols, "split", "fold"]
+    pred_cols = ["slide_id", *value_cols, *site_cols, "split", "fold", out_name]
+    return split_rows, pred_rows, split_cols, pred_cols
+
+
+def _task_figures(task: str, y: npt.NDArray[np.float64], oof: npt.NDArray[np.float64]) -> dict[str, bytes]:
+    """The run folder's figure of the out-of-fold predictions: Kaplan-Meier curves or a scatter (PNG bytes)."""
+    from wsi_mil.mil import plots  # matplotlib: only when a task run writes its figure
+
+    if task == SURVIVAL:
+        return {plots.KM_FILE: plots.km_figure(y[:, 0], y[:, 1], oof[:, 0])}
+    return {plots.SCATTER_FILE: plots.scatter_figure(y, oof[:, 0])}
 
 
 def _orient(head: MILHead, bagset: BagSet, positions: npt.NDArray[np.int64], cfg: TrainConfig) -> None:
@@ -333,13 +434,15 @@ def run_predict(
 ) -> PredictSummary:
     """Predict every feature file in ``features_dir`` with the run's final model.
 
-    Writes ``OUT.csv`` (slide_id, n_tiles, prob_<class>..., predicted) and
+    Writes ``OUT.csv`` (slide_id, n_tiles, prob_<class>..., predicted; survival: slide_id, n_tiles,
+    risk; regression: slide_id, n_tiles, value) and
     ``OUT.tiles/{slide_id}.csv`` (tile_id, x, y, score_<class>..., selected_<class>...; selected
     is +1 top, -1 bottom, 0 not). Feature files from another encoder or dimension are refused.
     """
     dev = resolve_device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' asked for but no CUDA GPU is available; use --device cpu")
+    check_writable(out_csv)  # OUT.csv, OUT.tiles/, OUT.status.csv: before any slide is read
     run = load_model_run(run_dir, dev)
     paths = list_feature_files(features_dir)
     if not paths:
@@ -361,9 +464,12 @@ def run_predict(
             statuses.append(st)
             if st.status == FAILED:
                 log(f"{st.slide_id}: failed: {st.reason}")
+                if is_disk_full(st.reason):  # a full disk stops the prediction: nothing is left half-written
+                    raise DiskFullError(f"{st.reason}; the prediction stopped at slide {st.slide_id}")
     record.rows = {st.slide_id: st for st in statuses}
     record.save()
-    write_text_atomic(out_csv, rows_to_csv(rows, ["slide_id", "n_tiles", *_prob_columns(names), "predicted"]))
+    columns = ["slide_id", "n_tiles", *_prob_columns(names), "predicted"] if run.n_classes > 1 else ["slide_id", "n_tiles", *names]
+    write_text_atomic(out_csv, rows_to_csv(rows, columns))
     for w in warnings:
         log(f"warning: {w}")
     report = StageReport(sorted(statuses, key=lambda st: st.slide_id), record.path)
@@ -378,7 +484,11 @@ def _predict_one(path: Path, run: ModelRun, tiles_dir: Path, rows: list[dict[str
     ff = read_feature_file(path, run.encoder_id, run.embed_dim)
     pred = run.predict_bag(ff.features)
     row: dict[str, Any] = {"slide_id": ff.slide_id, "n_tiles": ff.n_tiles}
-    if ff.n_tiles == 0:
+    if run.n_classes == 1:  # survival: the risk score; regression: the predicted value
+        row[names[0]] = "" if ff.n_tiles == 0 else f"{pred.probs[0]:.6g}"
+        if ff.n_tiles == 0:
+            warnings.append(f"{path}: no tiles; {names[0]} left empty")
+    elif ff.n_tiles == 0:
         warnings.append(f"{path}: no tiles; probabilities left empty")
         row.update({c: "" for c in _prob_columns(names)}, predicted="")
     else:
@@ -386,7 +496,8 @@ def _predict_one(path: Path, run: ModelRun, tiles_dir: Path, rows: list[dict[str
         row["predicted"] = names[int(np.argmax(pred.probs))]
     (tiles_dir / f"{ff.slide_id}.csv").write_text(_tile_csv(ff.coords, pred, names), encoding="utf-8")
     rows.append(row)
-    log(f"{ff.slide_id}: {ff.n_tiles} tiles" + (f", predicted {row['predicted']}" if ff.n_tiles else ""))
+    shown = row.get("predicted", row.get(names[0], ""))
+    log(f"{ff.slide_id}: {ff.n_tiles} tiles" + (f", predicted {shown}" if ff.n_tiles else ""))
     return SlideStatus(ff.slide_id, str(path), DONE, "", ff.n_tiles, time.perf_counter() - t0)
 
 

@@ -2,7 +2,9 @@
 
 Training steps sample ``tiles_per_bag`` tiles per bag (fresh every step); validation and
 prediction use whole bags. The loss is the class-weighted cross-entropy of every ensemble member
-(averaged over members) plus the head's regularisation. Early stopping watches the validation
+(averaged over members) plus the head's regularisation; survival: the Cox partial likelihood
+(Breslow ties) over each batch's slides, with batches drawn so that each holds events; regression:
+MSE or Huber on targets standardised with the training slides' mean and std. Early stopping watches the validation
 loss (or AUC) of the whole-bag ensemble prediction from ``min_epochs`` on (a noisy small
 validation set must not pick an untrained epoch 1) and restores the best epoch's weights.
 Features are standardised with the mean and standard deviation of the training tiles of the
@@ -12,6 +14,7 @@ fit (stored in the head, so prediction applies the same transform). Everything r
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +30,9 @@ from wsi_mil.mil.config import TrainConfig
 from wsi_mil.mil.heads.base import MILHead
 from wsi_mil.mil.metrics import classification_metrics
 from wsi_mil.mil.registry import create_head
+from wsi_mil.mil.regression import regression_loss
+from wsi_mil.mil.survival import cox_loss
+from wsi_mil.mil.targets import SURVIVAL, task_metrics, task_score
 
 Log = Callable[[str], None]
 
@@ -91,13 +97,17 @@ def train_epoch(
 
 @torch.no_grad()
 def predict_probs(head: MILHead, bags: BagSet, positions: Sequence[int], tile_budget: int) -> npt.NDArray[np.float64]:
-    """(len(positions), C) class probabilities from whole bags, in the order of ``positions``."""
+    """(len(positions), C) class probabilities from whole bags, in the order of ``positions``
+    (a one-output head: (len(positions), 1) risk scores or values)."""
     head.eval()
     out = np.zeros((len(positions), head.n_classes), dtype=np.float64)
     where = {p: i for i, p in enumerate(positions)}
     for batch, feats, mask in bags.whole_batches(list(positions), tile_budget):
         logits, _ = head(feats, mask)
-        probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        if head.n_classes == 1:  # one-output task: the risk score / value itself
+            probs = logits.float().cpu().numpy()
+        else:
+            probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
         for p, row in zip(batch, probs, strict=True):
             out[where[p]] = row
     return out
@@ -119,8 +129,12 @@ def fit(
 
     ``targets`` (n_bags,) int class index per bag position. ``stats``: the (D,) mean and std of
     the ``train_pos`` tiles when already computed (a search reuses them across its trials).
-    Returns the best weights (or the last ones when there is no validation part).
+    Returns the best weights (or the last ones when there is no validation part). Survival and
+    regression (``cfg.task``): ``targets`` as :func:`wsi_mil.mil.targets.task_arrays`, see :func:`fit_task`.
     """
+    if cfg.task != "classification":
+        return fit_task(head, bags, np.asarray(targets, dtype=np.float64), train_pos, val_pos, cfg, seed, n_epochs,
+                        log, stats)
     device = bags.device
     head.to(device)
     if cfg.standardize:
@@ -168,3 +182,127 @@ def fit(
         best_epoch = len(history)
     state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
     return FitResult(state, best_epoch, len(history), history)
+
+
+def event_batches(order: npt.NDArray[np.int64], event: npt.NDArray[np.bool_], batch_size: int) -> list[list[int]]:
+    """Batches of about ``batch_size`` slide positions from ``order``, each with at least one event.
+
+    ``event`` (n_bags,) bool by position. Events, then censored slides, are dealt round-robin over
+    ``min(ceil(n / batch_size), n_events)`` batches (fewer, larger batches when events are rare).
+    """
+    ev = [int(p) for p in order if event[p]]
+    ce = [int(p) for p in order if not event[p]]
+    n_batches = max(1, min(math.ceil(len(order) / batch_size), len(ev)))
+    batches: list[list[int]] = [[] for _ in range(n_batches)]
+    for i, p in enumerate(ev + ce):
+        batches[i % n_batches].append(p)
+    return [b for b in batches if b]
+
+
+def task_loss(head: MILHead, features: Tensor, mask: Tensor, y: Tensor, task: str, kind: str) -> Tensor:
+    """Cox loss (survival; ``y`` (B, 2) time, event) or MSE/Huber (regression; ``y`` (B,) standardised),
+    averaged over members, plus the head's regularisation."""
+    out = head.member_logits(features, mask)[..., 0]  # (B, E)
+    loss = cox_loss(out, y[:, 0], y[:, 1]) if task == SURVIVAL else regression_loss(out, y, kind)
+    return loss + head.regularization()
+
+
+def fit_task(
+    head: MILHead, bags: BagSet, y: npt.NDArray[np.float64], train_pos: npt.NDArray[np.int64],
+    val_pos: npt.NDArray[np.int64], cfg: TrainConfig, seed: int, n_epochs: int | None = None, log: Log | None = None,
+    stats: tuple[Tensor, Tensor] | None = None,
+) -> FitResult:
+    """:func:`fit` for a one-output head (``n_classes = 1``): survival (``y`` (n_bags, 2) time, event)
+    or regression (``y`` (n_bags,) target). Early stopping watches the validation loss (Cox loss of the
+    validation slides as one risk set, or the regression loss) or, with ``monitor: auc``, the task's
+    score (c-index, -MAE). A survival head's risk is finally standardised over its training slides."""
+    device = bags.device
+    head.to(device)
+    task = cfg.task
+    if cfg.standardize:
+        head.set_standardization(*(stats if stats is not None else bags.feature_stats(train_pos.tolist())))
+    if task == SURVIVAL:
+        y_loss = y
+    else:
+        mean, std = float(y[train_pos].mean()), float(y[train_pos].std())
+        std = std if std > 0 else 1.0
+        head.set_output_scaling(mean, std)
+        y_loss = (y - mean) / std
+    y_dev = torch.as_tensor(y_loss, dtype=torch.float32, device=device)
+    event = y[:, 1] > 0 if task == SURVIVAL else None
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # dropout
+    use_val = len(val_pos) > 0 and n_epochs is None
+    max_epochs = n_epochs or cfg.max_epochs
+    best_score, best_epoch, best_state, stale = None, 0, None, 0
+    history: list[dict[str, float | None]] = []
+    for epoch in range(1, max_epochs + 1):
+        t0 = time.perf_counter()
+        head.train()
+        order = rng.permutation(train_pos)
+        if event is not None:
+            batches = event_batches(order, event, cfg.batch_size)
+        else:
+            batches = [order[i:i + cfg.batch_size].tolist() for i in range(0, len(order), cfg.batch_size)]
+        total = 0.0
+        for batch in batches:
+            feats, mask = bags.sample_batch(batch, cfg.tiles_per_bag, gen)
+            loss = task_loss(head, feats, mask, y_dev[batch], task, cfg.regression_loss)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(batch)
+        train_loss = total / max(len(order), 1)
+        row: dict[str, float | None] = {"epoch": epoch, "train_loss": train_loss}
+        if use_val:
+            out = predict_probs(head, bags, val_pos.tolist(), cfg.eval_tiles_per_batch)
+            val_loss = _task_val_loss(head, out, y[val_pos], task, cfg.regression_loss)
+            val_score = task_score(task, task_metrics(task, y[val_pos], out))
+            row["val_loss"], row["val_score"] = val_loss, val_score
+            score = -val_loss if cfg.monitor == "loss" or val_score is None else val_score
+            if epoch < cfg.min_epochs:
+                pass  # warm-up: the best epoch is searched from min_epochs on
+            elif best_score is None or score > best_score + 1e-9:
+                best_score, best_epoch, stale = score, epoch, 0
+                best_state = copy.deepcopy(head.state_dict())
+            else:
+                stale += 1
+        row["seconds"] = time.perf_counter() - t0
+        history.append(row)
+        if log is not None:
+            log(f"  epoch {epoch:3d}  train loss {train_loss:.4f}"
+                + (f"  val loss {row['val_loss']:.4f}  val score {row['val_score']}" if use_val else ""))
+        if use_val and stale >= cfg.patience and epoch >= cfg.min_epochs:
+            break
+    if best_state is not None:
+        head.load_state_dict(best_state)
+    else:
+        best_epoch = len(history)
+    if task == SURVIVAL:
+        _center_risk(head, bags, train_pos, cfg.eval_tiles_per_batch)
+    state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
+    return FitResult(state, best_epoch, len(history), history)
+
+
+def _center_risk(head: MILHead, bags: BagSet, train_pos: npt.NDArray[np.int64], tile_budget: int) -> None:
+    """Rescale a Cox head's risk to mean 0, std 1 over its training slides (exact: ranks and the
+    partial likelihood's ordering are unchanged), so risks of models from different folds compare."""
+    out = predict_probs(head, bags, train_pos.tolist(), tile_budget)[:, 0]
+    mean, std = float(out.mean()), float(out.std())
+    std = std if std > 1e-12 else 1.0
+    head.set_output_scaling(-mean / std, 1.0 / std)
+
+
+def _task_val_loss(head: MILHead, out: npt.NDArray[np.float64], y: npt.NDArray[np.float64], task: str,
+                   kind: str) -> float:
+    """Validation loss of whole-bag outputs ``out`` (n, 1): Cox loss of the slides as one risk set, or the
+    regression loss in standardised units."""
+    pred = torch.as_tensor(out, dtype=torch.float64)
+    if task == SURVIVAL:
+        yt = torch.as_tensor(y, dtype=torch.float64)
+        return float(cox_loss(pred[:, 0], yt[:, 0], yt[:, 1]))
+    shift, scale = float(head.output_shift), float(head.output_scale)
+    target = torch.as_tensor((y - shift) / scale, dtype=torch.float64)
+    return float(regression_loss((pred - shift) / scale, target, kind))

@@ -6,10 +6,13 @@ only, and one over all training slides for the final model. A search splits its 
 ``tune_folds`` inner folds (stratified, grouped by case: :func:`~wsi_mil.mil.splits.assign_folds`);
 each trial fits the head on every inner training part (early stopping on a grouped validation
 part of it, as the outer folds do) and scores the inner held-out fold. The trial's value is the
-AUC of its pooled inner out-of-fold predictions (balanced accuracy where AUC is undefined).
+AUC of its pooled inner out-of-fold predictions (balanced accuracy where AUC is undefined);
+survival: Harrell's c-index; regression: minus the MAE (inner folds stratified on the event, or
+the target's quartile).
 The first trial is always the settings as given (the defaults): the search replaces them only
-with settings that score strictly higher on the same inner folds, so tuning cannot pick
-something its own inner evidence says is worse than not tuning;
+with settings that score higher on the same inner folds by more than one bootstrap standard
+error of the paired difference (the best of many noisy inner scores is biased upwards, and the
+defaults must not lose to that bias);
 the running mean of the fold AUCs is reported after each inner fold, so Optuna's
 :class:`~optuna.pruners.MedianPruner` stops poor trials early. Sampling is
 :class:`~optuna.samplers.TPESampler` seeded from the run's seed: a given seed, data and device
@@ -38,6 +41,7 @@ from wsi_mil.mil.config import TrainConfig
 from wsi_mil.mil.heads import Choice, FloatRange, IntRange, SearchSpace, head_entry
 from wsi_mil.mil.metrics import classification_metrics
 from wsi_mil.mil.splits import assign_folds, validation_split
+from wsi_mil.mil.targets import PRIMARY, task_metrics, task_score
 from wsi_mil.mil.training import Log, build_head, fit, predict_probs, quiet
 
 HEAD_PREFIX = "head_options."
@@ -87,8 +91,13 @@ def apply_settings(cfg: TrainConfig, settings: dict[str, Any]) -> TrainConfig:
     return TrainConfig.model_validate(data)
 
 
-def inner_score(y: npt.NDArray[np.int64], probs: npt.NDArray[np.float64], names: list[str]) -> float:
-    """What a search maximises: AUC, else balanced accuracy (one class only), else 0."""
+def inner_score(y: npt.NDArray[Any], probs: npt.NDArray[np.float64], names: list[str],
+                task: str = "classification") -> float:
+    """What a search maximises: AUC, else balanced accuracy (one class only), else 0; survival: the
+    c-index (0 where undefined); regression: -MAE."""
+    if task != "classification":
+        v = task_score(task, task_metrics(task, y, probs))
+        return float(v) if v is not None else (0.0 if PRIMARY[task] == "c_index" else -1e300)
     m = classification_metrics(y, probs, names)
     for key in ("auc", "balanced_accuracy"):
         if m[key] is not None:
@@ -113,13 +122,16 @@ class SearchResult:
     note: str = ""
     trials: list[dict[str, Any]] = field(default_factory=list)
     kept_given: bool = False
+    inner_metric: str = "auc"
+    margin: float = 0.0
 
     def record(self) -> dict[str, Any]:
         """The JSON record of metrics.json (settings chosen, inner score, budget used)."""
-        return {"chosen": self.chosen, "inner_score": self.inner_score, "inner_metric": "auc",
+        return {"chosen": self.chosen, "inner_score": self.inner_score, "inner_metric": self.inner_metric,
                 "inner_folds": self.inner_folds, "best_epochs": self.best_epochs, "trials": self.n_trials,
                 "pruned": self.n_pruned, "seconds": round(self.seconds, 2), "searched": self.searched,
-                "fixed": self.fixed, "kept_given": self.kept_given, **({"note": self.note} if self.note else {})}
+                "fixed": self.fixed, "kept_given": self.kept_given,
+                "margin": round(self.margin, 4), **({"note": self.note} if self.note else {})}
 
 
 @dataclass
@@ -135,7 +147,8 @@ def _inner_folds(
     cfg: TrainConfig, seed: int,
 ) -> list[_InnerFold]:
     """The inner folds of ``pool`` (positions into the bags), at most ``tune_folds`` and at most
-    the smallest class's number of cases; empty when fewer than 2 are possible."""
+    the smallest class's number of cases; empty when fewer than 2 are possible. ``targets``: the
+    strata (classes; survival: the event; regression: target quartiles)."""
     cases = [len(set(groups[pool][targets[pool] == c].tolist())) for c in np.unique(targets[pool])]
     k = min(cfg.tune_folds, min(cases)) if len(cases) > 1 else 0
     if k < 2:
@@ -153,30 +166,41 @@ def _inner_folds(
 def search_settings(
     bagset: BagSet, targets: npt.NDArray[np.int64], groups: npt.NDArray[np.str_], pool: npt.NDArray[np.int64],
     cfg: TrainConfig, class_names: list[str], seed: int, log: Log = quiet,
+    strata: npt.NDArray[np.int64] | None = None,
 ) -> SearchResult:
     """Choose the settings of ``cfg.head`` by an inner CV of the slides at positions ``pool`` only.
 
-    ``targets`` (n_bags,) int class per bag, ``groups`` (n_bags,) case ids; nothing outside
-    ``pool`` is read. Runs ``cfg.tune_trials`` trials (or until ``cfg.tune_timeout_s``): the first
-    is the settings as given (the defaults), kept unless a searched trial scores strictly higher.
+    ``targets`` (n_bags,) int class per bag (survival, regression: the task's targets, see
+    :func:`wsi_mil.mil.targets.task_arrays`, with ``strata`` (n_bags,) int for the folds),
+    ``groups`` (n_bags,) case ids; nothing outside ``pool`` is read. Runs ``cfg.tune_trials`` trials (or until ``cfg.tune_timeout_s``): the first
+    is the settings as given (the defaults), kept unless a searched trial scores higher by more
+    than one standard error of the paired difference (:func:`_paired_se`).
     """
     t0 = time.perf_counter()
+    task = cfg.task
+    strata = targets if strata is None else strata
+    metric = "auc" if task == "classification" else PRIMARY[task] if task == "survival" else "neg_mae"
+    shown = {"auc": "AUC", "c_index": "c-index", "neg_mae": "-MAE"}[metric]
     space, fixed = search_space(cfg)
     base = apply_settings(cfg, {})
     if not space:
-        return SearchResult(base, {}, None, [], [], fixed, note="nothing to search: every key is set in the config")
-    folds = _inner_folds(bagset, targets, groups, pool, cfg, seed)
+        return SearchResult(base, {}, None, [], [], fixed, note="nothing to search: every key is set in the config",
+                            inner_metric=metric)
+    folds = _inner_folds(bagset, strata, groups, pool, cfg, seed)
     if not folds:
         return SearchResult(base, {}, None, [], list(space), fixed,
-                            note="too few cases per class for an inner cross-validation: settings as given")
+                            note="too few cases per class for an inner cross-validation: settings as given",
+                            inner_metric=metric)
     in_dim, n_classes = int(bagset.bags[int(pool[0])].shape[1]), len(class_names)
     where = {int(p): i for i, p in enumerate(pool)}
 
-    def evaluate(settings: dict[str, Any], trial: optuna.Trial | None) -> tuple[float, list[int], list[float]]:
-        """Inner-CV score of ``settings`` (pooled out-of-fold AUC), best epochs and running fold means;
-        reports each running mean to ``trial`` and stops early when Optuna prunes it."""
+    def evaluate(
+        settings: dict[str, Any], trial: optuna.Trial | None
+    ) -> tuple[float, list[int], list[float], npt.NDArray[np.float64]]:
+        """Inner-CV score of ``settings`` (pooled out-of-fold AUC), best epochs, running fold means and
+        the pooled predictions; reports each running mean to ``trial``, stops when Optuna prunes it."""
         trial_cfg = apply_settings(cfg, settings)
-        probs = np.full((len(pool), n_classes), np.nan)
+        probs = np.full((len(pool), n_classes), np.nan)  # one-output tasks: (len(pool), 1) risks / values
         scores, best, running = [], [], []
         for j, part in enumerate(folds):
             head = build_head(trial_cfg, in_dim, n_classes, seed + 1000 * (j + 1))
@@ -184,24 +208,26 @@ def search_settings(
                       class_names=class_names, stats=part.stats)
             p = predict_probs(head, bagset, part.held.tolist(), trial_cfg.eval_tiles_per_batch)
             probs[[where[int(i)] for i in part.held]] = p
-            scores.append(inner_score(targets[part.held], p, class_names))
+            scores.append(inner_score(targets[part.held], p, class_names, task))
             best.append(res.best_epoch)
             running.append(float(np.mean(scores)))
             if trial is not None:
                 trial.report(running[-1], j)
                 if j < len(folds) - 1 and trial.should_prune():
                     raise optuna.TrialPruned()
-        return inner_score(targets[pool], probs, class_names), best, running
+        return inner_score(targets[pool], probs, class_names, task), best, running, probs
 
     def objective(trial: optuna.Trial) -> float:
-        value, best, _ = evaluate(suggest(trial, space), trial)
+        value, best, _, probs = evaluate(suggest(trial, space), trial)
+        pooled[trial.number] = probs
         trial.set_user_attr("best_epochs", best)
         return value
 
     # The settings as given (the defaults) are always the first candidate: a search can only replace
     # them with settings that score higher on the same inner folds.
     given = {key: _current_value(cfg, key) for key in space}
-    given_value, given_best, given_running = evaluate({}, None)
+    pooled: dict[int, npt.NDArray[np.float64]] = {}
+    given_value, given_best, given_running, given_probs = evaluate({}, None)
     n = cfg.tune_trials
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the run's log reports each search
@@ -229,21 +255,48 @@ def search_settings(
     trials += [{"number": i + 1, "state": t.state.name.lower(), "value": t.value, "params": t.params}
                for i, t in enumerate(tried)]
     top = max(searched, key=lambda t: t.value if t.value is not None else -np.inf, default=None)
-    if top is None or top.value is None or top.value <= given_value:
+    margin = 0.0 if top is None or top.value is None or top.value <= given_value else _paired_se(
+        targets[pool], pooled[top.number], given_probs, class_names, task, seed)
+    gain = None if top is None or top.value is None else float(top.value) - given_value
+    if top is None or gain is None or gain <= margin:
+        note = "the settings as given scored best" if not gain or gain <= 0 else (
+            f"the best searched trial scored {gain:.4f} higher, within one standard error ({margin:.4f}) of "
+            "the paired difference: kept the settings as given")
         result = SearchResult(base, given, given_value, given_best, list(space), fixed, n_run, pruned, len(folds),
-                              time.perf_counter() - t0, note="the settings as given scored best", trials=trials,
-                              kept_given=True)
+                              time.perf_counter() - t0, note=note, trials=trials, kept_given=True,
+                              inner_metric=metric, margin=margin)
         log(f"  search: {n_run} trials ({pruned} pruned) on {len(pool)} slides, {len(folds)} inner folds, "
-            f"{result.seconds:.1f} s; inner AUC {given_value:.3f}: kept the settings as given")
+            f"{result.seconds:.1f} s; inner {shown} {given_value:.3f}: kept the settings as given")
         return result
     chosen = {k: top.params[k] for k in space}
     result = SearchResult(
-        apply_settings(cfg, chosen), chosen, float(top.value), list(top.user_attrs.get("best_epochs", [])),
-        list(space), fixed, n_run, pruned, len(folds), time.perf_counter() - t0, trials=trials)
+        apply_settings(cfg, chosen), chosen, given_value + gain, list(top.user_attrs.get("best_epochs", [])),
+        list(space), fixed, n_run, pruned, len(folds), time.perf_counter() - t0, trials=trials, inner_metric=metric,
+        margin=margin)
     log(f"  search: {result.n_trials} trials ({pruned} pruned) on {len(pool)} slides, {len(folds)} inner folds, "
-        f"{result.seconds:.1f} s; inner AUC {result.inner_score:.3f} with {_settings(chosen)} "
+        f"{result.seconds:.1f} s; inner {shown} {result.inner_score:.3f} with {_settings(chosen)} "
         f"(as given: {given_value:.3f})")
     return result
+
+
+#: bootstrap resamples of the inner slides behind the one-standard-error rule
+MARGIN_RESAMPLES = 200
+
+
+def _paired_se(
+    y: npt.NDArray[Any], searched: npt.NDArray[np.float64], given: npt.NDArray[np.float64], names: list[str],
+    task: str, seed: int,
+) -> float:
+    """Standard error of ``score(searched) - score(given)`` on the pooled inner predictions (the same
+    slides, resampled together: a paired bootstrap, seeded). A searched trial must beat the settings
+    as given by more than this (the one-standard-error rule): the best of many noisy inner scores
+    is biased upwards, and the defaults should not lose to that bias."""
+    rng = np.random.default_rng(seed + 7919)
+    diffs = []
+    for _ in range(MARGIN_RESAMPLES):
+        idx = rng.integers(0, len(y), len(y))
+        diffs.append(inner_score(y[idx], searched[idx], names, task) - inner_score(y[idx], given[idx], names, task))
+    return float(np.std(diffs, ddof=1))
 
 
 def _current_value(cfg: TrainConfig, key: str) -> Any:

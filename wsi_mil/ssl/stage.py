@@ -25,6 +25,7 @@ from wsi_mil.encoders import create_encoder, is_encoder_dir, read_encoder_json, 
 from wsi_mil.encoders.dataconfig import DataConfig
 from wsi_mil.errors import EncoderError, StoreError, WsiMilError
 from wsi_mil.jobdir import patches_dir, pretrain_checkpoint_path
+from wsi_mil.outputs import ENCODER_FOLDER, check_replaceable, check_writable
 from wsi_mil.ssl.config import PretrainConfig
 from wsi_mil.ssl.train import DistInfo, ProgressEvent, init_distributed, train_simclr
 from wsi_mil.stores.patches import is_complete_patch_store, list_patch_stores, open_patch_store
@@ -111,9 +112,8 @@ def _check_output(out_dir: Path, cfg: PretrainConfig, store_paths: list[Path], o
     if not out_dir.exists():
         return False
     if not is_encoder_dir(out_dir):
-        if out_dir.is_dir() and not any(out_dir.iterdir()):
-            return False
-        raise WsiMilError(f"{out_dir}: exists and is not an encoder folder; choose another -o path")
+        check_replaceable(out_dir, ENCODER_FOLDER)  # an empty folder passes; a job, a file or a foreign folder not
+        return False
     meta = read_encoder_json(out_dir)
     training = meta.get("training") or {}
     same = training.get("config") == config_to_dict(cfg) and meta.get("patch_stores") == [str(p) for p in store_paths]
@@ -151,6 +151,8 @@ def run_pretrain(
         meta = read_encoder_json(out_dir)
         return PretrainSummary(out_dir, cfg.arch, int(meta["embed_dim"]), len(stores), n_tiles, ckpt, skipped=True,
                                notes=notes + [f"{out_dir} already holds this encoder; nothing to do"])
+    check_writable(out_dir)  # before hours of training, not after them
+    check_writable(ckpt)
     if cfg.batch_size > n_tiles:
         raise WsiMilError(f"--batch-size {cfg.batch_size} is larger than the {n_tiles} tiles in {patches_dir(job)}; "
                           "lower --batch-size or tile more slides")

@@ -7,7 +7,10 @@ block straddles two tiles. The default is quality 90 with 4:2:0 chroma, like the
 JPEG: the smallest and fastest to decode; the decoder's chroma upsampling then blends the colour
 (not the luminance) of a tile's first and last pixel rows with its neighbour's. 4:4:4 keeps full
 chroma and makes every tile decode exactly as if encoded alone, at ~1.5x the bytes and ~0.65x the
-decode speed. Measured figures in ``BENCHMARKS.md``. Importing this module registers the codec with zarr.
+decode speed. Measured figures in ``BENCHMARKS.md``. Importing this module registers the codec with zarr;
+so does zarr itself in any process where the package is installed, through the ``zarr.codecs``
+entry point in ``pyproject.toml`` (plain ``zarr.open_group`` reads a patch store without
+``import wsi_mil``).
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 Datasets ``features`` (N, D) float16/float32 and ``coords`` (N, 2) int64 level-0 (x, y), row i =
 tile i of the patch store. The names match CLAM and TRIDENT, so their loaders read our files.
 Attributes: ``schema``, ``wsi_mil_version``, ``complete``, ``encoder_id``, ``embed_dim`` and the
-rest given by the writer (JSON-encoded when not a scalar or string).
+rest given by the writer (JSON-encoded when not a scalar or string). Files imported from TRIDENT,
+CLAM or STAMP (``wsi-mil import-features``, :mod:`wsi_mil.extract.importer`) carry
+``imported_from``, ``source_format``, ``source_hash`` and ``source_attrs`` instead of a patch store.
 """
 
 from __future__ import annotations
@@ -115,16 +117,30 @@ def read_feature_attrs(path: str | Path) -> dict[str, Any]:
         with h5py.File(path, "r") as f:
             attrs = {k: _decode_attr(v) for k, v in f.attrs.items()}
             shapes = {k: f[k].shape for k in ("features", "coords") if k in f}
+            datasets = sorted(f.keys())
     except OSError as exc:
         raise StoreError(f"{path}: not a readable HDF5 feature file ({exc}); delete it and re-run extract") from exc
-    _validate(path, attrs, shapes)
+    _validate(path, attrs, shapes, datasets)
     return attrs
 
 
-def _validate(path: Path, attrs: dict[str, Any], shapes: dict[str, tuple]) -> None:
+def foreign_layout(datasets: list[str], attrs: dict[str, Any]) -> str | None:
+    """The peer tool whose feature-file layout this looks like (``TRIDENT/CLAM``, ``STAMP``), else None."""
+    if "feats" in datasets and "coords" in datasets:
+        return "STAMP"
+    if "features" in datasets and "coords" in datasets and attrs.get("schema") != FEATURES_SCHEMA:
+        return "TRIDENT/CLAM"
+    return None
+
+
+def _validate(path: Path, attrs: dict[str, Any], shapes: dict[str, tuple], datasets: list[str] | None = None) -> None:
     if attrs.get("schema") != FEATURES_SCHEMA:
+        peer = foreign_layout(datasets or [], attrs)
+        hint = (f"; it looks like a {peer} feature file: convert its folder once with 'wsi-mil import-features "
+                f"{path.parent} -o JOB/features/ENCODER_ID' and point train/predict at that folder" if peer else
+                "; feature files from TRIDENT, CLAM or STAMP are converted with 'wsi-mil import-features'")
         raise StoreError(
-            f"{path}: not a wsi_mil feature file (schema {attrs.get('schema')!r}, expected {FEATURES_SCHEMA!r})"
+            f"{path}: not a wsi_mil feature file (schema {attrs.get('schema')!r}, expected {FEATURES_SCHEMA!r}){hint}"
         )
     missing = [k for k in REQUIRED_ATTRS if k not in attrs]
     if missing:

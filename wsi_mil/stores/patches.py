@@ -124,6 +124,21 @@ class PatchStoreWriter:
             if self._fill == len(self._buf):
                 self._flush()
 
+    def append_encoded(self, data: bytes, n: int) -> None:
+        """Add one chunk already encoded by :func:`~wsi_mil.stores.codecs.encode_tile_chunk` from
+        ``n`` tiles padded with white to a full chunk (``n`` < chunk only for the last one), e.g.
+        by threads. Not to be mixed with a partly filled :meth:`append` buffer."""
+        if self._fill:
+            raise StoreError(f"{self.path}: append_encoded after a partial append of {self._fill} tiles")
+        if not 0 < n <= self.chunk or (n < self.chunk and self._written + n != self.n_tiles):
+            raise StoreError(f"{self.path}: an encoded chunk of {n} tiles (chunks hold {self.chunk}; "
+                             "only the last may be short)")
+        if self._written + n > self.n_tiles:
+            raise StoreError(f"{self.path}: more tiles than the {self.n_tiles} announced")
+        self._encoded.append(bytes(data))
+        self._written += n
+        self._flush()
+
     def _flush(self) -> None:
         """Encode the chunk buffer (padded with white) and write the shard when full."""
         if self._fill:

@@ -30,6 +30,7 @@ from numpy.typing import NDArray
 from wsi_mil import __version__
 from wsi_mil.atomic import remove_stale_temporaries, write_json_atomic, write_text_atomic
 from wsi_mil.errors import ConfigError, StoreError, WsiMilError
+from wsi_mil.outputs import SYNTH_SLIDE, OutputError, check_replaceable, check_writable, is_job_folder
 from wsi_mil.parallel import map_slides
 from wsi_mil.runrecord import DONE, FAILED, SlideStatus
 from wsi_mil.synth.slide import make_slide
@@ -242,13 +243,19 @@ def make_cohort(
     spec = _check(n_slides, positive_fraction, size, mpp, lesion_fraction, seed, tile_size, jpeg_quality,
                   level_downsample, slides_per_case, prefix, workers)
     out = Path(out_dir)
+    if is_job_folder(out):
+        raise OutputError(f"{out}: is a job folder; write the cohort to a folder of its own")
+    check_writable(out, folder=True)
     out.mkdir(parents=True, exist_ok=True)
     gt = ground_truth_dir(out)
     gt.mkdir(exist_ok=True)
     remove_stale_temporaries(out)
     remove_stale_temporaries(gt)
     labels = cohort_labels(spec.n_slides, positive_fraction, spec.seed)
-    _make_slides(out, _pending_slides(out, spec, labels, overwrite, progress), workers, scheduler, progress)
+    pending = _pending_slides(out, spec, labels, overwrite, progress)
+    for sid, _, _ in pending:  # a file of that name that this tool did not write is never replaced
+        check_replaceable(out / f"{sid}.tiff", SYNTH_SLIDE)
+    _make_slides(out, pending, workers, scheduler, progress)
     _write_index(out, spec, labels)
     return out
 

@@ -1,8 +1,9 @@
 """Tissue detection on a low-resolution RGB image of a slide (pure numpy / scikit-image).
 
-Pipeline: drop near-white glass and near-black ink/dirt, drop green/blue/black pen marks, keep
+Brightfield pipeline: drop near-white glass and near-black ink/dirt, drop green/blue/black pen marks, keep
 pixels whose saturation (or optical density) is above an Otsu threshold, then clean up with
 morphology whose sizes are given in µm and µm² so the result does not depend on the mask scale.
+``otsu-fluorescence`` keeps bright pixels on a dark background instead (same clean-up).
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ def detect_tissue(rgb: np.ndarray, mpp: float, config: TissueConfig | None = Non
     cfg = config or TissueConfig()
     if rgb.size == 0:
         return np.zeros(rgb.shape[:2], dtype=bool)
+    if cfg.method == "otsu-fluorescence":
+        return _clean(fluorescence_mask(rgb), mpp, cfg)
     gray = rgb.astype(np.float32).mean(axis=2) / 255.0
     usable = gray > cfg.black_brightness  # near-black: ink, dirt, slide edges
     if cfg.remove_pen:
@@ -69,10 +72,24 @@ def detect_tissue(rgb: np.ndarray, mpp: float, config: TissueConfig | None = Non
     except ValueError:  # all values equal
         thr = floor
     mask = usable & (gray < cfg.background_brightness) & (signal > min(max(thr, floor), cap))
+    return _clean(mask, mpp, cfg, usable)
+
+
+def fluorescence_mask(rgb: np.ndarray) -> np.ndarray:
+    """Bright tissue on a dark background (h, w) bool: the brightest channel above its Otsu threshold."""
+    signal = rgb.max(axis=2).astype(np.float32) / 255.0
+    if signal.size < 16 or float(signal.max()) - float(signal.min()) < 0.02:
+        return np.zeros(rgb.shape[:2], dtype=bool)
+    return signal > max(float(threshold_otsu(signal)), 0.05)
+
+
+def _clean(mask: np.ndarray, mpp: float, cfg: TissueConfig, usable: np.ndarray | None = None) -> np.ndarray:
+    """Close gaps, fill small holes and drop small objects; sizes in µm and µm² at ``mpp`` µm/px."""
     pixel_area = mpp * mpp
     radius = int(round(cfg.closing_radius_um / mpp))
     if radius >= 1:
-        mask = ndi.binary_closing(mask, structure=disk(radius), border_value=0) & usable | mask
+        closed = ndi.binary_closing(mask, structure=disk(radius), border_value=0)
+        mask = (closed & usable if usable is not None else closed) | mask
     if cfg.max_hole_area_um2 > 0:
         mask = remove_small_holes(mask, max_size=max(1, int(cfg.max_hole_area_um2 / pixel_area)))
     if cfg.min_tissue_area_um2 > 0:

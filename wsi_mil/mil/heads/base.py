@@ -9,6 +9,14 @@ head scores class 1 with ``z`` (slide) and ``s`` (tiles), and the public outputs
 ``slide_logits = [0, z]`` (so softmax gives ``sigmoid(z)``) and ``tile_scores = [-s, s]``.
 For binary problems, read class 1 (column 1) for localisation. Multi-class heads have C outputs.
 
+One-output tasks (survival, regression): ``n_classes = 1`` builds a head with one output and no
+expansion: ``slide_logits`` (B, 1) is the slide's risk score (survival) or value (regression),
+``tile_scores`` (B, N, 1) the tiles' scores of that output. Such a head holds buffers
+``output_shift`` and ``output_scale`` (1,) (identity by default; regression sets them from the
+training targets' mean and std, so the head trains on standardised targets and predicts in the
+labels' unit): ``slide = raw * scale + shift``, ``tiles = raw_tiles * scale``. An ensemble's
+one-output prediction is the mean of its members' outputs.
+
 Feature standardisation: every head holds buffers ``feature_shift`` and ``feature_scale`` (D,)
 and scores ``x * scale + shift`` (identity by default). Training sets them from the training
 tiles (:meth:`MILHead.set_standardization`), so they travel with the weights.
@@ -42,18 +50,31 @@ class MILHead(nn.Module):
 
     feature_shift: Tensor  # (D,) buffers: features are scored as x * scale + shift
     feature_scale: Tensor
+    output_shift: Tensor  # (1,) buffers of one-output heads only: slide = raw * scale + shift
+    output_scale: Tensor
 
     def __init__(self, in_dim: int, n_classes: int, opts: HeadOptions | None = None) -> None:
         """Registered heads are built as ``cls(in_dim, n_classes, opts)``, ``opts`` of their
         registered options model (subclasses narrow its type and keep it as ``self.opts``)."""
         super().__init__()
-        if n_classes < 2:
-            raise ValueError(f"a MIL head needs at least 2 classes, got {n_classes}")
+        if n_classes < 1:
+            raise ValueError(f"a MIL head needs 1 output (survival, regression) or at least 2 classes, got {n_classes}")
         self.in_dim = int(in_dim)
         self.n_classes = int(n_classes)
-        self.n_outputs = 1 if n_classes == 2 else n_classes
+        self.n_outputs = 1 if n_classes <= 2 else n_classes
         self.register_buffer("feature_shift", torch.zeros(self.in_dim))
         self.register_buffer("feature_scale", torch.ones(self.in_dim))
+        if self.n_classes == 1:  # one-output task: predictions in the targets' unit
+            self.register_buffer("output_shift", torch.zeros(1))
+            self.register_buffer("output_scale", torch.ones(1))
+
+    @torch.no_grad()
+    def set_output_scaling(self, shift: float, scale: float) -> None:
+        """One-output heads: predict ``raw * scale + shift`` (regression: the training targets' mean, std)."""
+        if self.n_classes != 1:
+            raise ValueError("output scaling is for one-output heads (n_classes = 1)")
+        self.output_shift.fill_(float(shift))
+        self.output_scale.fill_(float(scale))
 
     @torch.no_grad()
     def set_standardization(self, mean: Tensor, std: Tensor, eps: float = 1e-6) -> None:
@@ -138,9 +159,14 @@ class MILHead(nn.Module):
         logits = self._expand(raw, dim_is_tiles=False)
         if logits.shape[1] == 1:
             slide = logits[:, 0]
+        elif self.n_classes == 1:  # one-output ensemble: the mean of the members' outputs
+            slide = logits.mean(dim=1)
         else:
             slide = torch.logsumexp(torch.log_softmax(logits, dim=-1), dim=1) - math.log(logits.shape[1])
         tiles = self._expand(tiles, dim_is_tiles=True)
+        if self.n_classes == 1:
+            slide = slide * self.output_scale + self.output_shift
+            tiles = tiles * self.output_scale
         tiles = torch.where(mask.unsqueeze(-1), tiles, torch.zeros_like(tiles))
         return slide, tiles
 

@@ -3,8 +3,9 @@
 Each member is a head fitted on one outer fold's training slides with the settings that fold's
 search chose (members may differ in their options), with its own standardisation. Slide
 probabilities are the mean of the members' probabilities (``slide_logits`` = their log, as a
-CHOWDER ensemble); tile scores are the mean of the members' tile scores; a tile is selected
-(+1 / -1) when any member's own rule (its ``k``) selects it on those mean scores (+1 wins).
+CHOWDER ensemble; one-output tasks: the mean of the members' outputs); tile scores are the mean
+of the members' tile scores; a tile is selected (+1 / -1) when any member's own rule (its ``k``)
+selects it on those mean scores (+1 wins).
 Not a registered head: a model run records it in ``config.json`` (``final_model.kind``).
 """
 
@@ -36,6 +37,11 @@ class FoldEnsemble(MILHead):
         check_inputs(features, mask, self.in_dim)
         first, *rest = self.members
         logits, tiles = first(features, mask)
+        if self.n_classes == 1:  # one-output task: the mean of the members' risk scores / values
+            for m in rest:
+                lg, tl = m(features, mask)
+                logits, tiles = logits + lg, tiles + tl
+            return logits / len(self.members), tiles / len(self.members)
         probs = torch.softmax(logits.float(), dim=-1)
         for m in rest:
             lg, tl = m(features, mask)

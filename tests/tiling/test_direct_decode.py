@@ -1,0 +1,206 @@
+"""Direct JPEG tile decoding: same pixels and coordinates as OpenSlide, fallbacks named, threads."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wsi_mil.errors import ConfigError, StoreError
+from wsi_mil.slide import open_slide
+from wsi_mil.stores.codecs import encode_tile_chunk
+from wsi_mil.stores.patches import PatchStoreWriter, open_patch_store
+from wsi_mil.synth import make_slide
+from wsi_mil.tiling.config import TilingConfig
+from wsi_mil.tiling.direct import DirectJpegLevel, find_jpeg_layout, open_direct_level
+from wsi_mil.tiling.readers import DecodeOptions, DirectTileReader, OpenSlideTileReader, open_tile_reader
+from wsi_mil.tiling.stage import plan_reads, run_tile
+
+
+@pytest.fixture(scope="module")
+def synth_40x(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small generic tiled TIFF (YCbCr 4:2:0 JPEG, 256 px tiles, 2x pyramid) at 0.25 mpp."""
+    path = tmp_path_factory.mktemp("direct") / "s40.tiff"
+    make_slide(path, 1800, 1500, mpp=0.25, seed=3, positive=True, tile_size=256)
+    return path
+
+
+def _random_regions(w: int, h: int, n: int, seed: int) -> list[tuple[int, int, int, int]]:
+    rng = np.random.default_rng(seed)
+    out = [(w - 37, h - 41, 80, 90), (-20, -30, 64, 64), (0, 0, w, h)]  # edges, outside, whole level
+    for _ in range(n):
+        out.append((int(rng.integers(-40, w)), int(rng.integers(-40, h)), int(rng.integers(1, 400)),
+                    int(rng.integers(1, 400))))
+    return out
+
+
+@pytest.mark.parametrize("which", ["cmu", "synth"])
+def test_direct_regions_equal_openslide_bit_for_bit(which: str, cmu_slide: Path, synth_40x: Path) -> None:
+    path = cmu_slide if which == "cmu" else synth_40x
+    with open_slide(path) as slide:
+        checked = 0
+        for level in range(slide.level_count):
+            direct, why = open_direct_level(slide, level)
+            ds = slide.level_downsamples[level]
+            if abs(ds - round(ds)) > 1e-9:
+                assert direct is None and "not an integer" in why
+                continue
+            assert direct is not None, why
+            w, h = slide.level_dimensions[level]
+            with direct:
+                for x, y, rw, rh in _random_regions(w, h, 12, seed=level):
+                    ours = direct.read(x, y, rw, rh)
+                    theirs = slide.read_region((x * int(ds), y * int(ds)), level, (rw, rh))
+                    assert np.array_equal(ours, theirs), (level, x, y, rw, rh)
+            checked += 1
+        assert checked >= (1 if which == "cmu" else 2)
+    lay, _ = find_jpeg_layout(open_slide(path), 0)
+    assert lay is not None and lay.colorspace == ("RGB" if which == "cmu" else "YCbCr")
+    assert (lay.tables is not None) == (which == "cmu")  # SVS: shared JPEGTables; tifffile: full streams
+
+
+def test_other_formats_fall_back_with_a_reason(shared_slides: Path, synth_40x: Path) -> None:
+    with open_slide(shared_slides / "tcga-cr-7395-01a-01-ts1.svs", mpp=0.25) as s:  # JPEG 2000 stays on OpenSlide
+        assert "not JPEG" in find_jpeg_layout(s, 0)[1]
+        assert "not an integer" in find_jpeg_layout(s, 1)[1]
+    with open_slide(shared_slides / "boxes.tiff", mpp=1.0) as s:  # Deflate
+        assert "not JPEG" in find_jpeg_layout(s, 0)[1]
+    with open_slide(shared_slides / "dicom_openslide_boxes") as s:
+        layout, why = find_jpeg_layout(s, 0)
+        assert layout is None and why
+        plan = plan_reads(s, s.mpp, 8)
+        reader = open_tile_reader(s, plan, 8, np.zeros((1, 2), np.int64), DecodeOptions())
+        assert isinstance(reader, OpenSlideTileReader) and reader.fallback_reason == why
+    with open_slide(shared_slides / "edge_cases" / "unreadable.svs") as s:  # corrupt JPEG: the probe refuses it
+        direct, why = open_direct_level(s, 0)
+        assert direct is None and "cannot decode" in why
+    with open_slide(synth_40x) as s:  # a level read unresampled at corners between its pixels
+        plan = plan_reads(s, 0.5, 224)
+        assert plan.level == 1 and not plan.resample
+        odd = open_tile_reader(s, plan, 224, np.array([[448, 449]], np.int64), DecodeOptions())
+        even = open_tile_reader(s, plan, 224, np.array([[448, 448]], np.int64), DecodeOptions())
+        assert isinstance(odd, OpenSlideTileReader) and "between the pixels" in odd.fallback_reason
+        assert isinstance(even, DirectTileReader)
+        asked = open_tile_reader(s, plan, 224, np.array([[448, 448]], np.int64), DecodeOptions(decoder="openslide"))
+        assert isinstance(asked, OpenSlideTileReader)
+        even.close()
+
+
+def _tile_with(path: Path, job: Path, monkeypatch: pytest.MonkeyPatch, cfg: TilingConfig, **env: str):  # type: ignore[no-untyped-def]
+    for k in ("DECODER", "THREADS", "REDUCED", "DEVICE"):
+        monkeypatch.delenv(f"WSI_MIL_TILE_{k}", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(f"WSI_MIL_TILE_{k.upper()}", v)
+    rep = run_tile([path], job, cfg, workers=0, progress=False)
+    assert rep.statuses[0].status == "done", rep.statuses[0].reason
+    return open_patch_store(job / "patches" / f"{path.stem}.zarr")
+
+
+def _shards(store_path: Path) -> list[bytes]:
+    return [p.read_bytes() for p in sorted((store_path / "tiles" / "c").rglob("*")) if p.is_file()]
+
+
+@pytest.mark.parametrize("target_mpp", [0.499, 0.7])  # native (level read as is) and resampled at level 0
+def test_stage_store_is_byte_identical_to_the_openslide_path(cmu_slide: Path, tmp_path: Path, target_mpp: float,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = TilingConfig(target_mpp=target_mpp, tiles_per_chunk=8, chunks_per_shard=2)
+    ref = _tile_with(cmu_slide, tmp_path / "a", monkeypatch, cfg, decoder="openslide", threads="1")
+    new = _tile_with(cmu_slide, tmp_path / "b", monkeypatch, cfg, threads="3")
+    assert ref.attrs["tile_decoder"] == "openslide"
+    assert new.attrs["tile_decoder"].startswith("direct-jpeg (imagecodecs")
+    assert new.attrs["tile_decode_scale"] == 1 and new.attrs["tile_threads"] == 3
+    assert new.n_tiles == ref.n_tiles > 16 and np.array_equal(new.coords, ref.coords)
+    assert _shards(new.path) == _shards(ref.path)  # same tiles, same encoder, same bytes
+    assert np.array_equal(new.read_tiles(), ref.read_tiles())
+
+
+def test_each_source_tile_is_decoded_once_and_threads_agree(synth_40x: Path) -> None:
+    with open_slide(synth_40x) as s:
+        plan = plan_reads(s, 0.25, 224)
+        layout, why = find_jpeg_layout(s, 0)
+        assert layout is not None, why
+        direct = DirectJpegLevel(layout)  # unverified, so nothing decoded yet
+        reader = DirectTileReader(direct, plan, 224)
+        xs, ys = np.meshgrid(np.arange(0, 1800 - 224, 224), np.arange(0, 1500 - 224, 224))
+        coords = np.stack([xs.ravel(), ys.ravel()], 1).astype(np.int64)
+        before = direct.tiles_decoded
+        assert before == 0
+        serial = np.empty((len(coords), 224, 224, 3), np.uint8)
+        reader.read_tiles(coords, serial)
+        lay = direct.layout
+        touched = {(c, r) for x, y in coords for c in range(x // 256, (x + 223) // 256 + 1)
+                   for r in range(y // 256, (y + 223) // 256 + 1)}
+        assert direct.tiles_decoded - before == len(touched)
+        parallel = np.empty_like(serial)
+        fresh, _ = open_direct_level(s, 0)
+        assert fresh is not None
+        r2 = DirectTileReader(fresh, plan, 224)
+        bounds = np.linspace(0, len(coords), 5).astype(int)
+        parts = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]  # views: threads fill `parallel`
+        threads = [threading.Thread(target=r2.read_tiles, args=(coords[p], parallel[p])) for p in parts]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert np.array_equal(parallel, serial)
+        assert fresh.tiles_decoded <= len(touched) + 4 and lay.tiles_across == 8
+        reader.close()
+        r2.close()
+
+
+def test_decode_options_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for k in ("DECODER", "THREADS", "REDUCED", "DEVICE"):
+        monkeypatch.delenv(f"WSI_MIL_TILE_{k}", raising=False)
+    assert DecodeOptions.from_env() == DecodeOptions()
+    assert 1 <= DecodeOptions().thread_count() <= 8
+    monkeypatch.setenv("WSI_MIL_TILE_THREADS", "3")
+    monkeypatch.setenv("WSI_MIL_TILE_REDUCED", "0")
+    monkeypatch.setenv("WSI_MIL_TILE_DEVICE", "cuda")
+    assert DecodeOptions.from_env() == DecodeOptions("auto", False, 3, "cuda")
+    for key, bad in (("THREADS", "many"), ("THREADS", "-1"), ("DECODER", "pil"), ("DEVICE", "tpu"), ("REDUCED", "2")):
+        monkeypatch.setenv(f"WSI_MIL_TILE_{key}", bad)
+        with pytest.raises(ConfigError, match=f"WSI_MIL_TILE_{key}"):
+            DecodeOptions.from_env()
+        monkeypatch.delenv(f"WSI_MIL_TILE_{key}")
+
+
+def test_writer_takes_encoded_chunks_only_whole_until_the_last(tmp_path: Path) -> None:
+    tiles = np.random.default_rng(0).integers(0, 255, (10, 16, 16, 3), dtype=np.uint8)
+    attrs = {"slide_id": "s", "mpp": 0.5, "target_mpp": 0.5, "tile_size_level0": 16.0}
+    extra = (np.zeros((10, 2), np.int64), np.ones(10, np.float32), np.ones((2, 2), np.uint8), 1.0)
+    with PatchStoreWriter(tmp_path / "a.zarr", 10, 16, attrs, tiles_per_chunk=4, chunks_per_shard=2) as w:
+        w.append(tiles)
+        w.close(*extra)
+    with PatchStoreWriter(tmp_path / "b.zarr", 10, 16, attrs, tiles_per_chunk=4, chunks_per_shard=2) as w:
+        pad = np.full((4, 16, 16, 3), 255, np.uint8)
+        with pytest.raises(StoreError, match="only the last may be short"):
+            w.append_encoded(encode_tile_chunk(pad, "jpeg"), 3)
+        for a in (0, 4, 8):
+            part = pad.copy()
+            part[: len(tiles[a:a + 4])] = tiles[a:a + 4]
+            w.append_encoded(encode_tile_chunk(part, "jpeg"), len(tiles[a:a + 4]))
+        w.close(*extra)
+    a, b = open_patch_store(tmp_path / "a.zarr"), open_patch_store(tmp_path / "b.zarr")
+    assert b.n_tiles == 10 and _shards(a.path) == _shards(b.path)
+    assert np.array_equal(a.read_tiles(), b.read_tiles())
+
+
+def test_decoded_tile_cache_is_bounded(synth_40x: Path) -> None:
+    with open_slide(synth_40x) as s:
+        layout, _ = find_jpeg_layout(s, 0)
+        assert layout is not None
+        one_tile = 256 * 256 * 3
+        with DirectJpegLevel(layout, cache_bytes=2 * one_tile) as level:
+            first = level.read(0, 0, 256, 256).copy()
+            level.read(256, 0, 256, 256)
+            assert level.tiles_decoded == 2
+            level.read(0, 0, 256, 256)  # still cached
+            assert level.tiles_decoded == 2
+            level.read(512, 0, 256, 256)  # evicts the least recently used tile, (1, 0)
+            level.read(0, 0, 256, 256)
+            assert level.tiles_decoded == 3
+            level.read(256, 0, 256, 256)  # was evicted: decoded again
+            assert level.tiles_decoded == 4
+            assert np.array_equal(level.read(0, 0, 256, 256), first)

@@ -1,0 +1,104 @@
+"""Reduced-size (DCT-scaled) decoding: when it is used, and its error against full decoding + resampling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wsi_mil.slide import open_slide
+from wsi_mil.synth import make_slide
+from wsi_mil.tiling.direct import open_direct_level, verify_reduced
+from wsi_mil.tiling.readers import DecodeOptions, DirectTileReader, open_tile_reader
+from wsi_mil.tiling.regions import ReadPlan, reduced_scale, tile_window
+from wsi_mil.tiling.stage import plan_reads
+
+#: stated error bounds (docs/tile.md): mean |reduced - full decode + box resample| per channel, grey levels
+BOUND_VS_FULL = {"synth-40x-420": 2.0, "cmu-20x-444": 4.5}
+#: and the reduced tiles are no further from the exact area average than the full path is, plus this
+BOUND_VS_AREA_EXCESS = 1.0
+
+
+@pytest.fixture(scope="module")
+def synth_40x4(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 0.25 mpp generic tiled TIFF (YCbCr 4:2:0) with a 4x pyramid, like Aperio's: no 0.5 mpp level."""
+    path = tmp_path_factory.mktemp("reduced") / "a40.tiff"
+    make_slide(path, 2048, 1536, mpp=0.25, seed=5, positive=True, tile_size=256, level_downsample=4)
+    return path
+
+
+def test_reduced_scale_choice() -> None:
+    assert reduced_scale(ReadPlan(0, 1.0, 224.0, False), 224) == 1  # no resampling: nothing to reduce
+    assert reduced_scale(ReadPlan(0, 1.0, 448.0, True), 224) == 2
+    assert reduced_scale(ReadPlan(0, 1.0, 447.6, True), 224) == 2  # within half a pixel
+    assert reduced_scale(ReadPlan(0, 1.0, 446.0, True), 224) == 1  # would enlarge by > half a pixel
+    assert reduced_scale(ReadPlan(0, 1.0, 1800.0, True), 224) == 8
+    assert reduced_scale(ReadPlan(0, 1.0, 900.0, True), 224) == 4
+    assert reduced_scale(ReadPlan(0, 1.0, 1800.0, True), 224, allowed=(2,)) == 2
+
+
+def _area_average(img: np.ndarray, box: tuple[float, float, float, float], n: int) -> np.ndarray:
+    """Exact area average of ``img`` over ``box`` onto an n x n grid (float, the ideal shrink)."""
+    x0, y0, x1, y1 = box
+
+    def weights(length: int, origin: float, extent: float) -> np.ndarray:
+        step = extent / n
+        edges = origin + step * np.arange(n + 1)
+        k = np.arange(length)
+        w = np.clip(np.minimum(edges[1:, None], k + 1) - np.maximum(edges[:-1, None], k), 0, None)
+        return w / w.sum(1, keepdims=True)
+
+    wy, wx = weights(img.shape[0], y0, y1 - y0), weights(img.shape[1], x0, x1 - x0)
+    return np.stack([wy @ img[..., c].astype(float) @ wx.T for c in range(3)], axis=-1)
+
+
+def _errors(path: Path, target_mpp: float, n: int, seed: int) -> tuple[int, float, float, float]:
+    """(scale, mean |reduced - full|, mean |full - area|, mean |reduced - area|) over n random tiles."""
+    with open_slide(path) as s:
+        plan = plan_reads(s, target_mpp, 224)
+        direct, why = open_direct_level(s, plan.level)
+        assert direct is not None, why
+        scale = reduced_scale(plan, 224)
+        assert scale > 1 and verify_reduced(direct, scale) == ""
+        full, red = DirectTileReader(direct, plan, 224, 1), DirectTileReader(direct, plan, 224, scale)
+        rng = np.random.default_rng(seed)
+        span = int(np.ceil(plan.region_size * plan.level_downsample)) + 2
+        e_full, e_fa, e_ra = [], [], []
+        for _ in range(n):
+            x = int(rng.integers(0, s.dimensions[0] - span))
+            y = int(rng.integers(0, s.dimensions[1] - span))
+            a, b = full.read_tile(x, y).astype(float), red.read_tile(x, y).astype(float)
+            win = tile_window(x, y, plan)
+            ideal = _area_average(direct.read(win.x, win.y, win.width, win.height), win.box, 224)
+            e_full.append(np.abs(a - b).mean())
+            e_fa.append(np.abs(a - ideal).mean())
+            e_ra.append(np.abs(b - ideal).mean())
+        direct.close()
+    return scale, float(np.mean(e_full)), float(np.mean(e_fa)), float(np.mean(e_ra))
+
+
+@pytest.mark.parametrize("case", ["synth-40x-420", "cmu-20x-444"])
+def test_reduced_decode_stays_within_the_stated_error(case: str, synth_40x4: Path, cmu_slide: Path) -> None:
+    path, target = (synth_40x4, 0.5) if case == "synth-40x-420" else (cmu_slide, 1.0)
+    scale, vs_full, full_area, red_area = _errors(path, target, 10, seed=1)
+    assert scale == 2
+    assert vs_full <= BOUND_VS_FULL[case], (vs_full, full_area, red_area)
+    assert red_area <= full_area + BOUND_VS_AREA_EXCESS, (vs_full, full_area, red_area)
+
+
+def test_stage_uses_reduced_decoding_only_when_asked(synth_40x4: Path) -> None:
+    with open_slide(synth_40x4) as s:
+        plan = plan_reads(s, 0.5, 224)
+        assert plan.level == 0 and plan.resample and plan.region_size == 448
+        coords = np.array([[448, 448]], np.int64)
+        on = open_tile_reader(s, plan, 224, coords, DecodeOptions(reduced=True))
+        off = open_tile_reader(s, plan, 224, coords, DecodeOptions(reduced=False))
+        assert on.name == "direct-jpeg-1/2" and on.scale == 2
+        assert off.name == "direct-jpeg" and off.scale == 1
+        a, b = np.empty((1, 224, 224, 3), np.uint8), np.empty((1, 224, 224, 3), np.uint8)
+        on.read_tiles(coords, a)
+        off.read_tiles(coords, b)
+        assert 0 < np.abs(a.astype(int) - b).mean() <= BOUND_VS_FULL["synth-40x-420"]
+        on.close()
+        off.close()

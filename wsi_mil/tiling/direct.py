@@ -1,0 +1,327 @@
+"""Direct tile decoding for pyramid levels stored as tiled JPEG TIFF (Aperio SVS, generic tiled TIFF).
+
+OpenSlide's ``read_region`` decodes the slide's JPEG tiles, paints them into an RGBA surface and
+we then drop alpha: a copy and a conversion per read, and a tile cache shared by all reads. Here
+the compressed tile bytes are read from the file (``os.pread``: thread-safe, GIL released) at the
+offsets tifffile reports, decoded with libjpeg-turbo (imagecodecs; GIL released, so threads
+decode in parallel) with the level's JPEGTables and colour space (TIFF Photometric RGB: the JPEG
+holds RGB, as OpenSlide reads it; YCbCr: converted to RGB), and copied into the region buffer.
+Each decoded source tile is kept in a small LRU cache so the tiles of our grid that share it
+decode it once.
+
+Reduced-size decoding (``scale`` 2, 4 or 8) decodes in the DCT domain at 1/``scale`` of the level
+(libjpeg-turbo's scaled IDCT, through Pillow's ``draft``), for tiles that are shrunk anyway.
+
+Same pixels as OpenSlide at scale 1 (bit for bit on the slides tested) and same coordinates, on
+levels whose downsample is an integer: :func:`open_direct_level` checks the layout, then decodes
+probe tiles both ways and refuses the level (the caller falls back to the reader) on any
+difference. Pixels outside the image are white, as ``Slide.read_region`` gives them.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+import imagecodecs
+import numpy as np
+import tifffile
+from numpy.typing import NDArray
+from PIL import Image
+
+from wsi_mil.errors import SlideError
+from wsi_mil.slide import Slide
+
+#: OpenSlide vendors whose levels are plain, non-overlapping TIFF tile grids
+DIRECT_VENDORS = ("aperio", "generic-tiff")
+SCALES = (1, 2, 4, 8)
+#: an Adobe APP14 segment with transform 0: tells any libjpeg decoder the components are RGB
+ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"
+#: largest |difference| (grey levels) allowed between a probe tile decoded here and by the reader
+PROBE_MAX_DIFF = 2
+#: largest mean |difference| between a reduced decode and the full decode shrunk with a box filter
+REDUCED_PROBE_MEAN_DIFF = 3.0
+DEFAULT_CACHE_BYTES = 128 << 20
+
+
+@dataclass(frozen=True)
+class JpegTileLayout:
+    """Where a level's JPEG tiles lie in the file and how to decode them."""
+
+    path: Path
+    width: int  # level pixels
+    height: int
+    tile_w: int
+    tile_h: int
+    offsets: NDArray[np.int64]  # (tiles_down * tiles_across,) row-major
+    bytecounts: NDArray[np.int64]
+    tables: bytes | None  # the level's JPEGTables (abbreviated table stream) or None
+    colorspace: str  # "RGB" (Photometric RGB) or "YCbCr"
+
+    @property
+    def tiles_across(self) -> int:
+        return -(-self.width // self.tile_w)
+
+    @property
+    def tiles_down(self) -> int:
+        return -(-self.height // self.tile_h)
+
+
+def _name(value: object) -> str:
+    """A TIFF enum's name (tifffile gives enums, or ints for unknown values)."""
+    return str(getattr(value, "name", value))
+
+
+def find_jpeg_layout(slide: Slide, level: int) -> tuple[JpegTileLayout | None, str]:
+    """The tiled-JPEG layout of ``level``, or (None, why the level cannot be decoded directly)."""
+    path = Path(slide.path)
+    if slide.vendor not in DIRECT_VENDORS:
+        return None, f"vendor {slide.vendor!r} is not a plain TIFF tile grid"
+    if not path.is_file():
+        return None, "not a single TIFF file"
+    ds = slide.level_downsamples[level]
+    if abs(ds - round(ds)) > 1e-9:
+        return None, f"level {level} downsample {ds:g} is not an integer (OpenSlide interpolates sub-pixel)"
+    want = tuple(slide.level_dimensions[level])
+    try:
+        with tifffile.TiffFile(path) as tf:
+            pages = [p for p in tf.pages if isinstance(p, tifffile.TiffPage) and p.is_tiled
+                     and (p.imagewidth, p.imagelength) == want]
+            if len(pages) != 1:
+                return None, f"{len(pages)} tiled TIFF pages of {want[0]}x{want[1]} px"
+            p = pages[0]
+            if int(p.compression) != 7:
+                return None, f"compression {_name(p.compression)} is not JPEG"
+            if (int(p.planarconfig) != 1 or p.samplesperpixel != 3 or p.bitspersample != 8
+                    or p.imagedepth != 1 or p.tiledepth != 1):
+                return None, "not 8-bit contiguous 3-sample tiles"
+            photometric = int(p.photometric)
+            if photometric not in (2, 6):
+                return None, f"photometric {_name(p.photometric)} is neither RGB nor YCbCr"
+            offsets = np.asarray(p.dataoffsets, dtype=np.int64)
+            counts = np.asarray(p.databytecounts, dtype=np.int64)
+            layout = JpegTileLayout(path, int(p.imagewidth), int(p.imagelength), int(p.tilewidth),
+                                    int(p.tilelength), offsets, counts, p.jpegtables or None,
+                                    "RGB" if photometric == 2 else "YCbCr")
+    except (tifffile.TiffFileError, OSError, ValueError) as exc:
+        return None, f"tifffile cannot read the layout: {exc}"
+    if len(offsets) != layout.tiles_across * layout.tiles_down:
+        return None, "tile offsets do not match the tile grid"
+    if layout.tile_w % 8 or layout.tile_h % 8:
+        return None, f"tile size {layout.tile_w}x{layout.tile_h} is not a multiple of 8"
+    return layout, ""
+
+
+DecodeFn = Callable[[tuple[int, int, int]], "NDArray[np.uint8] | None"]
+
+
+class _TileCache:
+    """Thread-safe LRU of decoded tiles; a tile being decoded by one thread is waited for by others."""
+
+    def __init__(self, capacity_bytes: int) -> None:
+        self.capacity = int(capacity_bytes)
+        self._lock = threading.Lock()
+        self._items: OrderedDict[tuple[int, int, int], Future[NDArray[np.uint8] | None]] = OrderedDict()
+        self._bytes = 0
+        self.decoded = 0  # tiles decoded so far (for benchmarks and tests)
+
+    def get(self, key: tuple[int, int, int], decode: DecodeFn) -> NDArray[np.uint8] | None:
+        with self._lock:
+            fut = self._items.get(key)
+            if fut is not None:
+                self._items.move_to_end(key)
+                owner = False
+            else:
+                fut = Future()
+                self._items[key] = fut
+                owner = True
+        if not owner:
+            return fut.result()
+        try:
+            arr = decode(key)
+        except BaseException as exc:
+            with self._lock:
+                self._items.pop(key, None)
+            fut.set_exception(exc)
+            raise
+        fut.set_result(arr)
+        with self._lock:
+            self.decoded += 1
+            if self._items.get(key) is fut:  # still cached: count it, evict the oldest done tiles
+                self._bytes += _nbytes(arr)
+                while self._bytes > self.capacity and len(self._items) > 1:
+                    old_key, old = next(iter(self._items.items()))
+                    if not old.done():
+                        break
+                    del self._items[old_key]
+                    self._bytes -= _nbytes(old.result())
+        return arr
+
+
+def _nbytes(arr: NDArray[np.uint8] | None) -> int:
+    return 0 if arr is None else int(arr.nbytes)
+
+
+class DirectJpegLevel:
+    """Reads regions of one tiled-JPEG pyramid level straight from the file. Thread-safe."""
+
+    def __init__(self, layout: JpegTileLayout, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self.layout = layout
+        self._fd = os.open(layout.path, os.O_RDONLY)
+        self._cache = _TileCache(cache_bytes)
+        if layout.tables is not None and layout.tables[-2:] == b"\xff\xd9":
+            self._splice_head = layout.tables[:-2]  # SOI + tables, then the tile without its SOI
+        else:
+            self._splice_head = b"\xff\xd8"
+        if layout.colorspace == "RGB":
+            self._splice_head = b"\xff\xd8" + ADOBE_RGB + self._splice_head[2:]
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> DirectJpegLevel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def tiles_decoded(self) -> int:
+        """Source tiles decoded so far (each at most once while it stays in the cache)."""
+        return self._cache.decoded
+
+    def tile_bytes(self, col: int, row: int) -> bytes:
+        """The compressed bytes of tile (col, row) as stored (b'' for a tile that is absent)."""
+        lay = self.layout
+        i = row * lay.tiles_across + col
+        n = int(lay.bytecounts[i])
+        if n == 0:
+            return b""
+        data = os.pread(self._fd, n, int(lay.offsets[i]))
+        if len(data) != n:
+            raise SlideError(f"{lay.path}: tile {col},{row} is truncated ({len(data)} of {n} bytes); the file is damaged")
+        return data
+
+    def jpeg_stream(self, data: bytes) -> bytes:
+        """A stand-alone JPEG of one tile's bytes: tables spliced in, Adobe RGB marker for RGB data."""
+        return self._splice_head + data[2:]
+
+    def _decode(self, key: tuple[int, int, int]) -> NDArray[np.uint8] | None:
+        col, row, scale = key
+        data = self.tile_bytes(col, row)
+        if not data:
+            return None
+        lay = self.layout
+        shape = (lay.tile_h // scale, lay.tile_w // scale, 3)
+        try:
+            if scale == 1:
+                arr = imagecodecs.jpeg8_decode(data, tables=lay.tables, colorspace=lay.colorspace,
+                                               outcolorspace="RGB")
+            else:
+                im = Image.open(io.BytesIO(self.jpeg_stream(data)))
+                im.draft("RGB", (shape[1], shape[0]))
+                arr = np.asarray(im)
+        except Exception as exc:  # a decoder error on damaged data becomes a slide error
+            raise SlideError(f"{lay.path}: cannot decode JPEG tile {col},{row}: {exc}") from exc
+        if arr.shape != shape:
+            raise SlideError(f"{lay.path}: JPEG tile {col},{row} decodes to {arr.shape}, expected {shape}")
+        return arr
+
+    def read(self, x: int, y: int, w: int, h: int, scale: int = 1,
+             out: NDArray[np.uint8] | None = None) -> NDArray[np.uint8]:
+        """(h, w, 3) uint8 RGB of the level decoded at 1/``scale``, top-left (x, y) in those pixels.
+
+        Pixels outside the image (or in absent tiles) are white.
+        """
+        if scale not in SCALES:
+            raise ValueError(f"scale must be one of {SCALES}, got {scale}")
+        lay = self.layout
+        tw, th = lay.tile_w // scale, lay.tile_h // scale
+        iw, ih = math.ceil(lay.width / scale), math.ceil(lay.height / scale)
+        if out is None:
+            out = np.empty((h, w, 3), dtype=np.uint8)
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, iw), min(y + h, ih)
+        if x0 >= x1 or y0 >= y1:
+            out[...] = 255
+            return out
+        if (x0, y0, x1, y1) != (x, y, x + w, y + h):
+            out[...] = 255
+        for r in range(y0 // th, (y1 - 1) // th + 1):
+            ty0, ty1 = max(y0, r * th), min(y1, (r + 1) * th)
+            for c in range(x0 // tw, (x1 - 1) // tw + 1):
+                tx0, tx1 = max(x0, c * tw), min(x1, (c + 1) * tw)
+                tile = self._cache.get((c, r, scale), self._decode)
+                dst = out[ty0 - y:ty1 - y, tx0 - x:tx1 - x]
+                if tile is None:
+                    dst[...] = 255
+                else:
+                    dst[...] = tile[ty0 - r * th:ty1 - r * th, tx0 - c * tw:tx1 - c * tw]
+        return out
+
+
+def _probe_tiles(layout: JpegTileLayout) -> list[tuple[int, int]]:
+    """A few present tiles to check: the middle one and the bottom-right (edge clipping)."""
+    cands = [(layout.tiles_across // 2, layout.tiles_down // 2), (layout.tiles_across - 1, layout.tiles_down - 1)]
+    out = []
+    for c, r in cands:
+        if layout.bytecounts[r * layout.tiles_across + c] > 0 and (c, r) not in out:
+            out.append((c, r))
+    return out
+
+
+def verify_against_reader(direct: DirectJpegLevel, slide: Slide, level: int) -> str:
+    """'' when probe tiles decode here as the slide's reader decodes them, else why not."""
+    lay = direct.layout
+    ds = int(round(slide.level_downsamples[level]))
+    probes = _probe_tiles(lay)
+    if not probes:
+        return "no tile with data to check against the reader"
+    for c, r in probes:
+        x, y = c * lay.tile_w, r * lay.tile_h
+        ours = direct.read(x, y, lay.tile_w, lay.tile_h)
+        theirs = slide.read_region((x * ds, y * ds), level, (lay.tile_w, lay.tile_h))
+        diff = int(np.abs(ours.astype(np.int16) - theirs.astype(np.int16)).max())
+        if diff > PROBE_MAX_DIFF:
+            return f"tile {c},{r} differs from the reader by up to {diff} grey levels"
+    return ""
+
+
+def verify_reduced(direct: DirectJpegLevel, scale: int) -> str:
+    """'' when a tile decoded at 1/``scale`` matches its full decode shrunk by a box filter."""
+    lay = direct.layout
+    probes = _probe_tiles(lay)
+    if not probes:
+        return "no tile with data to check"
+    c, r = probes[0]
+    full = direct.read(c * lay.tile_w, r * lay.tile_h, lay.tile_w, lay.tile_h)
+    small = direct.read(c * lay.tile_w // scale, r * lay.tile_h // scale, lay.tile_w // scale, lay.tile_h // scale, scale)
+    ref = np.asarray(Image.fromarray(full).resize((small.shape[1], small.shape[0]), Image.Resampling.BOX))
+    err = float(np.abs(small.astype(np.int16) - ref.astype(np.int16)).mean())
+    if err > REDUCED_PROBE_MEAN_DIFF:
+        return f"decoding at 1/{scale} differs from full decoding by {err:.1f} grey levels on average"
+    return ""
+
+
+def open_direct_level(slide: Slide, level: int, cache_bytes: int = DEFAULT_CACHE_BYTES) -> tuple[DirectJpegLevel | None, str]:
+    """A verified direct decoder for ``level`` of ``slide``, or (None, why the reader must be used)."""
+    layout, why = find_jpeg_layout(slide, level)
+    if layout is None:
+        return None, why
+    direct = DirectJpegLevel(layout, cache_bytes)
+    try:
+        why = verify_against_reader(direct, slide, level)
+    except SlideError as exc:
+        why = str(exc)
+    if why:
+        direct.close()
+        return None, why
+    return direct, ""
