@@ -44,3 +44,27 @@ def test_a_negative_worker_count_is_refused_from_python_too(tmp_path: Path) -> N
     with pytest.raises(ConfigError, match=r"workers=-1: give 0"):
         with dask_client(workers=-1):
             pass
+
+
+def test_jpeg_subsampling_given_as_a_yaml_number_is_read_as_its_text() -> None:
+    from wsi_mil.tiling.config import TilingConfig
+
+    assert build_config(TilingConfig, None, ["jpeg_subsampling=444"]).jpeg_subsampling == "444"
+    with pytest.raises(ConfigError, match=r"^--set jpeg_subsampling=411: .*'444', '422' or '420'"):
+        build_config(TilingConfig, None, ["jpeg_subsampling=411"])
+
+
+def test_fold_advice_never_asks_for_fewer_than_two_folds() -> None:
+    """A class with one case cannot be fixed by lowering --folds (1 fold is invalid): the advice
+    says to add slides or remove a stray label instead."""
+    import numpy as np
+
+    from wsi_mil.errors import LabelsError
+    from wsi_mil.mil.splits import check_fold_counts
+
+    targets, groups = np.array([0, 0, 0, 1]), np.array(["a", "b", "c", "d"])
+    with pytest.raises(LabelsError) as e:
+        check_fold_counts(targets, groups, ["0", "1"], 3, "labels.csv")
+    assert "at most 1" not in str(e.value) and "add slides of class '1' (at least 2 cases)" in str(e.value)
+    with pytest.raises(LabelsError, match="lower --folds to at most 2"):
+        check_fold_counts(np.array([0, 0, 0, 1, 1]), np.array(["a", "b", "c", "d", "e"]), ["0", "1"], 3, "labels.csv")

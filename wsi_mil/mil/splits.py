@@ -23,10 +23,13 @@ def check_fold_counts(targets: np.ndarray, groups: np.ndarray, class_names: list
         cases[t].add(g)
         slides[t] += 1
     for ci, name in enumerate(class_names):
-        if 0 < len(cases[ci]) < k:
+        n = len(cases[ci])
+        if 0 < n < k:
+            fix = (f"lower --folds to at most {n} or add slides" if n >= 2 else
+                   f"add slides of class '{name}' (at least 2 cases), or remove its row(s) if it is a stray label value")
             raise LabelsError(
-                f"{source}: class '{name}' has {slides[ci]} training slide(s) from {len(cases[ci])} case(s), "
-                f"fewer than the {k} folds asked for; lower --folds to at most {len(cases[ci])} or add slides"
+                f"{source}: class '{name}' has {slides[ci]} training slide(s) from {n} case(s), "
+                f"fewer than the {k} folds asked for; {fix}"
             )
 
 

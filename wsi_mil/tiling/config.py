@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer, model_validator
+from pydantic import (
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from wsi_mil.config import StrictModel
 
@@ -47,6 +54,12 @@ class TilingConfig(StrictModel):
     tiles_per_chunk: int = Field(64, ge=1, le=4096)
     chunks_per_shard: int = Field(16, ge=1, description="chunks per shard file (bounds writer memory)")
     tissue: TissueConfig = TissueConfig()
+
+    @field_validator("jpeg_subsampling", mode="before")
+    @classmethod
+    def _subsampling_as_text(cls, value: Any) -> Any:
+        """``--set jpeg_subsampling=420`` arrives as the YAML integer 420: read it as the text."""
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     @model_serializer(mode="wrap")
     def _drop_unset_mpp_options(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
