@@ -140,3 +140,17 @@ def test_foreign_tensors_are_named() -> None:
     del sd["layers.1.attention.k_proj.weight"]
     with pytest.raises(EncoderError, match="layer 1 lacks attention weight tensor"):
         hf_to_timm(sd, "hf_vit", "ckpt.bin")
+
+
+def test_an_encoder_folder_of_a_converted_entry_is_read_in_our_layout(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pretrain's folder of Phikon holds timm-layout tensors: read as they are, not as transformers' names."""
+    from wsi_mil.encoders import save_encoder_dir
+
+    entry = _tiny("phikon")
+    monkeypatch.setitem(ENTRIES, entry.name, entry)
+    enc = create_encoder(entry.name, "random:2")
+    folder = save_encoder_dir(tmp_path / "enc", enc.model, entry.name, enc.data_config)
+    back = create_encoder(None, folder)
+    assert back.weights_hash == enc.weights_hash
+    with torch.inference_mode():
+        torch.testing.assert_close(back.model(_x()), enc.model(_x()))

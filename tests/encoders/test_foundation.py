@@ -10,6 +10,7 @@ import torch
 
 from wsi_mil.encoders import ENTRIES, build_backbone, count_parameters, with_pooling
 from wsi_mil.encoders.build import ClsMeanPool
+from wsi_mil.encoders.conch import ConchVisionTower
 from wsi_mil.encoders.entry import parse_count
 from wsi_mil.encoders.folder import embed_dim_of
 from wsi_mil.errors import EncoderError
@@ -18,7 +19,9 @@ PUBLISHER = [e for e in ENTRIES.values() if e.is_publisher_entry]
 #: (entry, prefix tokens: class + registers) as the publishers' loaders read them
 PREFIX = {"uni": 1, "uni2_h": 9, "virchow": 1, "virchow2": 5, "h_optimus_0": 5, "h_optimus_1": 5, "h0_mini": 5,
           "gigapath": 1, "phikon": 1, "phikon_v2": 1, "midnight": 1, "kaiko_vitl14": 5, "lunit_vits8": 1,
-          "ctranspath": 0}
+          "ctranspath": 0, "conch_v15": 1}
+#: entries fed other than 224 px tiles (CONCH v1.5: 448 px, as its publisher's transform)
+INPUT_PX = {"conch_v15": 448}
 #: one entry per family: plain ViT, SwiGLU + registers (no pos-embed for prefix tokens),
 #: SwiGLU + cls+mean with and without registers, DINOv2-g registers, the 16 px ViT-g
 FAMILIES = ["uni", "uni2_h", "virchow", "virchow2", "h_optimus_0", "h0_mini", "gigapath", "kaiko_vits8", "midnight"]
@@ -27,12 +30,12 @@ FAMILIES = ["uni", "uni2_h", "virchow", "virchow2", "h_optimus_0", "h0_mini", "g
 def test_every_foundation_entry_is_listed() -> None:
     names = {e.name for e in PUBLISHER}
     assert {"uni", "uni2_h", "virchow", "virchow2", "h_optimus_0", "h_optimus_1", "h0_mini", "gigapath", "phikon",
-            "phikon_v2", "midnight", "lunit_vits8", "ctranspath"} <= names
+            "phikon_v2", "midnight", "lunit_vits8", "ctranspath", "conch_v15"} <= names
     assert {n for n in names if n.startswith("kaiko_")} == {"kaiko_vits16", "kaiko_vits8", "kaiko_vitb16",
                                                             "kaiko_vitb8", "kaiko_vitl14"}
     for e in PUBLISHER:
         assert e.hf_repo and "/" in e.hf_repo and e.licence and e.reference and e.data_config is not None
-        assert e.weights_format in ("timm", "hf_vit", "hf_dinov2", "timm0_swin")
+        assert e.weights_format in ("timm", "hf_vit", "hf_dinov2", "timm0_swin", "conch_v15")
 
 
 def test_parse_count_gives_the_rounding_interval() -> None:
@@ -51,10 +54,12 @@ def test_shapes_match_the_publishers_figures_on_the_meta_device(entry) -> None:
     # model cards round; Virchow's '632M' is the ViT-H's 631.2M (0.12 % off), hence the 0.5 % floor
     assert abs(n - value) <= max(half_unit, 0.005 * value), (entry.name, n, entry.published_params)
     assert embed_dim_of(model) == entry.published_dim
-    backbone = model.backbone if isinstance(model, ClsMeanPool) else model
+    backbone = (model.backbone if isinstance(model, ClsMeanPool) else
+                model.trunk if isinstance(model, ConchVisionTower) else model)
     assert getattr(backbone, "num_prefix_tokens", 0) == PREFIX.get(entry.name, 1)  # Swin (CTransPath): none
-    assert tuple(backbone.patch_embed.img_size) in ((224, 224), (518, 518))
-    assert entry.data_config.hw == (224, 224)
+    px = INPUT_PX.get(entry.name, 224)
+    assert tuple(backbone.patch_embed.img_size) in ((px, px), (518, 518))
+    assert entry.data_config.hw == (px, px)
 
 
 def _small(name: str):

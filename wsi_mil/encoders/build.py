@@ -8,7 +8,9 @@ with the entry's keyword arguments resolved (``mlp_layer="swiglu_packed"`` ->
 tests count a ViT-g's 1.1 billion parameters that way.
 
 ``with_pooling(backbone, entry)`` wraps the backbone when the entry's pooling is not the
-model's own: :class:`ClsMeanPool` gives (B, 2D) = [class token, mean of the patch tokens].
+model's own: :class:`ClsMeanPool` gives (B, 2D) = [class token, mean of the patch tokens];
+``conch_attn`` is CONCH v1.5's attentional pooler (:class:`~wsi_mil.encoders.conch.ConchVisionTower`),
+which has weights of its own: the factory wraps the backbone before loading (:func:`pooling_has_weights`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from torch import nn
 from wsi_mil.encoders.entry import EncoderEntry
 from wsi_mil.errors import EncoderError
 
-POOLINGS = ("model", "cls+mean")
+POOLINGS = ("model", "cls+mean", "conch_attn")
+#: poolings with tensors of their own, loaded with the backbone from the publisher's file
+WEIGHTED_POOLINGS = ("conch_attn",)
 #: timm families whose constructors take ``weight_init="skip"``
 _SKIP_INIT = ("vit_", "swin_")
 
@@ -94,12 +98,22 @@ class ClsMeanPool(nn.Module):
         return torch.cat([tokens[:, 0], tokens[:, self.num_prefix_tokens:].mean(dim=1)], dim=-1)
 
 
+def pooling_has_weights(entry: EncoderEntry) -> bool:
+    """True when ``entry``'s pooling has tensors of its own (wrap before loading the weights)."""
+    return entry.pooling in WEIGHTED_POOLINGS
+
+
 def with_pooling(backbone: nn.Module, entry: EncoderEntry) -> nn.Module:
-    """``backbone`` read out with ``entry.pooling`` (``model``: as built; ``cls+mean``: :class:`ClsMeanPool`)."""
+    """``backbone`` read out with ``entry.pooling`` (``model``: as built; ``cls+mean``: :class:`ClsMeanPool`;
+    ``conch_attn``: :class:`~wsi_mil.encoders.conch.ConchVisionTower`, returned as is when already wrapped)."""
     if entry.pooling == "model":
         return backbone
     if entry.pooling == "cls+mean":
         return ClsMeanPool(backbone)
+    if entry.pooling == "conch_attn":
+        from wsi_mil.encoders.conch import ConchVisionTower
+
+        return backbone if isinstance(backbone, ConchVisionTower) else ConchVisionTower(backbone)
     raise EncoderError(f"encoder '{entry.name}': unknown pooling '{entry.pooling}' (choose {', '.join(POOLINGS)})")
 
 

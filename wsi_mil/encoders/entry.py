@@ -28,10 +28,12 @@ class EncoderEntry:
     names ``"swiglu_packed"`` for ``mlp_layer`` and ``norm_eps`` for a LayerNorm epsilon are
     resolved by the factory). ``pooling``: ``"model"`` (the timm model's own pooling, e.g. the
     class token) or ``"cls+mean"`` (class token concatenated with the mean of the patch tokens,
-    register tokens excluded: 2 x width). ``hf_repo``: the publisher's Hugging Face repository
+    register tokens excluded: 2 x width) or ``"conch_attn"`` (CONCH v1.5's attentional pooler, which
+    has weights: :mod:`wsi_mil.encoders.conch`). ``hf_repo``: the publisher's Hugging Face repository
     ``ORG/NAME``, of ``hf_repo_type`` (``model`` or ``dataset``); ``download_files``: the files
     to fetch from it (empty: the whole repository). ``weights_format``: the key layout of the
-    publisher's file (``timm``, ``hf_vit``, ``hf_dinov2``, ``timm0_swin``: timm 0.5's Swin).
+    publisher's file (``timm``, ``hf_vit``, ``hf_dinov2``, ``timm0_swin``: timm 0.5's Swin,
+    ``conch_v15``: CONCH v1.5's ``trunk.*`` + pooler tensors).
     ``weights_files``: file names (paths in the repository) looked for in a publisher folder,
     in order. ``published_params`` (e.g. ``"632M"``) and ``published_dim``: the publisher's
     figures, checked by the tests. ``licence``: a short note; ``gated``: the repository asks

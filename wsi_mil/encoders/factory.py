@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from wsi_mil.encoders.build import build_backbone, with_pooling
+from wsi_mil.encoders.build import build_backbone, pooling_has_weights, with_pooling
+from wsi_mil.encoders.conch import conch_to_timm
 from wsi_mil.encoders.convert import check_hf_config, hf_to_timm
 from wsi_mil.encoders.ctranspath import ctranspath_to_timm
 from wsi_mil.encoders.dataconfig import DataConfig
@@ -165,10 +166,18 @@ def _resolve_file(entry: EncoderEntry, weights: str) -> tuple[Path, dict[str, An
 
 
 def _load_publisher_file(model: nn.Module, entry: EncoderEntry, file: Path, config: dict[str, Any] | None,
-                         dropped: tuple[str, ...]) -> None:
-    """Read ``file``, convert it from the publisher's layout when needed, load it strictly."""
+                         dropped: tuple[str, ...], native: bool = False) -> None:
+    """Read ``file``, convert it from the publisher's layout when needed, load it strictly.
+
+    ``native``: the file is an encoder folder's (our own layout, written from this model): no conversion.
+    """
     state = read_state_dict(file)
-    if entry.weights_format == "timm":
+    if native:
+        load_into(model, state, str(file), entry.name, ignore_prefixes=dropped)
+        return
+    if entry.weights_format == "conch_v15":
+        state = conch_to_timm(state, model, str(file))
+    elif entry.weights_format == "timm":
         if config is not None:
             check_timm_config(config, entry, file)
     elif entry.weights_format == "timm0_swin":
@@ -227,6 +236,8 @@ def create_encoder(arch: str | None, weights: str | Path | None, seed: int | Non
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(random_seed)
             model = build_backbone(entry)
+            if pooling_has_weights(entry):  # the pooler's own tensors, drawn from the same seed
+                model = with_pooling(model, entry)
         dropped = truncate_model(model, entry)
         source, tag = f"random:{random_seed}", f"random{random_seed}"
     elif weights_str == "timm":
@@ -246,8 +257,10 @@ def create_encoder(arch: str | None, weights: str | Path | None, seed: int | Non
         if pins is not None:
             file_digest = pins.verify(entry.name, file)
         model = build_backbone(entry)
+        if pooling_has_weights(entry):  # the publisher's file holds the pooler's tensors too
+            model = with_pooling(model, entry)
         dropped = truncate_model(model, entry)
-        _load_publisher_file(model, entry, file, config, dropped)
+        _load_publisher_file(model, entry, file, config, dropped, native=folder_meta is not None)
     model.eval()
     if folder_meta is not None:
         data_config = DataConfig.from_dict(folder_meta["data_config"], str(Path(weights_str) / ENCODER_JSON))

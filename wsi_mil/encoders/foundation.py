@@ -11,7 +11,9 @@ entry on the meta device and checks both.
 Pooling matters: a wrong pooling gives plausible-looking, wrong features. Virchow, Virchow2 and
 H0-mini are read as the class token concatenated with the mean of the patch tokens (register
 tokens excluded), as their model cards recommend; Midnight likewise (its card's classification
-embedding). Every other entry uses the model's class token after the final norm.
+embedding). CONCH v1.5 is read by its attentional pooler (a learnt query over all the tokens,
+then a LayerNorm: :mod:`wsi_mil.encoders.conch`), as TRIDENT's ``CONCHVisionTower`` does.
+Every other entry uses the model's class token after the final norm.
 
 Weights are never downloaded: see :mod:`wsi_mil.encoders.sources` (a publisher folder, the
 local Hugging Face cache, a weights manifest). This module is light: no torch, no timm.
@@ -190,6 +192,23 @@ FOUNDATION_ENTRIES: tuple[EncoderEntry, ...] = (
         licence="see the TransPath and CHIEF repositories", gated=True,
         reference=f"github Xiyue-Wang/TransPath ctran.py (timm 0.5.4 swin_tiny + ConvStem); "
                   f"{_TRIDENT} (CTransPathInferenceEncoder)",
+    ),
+    EncoderEntry(
+        "conch_v15", "vit_large_patch16_224",
+        "CONCH v1.5 vision tower (Mahmood lab; TITAN's patch encoder): ViT-L/16 at 448 px, layer scale, "
+        "attentional pooler over all tokens + LayerNorm, 768-d",
+        data_config=square_config(448, IMAGENET_MEAN, IMAGENET_STD, "bilinear"),
+        # built at 448 px: the position embeddings are brought to its 28 x 28 grid once, at load,
+        # with the publisher's two resamplings (wsi_mil/encoders/conch.py); other sizes are refused
+        timm_kwargs={"img_size": 448, "patch_size": 16, "init_values": 1.0},
+        pooling="conch_attn",
+        hf_repo="MahmoodLab/conchv1_5", weights_format="conch_v15", weights_files=("pytorch_model_vision.bin",),
+        # 306.1M counted from the publisher's CONCHVisionTower (ViT-L/16 at 224 px + the 2.76M pooler);
+        # ours holds 588 x 1024 more position-embedding values (a 28 x 28 grid, precomputed): 306.7M
+        published_params="306M", published_dim=768, licence=_CC_NC_ND, gated=True,
+        reference=f"github mahmoodlab/TRIDENT a91fa84 trident/patch_encoder_models/model_zoo/conchv1_5/conchv1_5.py "
+                  f"(CONCHVisionTower, create_model_from_pretrained, img_size 448); {_TRIDENT} "
+                  f"(Conchv15InferenceEncoder: pytorch_model_vision.bin, 768-d)",
     ),
     EncoderEntry(
         "lunit_vits8", "vit_small_patch8_224",
