@@ -138,3 +138,20 @@ def test_truncated_data_after_intact_directories(cmu_slide: Path, tmp_path: Path
     (status,) = report.statuses
     assert status.status == "failed" and "short.tif" in status.reason
     assert "damaged (truncated: the file is" in status.reason and "image data of page 0" in status.reason
+
+
+def test_a_synth_cohorts_ground_truth_is_one_skipped_entry(tmp_path: Path) -> None:
+    """``wsi-mil synth`` writes ``ground_truth/`` (JSON + PNG masks) beside its slides: one
+    skipped entry with its reason, not one line per mask."""
+    from wsi_mil.slide import scan_inputs
+
+    (tmp_path / "ground_truth").mkdir()
+    for i in range(4):
+        (tmp_path / "ground_truth" / f"slide_{i}.json").write_text("{}")
+        (tmp_path / "ground_truth" / f"slide_{i}_mask.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    scan = scan_inputs([tmp_path])
+    assert len(scan.skipped) == 8  # not a cohort folder (no cohort.json): each entry is listed
+    (tmp_path / "cohort.json").write_text("{}")
+    scan = scan_inputs([tmp_path])
+    assert [(e.path.name, "wsi-mil synth" in e.reason) for e in scan.skipped if e.path.name != "cohort.json"] == \
+        [("ground_truth", True)]

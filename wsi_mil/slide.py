@@ -465,6 +465,8 @@ def _scan_folder(folder: Path, found: list[SlideSource], skipped: list[SkippedEn
         elif p.is_dir():
             if p.name.endswith(".zarr"):
                 skipped.append(SkippedEntry(p, "a zarr store (an output), not a slide"))
+            elif p.name == "ground_truth" and (folder / "cohort.json").is_file():
+                skipped.append(SkippedEntry(p, "the lesion ground truth of a `wsi-mil synth` cohort (masks, not slides)"))
             elif p.name not in mrxs:  # an MRXS slide's data folder is read with its .mrxs file
                 _scan_folder(p, found, skipped)
         elif dicom is not None and is_dicom_file(p):

@@ -160,6 +160,10 @@ def _tile(source: SlideSource, out: Path, cfg: TilingConfig, request: MppRequest
     return n, warnings
 
 
+#: skipped input entries shown in the terminal (all of them are in the CSV)
+SHOWN_SKIPPED = 5
+
+
 @dataclass
 class TileReport(StageReport):
     """The tile stage's report: also the entries of the inputs that are not slides, and run warnings."""
@@ -177,9 +181,9 @@ class TileReport(StageReport):
             n = len(self.skipped_entries)
             what = "1 input entry is not a slide and was" if n == 1 else f"{n} input entries are not slides and were"
             lines.append(f"{what} skipped (listed in {self.skipped_path}):")
-            lines += [f"  skipped {e.path}: {e.reason}" for e in self.skipped_entries[:20]]
-            if len(self.skipped_entries) > 20:
-                lines.append(f"  ... and {len(self.skipped_entries) - 20} more")
+            lines += [f"  skipped {e.path}: {e.reason}" for e in self.skipped_entries[:SHOWN_SKIPPED]]
+            if len(self.skipped_entries) > SHOWN_SKIPPED:
+                lines.append(f"  ... and {len(self.skipped_entries) - SHOWN_SKIPPED} more (all in {self.skipped_path})")
         return lines
 
 
