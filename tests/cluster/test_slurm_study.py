@@ -293,7 +293,10 @@ def test_every_job_lost_stops_the_study_naming_the_queue(slurm_cluster, cohort: 
     try:
         with Client(recipe.scheduler_address(), timeout="30s") as client:
             deadline = time.monotonic() + 120
-            while len(client.scheduler_info(n_workers=-1)["workers"]) < 2:
+            # both workers connected AND the recipe past its start-up wait (it has launched the study,
+            # '+ wsi-mil run ...'): cancelling earlier would test the "workers never start" path instead
+            while len(client.scheduler_info(n_workers=-1)["workers"]) < 2 or not any(
+                    line.startswith("+ ") for line in recipe.lines):
                 assert time.monotonic() < deadline and recipe.proc.poll() is None, recipe.output[-3000:]
                 time.sleep(0.5)
             jobs = sorted(set(client.run(lambda: __import__("os").environ["SLURM_JOB_ID"]).values()))
