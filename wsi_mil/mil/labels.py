@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import csv
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, Self, TypeVar
 
 from wsi_mil.errors import LabelsError
 
@@ -220,15 +222,29 @@ def check_class_counts(table: LabelTable, folds: int, folds_option: str = "--fol
                           f"fewer than the {folds} cross-validation folds; {fix}; {found}")
 
 
-def match_feature_files(
-    table: LabelTable, files: dict[str, Path], missing: str = "error"
-) -> tuple[LabelTable, list[str]]:
-    """Keep the labelled slides that have a feature file; report both kinds of mismatch.
+class _SlideRow(Protocol):
+    @property
+    def slide_id(self) -> str: ...
 
-    ``files`` maps slide id -> feature file. A labelled slide without a feature file is an error
-    (``missing="error"``, default) or dropped with a warning (``missing="drop"``). Feature files
-    without a label are ignored with a warning. Returns the matched table and the warnings.
-    """
+
+class _Table(Protocol):
+    """What :func:`match_rows` needs of a labels table (:class:`LabelTable` or a ``TargetTable``)."""
+
+    path: Path
+    warnings: list[str]
+
+    @property
+    def rows(self) -> Sequence[_SlideRow]: ...
+
+    def subset(self, slide_ids: set[str]) -> Self: ...
+
+
+TableT = TypeVar("TableT", bound=_Table)
+
+
+def match_rows(table: TableT, files: dict[str, Path], missing: str = "error") -> tuple[TableT, list[str]]:
+    """The rows of ``table`` that have a feature file, and the warnings of both kinds of mismatch
+    (see :func:`match_feature_files`); the matched table carries the warnings too."""
     labelled = {r.slide_id for r in table.rows}
     no_file = [r for r in table.rows if r.slide_id not in files]
     warnings = list(table.warnings)
@@ -244,6 +260,19 @@ def match_feature_files(
         warnings.append(f"{len(unlabelled)} feature file(s) have no row in {table.path} and are not used: {shown}")
     matched = table.subset(set(files) & labelled)
     matched.warnings = warnings
+    return matched, warnings
+
+
+def match_feature_files(
+    table: LabelTable, files: dict[str, Path], missing: str = "error"
+) -> tuple[LabelTable, list[str]]:
+    """Keep the labelled slides that have a feature file; report both kinds of mismatch.
+
+    ``files`` maps slide id -> feature file. A labelled slide without a feature file is an error
+    (``missing="error"``, default) or dropped with a warning (``missing="drop"``). Feature files
+    without a label are ignored with a warning. Returns the matched table and the warnings.
+    """
+    matched, warnings = match_rows(table, files, missing)
     counts = Counter(r.label for r in matched.rows)
     present = [c for c in matched.class_names if counts[c] > 0]
     if len(present) < 2:

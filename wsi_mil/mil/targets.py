@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from wsi_mil.errors import LabelsError
-from wsi_mil.mil.labels import SPLITS, _lines, read_label_csv
+from wsi_mil.mil.labels import SPLITS, _lines, match_rows, read_label_csv
 from wsi_mil.mil.metrics import bootstrap_intervals
 from wsi_mil.mil.regression import regression_metrics
 from wsi_mil.mil.survival import survival_metrics
@@ -174,11 +174,17 @@ def _row(path: Path, task: str, rec: dict[str, str], line: int, has_case: bool, 
     return TargetRow(rec["slide_id"], case, split, site, line, target=math.nan if v is None else v)
 
 
+def _cells(raw: list[tuple[dict[str, str], int]], lines: list[int], column: str) -> str:
+    """The ``column`` cells of the first three bad ``lines``, quoted, for an error message."""
+    shown = set(lines[:3])
+    return ", ".join(repr(rec[column]) for rec, line in raw if line in shown)
+
+
 def _check_survival(path: Path, raw: list[tuple[dict[str, str], int]], rows: list[TargetRow]) -> None:
     """Times must be numbers >= 0, events 0 or 1, and some slide must have an event."""
     bad_time = [r.line for r in rows if math.isnan(r.time)]
     if bad_time:
-        cells = ", ".join(repr(rec["time"]) for rec, line in raw if line in set(bad_time[:3]))
+        cells = _cells(raw, bad_time, "time")
         raise LabelsError(f"{path}: 'time' is not a number on line(s) {_lines(bad_time)} ({cells}); write the "
                           "follow-up time as a number (e.g. months)")
     negative = [r.line for r in rows if r.time < 0]
@@ -187,7 +193,7 @@ def _check_survival(path: Path, raw: list[tuple[dict[str, str], int]], rows: lis
                           ">= 0")
     bad_event = [r.line for r in rows if r.event not in (0, 1)]
     if bad_event:
-        cells = ", ".join(repr(rec["event"]) for rec, line in raw if line in set(bad_event[:3]))
+        cells = _cells(raw, bad_event, "event")
         raise LabelsError(f"{path}: 'event' is not 0 or 1 on line(s) {_lines(bad_event)} ({cells}); write 1 for an "
                           "observed event, 0 for a censored time")
     if not any(r.event == 1 for r in rows):
@@ -199,7 +205,7 @@ def _check_regression(path: Path, raw: list[tuple[dict[str, str], int]], rows: l
     """Targets must be finite numbers and not all equal."""
     bad = [r.line for r in rows if math.isnan(r.target)]
     if bad:
-        cells = ", ".join(repr(rec["target"]) for rec, line in raw if line in set(bad[:3]))
+        cells = _cells(raw, bad, "target")
         raise LabelsError(f"{path}: 'target' is not a finite number on line(s) {_lines(bad)} ({cells}); write a "
                           "number on every row or remove it")
     if len({r.target for r in rows}) < 2:
@@ -210,21 +216,7 @@ def match_target_files(
     table: TargetTable, files: dict[str, Path], missing: str = "error",
 ) -> tuple[TargetTable, list[str]]:
     """Keep the slides that have a feature file (as :func:`wsi_mil.mil.labels.match_feature_files`)."""
-    labelled = {r.slide_id for r in table.rows}
-    no_file = [r for r in table.rows if r.slide_id not in files]
-    warnings = list(table.warnings)
-    if no_file:
-        ids = ", ".join(r.slide_id for r in no_file[:5]) + (f" (and {len(no_file) - 5} more)" if len(no_file) > 5 else "")
-        msg = f"{table.path}: {len(no_file)} labelled slide(s) have no feature file: {ids}"
-        if missing != "drop":
-            raise LabelsError(msg + "; run extract for them, remove the rows, or set missing_features: drop")
-        warnings.append(msg + "; dropped (missing_features: drop)")
-    unlabelled = sorted(set(files) - labelled)
-    if unlabelled:
-        shown = ", ".join(unlabelled[:5]) + (f" (and {len(unlabelled) - 5} more)" if len(unlabelled) > 5 else "")
-        warnings.append(f"{len(unlabelled)} feature file(s) have no row in {table.path} and are not used: {shown}")
-    matched = table.subset(set(files) & labelled)
-    matched.warnings = warnings
+    matched, warnings = match_rows(table, files, missing)
     if table.task == SURVIVAL and not any(r.event == 1 for r in matched.rows):
         raise LabelsError(f"{table.path}: after matching feature files no slide has an event (event 1); a Cox "
                           "model needs observed events")

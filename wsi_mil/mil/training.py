@@ -119,6 +119,39 @@ def _weighted_nll(probs: npt.NDArray[np.float64], y: npt.NDArray[np.int64], weig
     return float(-(w * np.log(p)).sum() / max(w.sum(), 1e-12))
 
 
+class EarlyStopping:
+    """Best-epoch tracking of one fit: the best validation score from ``min_epochs`` on (a noisy small
+    validation set must not pick an untrained epoch 1), a copy of that epoch's weights, and the
+    stop after ``patience`` epochs without improvement."""
+
+    def __init__(self, min_epochs: int, patience: int) -> None:
+        self.min_epochs, self.patience = min_epochs, patience
+        self.best_score: float | None = None
+        self.best_epoch = 0
+        self.best_state: dict[str, Tensor] | None = None
+        self.stale = 0
+
+    def update(self, epoch: int, score: float, head: MILHead) -> None:
+        """Record epoch ``epoch``'s validation ``score`` (higher is better)."""
+        if epoch < self.min_epochs:
+            return  # warm-up: the best epoch is searched from min_epochs on
+        if self.best_score is None or score > self.best_score + 1e-9:
+            self.best_score, self.best_epoch, self.stale = score, epoch, 0
+            self.best_state = copy.deepcopy(head.state_dict())
+        else:
+            self.stale += 1
+
+    def should_stop(self, epoch: int) -> bool:
+        return self.stale >= self.patience and epoch >= self.min_epochs
+
+    def restore(self, head: MILHead, epochs_run: int) -> int:
+        """Load the best weights into ``head``; returns their epoch (the last one when none was kept)."""
+        if self.best_state is None:
+            return epochs_run
+        head.load_state_dict(self.best_state)
+        return self.best_epoch
+
+
 def fit(
     head: MILHead, bags: BagSet, targets: npt.NDArray[np.int64], train_pos: npt.NDArray[np.int64],
     val_pos: npt.NDArray[np.int64],
@@ -149,7 +182,7 @@ def fit(
     torch.manual_seed(seed)  # dropout
     use_val = len(val_pos) > 0 and n_epochs is None
     max_epochs = n_epochs or cfg.max_epochs
-    best_score, best_epoch, best_state, stale = None, 0, None, 0
+    stopping = EarlyStopping(cfg.min_epochs, cfg.patience)
     history: list[dict[str, float | None]] = []
     for epoch in range(1, max_epochs + 1):
         t0 = time.perf_counter()
@@ -161,25 +194,15 @@ def fit(
             val_loss = _weighted_nll(probs, y, weights.numpy())
             val_auc = classification_metrics(y, probs, names)["auc"]
             row["val_loss"], row["val_auc"] = val_loss, val_auc
-            score = -val_loss if cfg.monitor == "loss" or val_auc is None else val_auc
-            if epoch < cfg.min_epochs:
-                pass  # warm-up: the best epoch is searched from min_epochs on
-            elif best_score is None or score > best_score + 1e-9:
-                best_score, best_epoch, stale = score, epoch, 0
-                best_state = copy.deepcopy(head.state_dict())
-            else:
-                stale += 1
+            stopping.update(epoch, -val_loss if cfg.monitor == "loss" or val_auc is None else val_auc, head)
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
         if log is not None:
             log(f"  epoch {epoch:3d}  train loss {train_loss:.4f}"
                 + (f"  val loss {val_loss:.4f}  val auc {val_auc if val_auc is None else round(val_auc, 4)}" if use_val else ""))
-        if use_val and stale >= cfg.patience and epoch >= cfg.min_epochs:
+        if use_val and stopping.should_stop(epoch):
             break
-    if best_state is not None:
-        head.load_state_dict(best_state)
-    else:
-        best_epoch = len(history)
+    best_epoch = stopping.restore(head, len(history))
     state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
     return FitResult(state, best_epoch, len(history), history)
 
@@ -236,7 +259,7 @@ def fit_task(
     torch.manual_seed(seed)  # dropout
     use_val = len(val_pos) > 0 and n_epochs is None
     max_epochs = n_epochs or cfg.max_epochs
-    best_score, best_epoch, best_state, stale = None, 0, None, 0
+    stopping = EarlyStopping(cfg.min_epochs, cfg.patience)
     history: list[dict[str, float | None]] = []
     for epoch in range(1, max_epochs + 1):
         t0 = time.perf_counter()
@@ -261,25 +284,15 @@ def fit_task(
             val_loss = _task_val_loss(head, out, y[val_pos], task, cfg.regression_loss)
             val_score = task_score(task, task_metrics(task, y[val_pos], out))
             row["val_loss"], row["val_score"] = val_loss, val_score
-            score = -val_loss if cfg.monitor == "loss" or val_score is None else val_score
-            if epoch < cfg.min_epochs:
-                pass  # warm-up: the best epoch is searched from min_epochs on
-            elif best_score is None or score > best_score + 1e-9:
-                best_score, best_epoch, stale = score, epoch, 0
-                best_state = copy.deepcopy(head.state_dict())
-            else:
-                stale += 1
+            stopping.update(epoch, -val_loss if cfg.monitor == "loss" or val_score is None else val_score, head)
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
         if log is not None:
             log(f"  epoch {epoch:3d}  train loss {train_loss:.4f}"
                 + (f"  val loss {row['val_loss']:.4f}  val score {row['val_score']}" if use_val else ""))
-        if use_val and stale >= cfg.patience and epoch >= cfg.min_epochs:
+        if use_val and stopping.should_stop(epoch):
             break
-    if best_state is not None:
-        head.load_state_dict(best_state)
-    else:
-        best_epoch = len(history)
+    best_epoch = stopping.restore(head, len(history))
     if task == SURVIVAL:
         _center_risk(head, bags, train_pos, cfg.eval_tiles_per_batch)
     state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
