@@ -7,17 +7,21 @@ For each slide side in ``--sizes`` (default 10k, 30k, 50k px), on the same machi
    level 0 and resizes it one by one, one thread: at native scale (0.5 mpp slide tiled at 0.5 mpp;
    target >= 1.5x), for a 40x slide with a 2x pyramid (0.25 mpp -> 0.5 mpp, read from its 0.5 mpp
    level; target >= 4x) and a 40x slide with a 4x pyramid like Aperio's (no 0.5 mpp level: level 0
-   decoded at 1/2 in the DCT). Ours runs with 1 thread (the per-core ratio) and with
-   ``--threads`` threads (wall), and with the OpenSlide reader (the previous path) for reference;
-2. ours vs the decode + encode limit per core: imagecodecs decoding each source tile our tiles
-   touch once, plus encoding the store's chunks, on the same tiles (target >= 0.8);
+   decoded at 1/2 in the DCT; target >= 4x). Ours runs with 1 thread (the per-core ratio, wall and
+   CPU) and with ``--threads`` threads (wall); ``--reference`` adds the OpenSlide reader (the
+   previous path);
+2. ours vs the decode + encode limit per core, on the same tiles (target >= 0.8): decoding each
+   source tile our tiles touch once with imagecodecs (libjpeg-turbo; at the DCT scale the stage
+   used, through the same TurboJPEG call, when it decodes reduced), plus encoding the store's
+   chunks with imagecodecs; for reduced decoding also against imagecodecs at full size;
 3. store decoding (one thread) vs OpenSlide ``read_region`` of 224 px tiles (target >= 5x);
 4. peak memory of the whole stage in a fresh process (flat in slide size).
 
 Usage: python benchmarks/bench_tiling.py [--sizes 10000,30000,50000] [--quick] [--threads N]
-       [--cache bench_output]
+       [--reference] [--device cuda] [--cache /tmp/wsi_mil_bench_tiling]
 ``--quick``: 10k px only. Synthetic slides (textured from real tissue) are generated once into
---cache and reused. GPU path: ``--device cuda`` adds a run with ``WSI_MIL_TILE_DEVICE=cuda``.
+--cache and reused. GPU path: ``--device cuda`` adds a run with ``WSI_MIL_TILE_DEVICE=cuda``
+(whole-stage tiles/s with nvJPEG decoding). The last table is the summary over all sizes.
 """
 
 from __future__ import annotations
@@ -31,8 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
+from wsi_mil.stores.patches import PatchStore
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DEFAULT_CACHE, machine, report, run_isolated, timed  # noqa: E402
+from _common import machine, report, run_isolated, timed  # noqa: E402
+
+DEFAULT_CACHE = Path("/tmp/wsi_mil_bench_tiling")  # slides of 30k-50k px: 0.1-0.7 GB each, kept between runs
 
 ENV_KEYS = ("WSI_MIL_TILE_DECODER", "WSI_MIL_TILE_THREADS", "WSI_MIL_TILE_REDUCED", "WSI_MIL_TILE_DEVICE")
 
@@ -55,7 +63,7 @@ def set_decode_env(**env: str) -> None:
     os.environ.update({f"WSI_MIL_TILE_{k.upper()}": v for k, v in env.items()})
 
 
-def tile_stage(slide: Path, job: Path, **env: str) -> tuple[float, float, object]:
+def tile_stage(slide: Path, job: Path, **env: str) -> tuple[float, float, PatchStore]:
     """(wall s, cpu s, the store) of our whole tile stage on one slide, in this process."""
     from wsi_mil.stores.patches import open_patch_store
     from wsi_mil.tiling.config import TilingConfig
@@ -91,14 +99,15 @@ def clam_style(slide: Path, coords: np.ndarray, size0: float, tile: int = 224) -
 
 
 def codec_limit(slide: Path, store) -> dict:  # type: ignore[no-untyped-def]
-    """CPU seconds to decode (once each) the source tiles the store's tiles touch, at the scale the
-    stage decoded them, and to encode the store's chunks; and the tile path of the stage itself."""
+    """CPU seconds to decode (once each) the source tiles the store's tiles touch, and to encode the
+    store's chunks, one thread. ``decode_s``: at the DCT scale the stage decoded them (imagecodecs at
+    full size; the stage's TurboJPEG call when reduced); ``decode_full_s``: imagecodecs at full size."""
     import imagecodecs
 
     from wsi_mil.slide import open_slide
     from wsi_mil.stores.codecs import encode_tile_chunk
-    from wsi_mil.tiling.direct import DirectJpegLevel, find_jpeg_layout
-    from wsi_mil.tiling.regions import tile_window
+    from wsi_mil.tiling.direct import DirectJpegLevel, decode_scaled, find_jpeg_layout
+    from wsi_mil.tiling.regions import tile_windows
     from wsi_mil.tiling.stage import plan_reads
 
     attrs = store.attrs
@@ -108,45 +117,40 @@ def codec_limit(slide: Path, store) -> dict:  # type: ignore[no-untyped-def]
     if layout is None:
         raise RuntimeError(why)
     scale = int(attrs.get("tile_decode_scale", 1))
-    keys: set[tuple[int, int]] = set()
-    tw, th = layout.tile_w // scale, layout.tile_h // scale
-    for x, y in store.coords:
-        w = tile_window(int(x), int(y), plan, scale)
-        for r in range(max(w.y, 0) // th, (w.y + w.height - 1) // th + 1):
-            for c in range(max(w.x, 0) // tw, (w.x + w.width - 1) // tw + 1):
-                if c < layout.tiles_across and r < layout.tiles_down:
-                    keys.add((c, r))
     level = DirectJpegLevel(layout, cache_bytes=0)
-    blobs = [level.tile_bytes(c, r) for c, r in sorted(keys)]
-    t = time.process_time()
-    for b in blobs:
-        if not b:
-            continue
-        if scale == 1:
+    if plan.resample:
+        windows = tile_windows(store.coords, plan, scale)
+    else:
+        ds = int(round(plan.level_downsample))
+        windows = np.concatenate([store.coords // ds, np.full_like(store.coords, store.tile_size)], axis=1)
+    level.expect(windows, scale)  # the source tiles the windows touch, each counted once below
+    uses = level._cache._plans[scale][0]  # noqa: SLF001 (the plan computed by the reader's own code)
+    ids = np.flatnonzero(uses > 0)
+    blobs = [level.tile_bytes(int(i % layout.tiles_across), int(i // layout.tiles_across)) for i in ids]
+    blobs = [b for b in blobs if b]
+    tw, th = layout.tile_w // scale, layout.tile_h // scale
+
+    def full() -> None:
+        for b in blobs:
             imagecodecs.jpeg8_decode(b, tables=layout.tables, colorspace=layout.colorspace, outcolorspace="RGB")
-        else:
-            _pil_scaled(level.jpeg_stream(b), tw, th)
-    t_dec = time.process_time() - t
+
+    def scaled() -> None:
+        for b in blobs:
+            decode_scaled(level.jpeg_stream(b), scale, tw, th)
+
+    t_full = timed(full)[1]
+    t_dec = t_full if scale == 1 else timed(scaled)[1]
     level.close()
     k = store.attrs["tiles_per_chunk"]
     t_enc = 0.0
+    tiles = np.empty((k, store.tile_size, store.tile_size, 3), np.uint8)
     for a, b in store.chunk_ranges():
-        tiles = np.full((k, store.tile_size, store.tile_size, 3), 255, np.uint8)
-        tiles[: b - a] = store.read_tiles(a, b)
+        tiles[b - a:] = 255
+        store.read_tiles(a, b, out=tiles[: b - a])
         t = time.process_time()
         encode_tile_chunk(tiles, "jpeg", attrs["jpeg_quality"], attrs["jpeg_subsampling"])
         t_enc += time.process_time() - t
-    return dict(source_tiles=len(blobs), decode_s=t_dec, encode_s=t_enc)
-
-
-def _pil_scaled(data: bytes, w: int, h: int) -> None:
-    import io
-
-    from PIL import Image
-
-    im = Image.open(io.BytesIO(data))
-    im.draft("RGB", (w, h))
-    im.load()
+    return dict(source_tiles=len(blobs), decode_s=t_dec, decode_full_s=t_full, encode_s=t_enc)
 
 
 def tile_path_cpu(slide: Path, store, cache: Path) -> float:  # type: ignore[no-untyped-def]
@@ -200,68 +204,109 @@ def read_region_rate(slide: Path, coords: np.ndarray, n: int = 2000) -> float:
 
 
 def peak_memory(slide: Path, job: Path) -> dict:
+    """Peak resident memory (MiB) of the whole stage on ``slide`` in a fresh process, default threads.
+
+    Read from the child's own ``VmHWM`` (/proc/self/status): ``ru_maxrss`` of a child started by
+    vfork + exec keeps the parent's high-water mark, so it would report this benchmark's memory.
+    """
     code = (
         "from wsi_mil.tiling.config import TilingConfig\nfrom wsi_mil.tiling.stage import run_tile\n"
         f"rep = run_tile([{str(slide)!r}], {str(job)!r}, TilingConfig(), workers=0, overwrite=True, progress=False)\n"
-        "RESULT = {'n_tiles': rep.statuses[0].n_tiles, 'status': rep.statuses[0].status}\n"
+        "hwm = [line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM:')]\n"
+        "RESULT = {'n_tiles': rep.statuses[0].n_tiles, 'status': rep.statuses[0].status,\n"
+        "          'vm_hwm_mb': int(hwm[0]) / 1024 if hwm else None}\n"
     )
-    return run_isolated(code, env={"OMP_NUM_THREADS": "1"})
+    out = run_isolated(code, env={"OMP_NUM_THREADS": "1"})
+    if out.get("vm_hwm_mb") is not None:
+        out["peak_rss_mb"] = out["vm_hwm_mb"]
+    return out
 
 
-def bench_size(size: int, cache: Path, threads: int, device: str) -> list[str]:
-    """Run every measurement for one slide side; returns the summary lines."""
-    slides = {
-        "native 0.5 -> 0.5 mpp": synthetic_slide(cache, "native", size, 0.5),
-        "40x 0.25 -> 0.5 mpp (2x pyramid)": synthetic_slide(cache, "40x", size, 0.25),
-        "40x 0.25 -> 0.5 mpp (4x pyramid)": synthetic_slide(cache, "40x4", size, 0.25, level_downsample=4),
-    }
+SLIDES = (  # label, file stem, level-0 mpp, pyramid downsample, target of ours / CLAM-style per core
+    ("native 0.5 -> 0.5 mpp", "native", 0.5, 2, 1.5),
+    ("40x 0.25 -> 0.5 mpp, 2x pyramid", "40x", 0.25, 2, 4.0),
+    ("40x 0.25 -> 0.5 mpp, 4x pyramid", "40x4", 0.25, 4, 4.0),
+)
+
+
+def bench_size(size: int, cache: Path, threads: int, device: str, reference: bool) -> list[dict]:
+    """Run every measurement for one slide side; returns one summary row per slide (and the store
+    decode and memory figures on the native slide's row)."""
     rows: list[tuple[str, str]] = []
     lim_rows: list[tuple[str, str]] = []
-    summary = []
-    stores = {}
-    for label, slide in slides.items():
+    results = []
+    native: tuple[Path, PatchStore] | None = None
+    for label, stem, mpp, lds, target in SLIDES:
+        slide = synthetic_slide(cache, stem, size, mpp, level_downsample=lds)
         job = cache / f"job_{slide.stem}"
-        w1, c1, store = tile_stage(slide, job, threads="1")
-        wn, cn, _ = tile_stage(slide, job, threads=str(threads))
-        wo, co, _ = tile_stage(slide, job, threads="1", decoder="openslide")
+        wo = tile_stage(slide, job, threads="1", decoder="openslide")[0] if reference else None
+        wn, _, _ = tile_stage(slide, job, threads=str(threads))
+        wg, gstore = None, None
         if device == "cuda":
             wg, _, gstore = tile_stage(slide, job, threads=str(threads), device="cuda")
-        store = tile_stage(slide, job, threads="1")[2]  # keep the default store for the checks below
-        stores[label] = (slide, store)
+        w1, c1, store = tile_stage(slide, job, threads="1")  # the default store, kept for the checks below
         n = store.n_tiles
         bw, bc = clam_style(slide, store.coords, store.tile_size_level0)
         dec = store.attrs.get("tile_decoder", "?").split(" (")[0]
-        rows.append((label, f"{n} tiles, level {store.attrs['read_level']}, {dec} | CLAM-style {n / bw:5.0f}/s | "
-                            f"ours 1 thread {n / w1:5.0f}/s = {bw / w1:.2f}x (cpu {bc / c1:.2f}x) | "
-                            f"{threads} threads {n / wn:5.0f}/s = {bw / wn:.2f}x | "
-                            f"openslide reader 1 thread {bw / wo:.2f}x"))
-        summary.append(f"{size} {label}: {bw / w1:.2f}x per core, {bw / wn:.2f}x wall ({threads} threads)")
-        if device == "cuda":
-            rows.append((f"  GPU ({gstore.attrs.get('tile_decoder')})", f"{n / wg:.0f} tiles/s wall"))
+        ref = f" | openslide reader 1 thread {bw / wo:.2f}x" if wo else ""
+        rows.append((label, f"{n} tiles, level {store.attrs['read_level']}, {dec} | CLAM-style {n / bw:5.0f}/s "
+                            f"(cpu {n / bc:5.0f}/s) | ours 1 thread {n / w1:5.0f}/s = {bw / w1:.2f}x wall, "
+                            f"{bc / c1:.2f}x cpu | {threads} threads {n / wn:5.0f}/s = {bw / wn:.2f}x wall{ref}"))
+        if wg is not None and gstore is not None:
+            rows.append((f"  GPU ({gstore.attrs.get('tile_decoder')})",
+                         f"{n / wg:.0f} tiles/s wall = {bw / wg:.2f}x CLAM-style"))
         lim = codec_limit(slide, store)
         cpu_tiles = tile_path_cpu(slide, store, cache)
         limit = lim["decode_s"] + lim["encode_s"]
+        limit_full = lim["decode_full_s"] + lim["encode_s"]
+        full = (f" | vs imagecodecs full-size decode + encode ({n / limit_full:5.0f}/s): "
+                f"{limit_full / cpu_tiles:.2f}" if lim["decode_full_s"] != lim["decode_s"] else "")
         lim_rows.append((label, f"limit {n / limit:5.0f} tiles/s per core (decode {lim['source_tiles']} source tiles "
-                                f"{lim['decode_s']:.1f} s + encode {lim['encode_s']:.1f} s) | ours tile path "
+                                f"{lim['decode_s']:.2f} s + encode {lim['encode_s']:.2f} s) | ours tile path "
                                 f"{n / cpu_tiles:5.0f}/s = {limit / cpu_tiles:.2f} of limit | whole stage "
-                                f"{n / c1:5.0f}/s = {limit / c1:.2f}"))
-        summary.append(f"{size} {label}: {limit / cpu_tiles:.2f} of the decode+encode limit (tile path), "
-                       f"{limit / c1:.2f} (whole stage)")
-    report(f"{size} px: tile stage throughput vs CLAM-style (wall, one process each)", rows)
+                                f"{n / c1:5.0f}/s = {limit / c1:.2f}{full}"))
+        results.append(dict(size=size, slide=label, tiles=n, decoder=dec, clam_wall=bw / w1, clam_cpu=bc / c1,
+                            clam_threads=bw / wn, target=target, limit=limit / cpu_tiles, limit_stage=limit / c1,
+                            limit_full=limit_full / cpu_tiles, gpu=(n / wg if wg else None)))
+        if stem == SLIDES[0][1]:
+            native = (slide, store)  # used again below
+        else:
+            shutil.rmtree(job, ignore_errors=True)
+    report(f"{size} px: tile stage throughput vs CLAM-style (one process each)", rows)
     report(f"{size} px: ours vs the decode + encode limit per core (CPU time, one thread)", lim_rows)
 
-    slide, store = stores["native 0.5 -> 0.5 mpp"]
+    if native is None:
+        raise RuntimeError("no native slide measured")
+    slide, store = native
     rr = read_region_rate(slide, store.coords)
-    wall, cpu, n = decode_store(store)
+    _, cpu, n = decode_store(store)
     report(f"{size} px: store decode (one thread) vs read_region", [
         ("OpenSlide read_region 224 px", f"{rr:7.0f} tiles/s per core"),
         ("store jpeg 4:2:0 q90", f"{n / cpu:7.0f} tiles/s per core = {(n / cpu) / rr:.1f}x read_region")])
-    summary.append(f"{size} store decode: {(n / cpu) / rr:.1f}x read_region")
     m = peak_memory(slide, cache / f"job_mem_{slide.stem}")
     report(f"{size} px: peak memory (fresh process, whole stage, default threads)",
            [(slide.name, f"peak RSS {m['peak_rss_mb']:.0f} MiB, {m['n_tiles']} tiles")])
-    summary.append(f"{size} peak RSS {m['peak_rss_mb']:.0f} MiB")
-    return summary
+    for job in (cache / f"job_{slide.stem}", cache / f"job_mem_{slide.stem}"):
+        shutil.rmtree(job, ignore_errors=True)
+    results[0].update(store_decode=(n / cpu) / rr, peak_mb=m["peak_rss_mb"])
+    return results
+
+
+def summary_table(results: list[dict], threads: int) -> str:
+    """A markdown table of every size and slide (ratios: ours / baseline measured in the same run)."""
+    head = (f"| side | slide | tiles | reader | x CLAM-style per core, CPU (wall) | target | x CLAM-style, "
+            f"{threads} threads, wall | of decode+encode limit: tile path (whole stage) | store decode x "
+            "read_region | peak RSS MiB |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        full = f", {r['limit_full']:.2f} vs full-size decode" if abs(r["limit_full"] - r["limit"]) > 1e-9 else ""
+        lines.append(
+            f"| {r['size'] // 1000}k | {r['slide']} | {r['tiles']:,} | {r['decoder']} | **{r['clam_cpu']:.2f}x** "
+            f"({r['clam_wall']:.2f}x) | >= {r['target']:g}x | {r['clam_threads']:.2f}x | "
+            f"**{r['limit']:.2f}** ({r['limit_stage']:.2f}){full} | "
+            + (f"{r['store_decode']:.1f}x | {r['peak_mb']:.0f} |" if "store_decode" in r else " | |")
+            + (f" GPU {r['gpu']:.0f} tiles/s |" if r.get("gpu") else ""))
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -269,19 +314,21 @@ def main() -> None:
     ap.add_argument("--sizes", default="10000,30000,50000", help="comma-separated slide sides (px)")
     ap.add_argument("--quick", action="store_true", help="10k px slides only")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="threads per slide for the wall run")
+    ap.add_argument("--reference", action="store_true", help="also time the OpenSlide reader path (the previous path)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cuda: also run the GPU path")
-    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where the synthetic slides are kept")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     sizes = [10_000] if args.quick else [int(s) for s in args.sizes.split(",") if s.strip()]
     args.cache.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine()}\ndate: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n"
-          f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    summary: list[str] = []
+          f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
+    results: list[dict] = []
     for size in sizes:
-        summary += bench_size(size, args.cache, args.threads, args.device)
+        results += bench_size(size, args.cache, args.threads, args.device, args.reference)
+        print(f"(load average after {size} px: {' '.join(f'{x:.1f}' for x in os.getloadavg())})", flush=True)
     print(f"\nload average at end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    report("summary", [(str(i), line) for i, line in enumerate(summary)])
+    print("\n== summary (all sizes) ==\n" + summary_table(results, args.threads))
 
 
 if __name__ == "__main__":

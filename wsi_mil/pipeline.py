@@ -49,8 +49,10 @@ from wsi_mil.jobdir import (
     status_path,
 )
 from wsi_mil.mil import stage as mil_stage
-from wsi_mil.mil.labels import LabelTable, check_class_counts, describe_classes, read_labels
-from wsi_mil.mil.targets import TargetTable, check_table_folds, read_targets
+from wsi_mil.mil.config import TrainConfig
+from wsi_mil.mil.labels import LabelTable, describe_classes, read_labels
+from wsi_mil.mil.sites import check_cv_plan
+from wsi_mil.mil.targets import TargetTable, read_targets
 from wsi_mil.outputs import ENCODER_FOLDER, MODEL_RUN, OutputError, check_replaceable, check_writable, output_error
 from wsi_mil.parallel import dask_client
 from wsi_mil.runrecord import DONE, FAILED, SKIPPED, SlideStatus
@@ -255,7 +257,7 @@ def preflight(cfg: StudyConfig, slides: list[Path], labels: Path) -> tuple[list[
     if unlabelled:
         warnings.append(f"{unlabelled} slide(s) are not in {labels.name}: tiled, extracted and drawn, not trained on")
     usable = table.subset(set(found))
-    _check_study_folds(usable, cfg.train.folds)
+    _check_study_folds(usable, cfg.train)
     if isinstance(table, LabelTable) and len(table.class_names) > 2 and cfg.train.classes is None:
         warnings.append(f"{labels}: {len(table.class_names)} classes, a multi-class study; "
                         f"{describe_classes([r.label for r in table.rows], table.class_names)} (if you expected two, "
@@ -274,12 +276,10 @@ def _read_study_labels(labels: Path, cfg: StudyConfig) -> LabelTable | TargetTab
     return read_targets(labels, cfg.train.task)
 
 
-def _check_study_folds(table: LabelTable | TargetTable, folds: int) -> None:
-    """Enough training cases per class (or with an event, or at all) for ``folds`` folds."""
-    if isinstance(table, LabelTable):
-        check_class_counts(table, folds, STUDY_FOLDS_OPTION)
-    else:
-        check_table_folds(table, folds, STUDY_FOLDS_OPTION)
+def _check_study_folds(table: LabelTable | TargetTable, tcfg: TrainConfig) -> None:
+    """Enough training cases per class (or with an event, or at all) for the folds of ``tcfg``, or the
+    sites of leave-one-site-out; the domains of domain-adversarial training."""
+    check_cv_plan(table, tcfg, STUDY_FOLDS_OPTION)
 
 
 def check_outputs(cfg: StudyConfig) -> None:
@@ -412,7 +412,7 @@ def _stage_train(ctx: _Context) -> StageResult:
     ctx.train_fp = fp
     if ctx.state.is_done("train", fp) and (run_dir / "metrics.json").is_file():
         return StageResult("train", SKIPPED, detail=f"{run_dir} is up to date")
-    _check_study_folds(_read_study_labels(ctx.labels, ctx.cfg).subset(set(ctx.ok)), tcfg.folds)
+    _check_study_folds(_read_study_labels(ctx.labels, ctx.cfg).subset(set(ctx.ok)), tcfg)
     ctx.state.mark("train", fp, "running")
     ctx.log(f"  train: {tcfg.head}, {tcfg.folds}-fold cross-validation -> {run_dir}")
     summary = mil_stage.run_train(fdir, ctx.labels, run_dir, tcfg, log=(lambda s: ctx.log(f"    {s}")) if ctx.progress else _quiet,

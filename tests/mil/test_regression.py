@@ -58,7 +58,8 @@ def test_regression_label_errors_name_lines(tmp_path: Path, body: str, message: 
 
 
 def test_every_head_learns_regression(one_torch_thread: None) -> None:
-    """Each head fitted by MSE predicts held-out slides' lesion-driven target (Spearman > 0.6)."""
+    """Each head fitted by MSE predicts held-out slides' lesion-driven target (Pearson r > 0.8; not Spearman:
+    half the slides are lesion-free, and their order is the target noise's, 0.05 on a 0-1.5 scale)."""
     tc = make_target_cohort(90, seed=4, tiles=(30, 60), dim=8, shift=4.0, slide_noise=0.2, noise=0.05,
                             lesion_fraction=(0.05, 0.15), positive_fraction=0.5)
     bags = BagSet(tc.cohort.features, torch.device("cpu"))
@@ -70,7 +71,7 @@ def test_every_head_learns_regression(one_torch_thread: None) -> None:
         fit(head, bags, tc.target, train, train[:0], cfg, seed=0)
         pred = predict_probs(head, bags, held.tolist(), 1 << 16)[:, 0]
         m = regression_metrics(tc.target[held], pred)
-        assert m["spearman_r"] is not None and m["spearman_r"] > 0.6, (name, m)
+        assert m["pearson_r"] is not None and m["pearson_r"] > 0.8, (name, m)
         assert abs(pred.mean() - tc.target[held].mean()) < 0.5 * tc.target.std(), (name, m)  # the labels' unit
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 import pytest
 
 from wsi_mil.errors import StoreError
+from wsi_mil.stores.codecs import decode_jpeg_chunk, read_shard_index, shard_bytes
 from wsi_mil.stores.patches import (
     PatchStoreWriter,
     is_complete_patch_store,
@@ -144,3 +146,47 @@ def test_list_patch_stores(tmp_path: Path) -> None:
     (tmp_path / "patches" / "a.zarr").mkdir()
     (tmp_path / "patches" / ".a.zarr.tmp-1-x").mkdir()
     assert [p.name for p in list_patch_stores(tmp_path)] == ["a.zarr", "b.zarr"]
+
+
+def _shard_chunks(shard: Path, chunks_per_shard: int) -> list[bytes]:
+    data = shard.read_bytes()
+    with open(shard, "rb") as f:
+        index = read_shard_index(f, chunks_per_shard)
+    return [data[int(o):int(o) + int(n)] for o, n in index if int(n) != np.iinfo(np.uint64).max]
+
+
+def test_streamed_shards_are_the_joined_layout(tmp_path: Path) -> None:
+    """Chunks written to the shard file as they come + the index at the end = :func:`shard_bytes`."""
+    path = write_patch_store(tmp_path / "s.zarr", _tiles(45), np.zeros((45, 2)), np.ones(45), np.ones((2, 2)), 1.0,
+                             ATTRS, tiles_per_chunk=8, chunks_per_shard=4)
+    shards = sorted(p for p in (path / "tiles" / "c").rglob("*") if p.is_file())
+    assert len(shards) == 2
+    for shard in shards:
+        chunks = _shard_chunks(shard, 4)
+        assert shard.read_bytes() == shard_bytes(chunks, 4)
+    assert len(_shard_chunks(shards[1], 4)) == 2  # 45 tiles: 6 chunks, the last shard half full
+
+
+@pytest.mark.parametrize("subsampling", ["420", "444"])
+def test_chunk_decoder_gives_imagecodecs_pixels(tmp_path: Path, subsampling: str) -> None:
+    """Chunks decode to exactly the pixels imagecodecs (the decoder used before) gives; a damaged
+    chunk is an error naming the store."""
+    rng = np.random.default_rng(3)
+    tiles = np.clip(_tiles(32).astype(int) + rng.integers(-40, 40, (32, 32, 32, 3)), 0, 255).astype(np.uint8)
+    path = write_patch_store(tmp_path / "s.zarr", tiles, np.zeros((32, 2)), np.ones(32), np.ones((2, 2)), 1.0,
+                             ATTRS, tiles_per_chunk=16, chunks_per_shard=2, jpeg_subsampling=subsampling)
+    shard = next(p for p in (path / "tiles" / "c").rglob("*") if p.is_file())
+    chunks = _shard_chunks(shard, 2)
+    for j, data in enumerate(chunks):
+        ref = imagecodecs.jpeg8_decode(data).reshape(16, 32, 32, 3)
+        assert np.array_equal(decode_jpeg_chunk(data, (16, 32, 32, 3)), ref)
+        out = np.empty((16, 32, 32, 3), np.uint8)
+        assert decode_jpeg_chunk(data, (16, 32, 32, 3), out) is out and np.array_equal(out, ref)
+        assert np.array_equal(open_patch_store(path).read_tiles(16 * j, 16 * j + 16), ref)
+    with pytest.raises(ValueError, match="expected"):
+        decode_jpeg_chunk(chunks[0], (8, 32, 32, 3))
+    raw = bytearray(shard.read_bytes())
+    raw[len(chunks[0]) // 2: len(chunks[0]) // 2 + 64] = b"\xff\x00" * 32  # garbage inside chunk 0's scan
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(StoreError, match=r"s.zarr: cannot decode tiles 0-16"):
+        open_patch_store(path).read_tiles(0, 16)

@@ -15,6 +15,7 @@ from wsi_mil.stores.patches import PatchStoreWriter, open_patch_store
 from wsi_mil.synth import make_slide
 from wsi_mil.tiling.config import TilingConfig
 from wsi_mil.tiling.direct import DirectJpegLevel, find_jpeg_layout, open_direct_level
+from wsi_mil.tiling.grid import make_tile_grid
 from wsi_mil.tiling.readers import DecodeOptions, DirectTileReader, OpenSlideTileReader, open_tile_reader
 from wsi_mil.tiling.stage import plan_reads, run_tile
 
@@ -204,3 +205,60 @@ def test_decoded_tile_cache_is_bounded(synth_40x: Path) -> None:
             level.read(256, 0, 256, 256)  # was evicted: decoded again
             assert level.tiles_decoded == 4
             assert np.array_equal(level.read(0, 0, 256, 256), first)
+
+
+def _band_coords(width: int, height: int, band: int, step: int = 224) -> np.ndarray:
+    """Every 224 px tile of a width x height level-0 area, in the stage's order (vertical bands of
+    ``band`` tiles, row-major inside a band), as :func:`make_tile_grid` orders them."""
+    grid = make_tile_grid((width, height), 0.25, 0.25, step, step, np.ones((1, 1), np.uint8), float(max(width, height)),
+                          0.0, band_tiles=band)
+    return grid.coords
+
+
+@pytest.mark.parametrize("planned", [True, False])
+def test_planned_cache_decodes_each_source_tile_once_across_bands(synth_40x: Path, planned: bool) -> None:
+    """Bands of 2 tiles (448 px) cut the slide's 256 px tiles: the column at a band edge is needed
+    again by the next band. With the reads planned, a cache of 12 tiles keeps it (6 rows) and drops
+    each tile after its last read; a plain LRU of the same size decodes the edge columns twice."""
+    with open_slide(synth_40x) as s:
+        plan = plan_reads(s, 0.25, 224)
+        layout, _ = find_jpeg_layout(s, 0)
+        assert layout is not None and layout.tiles_down == 6 and not plan.resample
+        coords = _band_coords(1800, 1500, band=2)
+        touched = {(c, r) for x, y in coords for c in range(x // 256, (x + 223) // 256 + 1)
+                   for r in range(y // 256, (y + 223) // 256 + 1)}
+        level = DirectJpegLevel(layout, cache_bytes=12 * 256 * 256 * 3)
+        reader = DirectTileReader(level, plan, 224)
+        if planned:
+            reader.expect(coords)
+        out = np.empty((len(coords), 224, 224, 3), np.uint8)
+        for a in range(0, len(coords), 5):  # chunks of 5 tiles, as the stage's chunks
+            reader.read_tiles(coords[a:a + 5], out[a:a + 5])
+        with open_slide(synth_40x) as ref_slide:
+            ref = OpenSlideTileReader(ref_slide, plan, 224)
+            for i in range(0, len(coords), 7):
+                assert np.array_equal(out[i], ref.read_tile(*(int(v) for v in coords[i])))
+        if planned:
+            assert level.tiles_decoded == len(touched)
+            assert level.cached_bytes == 0  # every tile dropped after its last read
+        else:
+            assert level.tiles_decoded > len(touched)
+        reader.close()
+
+
+def test_planned_cache_is_bounded_and_reads_outside_the_plan_stay_correct(synth_40x: Path) -> None:
+    with open_slide(synth_40x) as s:
+        plan = plan_reads(s, 0.25, 224)
+        layout, _ = find_jpeg_layout(s, 0)
+        assert layout is not None
+        coords = _band_coords(1800, 1500, band=8)
+        one_tile = 256 * 256 * 3
+        with DirectJpegLevel(layout, cache_bytes=3 * one_tile) as level:
+            reader = DirectTileReader(level, plan, 224)
+            reader.expect(coords[:10])
+            seen = 0
+            for x, y in coords:  # the plan covers the first 10 tiles only
+                tile = reader.read_tile(int(x), int(y))
+                assert np.array_equal(tile, s.read_region((int(x), int(y)), 0, (224, 224)))
+                seen = max(seen, level.cached_bytes)
+            assert seen <= 3 * one_tile

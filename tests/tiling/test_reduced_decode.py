@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from wsi_mil.slide import open_slide
 from wsi_mil.synth import make_slide
-from wsi_mil.tiling.direct import open_direct_level, verify_reduced
+from wsi_mil.tiling.direct import decode_scaled, open_direct_level, verify_reduced
 from wsi_mil.tiling.readers import DecodeOptions, DirectTileReader, open_tile_reader
-from wsi_mil.tiling.regions import ReadPlan, reduced_scale, tile_window
+from wsi_mil.tiling.regions import (
+    ReadPlan,
+    Window,
+    crop_if_exact,
+    reduced_scale,
+    resample_window,
+    tile_window,
+    tile_windows,
+)
 from wsi_mil.tiling.stage import plan_reads
 
 #: stated error bounds (docs/tile.md): mean |reduced - full decode + box resample| per channel, grey levels
@@ -102,3 +112,51 @@ def test_stage_uses_reduced_decoding_only_when_asked(synth_40x4: Path) -> None:
         assert 0 < np.abs(a.astype(int) - b).mean() <= BOUND_VS_FULL["synth-40x-420"]
         on.close()
         off.close()
+
+
+@pytest.mark.parametrize("case", ["synth-40x-420", "cmu-20x-444"])
+def test_scaled_decoding_gives_pillow_drafts_pixels(case: str, synth_40x4: Path, cmu_slide: Path) -> None:
+    """The TurboJPEG scaled decode gives the pixels Pillow's ``draft`` gave (the decoder used before),
+    so stores cut with reduced-size decoding keep their bytes."""
+    path = synth_40x4 if case == "synth-40x-420" else cmu_slide
+    with open_slide(path) as s:
+        direct, why = open_direct_level(s, 0)
+        assert direct is not None, why
+        lay = direct.layout
+        rng = np.random.default_rng(2)
+        for _ in range(4):
+            c, r = int(rng.integers(0, lay.tiles_across)), int(rng.integers(0, lay.tiles_down))
+            stream = direct.jpeg_stream(direct.tile_bytes(c, r))
+            for scale in (2, 4, 8):
+                w, h = lay.tile_w // scale, lay.tile_h // scale
+                im = Image.open(io.BytesIO(stream))
+                im.draft("RGB", (w, h))
+                ref = np.asarray(im.convert("RGB"))
+                assert ref.shape == (h, w, 3)
+                assert np.array_equal(decode_scaled(stream, scale, w, h), ref), (c, r, scale)
+        direct.close()
+
+
+def test_vectorised_windows_match_tile_window() -> None:
+    rng = np.random.default_rng(4)
+    coords = rng.integers(0, 200_000, (500, 2)).astype(np.int64)
+    for plan in (ReadPlan(0, 1.0, 448.0, True), ReadPlan(1, 4.000183, 111.87, True), ReadPlan(2, 16.0, 224.3, True),
+                 ReadPlan(0, 1.0, 297.61, True)):
+        for scale in (1, 2, 4):
+            got = tile_windows(coords, plan, scale)
+            want = [tile_window(int(x), int(y), plan, scale) for x, y in coords]
+            assert got.tolist() == [[w.x, w.y, w.width, w.height] for w in want]
+
+
+@pytest.mark.parametrize("box", [(0.0, 0.0, 224.0, 224.0), (1.0, 2.0, 225.0, 226.0), (0.5, 0.0, 224.5, 224.0),
+                                 (1.0, 1.0, 224.0, 224.0)])
+def test_exact_crop_is_what_pillow_gives(box: tuple[float, float, float, float]) -> None:
+    """A whole-pixel box as wide as the tile is a crop: exactly Pillow's output (bicubic and box)."""
+    region = np.random.default_rng(6).integers(0, 256, (227, 228, 3), dtype=np.uint8)
+    win = Window(0, 0, 228, 227, box)
+    crop = crop_if_exact(region, win, 224)
+    exact = box[2] - box[0] == 224 and box[0] == int(box[0]) and box[1] == int(box[1])
+    assert (crop is not None) == exact
+    if crop is not None:
+        for filt in (Image.Resampling.BICUBIC, Image.Resampling.BOX):
+            assert np.array_equal(crop, resample_window(region, win, 224, filt))

@@ -120,3 +120,32 @@ def test_tissue_mask_matches_synthetic_ground_truth(tmp_path: Path) -> None:
     assert found[truth].mean() > 0.9, "most tissue is found"
     assert (found & ~truth).sum() < 0.1 * truth.sum(), "little glass is called tissue"
     assert found[resize(lesion.astype(float), truth.shape, order=0) > 0.5].mean() > 0.95, "lesions are tissue"
+
+
+@pytest.mark.parametrize("method", ["otsu-saturation", "otsu-od"])
+def test_strips_give_the_whole_image_mask(cmu_slide: Path, monkeypatch: pytest.MonkeyPatch, method: str) -> None:
+    """Pixel signals are computed in strips of rows (bounded float temporaries): same mask whatever
+    the strip height, including strips that do not divide the image."""
+    import wsi_mil.tiling.tissue as tissue
+
+    with open_slide(cmu_slide) as s:
+        thumb, ds = s.read_at_mpp(2.0)
+    cfg = TissueConfig(method=method, mask_mpp=2.0)
+    whole = detect_tissue(thumb, ds * s.mpp, cfg)
+    assert 0.05 < whole.mean() < 0.95
+    for rows in (7, 64):
+        monkeypatch.setattr(tissue, "STRIP_ROWS", rows)
+        assert np.array_equal(detect_tissue(thumb, ds * s.mpp, cfg), whole)
+
+
+def test_tissue_fractions_match_a_direct_count() -> None:
+    rng = np.random.default_rng(8)
+    coords = rng.integers(-50, 900, (200, 2)).astype(np.int64)
+    for mask in (rng.random((97, 83)) > 0.4, (rng.random((97, 83)) > 0.7).astype(np.uint8)):
+        got = tissue_fractions(mask, 10.0, coords, 64.0)
+        for (x, y), f in zip(coords, got, strict=True):
+            x0, y0 = min(max(int(np.floor(x / 10)), 0), 83), min(max(int(np.floor(y / 10)), 0), 97)
+            x1, y1 = min(max(int(np.ceil((x + 64) / 10)), 0), 83), min(max(int(np.ceil((y + 64) / 10)), 0), 97)
+            x1, y1 = max(x1, min(x0 + 1, 83)), max(y1, min(y0 + 1, 97))
+            area = max((x1 - x0) * (y1 - y0), 1)
+            assert f == np.float32(mask[y0:y1, x0:x1].sum() / area)

@@ -36,6 +36,9 @@ def extract(
     features_dtype: Annotated[Optional[str], typer.Option(help="float32 (default) or float16")] = None,
     num_workers: Annotated[Optional[int], typer.Option(help="loader processes per device [default: cores-1 over GPUs]",
                                                        min=0)] = None,
+    stain_norm: Annotated[Optional[str], typer.Option(
+        help="stain normalisation of every tile before the encoder: none, macenko or reinhard (fitted once per "
+             "slide; the encoder id gets -macenko/-reinhard) [default none]")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="existing Dask scheduler tcp://HOST:PORT (GPU workers)")] = None,
     slide: Annotated[Optional[list[str]], typer.Option(help="only these slide ids (repeatable)")] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML file (whole study or its 'extract' section)")] = None,
@@ -58,7 +61,7 @@ def extract(
     cfg = build_config(
         ExtractConfig, config, set_, section="extract", section_optional=True,
         cli=dict(device=device, batch_size=batch_size, compile=compile, precision=precision,
-                 features_dtype=features_dtype, num_workers=num_workers),
+                 features_dtype=features_dtype, num_workers=num_workers, stain_norm=stain_norm),
     )
     report = run_extract(job, encoder, weights, cfg, scheduler=scheduler, overwrite=overwrite,
                               slides=slide, progress=progress, manifest=weights_manifest)

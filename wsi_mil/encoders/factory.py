@@ -7,7 +7,8 @@ entry's repository in the local Hugging Face cache), a checkpoint file, a publis
 ``wsi-mil pretrain`` (which records its architecture, so ``arch`` may be ``None``). Publisher
 weights in transformers' layout are converted to the timm model (:mod:`wsi_mil.encoders.convert`).
 The encoder id names the recipe, the weights source and their content hash:
-``{arch}-{weights tag}-{first 8 hex of the weights hash}``, e.g. ``resnet50_trunc-timm-1f2e3d4c``.
+``{arch}-{weights tag}-{first 8 hex of the weights hash}``, e.g. ``resnet50_trunc-timm-1f2e3d4c``;
+features from stain-normalised tiles add ``-{method}`` (:func:`stain_encoder_id`).
 """
 
 from __future__ import annotations
@@ -86,6 +87,16 @@ def safe_name(text: str, limit: int = 40) -> str:
     """A filesystem-safe token: letters, digits, ``.``, ``_``; other runs become ``_``."""
     out = re.sub(r"[^A-Za-z0-9._]+", "_", text).strip("._")
     return out[:limit] or "x"
+
+
+def stain_encoder_id(encoder_id: str, stain_norm: str = "none") -> str:
+    """The id of the features an encoder makes from stain-normalised tiles: ``{encoder_id}-{method}``.
+
+    ``none`` leaves ``encoder_id`` as it is, so features with and without normalisation (or with
+    two methods) live in different ``features/{id}/`` folders and never mix.
+    """
+    method = str(stain_norm).strip().lower()
+    return encoder_id if method in ("", "none") else f"{encoder_id}-{safe_name(method)}"
 
 
 def _parse_random(weights: str) -> int | None:

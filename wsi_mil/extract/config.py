@@ -15,7 +15,10 @@ class ExtractConfig(StrictModel):
     ``device``: ``auto`` (every visible GPU, else the CPU), ``cuda`` (every visible GPU),
     ``cuda:0,cuda:2`` (these GPUs), ``cpu``. Several devices: one process per device, slides
     spread across them. ``features_dtype``: float32 by default (exact copy of what the model
-    produced under its precision); float16 halves the files.
+    produced under its precision); float16 halves the files. ``stain_norm``: ``macenko`` or
+    ``reinhard`` fit each slide once from a sample of its tissue tiles and normalise every tile on
+    the device onto a fixed target (:mod:`wsi_mil.stain`); features go to
+    ``features/{encoder_id}-{method}/``.
     """
 
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or a comma-separated list")
@@ -26,6 +29,9 @@ class ExtractConfig(StrictModel):
     channels_last: bool = True
     features_dtype: Literal["float32", "float16"] = "float32"
     num_workers: int | None = Field(None, ge=0, description="loader threads/processes per device; default: cores-1 split over GPUs")
+    stain_norm: Literal["none", "macenko", "reinhard"] = Field(
+        "none", description="stain normalisation before the encoder: per-slide fit, batched on the device; "
+        "it changes the encoder id (suffix -macenko, -reinhard)")
     loader: Literal["auto", "threads", "processes"] = Field(
         "auto", description="decoding threads (auto on CUDA: fastest) or DataLoader processes (auto on the CPU: "
         "a codec crash fails one slide, not the run)")

@@ -1,7 +1,8 @@
 """Batched inference on the device: uint8 tiles in, feature rows out, in order.
 
 On the device, a batch of tiles ``(n, S, S, 3) uint8`` is viewed as NCHW (which is already the
-channels_last memory layout), converted to float, resized to the model's input size when S
+channels_last memory layout), converted to float, stain-normalised with the slide's fitted
+transform when one is given (:mod:`wsi_mil.stain`), resized to the model's input size when S
 differs (antialiased), and normalised with the data config's mean and std in one fused
 multiply-add. The model runs under ``torch.inference_mode``, with bf16 (or fp16) autocast on
 CUDA and fp32 on the CPU by default, optionally compiled with ``torch.compile``. A CUDA
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,9 @@ from torch import nn
 
 from wsi_mil.encoders.dataconfig import DataConfig
 from wsi_mil.errors import WsiMilError
+
+if TYPE_CHECKING:
+    from wsi_mil.stain.base import FittedStain
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +100,15 @@ class InferenceEngine:
         self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
     # -- preprocessing -------------------------------------------------------------------
-    def preprocess(self, tiles: torch.Tensor) -> torch.Tensor:
-        """(n, S, S, 3) uint8 on the device -> (n, 3, H, W) float32 normalised, channels_last."""
+    def preprocess(self, tiles: torch.Tensor, stain: FittedStain | None = None) -> torch.Tensor:
+        """(n, S, S, 3) uint8 on the device -> (n, 3, H, W) float32 normalised, channels_last.
+
+        ``stain``: the slide's fitted stain transform, applied to the float pixels (on [0, 255],
+        unquantised) before resizing and the mean/std normalisation.
+        """
         x = tiles.permute(0, 3, 1, 2).float()
+        if stain is not None:
+            x = stain(x, channels_last=False)
         if tuple(x.shape[-2:]) != self.input_hw:
             down = x.shape[-2] > self.input_hw[0] or x.shape[-1] > self.input_hw[1]
             kwargs = {"antialias": down} if self.interpolation in ("bilinear", "bicubic") else {}
@@ -108,13 +118,13 @@ class InferenceEngine:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def _run(self, tiles: torch.Tensor) -> torch.Tensor:
+    def _run(self, tiles: torch.Tensor, stain: FittedStain | None = None) -> torch.Tensor:
         n = tiles.shape[0]
         if self.compiled and n < self.batch_size:
             # a constant batch shape avoids recompiling for every slide's last batch
             pad = tiles.new_zeros((self.batch_size - n, *tiles.shape[1:]))
             tiles = torch.cat([tiles, pad])
-        x = self.preprocess(tiles)
+        x = self.preprocess(tiles, stain)
         if self.precision in _AUTOCAST:
             with torch.autocast(self.device.type, dtype=_AUTOCAST[self.precision]):
                 y = self._forward(x)
@@ -155,8 +165,10 @@ class InferenceEngine:
         self._in_flight.clear()
 
     @torch.inference_mode()
-    def embed(self, tiles: torch.Tensor) -> torch.Tensor:
+    def embed(self, tiles: torch.Tensor, stain: FittedStain | None = None) -> torch.Tensor:
         """Features of ``tiles`` (n, S, S, 3) uint8 (host or device) -> (n, D) on the device.
+
+        ``stain``: the slide's fitted stain transform (:meth:`preprocess`), or None.
 
         The host-to-device copy is asynchronous from pinned host memory (see :meth:`upload`).
         On ``torch.cuda.OutOfMemoryError`` the batch size is halved and the same rows retried;
@@ -169,7 +181,7 @@ class InferenceEngine:
         while i < n:
             j = min(n, i + self.batch_size)
             try:
-                out.append(self._run(tiles[i:j]))
+                out.append(self._run(tiles[i:j], stain))
             except torch.cuda.OutOfMemoryError:
                 if self.batch_size == 1:
                     raise

@@ -3,9 +3,12 @@
 One DataLoader streams every slide's tiles in order (no pipeline drain between slides); the
 engine embeds them on the device; when a slide's last rows arrive, its features are copied to
 pinned host memory asynchronously and a background thread writes the feature file atomically.
-A slide whose store cannot be read, or whose file cannot be written, fails alone; the others
-carry on. If a loader process dies (e.g. a crash in a codec), the unfinished slides are read
-again one per loader until the one that kills it is found; it fails, and streaming resumes.
+With a stain normaliser, each slide's transform is fitted on background threads ahead of its
+tiles (:class:`~wsi_mil.stain.fit.FitAhead`) and applied by the engine on the device. A slide
+whose store cannot be read, whose stain cannot be fitted, or whose file cannot be written, fails
+alone; the others carry on. If a loader process dies (e.g. a crash in a codec), the unfinished
+slides are read again one per loader until the one that kills it is found; it fails, and
+streaming resumes.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,6 +28,10 @@ from wsi_mil.extract.data import TileRange, largest_item_bytes, make_loader, pla
 from wsi_mil.extract.engine import InferenceEngine
 from wsi_mil.runrecord import DONE, FAILED, SlideStatus
 from wsi_mil.stores.features import write_feature_file
+
+if TYPE_CHECKING:
+    from wsi_mil.stain.base import FittedStain, StainNormalizer
+    from wsi_mil.stain.fit import FitAhead
 
 
 @dataclass
@@ -54,7 +61,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 class _Slide:
-    """Accumulates one slide's feature rows, (n, D) tensors on the device, in row order."""
+    """Accumulates one slide's feature rows, (n, D) tensors on the device, in row order; with its
+    fitted stain transform and that fit's feature-file attributes once known."""
 
     def __init__(self, job: SlideJob) -> None:
         self.job = job
@@ -62,6 +70,8 @@ class _Slide:
         self.rows = 0
         self.error = ""
         self.t0 = time.perf_counter()
+        self.stain: FittedStain | None = None
+        self.stain_attrs: dict[str, Any] = {}
 
 
 def write_slide(job: SlideJob, features: NDArray[np.floating[Any]], encoder_attrs: dict[str, Any],
@@ -85,16 +95,21 @@ def run_slides(
     num_workers: int | None = None,
     extra_attrs: dict[str, Any] | None = None,
     loader: str = "auto",
+    stain: StainNormalizer | None = None,
 ) -> list[SlideStatus]:
     """Embed every slide of ``jobs`` with ``engine`` and write its feature file.
 
     ``on_done`` is called once per slide (from this thread) as soon as its file is written or
     it failed. Returns the statuses in ``jobs`` order. Reads hold at most the engine's batch
-    size (at the start of the run) of tiles, never less than one storage chunk.
+    size (at the start of the run) of tiles, never less than one storage chunk. ``stain``: the
+    stain normaliser (each slide fitted once, before its first tiles are embedded), or None.
     """
     extra = dict(extra_attrs or {})
     extra.update(precision=engine.precision, device=str(engine.device))
-    runner = SlideRunner(engine, jobs, encoder_attrs, embed_dim, on_done, extra, batch_size=engine.batch_size)
+    if stain is not None:
+        extra.update(stain_norm=stain.name, stain_target=stain.target())
+    runner = SlideRunner(engine, jobs, encoder_attrs, embed_dim, on_done, extra, batch_size=engine.batch_size,
+                         stain=stain)
     return runner.run(num_workers, loader)
 
 
@@ -115,6 +130,7 @@ class SlideRunner:
         on_done: Callable[[SlideStatus], None],
         extra: dict[str, Any],
         batch_size: int,
+        stain: StainNormalizer | None = None,
     ) -> None:
         self.engine = engine
         self.jobs = jobs
@@ -128,6 +144,8 @@ class SlideRunner:
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsi_mil-write")
         self.open_slides: dict[int, _Slide] = {}  # slides of the current stream opened and not yet done
         self.next_slide = 0  # the current stream's next slide not yet opened
+        self.stain = stain
+        self.fits: FitAhead | None = None  # the slides' stain fits, made ahead on background threads
 
     # -- recording -------------------------------------------------------------------------
     def finish(self, i: int, status: str, reason: str = "", seconds: float = 0.0) -> None:
@@ -164,7 +182,7 @@ class SlideRunner:
         else:
             host = torch.empty((0, self.embed_dim), dtype=self.engine.out_dtype)
             event = None
-        encoder_attrs, extra = self.encoder_attrs, self.extra
+        encoder_attrs, extra = self.encoder_attrs, {**self.extra, **slide.stain_attrs}
 
         def write() -> None:
             if event is not None:
@@ -177,6 +195,10 @@ class SlideRunner:
     def run(self, num_workers: int | None, loader: str) -> list[SlideStatus]:
         """Stream every slide; after a loader process died, read slides alone until the one that
         kills it is found (it fails), then stream the rest together again."""
+        if self.stain is not None:
+            from wsi_mil.stain.fit import FitAhead
+
+            self.fits = FitAhead(self.stain, [j.store_path if j.n_tiles else None for j in self.jobs])
         try:
             start, isolate = 0, False
             while start < len(self.jobs):
@@ -190,6 +212,8 @@ class SlideRunner:
                     # after a crash in a shared loader, slides are read alone until the culprit is found
                     start, isolate = resume, bool(crash)
         finally:
+            if self.fits is not None:
+                self.fits.close()
             self.writer.shutdown(wait=True)  # even when aborting: finished slides are written and recorded
             self.reap(block=True)
         return [self.statuses[i] for i in range(len(self.jobs))]
@@ -234,11 +258,19 @@ class SlideRunner:
                     slides.pop(batch.slide)
                     self.finish(batch.slide, FAILED, batch.error, time.perf_counter() - slide.t0)
                     continue
+                if self.fits is not None and slide.stain is None:
+                    try:  # the slide's stain fit, once, before its first tiles are embedded
+                        fitted = self.fits.result(batch.slide)
+                    except Exception as exc:  # too little tissue, unreadable sample: this slide fails alone
+                        slides.pop(batch.slide)
+                        self.finish(batch.slide, FAILED, _one_line(exc), time.perf_counter() - slide.t0)
+                        continue
+                    slide.stain, slide.stain_attrs = fitted.transform, fitted.attrs()
                 if batch.start != slide.rows:
                     raise WsiMilError(f"{slide.job.store_path}: rows {batch.start}-{batch.stop} arrived "
                                       f"out of order (expected {slide.rows})")
                 try:
-                    slide.parts.append(engine.embed(batch.tiles))
+                    slide.parts.append(engine.embed(batch.tiles, slide.stain))
                 except WsiMilError as exc:
                     slides.pop(batch.slide)
                     self.finish(batch.slide, FAILED, f"{slide.job.store_path}: {exc}",

@@ -1,7 +1,12 @@
 """``run_extract``: every patch store of a job -> one HDF5 feature file per slide.
 
 Resumable: a slide whose ``features/{encoder_id}/{slide_id}.h5`` is complete, made by the same
-encoder and from the same patch store (content fingerprint) is skipped. Every slide ends as a
+encoder, with the same stain normalisation (method and target) and from the same patch store
+(content fingerprint) is skipped. With ``stain_norm`` set, the encoder id carries the method
+(``-macenko``), each slide's stain parameters are fitted once from a sample of its tiles, where
+the slide is embedded (this process, a device process or a Dask worker), on background threads
+ahead of its tiles; a slide that cannot be fitted fails alone; the engine normalises its tiles
+on the device. Every slide ends as a
 :class:`~wsi_mil.runrecord.SlideStatus` in ``JOB/status/extract-{encoder_id}.csv``.
 
 Where it runs: one device runs in this process (no Dask). Several devices run one process per
@@ -17,7 +22,7 @@ import queue as queue_mod
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +32,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from wsi_mil.atomic import remove_stale_temporaries
 from wsi_mil.config import config_to_dict
 from wsi_mil.encoders import Encoder, create_encoder
+from wsi_mil.encoders.factory import stain_encoder_id
 from wsi_mil.errors import EncoderError, StoreError, WsiMilError
 from wsi_mil.extract.config import ExtractConfig
 from wsi_mil.extract.engine import InferenceEngine, resolve_precision
@@ -36,6 +42,8 @@ from wsi_mil.jobdir import feature_file_path, features_dir, features_root, patch
 from wsi_mil.outputs import FEATURE_FILE, check_writable, replace_refusal
 from wsi_mil.parallel import dask_client, device_resources, run_slide_tasks
 from wsi_mil.runrecord import FAILED, SKIPPED, RunRecord, SlideStatus, StageReport, guard_slide
+from wsi_mil.stain.base import StainNormalizer
+from wsi_mil.stain.registry import create_stain_normalizer
 from wsi_mil.stores.common import file_fingerprint, slide_id_of
 from wsi_mil.stores.features import read_feature_attrs
 from wsi_mil.stores.patches import list_patch_stores, open_patch_store
@@ -61,15 +69,30 @@ class ExtractReport(StageReport):
 class EncoderSpec:
     """What rebuilds an encoder in another process: ``create_encoder(arch, weights, manifest=...)``.
 
-    ``weights`` None takes the path the weights ``manifest`` pins for ``arch``.
+    ``weights`` None takes the path the weights ``manifest`` pins for ``arch``; ``stain_norm``: the
+    stain normalisation its features are made with (it is part of the encoder id).
     """
 
     arch: str | None
     weights: str | None
     manifest: str | None = None
+    stain_norm: str = "none"
 
     def build(self) -> Encoder:
-        return create_encoder(self.arch, self.weights, manifest=self.manifest)
+        return with_stain_norm(create_encoder(self.arch, self.weights, manifest=self.manifest), self.stain_norm)
+
+
+def with_stain_norm(enc: Encoder, stain_norm: str) -> Encoder:
+    """``enc`` whose id names the features made from ``stain_norm``-normalised tiles (``none``: ``enc``)."""
+    encoder_id = stain_encoder_id(enc.encoder_id, stain_norm)
+    return enc if encoder_id == enc.encoder_id else replace(enc, encoder_id=encoder_id)
+
+
+def stain_attrs(stain: StainNormalizer | None) -> dict[str, Any]:
+    """The run's part of a feature file's stain attributes: ``stain_norm`` and (with one) ``stain_target``."""
+    if stain is None:
+        return {"stain_norm": "none"}
+    return {"stain_norm": stain.name, "stain_target": stain.target()}
 
 
 def stage_name(encoder_id: str) -> str:
@@ -119,8 +142,19 @@ def make_engine(encoder: Encoder, device: torch.device, cfg: ExtractConfig) -> I
     )
 
 
-def prepare_slide(store_path: Path, out_path: Path, encoder_id: str, overwrite: bool = False) -> SlideJob | SlideStatus:
-    """Open and check one store; a status when it fails or its valid output exists, else a job."""
+def _same_stain(attrs: dict[str, Any], stain: StainNormalizer | None) -> bool:
+    """Whether a feature file's attributes record the stain normalisation ``stain`` (method and target)."""
+    wanted = stain_attrs(stain)
+    return all(attrs.get(k, "none" if k == "stain_norm" else None) == v for k, v in wanted.items())
+
+
+def prepare_slide(store_path: Path, out_path: Path, encoder_id: str, overwrite: bool = False,
+                  stain: StainNormalizer | None = None) -> SlideJob | SlideStatus:
+    """Open and check one store; a status when it fails or its valid output exists, else a job.
+
+    ``stain``: the run's stain normaliser: an existing file counts as valid only if it records the
+    same method and target (a file made without normalisation never stands in for one made with it).
+    """
     t0 = time.perf_counter()
     slide_id = slide_id_of(store_path)
     try:
@@ -137,7 +171,7 @@ def prepare_slide(store_path: Path, out_path: Path, encoder_id: str, overwrite: 
         except StoreError:
             attrs = {}
         if (attrs.get("encoder_id") == encoder_id and attrs.get("patch_store_hash") == fingerprint
-                and int(attrs.get("n_tiles", -1)) == store.n_tiles):
+                and int(attrs.get("n_tiles", -1)) == store.n_tiles and _same_stain(attrs, stain)):
             return SlideStatus(slide_id, str(store_path), SKIPPED, n_tiles=store.n_tiles,
                                seconds=time.perf_counter() - t0)
     attrs = {k: store.attrs[k] for k in STORE_ATTRS if k in store.attrs}
@@ -156,13 +190,13 @@ def prepare_slide(store_path: Path, out_path: Path, encoder_id: str, overwrite: 
 
 
 def prepare_slides(stores: Sequence[tuple[Path, Path]], encoder_id: str, overwrite: bool = False,
-                   threads: int = 8) -> list[SlideJob | SlideStatus]:
+                   threads: int = 8, stain: StainNormalizer | None = None) -> list[SlideJob | SlideStatus]:
     """:func:`prepare_slide` for each ``(store_path, out_path)``, in order, on a few threads
     (opening a store and fingerprinting it is file I/O and hashing, which release the GIL)."""
     if len(stores) <= 1 or threads <= 1:
-        return [prepare_slide(p, out, encoder_id, overwrite) for p, out in stores]
+        return [prepare_slide(p, out, encoder_id, overwrite, stain) for p, out in stores]
     with ThreadPoolExecutor(min(threads, len(stores)), thread_name_prefix="wsi_mil-open") as pool:
-        return list(pool.map(lambda item: prepare_slide(item[0], item[1], encoder_id, overwrite), stores))
+        return list(pool.map(lambda item: prepare_slide(item[0], item[1], encoder_id, overwrite, stain), stores))
 
 
 def _balance(jobs: Sequence[SlideJob], n: int) -> list[list[SlideJob]]:
@@ -200,16 +234,17 @@ def run_extract(
     cfg = cfg or ExtractConfig()
     job = Path(job)
     devices = resolve_devices(cfg.device) if not scheduler else []
+    stain = create_stain_normalizer(cfg.stain_norm)
     check_writable(features_root(job), folder=True)  # before the encoder is built
     check_writable(status_path(job, "extract"))
     if isinstance(encoder, Encoder):
-        enc, spec = encoder, None
+        enc, spec = with_stain_norm(encoder, cfg.stain_norm), None
     else:
         if weights is None and manifest is None:
             raise EncoderError("give --weights: a weights file, a publisher or encoder folder, 'hub', 'timm' or "
                                "'random' (or --weights-manifest)")
         spec = EncoderSpec(encoder, str(weights) if weights is not None else None,
-                           str(manifest) if manifest is not None else None)
+                           str(manifest) if manifest is not None else None, cfg.stain_norm)
         enc = spec.build()
     stores = list_patch_stores(job)
     if slides is not None:
@@ -242,13 +277,13 @@ def run_extract(
     jobs: list[SlideJob] = []
     statuses: list[SlideStatus] = []
     outputs = [(p, feature_file_path(job, enc.encoder_id, slide_id_of(p))) for p in stores]
-    for item in prepare_slides(outputs, enc.encoder_id, overwrite):
+    for item in prepare_slides(outputs, enc.encoder_id, overwrite, stain=stain):
         if isinstance(item, SlideStatus):
             done(item)
             statuses.append(item)
         else:
             jobs.append(item)
-    extra = {"extract_config": config_to_dict(cfg)}
+    extra = {"extract_config": config_to_dict(cfg), **stain_attrs(stain)}
     with bar:
         statuses += _dispatch(enc, spec, jobs, cfg, extra, done, scheduler, devices)
     return ExtractReport(sorted(statuses, key=lambda s: s.slide_id), record.path, encoder_id=enc.encoder_id,
@@ -268,7 +303,8 @@ def _dispatch(enc: Encoder, spec: EncoderSpec | None, jobs: list[SlideJob], cfg:
         else:
             if len(devices) == 1 or spec is None:
                 engine = make_engine(enc, devices[0], cfg)
-                statuses += run_slides(engine, jobs, enc.attrs(), enc.embed_dim, done, cfg.num_workers, extra, cfg.loader)
+                statuses += run_slides(engine, jobs, enc.attrs(), enc.embed_dim, done, cfg.num_workers, extra, cfg.loader,
+                                       stain=create_stain_normalizer(cfg.stain_norm))
             else:
                 statuses += _run_processes(devices, spec, enc.encoder_id, jobs, cfg, extra, done)
     return statuses
@@ -287,7 +323,8 @@ def _device_main(device: str, spec: EncoderSpec, encoder_id: str, jobs: list[Sli
             raise EncoderError(f"{spec.weights}: the weights changed during the run "
                                f"(encoder id {enc.encoder_id}, expected {encoder_id})")
         engine = make_engine(enc, dev, cfg)
-        run_slides(engine, jobs, enc.attrs(), enc.embed_dim, queue.put, cfg.num_workers, extra, cfg.loader)
+        run_slides(engine, jobs, enc.attrs(), enc.embed_dim, queue.put, cfg.num_workers, extra, cfg.loader,
+                   stain=create_stain_normalizer(cfg.stain_norm))
     except Exception as exc:  # report, the parent fails this process's remaining slides
         queue.put(("error", _one_line(exc)))
     queue.put(("exit", device))
@@ -360,7 +397,7 @@ def extract_slide_task(spec: EncoderSpec, encoder_id: str, slide: SlideJob, cfg:
         enc, engine = _WORKER_CACHE[key]
         workers = cfg.num_workers if cfg.num_workers is not None else (0 if device.type == "cpu" else None)
         return run_slides(engine, [slide], enc.attrs(), enc.embed_dim, lambda s: None, workers, extra,
-                          cfg.loader)[0]
+                          cfg.loader, stain=create_stain_normalizer(cfg.stain_norm))[0]
 
     return guard_slide(slide.slide_id, slide.store_path, "extracting features", work)
 

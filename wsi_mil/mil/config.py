@@ -12,6 +12,16 @@ from wsi_mil.mil.heads import HeadOptions, head_entry, heads_help, parse_head_op
 DEFAULT_HEAD = "chowder"
 
 
+class DomainAdversarialConfig(StrictModel):
+    """``train.domain_adversarial``: a site classifier on the head's slide representation, trained
+    through a gradient reversal layer (Ganin et al., 2016) jointly with the slide-label loss."""
+
+    column: str = Field("site", min_length=1, description="labels column of the domains (site: hospital, "
+                                                          "scanner or batch)")
+    weight: float = Field(1.0, gt=0, description="weight W of the class-balanced site cross-entropy in the loss")
+    hidden: int = Field(64, ge=1, description="hidden units of the site classifier (one ReLU layer)")
+
+
 class TrainConfig(StrictModel):
     """How ``wsi-mil train`` fits and evaluates a MIL head. Epoch = one pass over the training bags."""
 
@@ -24,7 +34,13 @@ class TrainConfig(StrictModel):
     head_options: SerializeAsAny[HeadOptions] = Field(
         default_factory=dict, validate_default=True,  # {} -> the head's defaults (the validator below)
         description="options of the head: its registered options model (see docs/train.md)")
-    folds: int = Field(5, ge=2, description="cross-validation folds K")
+    folds: int = Field(5, ge=2, description="cross-validation folds K (cv: kfold)")
+    cv: Literal["kfold", "leave_one_site_out"] = Field(
+        "kfold", description="kfold: K folds stratified by label, grouped by case; leave_one_site_out: each site "
+                             "(labels column 'site') held out in turn, one fold per site")
+    domain_adversarial: DomainAdversarialConfig | None = Field(
+        None, description="a site classifier on the head's slide representation through gradient reversal "
+                          "({column: site, weight: W}); null = off")
     val_fraction: float = Field(0.2, gt=0, le=0.5, description="share of a training fold held out for early stopping")
     max_epochs: int = Field(100, ge=1)
     min_epochs: int = Field(10, ge=1, description="the best epoch is searched from here on (no stop before)")
@@ -56,6 +72,14 @@ class TrainConfig(StrictModel):
     tune_final: Literal["ensemble", "refit"] = Field(
         "ensemble", description="final model of a tuned run: the mean of the outer-fold models, or a refit on all "
                                 "training slides with the settings of one more search over them")
+
+    @field_validator("tune", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: Any) -> Any:
+        """YAML 1.1 reads a bare ``on``/``off`` (``tune: off``, ``--set tune=off``) as a boolean: take it back."""
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return value
 
     @field_validator("head_options", mode="before")
     @classmethod

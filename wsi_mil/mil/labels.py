@@ -1,8 +1,9 @@
-"""Labels CSV: ``slide_id,label[,case_id][,split]`` read, validated and matched to feature files.
+"""Labels CSV: ``slide_id,label[,case_id][,split][,site]`` read, validated and matched to feature files.
 
 Rules (every problem names the file, the rows and the fix):
-- ``slide_id`` and ``label`` columns are required; ``case_id`` (patient) and ``split``
-  (``train``/``val``/``test``) are optional. Empty slide ids or labels, duplicate slide ids, an
+- ``slide_id`` and ``label`` columns are required; ``case_id`` (patient), ``split``
+  (``train``/``val``/``test``) and ``site`` (hospital, scanner or batch: :mod:`wsi_mil.mil.sites`)
+  are optional; when the ``site`` column is there, every row needs a site. Empty slide ids or labels, duplicate slide ids, an
   unknown split value, a case with slides in both the test and the training split, a label
   outside ``classes`` (when given), one number written two ways (``1`` beside ``1.0``) or fewer
   than two classes are errors; each label error lists the classes found, with their counts.
@@ -36,6 +37,7 @@ class LabelRow:
     case_id: str
     split: str
     line: int
+    site: str = ""
 
 
 @dataclass
@@ -47,6 +49,7 @@ class LabelTable:
     class_names: list[str]
     has_case_id: bool
     warnings: list[str] = field(default_factory=list)
+    has_site: bool = False
 
     @property
     def targets(self) -> list[int]:
@@ -56,7 +59,7 @@ class LabelTable:
     def subset(self, slide_ids: set[str]) -> LabelTable:
         """The rows whose slide id is in ``slide_ids`` (same classes, same warnings)."""
         rows = [r for r in self.rows if r.slide_id in slide_ids]
-        return LabelTable(self.path, rows, self.class_names, self.has_case_id, list(self.warnings))
+        return LabelTable(self.path, rows, self.class_names, self.has_case_id, list(self.warnings), self.has_site)
 
 
 def _lines(items: list[int], limit: int = 5) -> str:
@@ -144,12 +147,13 @@ def read_labels(path: str | Path, classes: list[str] | None = None) -> LabelTabl
     missing = [c for c in ("slide_id", "label") if c not in header]
     if missing:
         raise LabelsError(f"{path}: missing column(s) {', '.join(missing)}; the header must be "
-                          "slide_id,label[,case_id][,split]")
+                          "slide_id,label[,case_id][,split][,site]")
     has_case = "case_id" in header
     has_split = "split" in header
+    has_site = "site" in header
     if not raw:
         raise LabelsError(f"{path}: no rows; add one line per slide (slide_id,label)")
-    for col in ("slide_id", "label") + (("case_id",) if has_case else ()):
+    for col in ("slide_id", "label") + (("case_id",) if has_case else ()) + (("site",) if has_site else ()):
         empty = [line for rec, line in raw if not rec.get(col)]
         if empty:
             raise LabelsError(f"{path}: empty '{col}' on line(s) {_lines(empty)}; fill it in or remove the row")
@@ -167,7 +171,7 @@ def read_labels(path: str | Path, classes: list[str] | None = None) -> LabelTabl
         if split not in SPLITS:
             raise LabelsError(f"{path}: line {line}: split '{rec.get('split')}' is not one of {', '.join(SPLITS)}")
         case = rec["case_id"] if has_case else rec["slide_id"]
-        rows.append(LabelRow(rec["slide_id"], rec["label"], case, split, line))
+        rows.append(LabelRow(rec["slide_id"], rec["label"], case, split, line, rec["site"] if has_site else ""))
     warnings: list[str] = []
     n_val = sum(r.split == "val" for r in rows)
     if n_val:
@@ -194,7 +198,58 @@ def read_labels(path: str | Path, classes: list[str] | None = None) -> LabelTabl
     if len(class_names) < 2:
         raise LabelsError(f"{path}: only one class ({class_names[0]!r}); a classifier needs at least two; "
                           f"{describe_classes(labels)}")
-    return LabelTable(path, rows, class_names, has_case, warnings)
+    table = LabelTable(path, rows, class_names, has_case, warnings, has_site)
+    if has_site:
+        note = prevalence_warning(table)
+        if note:
+            table.warnings.append(note)
+    return table
+
+
+#: a class's share must differ by at least this many percentage points between two sites ...
+CONFOUNDER_POINTS = 20.0
+#: ... and site and class must be dependent by a chi-square test at this level, for the warning
+CONFOUNDER_P = 0.05
+#: sites with fewer slides are not compared (their shares are too noisy to read)
+MIN_SITE_SLIDES = 5
+#: the one-line advice of every confounder warning
+ADVICE = "a model can learn the site instead of the disease; consider cv: leave_one_site_out / domain_adversarial"
+
+
+def prevalence_warning(table: LabelTable) -> str | None:
+    """The confounder warning of a classification labels table with sites, or None (the rule:
+    :mod:`wsi_mil.mil.sites`). Binary labels report the positive class (class 1); multi-class labels
+    the class whose share differs most."""
+    from scipy.stats import chi2_contingency  # only for labels with sites
+
+    if not table.has_site:
+        return None
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for r in table.rows:
+        counts[r.site][r.label] += 1
+    sites = sorted(s for s in counts if sum(counts[s].values()) >= MIN_SITE_SLIDES)
+    if len(sites) < 2:
+        return None
+    classes = table.class_names[1:] if len(table.class_names) == 2 else table.class_names
+    n = {s: sum(counts[s].values()) for s in sites}
+    spreads = []  # (points, class, site of the highest share, of the lowest)
+    for c in classes:
+        share = {s: 100.0 * counts[s][c] / n[s] for s in sites}
+        hi, lo = max(sites, key=lambda s: share[s]), min(sites, key=lambda s: share[s])
+        spreads.append((share[hi] - share[lo], c, hi, lo))
+    points, c, hi, lo = max(spreads, key=lambda t: t[0])
+    if points < CONFOUNDER_POINTS:
+        return None
+    present = [k for k in table.class_names if any(counts[s][k] for s in sites)]
+    if len(present) < 2:
+        return None
+    p = float(chi2_contingency([[counts[s][k] for k in present] for s in sites], correction=False).pvalue)
+    if p >= CONFOUNDER_P:
+        return None
+    what = "positive share" if len(table.class_names) == 2 else "share"
+    shares = ", ".join(f"{s} {100.0 * counts[s][c] / n[s]:.0f} %" for s in sites)
+    return (f"{table.path}: {what} of class '{c}' differs between sites ({shares}: {points:.0f} points between "
+            f"{hi} and {lo}; chi-square p = {p:.2g}); {ADVICE}")
 
 
 def check_class_counts(table: LabelTable, folds: int, folds_option: str = "--folds") -> None:

@@ -24,7 +24,7 @@ def bag_sizes(mask: Tensor) -> Tensor:
     return mask.sum(dim=1).to(torch.int64)
 
 
-def _is_fraction(k: KSpec) -> bool:
+def is_fraction(k: KSpec) -> bool:
     """True for a float in (0, 1] (a share of the bag); ints and whole floats > 1 are counts."""
     if isinstance(k, bool) or not isinstance(k, (int, float)) or k <= 0:
         raise ValueError(f"k must be a positive int or a fraction in (0, 1], got {k!r}")
@@ -35,7 +35,7 @@ def _is_fraction(k: KSpec) -> bool:
 
 def resolve_k(k: KSpec, n: Tensor) -> Tensor:
     """Per-bag number of tiles ``k_b`` (B,) int64 for a count or fraction ``k`` and sizes ``n`` (B,)."""
-    if _is_fraction(k):
+    if is_fraction(k):
         kb = torch.ceil(n.to(torch.float64) * float(k)).to(torch.int64).clamp(min=1)
     else:
         kb = torch.full_like(n, int(k))
@@ -44,7 +44,7 @@ def resolve_k(k: KSpec, n: Tensor) -> Tensor:
 
 def max_k(k: KSpec, n_max: int) -> int:
     """The largest ``k_b`` any bag of at most ``n_max`` tiles can use (>= 1 for topk calls)."""
-    if _is_fraction(k):
+    if is_fraction(k):
         return max(1, min(n_max, math.ceil(n_max * float(k))))
     return max(1, min(n_max, int(k)))
 
@@ -109,6 +109,37 @@ def extreme_values(scores: Tensor, mask: Tensor, r: int) -> Tensor:
     for largest in (True, False):
         values, _ = _masked_topk(scores, mask, k, largest)
         picked = values.gather(1, index)
+        parts.append(torch.where((n > 0).view(b, 1, 1), picked, torch.zeros_like(picked)))
+    return torch.cat(parts, dim=1)
+
+
+def extreme_quantiles(scores: Tensor, mask: Tensor, q: float, points: int) -> Tensor:
+    """CHOWDER's min-max input for a fraction ``q`` of the bag: (B, 2P, C).
+
+    The ``k_b = ceil(q n_b)`` highest scores (descending) and lowest (ascending) of each bag, each
+    list read at ``P = points`` evenly spaced ranks ``j (k_b - 1) / (P - 1)`` with linear
+    interpolation (one point: rank 0). The MLP thus sees the shape of the bag's top and bottom
+    share whatever its size, so the share of lesion tiles (not only their count) reaches it.
+    Gradients reach the interpolated scores. A bag with no tile gives zeros.
+    """
+    b, n_pad, c = scores.shape
+    if n_pad == 0:
+        return scores.new_zeros(b, 2 * points, c)
+    n = bag_sizes(mask)
+    kb = resolve_k(q, n).clamp(min=1)  # (B,)
+    kmax = max_k(q, n_pad)
+    step = torch.linspace(0.0, 1.0, points, device=scores.device, dtype=torch.float64) if points > 1 else \
+        torch.zeros(1, device=scores.device, dtype=torch.float64)
+    pos = step.unsqueeze(0) * (kb - 1).unsqueeze(1).to(torch.float64)  # (B, P) fractional ranks
+    lo = pos.floor().to(torch.int64).clamp(max=kmax - 1)
+    hi = (lo + 1).clamp(max=(kb - 1).unsqueeze(1)).clamp(max=kmax - 1)
+    frac = (pos - lo.to(torch.float64)).to(scores.dtype).unsqueeze(-1)  # (B, P, 1)
+    parts = []
+    for largest in (True, False):
+        values, _ = _masked_topk(scores, mask, kmax, largest)  # (B, kmax, C)
+        v_lo = values.gather(1, lo.unsqueeze(-1).expand(b, points, c))
+        v_hi = values.gather(1, hi.unsqueeze(-1).expand(b, points, c))
+        picked = v_lo + frac * (v_hi - v_lo)
         parts.append(torch.where((n > 0).view(b, 1, 1), picked, torch.zeros_like(picked)))
     return torch.cat(parts, dim=1)
 

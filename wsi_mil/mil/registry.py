@@ -13,10 +13,10 @@ from typing import Any
 
 from wsi_mil.errors import ConfigError
 from wsi_mil.mil.heads import baselines, chowder, logistic, lse, weldon  # noqa: F401  (each registers its head classes)
-from wsi_mil.mil.heads._registry import HeadOptions, head_entry, parse_head_options
+from wsi_mil.mil.heads._registry import HeadOptions, head_entry, list_heads, parse_head_options
 from wsi_mil.mil.heads.base import MILHead
 
-__all__ = ["create_head", "head_class"]
+__all__ = ["create_head", "head_class", "list_with_representation"]
 
 
 def head_class(name: str) -> type[MILHead]:
@@ -25,6 +25,11 @@ def head_class(name: str) -> type[MILHead]:
     if entry.cls is None:
         raise ConfigError(f"MIL head '{name}' has options but no class; decorate one with @register_head('{name}')")
     return entry.cls
+
+
+def list_with_representation() -> list[str]:
+    """Names of the registered heads that have a slide representation (domain-adversarial training)."""
+    return [n for n in list_heads() if (c := head_entry(n).cls) is not None and c.representation is not None]
 
 
 def create_head(

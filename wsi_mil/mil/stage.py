@@ -9,6 +9,11 @@ from a search over all training slides. ``run_predict``: a run + feature files -
 per-tile scores. Survival and regression tasks (``task``) run the same way with one output (a risk
 score or a value), folds stratified on the event (survival) or the target's quartile, their own
 metrics (:mod:`wsi_mil.mil.targets`) and a figure in the run folder (:mod:`wsi_mil.mil.plots`).
+
+Several sites (:mod:`wsi_mil.mil.sites`): with a ``site`` column the metrics are also reported per
+site (``per_site``); ``cv: leave_one_site_out`` makes one outer fold per site (inner tuning folds and
+early-stopping parts are drawn from the other sites' slides); ``domain_adversarial`` trains every
+fit with a site classifier through gradient reversal (:mod:`wsi_mil.mil.domain`).
 """
 
 from __future__ import annotations
@@ -30,11 +35,13 @@ from wsi_mil.errors import ConfigError, StoreError
 from wsi_mil.mil import tuning
 from wsi_mil.mil.bags import Bag, BagSet, check_same_encoder, feature_encoder, load_bags, resolve_device
 from wsi_mil.mil.config import TrainConfig
+from wsi_mil.mil.domain import check_head_representation
 from wsi_mil.mil.heads.base import MILHead
 from wsi_mil.mil.heads.ensemble import FoldEnsemble
 from wsi_mil.mil.labels import LabelTable, match_feature_files, read_labels
 from wsi_mil.mil.metrics import bootstrap_ci, classification_metrics, summarize
 from wsi_mil.mil.modelrun import FOLD_ENSEMBLE, ModelRun, load_model_run, rows_to_csv, save_model_run
+from wsi_mil.mil.sites import check_cv_plan, check_domains, check_loso, per_site_metrics, site_folds
 from wsi_mil.mil.splits import assign_folds, check_fold_counts, validation_split
 from wsi_mil.mil.targets import (
     SURVIVAL,
@@ -83,6 +90,9 @@ class TrainingData:
     encoder_id: str
     embed_dim: int
     warnings: list[str]
+    #: (n,) domain index per slide of domain-adversarial training, and the domain names (None: off)
+    domains: npt.NDArray[np.int64] | None = None
+    domain_names: list[str] = field(default_factory=list)
 
     @property
     def task(self) -> str:
@@ -110,9 +120,17 @@ class TrainingData:
     def is_test(self) -> npt.NDArray[np.bool_]:
         return np.array([r.split == "test" for r in self.table.rows], dtype=bool)
 
+    @property
+    def sites(self) -> npt.NDArray[np.str_] | None:
+        """(n,) the site of each slide, or None when the labels have no ``site`` column."""
+        return np.array([r.site for r in self.table.rows]) if self.table.has_site else None
 
-def load_training_data(features_dir: str | Path, labels_csv: str | Path, cfg: TrainConfig) -> TrainingData:
-    """Read the labels, match them to feature files (one encoder for all), load the bags once."""
+
+def _matched_labels(
+    features_dir: str | Path, labels_csv: str | Path, cfg: TrainConfig,
+) -> tuple[LabelTable | TargetTable, list[str], list[Path], str, int]:
+    """The labels matched to the feature files (one encoder for all, checked on the files' attributes):
+    (table, warnings, feature paths in table order, encoder id, embed dim)."""
     files = {slide_id_of(p): p for p in list_feature_files(features_dir)}
     if not files:
         raise StoreError(f"{features_dir}: no feature files (*.h5); run 'wsi-mil extract' first")
@@ -124,20 +142,51 @@ def load_training_data(features_dir: str | Path, labels_csv: str | Path, cfg: Tr
     paths = [files[r.slide_id] for r in table.rows]
     encoder_id, embed_dim = feature_encoder(paths[0])
     check_same_encoder(paths, encoder_id, embed_dim)
+    return table, warnings, paths, encoder_id, embed_dim
+
+
+@dataclass
+class TrainingCheck:
+    """What ``train --check`` found: training and test slides, the encoder of their features, warnings."""
+
+    n_train: int
+    n_test: int
+    encoder_id: str
+    embed_dim: int
+    warnings: list[str]
+
+
+def check_training(features_dir: str | Path, labels_csv: str | Path, cfg: TrainConfig) -> TrainingCheck:
+    """``train --check``: the labels, their feature files and the cross-validation plan validated (as
+    ``run_train`` would, before loading any bag); nothing is trained or written."""
+    table, warnings, _, encoder_id, embed_dim = _matched_labels(features_dir, labels_csv, cfg)
+    check_cv_plan(table, cfg)
+    n_test = sum(r.split == "test" for r in table.rows)
+    return TrainingCheck(len(table.rows) - n_test, n_test, encoder_id, embed_dim, warnings)
+
+
+def load_training_data(features_dir: str | Path, labels_csv: str | Path, cfg: TrainConfig) -> TrainingData:
+    """Read the labels, match them to feature files (one encoder for all), load the bags once."""
+    table, warnings, paths, encoder_id, embed_dim = _matched_labels(features_dir, labels_csv, cfg)
     bags = load_bags(paths, encoder_id, embed_dim)
     empty = [b.slide_id for b in bags if b.n_tiles == 0]
     if empty:
         warnings.append(f"{len(empty)} slide(s) have no tiles and are left out: {', '.join(empty[:5])}")
         table = table.subset({b.slide_id for b in bags if b.n_tiles > 0})
         bags = [b for b in bags if b.n_tiles > 0]
-    return TrainingData(table, bags, encoder_id, embed_dim, warnings)
+    data = TrainingData(table, bags, encoder_id, embed_dim, warnings)
+    domains = check_domains(table, cfg)
+    if domains is not None:
+        data.domains, data.domain_names = domains
+    return data
 
 
 @dataclass
 class CrossValidation:
     """Out-of-fold probabilities (n, C) (NaN for test slides), fold index per slide (-1: test),
     per-fold metrics, best epochs and training histories; nested CV adds each fold model's
-    probabilities (n_test, C) of the test split."""
+    probabilities (n_test, C) of the test split; ``fold_sites``: the site each fold holds out
+    (leave-one-site-out; empty for K-fold)."""
 
     oof: npt.NDArray[np.float64]
     folds: npt.NDArray[np.int64]
@@ -147,10 +196,28 @@ class CrossValidation:
     test_probs: list[npt.NDArray[np.float64]] = field(default_factory=list)
     fold_heads: list[MILHead] = field(default_factory=list)
     fold_options: list[dict[str, Any]] = field(default_factory=list)
+    fold_sites: list[str] = field(default_factory=list)
+
+
+def outer_folds(data: TrainingData, cfg: TrainConfig) -> tuple[npt.NDArray[np.int64], list[str]]:
+    """(n,) outer fold per slide (-1: test split) and, for ``cv: leave_one_site_out``, the site each
+    fold holds out (K-fold: stratified, grouped by case; an empty list)."""
+    train_all = np.flatnonzero(~data.is_test)
+    folds = np.full(len(data.bags), -1, dtype=np.int64)
+    if cfg.cv == "leave_one_site_out":
+        sites = data.sites
+        if sites is None:  # checked by check_loso; a programming error here
+            raise ValueError("leave-one-site-out needs the labels' site column")
+        folds[train_all], names = site_folds(sites[train_all])
+        return folds, names
+    folds[train_all] = assign_folds(data.strata[train_all], data.groups[train_all], cfg.folds, cfg.seed)
+    return folds, []
 
 
 def cross_validate(data: TrainingData, bagset: BagSet, cfg: TrainConfig, log: Log = quiet) -> CrossValidation:
-    """K folds over the training slides, grouped by case; each fold early-stops on its own validation part.
+    """K folds over the training slides, grouped by case (``cv: leave_one_site_out``: one fold per site,
+    each site held out in turn); each fold early-stops on its own validation part, drawn from its
+    training slides.
 
     With ``cfg.tune == "on"`` the CV is nested: each fold's settings are chosen by a search over
     that fold's training slides only, then the fold model is fitted with them and scores the
@@ -159,30 +226,33 @@ def cross_validate(data: TrainingData, bagset: BagSet, cfg: TrainConfig, log: Lo
     """
     tuned = cfg.tune == "on"
     names = data.table.class_names
-    targets, groups, train_all = data.y, data.groups, np.flatnonzero(~data.is_test)
+    targets, groups = data.y, data.groups
     strata = data.strata  # classification: the classes themselves
     test_pos = np.flatnonzero(data.is_test)
-    folds = np.full(len(data.bags), -1, dtype=np.int64)
-    folds[train_all] = assign_folds(strata[train_all], groups[train_all], cfg.folds, cfg.seed)
+    folds, fold_sites = outer_folds(data, cfg)
+    n_folds = int(folds.max()) + 1
     oof = np.full((len(data.bags), len(names)), np.nan)
-    cv = CrossValidation(oof, folds, [], [], {})
-    for f in range(cfg.folds):
+    cv = CrossValidation(oof, folds, [], [], {}, fold_sites=fold_sites)
+    for f in range(n_folds):
         held = np.flatnonzero(folds == f)
         rest = np.flatnonzero((folds >= 0) & (folds != f))
         fcfg, search = cfg, None
+        where = f" (site {fold_sites[f]} held out)" if fold_sites else ""
         if tuned:
-            log(f"fold {f + 1}/{cfg.folds}: choosing settings on its {len(rest)} training slides")
+            log(f"fold {f + 1}/{n_folds}{where}: choosing settings on its {len(rest)} training slides")
             search = tuning.search_settings(bagset, targets, groups, rest, cfg, names, cfg.seed + 101 * (f + 1), log,
-                                            strata=strata)
+                                            strata=strata, domains=data.domains)
             fcfg = search.cfg
         tr, va = validation_split(rest, strata, groups, fcfg.val_fraction, cfg.seed + f)
         head = build_head(fcfg, data.embed_dim, len(names), cfg.seed + 1000 * (f + 1))
-        res = fit(head, bagset, targets, tr, va, fcfg, cfg.seed + f, class_names=names)
+        res = fit(head, bagset, targets, tr, va, fcfg, cfg.seed + f, class_names=names, domains=data.domains)
         if tuned:
             _orient(head, bagset, rest, fcfg)  # exact (predictions unchanged): the fold model may join the final one
         oof[held] = predict_probs(head, bagset, held.tolist(), cfg.eval_tiles_per_batch)
         m: dict[str, Any] = dict(_metrics_of(data.task, targets[held], oof[held], names))
         m.update(fold=f, n_slides=int(len(held)), best_epoch=res.best_epoch, epochs_run=res.epochs_run)
+        if fold_sites:
+            m["site"] = fold_sites[f]
         if search is not None:
             m["tuning"] = search.record()
             if len(test_pos):
@@ -192,7 +262,7 @@ def cross_validate(data: TrainingData, bagset: BagSet, cfg: TrainConfig, log: Lo
         cv.fold_metrics.append(m)
         cv.best_epochs.append(res.best_epoch)
         cv.history[f"fold_{f}"] = res.history
-        log(f"fold {f + 1}/{cfg.folds}: {len(tr)} train / {len(va)} val / {len(held)} held out; best epoch "
+        log(f"fold {f + 1}/{n_folds}{where}: {len(tr)} train / {len(va)} val / {len(held)} held out; best epoch "
             f"{res.best_epoch} of {res.epochs_run}; {_brief(data.task, m)}")
     return cv
 
@@ -225,6 +295,8 @@ def run_train(
     check_replaceable(run_dir, MODEL_RUN)  # --overwrite replaces only a model run: never a job or foreign folder
     check_writable(run_dir)  # before the cross-validation, not after it
     device = _device(cfg)
+    if cfg.domain_adversarial is not None:
+        check_head_representation(cfg.head)  # before any bag is loaded
     data = load_training_data(features_dir, labels_csv, cfg)
     table, warnings, embed_dim, encoder_id = data.table, data.warnings, data.embed_dim, data.encoder_id
     for w in warnings:
@@ -233,10 +305,15 @@ def run_train(
     task = data.task
     targets, is_test = data.y, data.is_test
     train_all, test_pos = np.flatnonzero(~is_test), np.flatnonzero(is_test)
-    if task == "classification":
+    if cfg.cv == "leave_one_site_out":
+        check_loso(table)
+    elif task == "classification":
         check_fold_counts(targets[train_all], data.groups[train_all], names, cfg.folds, str(table.path))
     else:
         check_task_folds(task, targets[train_all], data.groups[train_all], cfg.folds, str(table.path))
+    if data.domains is not None and cfg.cv == "leave_one_site_out" and len(set(data.domains[train_all].tolist())) < 3:
+        warnings.append("domain_adversarial with cv: leave_one_site_out and 2 domains: each fold trains on one "
+                        "domain, so its site classifier has nothing to tell apart (only the final model has)")
     bagset = BagSet([b.features for b in data.bags], device)
     what = f"classes {names}" if task == "classification" else f"task {task}"
     log(f"{len(train_all)} training slides, {len(test_pos)} test slides, {what}, {encoder_id} "
@@ -246,7 +323,8 @@ def run_train(
     cv = cross_validate(data, bagset, cfg, log)
     oof, folds, fold_metrics, best_epochs, history = cv.oof, cv.folds, cv.fold_metrics, cv.best_epochs, cv.history
 
-    metric_keys = [k for k in fold_metrics[0] if k not in ("fold", "n_slides", "best_epoch", "epochs_run", "tuning")]
+    metric_keys = [k for k in fold_metrics[0]
+                   if k not in ("fold", "n_slides", "best_epoch", "epochs_run", "tuning", "site")]
     metrics: dict[str, Any] = {
         "head": cfg.head,
         "task": task,
@@ -254,6 +332,9 @@ def run_train(
         "folds": fold_metrics,
         "fold_summary": summarize([{k: m[k] for k in metric_keys} for m in fold_metrics]),
         "out_of_fold": _evaluation(targets[train_all], oof[train_all], names, cfg, task),
+        "cv": {"kind": cfg.cv, "folds": len(fold_metrics),
+               **({"column": "site", "held_out_sites": cv.fold_sites} if cv.fold_sites else {})},
+        "domain_adversarial": _domain_record(cfg, data),
     }
 
     final_cfg, epochs_from = cfg, best_epochs
@@ -274,7 +355,7 @@ def run_train(
         if tuned:  # the final model's settings: a search over all training slides (the test split unseen)
             log(f"final model: choosing settings on all {len(train_all)} training slides")
             final_search = tuning.search_settings(bagset, targets, data.groups, train_all, cfg, names, cfg.seed, log,
-                                                  strata=data.strata)
+                                                  strata=data.strata, domains=data.domains)
             final_cfg = final_search.cfg
             epochs_from = final_search.best_epochs or best_epochs
             metrics["tuning"] = {"final_model": "refit", **final_search.record(), "trials_budget": cfg.tune_trials,
@@ -282,7 +363,8 @@ def run_train(
         final_epochs = cfg.final_epochs or max(1, int(round(float(np.median(epochs_from)))))
         log(f"final model: {len(train_all)} training slides, {final_epochs} epochs")
         head = build_head(final_cfg, embed_dim, len(names), cfg.seed)
-        res = fit(head, bagset, targets, train_all, train_all[:0], final_cfg, cfg.seed, n_epochs=final_epochs)
+        res = fit(head, bagset, targets, train_all, train_all[:0], final_cfg, cfg.seed, n_epochs=final_epochs,
+                  domains=data.domains)
         history["final"] = res.history
         _orient(head, bagset, train_all, final_cfg)
         final_model.update(epochs=final_epochs, fold_best_epochs=best_epochs)
@@ -297,6 +379,9 @@ def run_train(
         if cv.test_probs and final_search is not None:  # the alternative, measured: the mean of the fold models
             metrics["test_fold_ensemble"] = _evaluation(targets[test_pos], np.mean(cv.test_probs, axis=0), names, cfg,
                                                         task)
+    sites = data.sites
+    if sites is not None:
+        metrics["per_site"] = _per_site(sites, targets, oof, train_all, test_pos, test_probs, names, task)
     metrics["warnings"] = warnings
     metrics["seconds"] = round(time.perf_counter() - t_start, 2)
 
@@ -306,13 +391,14 @@ def run_train(
         extra_files = _task_figures(task, targets[train_all], oof[train_all])
     else:
         split_rows, pred_rows = _run_tables(table, folds, oof, test_pos, test_probs)
-        split_cols = ["slide_id", "case_id", "label", "split", "fold"]
-        pred_cols = ["slide_id", "label", "split", "fold", "predicted", *_prob_columns(names)]
+        site_cols = ["site"] if table.has_site else []
+        split_cols = ["slide_id", "case_id", "label", *site_cols, "split", "fold"]
+        pred_cols = ["slide_id", "label", *site_cols, "split", "fold", "predicted", *_prob_columns(names)]
     config = {
         "head": cfg.head, "task": task, "head_options": config_to_dict(final_cfg.head_options), "class_names": names,
         "n_classes": len(names), "encoder_id": encoder_id, "embed_dim": embed_dim, "train_config": config_to_dict(cfg),
         "labels_csv": str(Path(labels_csv).resolve()), "features_dir": str(Path(features_dir).resolve()),
-        "final_model": final_model,
+        "final_model": final_model, "cv": cfg.cv, "domain_adversarial": metrics["domain_adversarial"],
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     save_model_run(run_dir, head, config, {
@@ -322,6 +408,29 @@ def run_train(
         "history.json": json.dumps(history, indent=1) + "\n",
     }, extra_files)
     return TrainSummary(run_dir, metrics, warnings)
+
+
+def _domain_record(cfg: TrainConfig, data: TrainingData) -> dict[str, Any] | None:
+    """metrics.json / config.json record of domain-adversarial training (None when off)."""
+    if cfg.domain_adversarial is None:
+        return None
+    return {**config_to_dict(cfg.domain_adversarial), "domains": data.domain_names,
+            "schedule": "Ganin: lambda_p = 2 / (1 + exp(-10 p)) - 1, p = step / planned steps"}
+
+
+def _per_site(
+    sites: npt.NDArray[np.str_], y: npt.NDArray[Any], oof: npt.NDArray[np.float64], train_all: npt.NDArray[np.int64],
+    test_pos: npt.NDArray[np.int64], test_out: npt.NDArray[np.float64] | None, names: list[str], task: str,
+) -> dict[str, Any]:
+    """metrics.json ``per_site``: the task's metrics of the out-of-fold predictions (and of the test split's),
+    pooled and per site."""
+    def part(pos: npt.NDArray[np.int64], out: npt.NDArray[np.float64]) -> dict[str, Any]:
+        return per_site_metrics(sites[pos], lambda idx: _metrics_of(task, y[pos][idx], out[idx], names))
+
+    record: dict[str, Any] = {"column": "site", "out_of_fold": part(train_all, oof[train_all])}
+    if test_out is not None and len(test_pos):
+        record["test"] = part(test_pos, test_out)
+    return record
 
 
 def _evaluation(y: npt.NDArray[Any], probs: npt.NDArray[np.float64], names: list[str], cfg: TrainConfig,
@@ -347,10 +456,11 @@ def _run_tables(
     for i, r in enumerate(table.rows):
         test = r.split == "test"
         fold = int(folds[i]) if folds[i] >= 0 else ""
-        split_rows.append({"slide_id": r.slide_id, "case_id": r.case_id, "label": r.label,
+        site = {"site": r.site} if table.has_site else {}
+        split_rows.append({"slide_id": r.slide_id, "case_id": r.case_id, "label": r.label, **site,
                            "split": "test" if test else "train", "fold": fold})
         probs = test_probs[np.searchsorted(test_pos, i)] if test and test_probs is not None else oof[i]
-        row = {"slide_id": r.slide_id, "label": r.label, "split": "test" if test else "train", "fold": fold,
+        row = {"slide_id": r.slide_id, "label": r.label, **site, "split": "test" if test else "train", "fold": fold,
                "predicted": names[int(np.argmax(probs))]}
         row.update({c: f"{p:.6f}" for c, p in zip(_prob_columns(names), probs, strict=True)})
         pred_rows.append(row)

@@ -128,7 +128,7 @@ def read_targets(path: str | Path, task: str) -> TargetTable:
     if not raw:
         raise LabelsError(f"{path}: no rows; add one line per slide ({','.join(needed)})")
     has_case, has_split, has_site = "case_id" in header, "split" in header, "site" in header
-    for col in needed + (("case_id",) if has_case else ()):
+    for col in needed + (("case_id",) if has_case else ()) + (("site",) if has_site else ()):
         empty = [line for rec, line in raw if not rec.get(col)]
         if empty:
             raise LabelsError(f"{path}: empty '{col}' on line(s) {_lines(empty)}; fill it in or remove the row")

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from wsi_mil.mil.bags import BagSet
 from wsi_mil.mil.config import TrainConfig
+from wsi_mil.mil.domain import DomainAdversary, make_adversary
 from wsi_mil.mil.heads.base import MILHead
 from wsi_mil.mil.metrics import classification_metrics
 from wsi_mil.mil.registry import create_head
@@ -67,26 +68,39 @@ def build_head(cfg: TrainConfig, in_dim: int, n_classes: int, seed: int) -> MILH
     return create_head(cfg.head, in_dim, n_classes, cfg.head_options)
 
 
-def member_loss(head: MILHead, features: Tensor, mask: Tensor, targets: Tensor, weights: Tensor) -> Tensor:
-    """Class-weighted cross-entropy averaged over members, plus the head's regularisation."""
-    logits = head.member_logits(features, mask)  # (B, E, C)
+def logits_loss(head: MILHead, logits: Tensor, targets: Tensor, weights: Tensor) -> Tensor:
+    """Class-weighted cross-entropy of member logits (B, E, C) averaged over members, plus the head's
+    regularisation."""
     b, e, c = logits.shape
     ce = F.cross_entropy(logits.reshape(b * e, c), targets.repeat_interleave(e), weight=weights)
     return ce + head.regularization()
 
 
+def member_loss(head: MILHead, features: Tensor, mask: Tensor, targets: Tensor, weights: Tensor) -> Tensor:
+    """Class-weighted cross-entropy averaged over members, plus the head's regularisation."""
+    return logits_loss(head, head.member_logits(features, mask), targets, weights)
+
+
 def train_epoch(
     head: MILHead, opt: torch.optim.Optimizer, bags: BagSet, positions: npt.NDArray[np.int64], targets: Tensor,
     weights: Tensor, cfg: TrainConfig, rng: np.random.Generator, gen: torch.Generator,
+    adversary: DomainAdversary | None = None,
 ) -> float:
-    """One pass over ``positions`` in shuffled batches; returns the mean training loss."""
+    """One pass over ``positions`` in shuffled batches; returns the mean training loss (with an
+    ``adversary``: the label loss plus its weighted site loss, see :mod:`wsi_mil.mil.domain`)."""
     head.train()
+    if adversary is not None:
+        adversary.train()
     order = rng.permutation(positions)
     total, count = 0.0, 0
     for start in range(0, len(order), cfg.batch_size):
         batch = order[start:start + cfg.batch_size].tolist()
         feats, mask = bags.sample_batch(batch, cfg.tiles_per_bag, gen)
-        loss = member_loss(head, feats, mask, targets[batch], weights)
+        if adversary is None:
+            loss = member_loss(head, feats, mask, targets[batch], weights)
+        else:
+            logits, site_loss = adversary.outputs(head, feats, mask, batch)
+            loss = logits_loss(head, logits, targets[batch], weights) + site_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -156,18 +170,21 @@ def fit(
     head: MILHead, bags: BagSet, targets: npt.NDArray[np.int64], train_pos: npt.NDArray[np.int64],
     val_pos: npt.NDArray[np.int64],
     cfg: TrainConfig, seed: int, n_epochs: int | None = None, log: Log | None = None, class_names: list[str] | None = None,
-    stats: tuple[Tensor, Tensor] | None = None,
+    stats: tuple[Tensor, Tensor] | None = None, domains: npt.NDArray[np.int64] | None = None,
 ) -> FitResult:
     """Train ``head`` on ``train_pos``; early-stop on ``val_pos`` unless it is empty or ``n_epochs`` is set.
 
     ``targets`` (n_bags,) int class index per bag position. ``stats``: the (D,) mean and std of
     the ``train_pos`` tiles when already computed (a search reuses them across its trials).
+    ``domains`` (n_bags,) int site index per bag position: needed with ``cfg.domain_adversarial``
+    (a site classifier on the head's slide representation, trained through gradient reversal with
+    Ganin's schedule over the planned steps; used in training only, not kept in the weights).
     Returns the best weights (or the last ones when there is no validation part). Survival and
     regression (``cfg.task``): ``targets`` as :func:`wsi_mil.mil.targets.task_arrays`, see :func:`fit_task`.
     """
     if cfg.task != "classification":
         return fit_task(head, bags, np.asarray(targets, dtype=np.float64), train_pos, val_pos, cfg, seed, n_epochs,
-                        log, stats)
+                        log, stats, domains)
     device = bags.device
     head.to(device)
     if cfg.standardize:
@@ -176,18 +193,22 @@ def fit(
     weights = class_weights(targets[train_pos], head.n_classes, cfg.class_weighting)
     weights_dev = weights.to(device)
     targets_dev = torch.as_tensor(targets, dtype=torch.int64, device=device)
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    max_epochs = n_epochs or cfg.max_epochs
+    adversary = make_adversary(cfg, head, domains, train_pos, max_epochs, seed)
+    params = list(head.parameters()) + (adversary.parameters() if adversary is not None else [])
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout
     use_val = len(val_pos) > 0 and n_epochs is None
-    max_epochs = n_epochs or cfg.max_epochs
     stopping = EarlyStopping(cfg.min_epochs, cfg.patience)
     history: list[dict[str, float | None]] = []
     for epoch in range(1, max_epochs + 1):
         t0 = time.perf_counter()
-        train_loss = train_epoch(head, opt, bags, train_pos, targets_dev, weights_dev, cfg, rng, gen)
+        train_loss = train_epoch(head, opt, bags, train_pos, targets_dev, weights_dev, cfg, rng, gen, adversary)
         row: dict[str, float | None] = {"epoch": epoch, "train_loss": train_loss}
+        if adversary is not None:
+            row["site_loss"], row["grl_lambda"] = adversary.pop_epoch_loss(), adversary.lam
         if use_val:
             probs = predict_probs(head, bags, val_pos.tolist(), cfg.eval_tiles_per_batch)
             y = targets[val_pos]
@@ -222,10 +243,10 @@ def event_batches(order: npt.NDArray[np.int64], event: npt.NDArray[np.bool_], ba
     return [b for b in batches if b]
 
 
-def task_loss(head: MILHead, features: Tensor, mask: Tensor, y: Tensor, task: str, kind: str) -> Tensor:
-    """Cox loss (survival; ``y`` (B, 2) time, event) or MSE/Huber (regression; ``y`` (B,) standardised),
-    averaged over members, plus the head's regularisation."""
-    out = head.member_logits(features, mask)[..., 0]  # (B, E)
+def task_loss(head: MILHead, logits: Tensor, y: Tensor, task: str, kind: str) -> Tensor:
+    """Cox loss (survival; ``y`` (B, 2) time, event) or MSE/Huber (regression; ``y`` (B,) standardised) of
+    member outputs ``logits`` (B, E, 1), averaged over members, plus the head's regularisation."""
+    out = logits[..., 0]  # (B, E)
     loss = cox_loss(out, y[:, 0], y[:, 1]) if task == SURVIVAL else regression_loss(out, y, kind)
     return loss + head.regularization()
 
@@ -233,7 +254,7 @@ def task_loss(head: MILHead, features: Tensor, mask: Tensor, y: Tensor, task: st
 def fit_task(
     head: MILHead, bags: BagSet, y: npt.NDArray[np.float64], train_pos: npt.NDArray[np.int64],
     val_pos: npt.NDArray[np.int64], cfg: TrainConfig, seed: int, n_epochs: int | None = None, log: Log | None = None,
-    stats: tuple[Tensor, Tensor] | None = None,
+    stats: tuple[Tensor, Tensor] | None = None, domains: npt.NDArray[np.int64] | None = None,
 ) -> FitResult:
     """:func:`fit` for a one-output head (``n_classes = 1``): survival (``y`` (n_bags, 2) time, event)
     or regression (``y`` (n_bags,) target). Early stopping watches the validation loss (Cox loss of the
@@ -253,17 +274,21 @@ def fit_task(
         y_loss = (y - mean) / std
     y_dev = torch.as_tensor(y_loss, dtype=torch.float32, device=device)
     event = y[:, 1] > 0 if task == SURVIVAL else None
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    max_epochs = n_epochs or cfg.max_epochs
+    adversary = make_adversary(cfg, head, domains, train_pos, max_epochs, seed)  # as in fit
+    params = list(head.parameters()) + (adversary.parameters() if adversary is not None else [])
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout
     use_val = len(val_pos) > 0 and n_epochs is None
-    max_epochs = n_epochs or cfg.max_epochs
     stopping = EarlyStopping(cfg.min_epochs, cfg.patience)
     history: list[dict[str, float | None]] = []
     for epoch in range(1, max_epochs + 1):
         t0 = time.perf_counter()
         head.train()
+        if adversary is not None:
+            adversary.train()
         order = rng.permutation(train_pos)
         if event is not None:
             batches = event_batches(order, event, cfg.batch_size)
@@ -272,13 +297,19 @@ def fit_task(
         total = 0.0
         for batch in batches:
             feats, mask = bags.sample_batch(batch, cfg.tiles_per_bag, gen)
-            loss = task_loss(head, feats, mask, y_dev[batch], task, cfg.regression_loss)
+            if adversary is None:
+                loss = task_loss(head, head.member_logits(feats, mask), y_dev[batch], task, cfg.regression_loss)
+            else:
+                logits, site_loss = adversary.outputs(head, feats, mask, batch)
+                loss = task_loss(head, logits, y_dev[batch], task, cfg.regression_loss) + site_loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(batch)
         train_loss = total / max(len(order), 1)
         row: dict[str, float | None] = {"epoch": epoch, "train_loss": train_loss}
+        if adversary is not None:
+            row["site_loss"], row["grl_lambda"] = adversary.pop_epoch_loss(), adversary.lam
         if use_val:
             out = predict_probs(head, bags, val_pos.tolist(), cfg.eval_tiles_per_batch)
             val_loss = _task_val_loss(head, out, y[val_pos], task, cfg.regression_loss)

@@ -166,7 +166,7 @@ def _inner_folds(
 def search_settings(
     bagset: BagSet, targets: npt.NDArray[np.int64], groups: npt.NDArray[np.str_], pool: npt.NDArray[np.int64],
     cfg: TrainConfig, class_names: list[str], seed: int, log: Log = quiet,
-    strata: npt.NDArray[np.int64] | None = None,
+    strata: npt.NDArray[np.int64] | None = None, domains: npt.NDArray[np.int64] | None = None,
 ) -> SearchResult:
     """Choose the settings of ``cfg.head`` by an inner CV of the slides at positions ``pool`` only.
 
@@ -174,7 +174,8 @@ def search_settings(
     :func:`wsi_mil.mil.targets.task_arrays`, with ``strata`` (n_bags,) int for the folds),
     ``groups`` (n_bags,) case ids; nothing outside ``pool`` is read. Runs ``cfg.tune_trials`` trials (or until ``cfg.tune_timeout_s``): the first
     is the settings as given (the defaults), kept unless a searched trial scores higher by more
-    than one standard error of the paired difference (:func:`_paired_se`).
+    than one standard error of the paired difference (:func:`_paired_se`). ``domains``: the site index per bag of
+    domain-adversarial training (``cfg.domain_adversarial``), passed to every fit.
     """
     t0 = time.perf_counter()
     task = cfg.task
@@ -205,7 +206,7 @@ def search_settings(
         for j, part in enumerate(folds):
             head = build_head(trial_cfg, in_dim, n_classes, seed + 1000 * (j + 1))
             res = fit(head, bagset, targets, part.train, part.val, trial_cfg, seed + j,
-                      class_names=class_names, stats=part.stats)
+                      class_names=class_names, stats=part.stats, domains=domains)
             p = predict_probs(head, bagset, part.held.tolist(), trial_cfg.eval_tiles_per_batch)
             probs[[where[int(i)] for i in part.held]] = p
             scores.append(inner_score(targets[part.held], p, class_names, task))

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import google_crc32c
 import imagecodecs
 import numpy as np
+import simplejpeg
 from zarr.abc.codec import ArrayBytesCodec
 from zarr.core.buffer import Buffer, NDBuffer
 from zarr.registry import register_codec
@@ -60,9 +61,8 @@ class JpegTilesCodec(ArrayBytesCodec):
             raise ValueError(f"{JPEG_CODEC_NAME} needs chunks (k, S, S, 3) with k*S <= {JPEG_MAX_SIDE}")
 
     def _decode_sync(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
-        k, s, w, c = chunk_spec.shape
-        image = imagecodecs.jpeg8_decode(chunk_bytes.to_bytes())
-        return chunk_spec.prototype.nd_buffer.from_ndarray_like(image.reshape(k, s, w, c))  # type: ignore[arg-type]
+        image = decode_jpeg_chunk(chunk_bytes.to_bytes(), tuple(chunk_spec.shape))  # type: ignore[arg-type]
+        return chunk_spec.prototype.nd_buffer.from_ndarray_like(image)  # type: ignore[arg-type]
 
     async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
         return self._decode_sync(chunk_bytes, chunk_spec)
@@ -106,19 +106,42 @@ def encode_tile_chunk(tiles: np.ndarray, codec: str, quality: int = 90, subsampl
     raise ValueError(f"unknown tile codec {codec!r}; choose 'jpeg' or 'zstd'")
 
 
+def shard_index(lengths: list[int], chunks_per_shard: int) -> bytes:
+    """The tail of a zarr v3 ``sharding_indexed`` shard whose chunks (``lengths`` bytes each) lie one
+    after the other from byte 0: little-endian uint64 (offset, nbytes) per chunk, all-ones for absent
+    chunks, then its crc32c. Writing the chunks and then this tail gives :func:`shard_bytes`
+    without joining them in memory.
+    """
+    index = np.full((chunks_per_shard, 2), np.iinfo(np.uint64).max, dtype="<u8")
+    if lengths:
+        n = np.asarray(lengths, dtype="<u8")
+        index[:len(n), 1] = n
+        index[:len(n), 0] = np.cumsum(n) - n
+    raw = index.tobytes()
+    return raw + np.array([google_crc32c.value(raw)], dtype="<u4").tobytes()
+
+
 def shard_bytes(chunks: list[bytes], chunks_per_shard: int) -> bytes:
     """A zarr v3 ``sharding_indexed`` shard: encoded chunks, then the index (little-endian
     uint64 (offset, nbytes) per chunk, all-ones for absent chunks) and its crc32c, at the end.
     """
+    return b"".join(chunks) + shard_index([len(c) for c in chunks], chunks_per_shard)
 
-    index = np.full((chunks_per_shard, 2), np.iinfo(np.uint64).max, dtype="<u8")
-    offset = 0
-    for j, data in enumerate(chunks):
-        index[j] = (offset, len(data))
-        offset += len(data)
-    raw = index.tobytes()
-    crc = np.array([google_crc32c.value(raw)], dtype="<u4").tobytes()
-    return b"".join(chunks) + raw + crc
+
+def decode_jpeg_chunk(data: bytes, shape: tuple[int, int, int, int],
+                      out: np.ndarray | None = None) -> np.ndarray:
+    """Decode one JPEG chunk (tiles stacked vertically) to ``shape`` (k, S, S, 3) uint8, into ``out``
+    (C-contiguous) if given. libjpeg-turbo through its TurboJPEG call (simplejpeg: ~10 % faster
+    than imagecodecs' here, the same pixels: both are libjpeg-turbo's accurate integer IDCT and
+    smooth chroma upsampling). ValueError if the image is not k*S x S x 3.
+    """
+    k, s, w, c = shape
+    if out is not None and not out.flags.c_contiguous:
+        raise ValueError("out must be C-contiguous")
+    image = simplejpeg.decode_jpeg(data, "RGB", buffer=out)  # strict: a damaged chunk raises
+    if image.shape != (k * s, w, c):
+        raise ValueError(f"JPEG chunk is {image.shape}, expected {(k * s, w, c)}")
+    return image.reshape(shape) if out is None else out
 
 
 def decode_tile_chunk(data: bytes, shape: tuple[int, int, int, int], codec: str,
@@ -128,12 +151,8 @@ def decode_tile_chunk(data: bytes, shape: tuple[int, int, int, int], codec: str,
     ``out``: an optional C-contiguous (k, S, S, 3) uint8 array to decode into (no extra copy).
     The codecs release the GIL, so threads decode in parallel.
     """
-    k, s, w, c = shape
     if codec == "jpeg":
-        if out is not None:
-            imagecodecs.jpeg8_decode(data, out=out.reshape(k * s, w, c))
-            return out
-        return imagecodecs.jpeg8_decode(data).reshape(shape)
+        return decode_jpeg_chunk(data, shape, out)
     if codec == "zstd":
         if out is not None:
             imagecodecs.zstd_decode(data, out=out.reshape(-1).view(np.uint8))  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import zarr
@@ -29,7 +29,7 @@ from wsi_mil.stores.codecs import (
     decode_tile_chunk,
     encode_tile_chunk,
     read_shard_index,
-    shard_bytes,
+    shard_index,
     tile_codecs,
 )
 from wsi_mil.stores.common import PATCHES_SCHEMA
@@ -53,9 +53,10 @@ def _manifest(root: Path) -> dict[str, int]:
 class PatchStoreWriter:
     """Stream tiles into a new patch store; call :meth:`append` with batches, then :meth:`close`.
 
-    Memory holds one chunk of raw tiles and one shard of encoded chunks at most. Chunks are
-    encoded here and each shard file is written once, in the zarr v3 sharding layout that
-    zarr reads back (zarr's own write path costs ~3x the JPEG encoding itself).
+    Memory holds one chunk of raw tiles at most. Chunks are encoded here and appended to their
+    shard file as they come (no shard is joined in memory), which gets its index at the end: zarr
+    v3's sharding layout, which zarr reads back (zarr's own write path costs ~3x the JPEG encoding
+    itself).
     Used as a context manager: on error the temporary folder is removed and nothing is renamed.
     """
 
@@ -95,7 +96,8 @@ class PatchStoreWriter:
                           tiles_per_chunk=k, tiles_per_shard=self.shard)
         self._buf = np.full((k, s, s, 3), 255, dtype=np.uint8)  # one chunk, padded with white
         self._fill = 0  # tiles in the chunk buffer
-        self._encoded: list[bytes] = []  # encoded chunks of the current shard
+        self._lengths: list[int] = []  # bytes of each chunk written to the open shard file
+        self._shard_file: BinaryIO | None = None
         self._written = 0  # tiles encoded so far
         self._shards = 0  # shard files written
         self._closed = False
@@ -135,23 +137,33 @@ class PatchStoreWriter:
                              "only the last may be short)")
         if self._written + n > self.n_tiles:
             raise StoreError(f"{self.path}: more tiles than the {self.n_tiles} announced")
-        self._encoded.append(bytes(data))
+        self._write_chunk(data)
         self._written += n
         self._flush()
 
     def _flush(self) -> None:
-        """Encode the chunk buffer (padded with white) and write the shard when full."""
+        """Encode the chunk buffer (padded with white); finish the shard when it is full or last."""
         if self._fill:
             self._buf[self._fill:] = 255
-            self._encoded.append(encode_tile_chunk(self._buf, self.codec, self.jpeg_quality, self.jpeg_subsampling))
+            self._write_chunk(encode_tile_chunk(self._buf, self.codec, self.jpeg_quality, self.jpeg_subsampling))
             self._written += self._fill
             self._fill = 0
-        if self._encoded and (len(self._encoded) == self.chunks_per_shard or self._written == self.n_tiles):
+        if self._shard_file is not None and (len(self._lengths) == self.chunks_per_shard
+                                             or self._written == self.n_tiles):
+            self._shard_file.write(shard_index(self._lengths, self.chunks_per_shard))
+            self._shard_file.close()
+            self._shard_file = None
+            self._shards += 1
+            self._lengths = []
+
+    def _write_chunk(self, data: bytes) -> None:
+        """Append one encoded chunk to the current shard file (opened on its first chunk)."""
+        if self._shard_file is None:
             shard = self._tmp / "tiles" / "c" / str(self._shards) / "0" / "0" / "0"
             shard.parent.mkdir(parents=True, exist_ok=True)
-            shard.write_bytes(shard_bytes(self._encoded, self.chunks_per_shard))
-            self._shards += 1
-            self._encoded = []
+            self._shard_file = open(shard, "wb")  # noqa: SIM115 (closed by _flush or abort)
+        self._shard_file.write(data)
+        self._lengths.append(len(data))
 
     def close(
         self,
@@ -186,6 +198,9 @@ class PatchStoreWriter:
 
     def abort(self, *exc_info: Any) -> None:
         """Remove the temporary store."""
+        if self._shard_file is not None:
+            self._shard_file.close()
+            self._shard_file = None
         if not self._closed:
             self._closed = True
             try:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from wsi_mil.synth.render import SlideRenderer, SlideSpec
 from wsi_mil.synth.shapes import polygon_area, rasterize_polygons
+from wsi_mil.synth.site import SiteEffect, SiteRenderer
 from wsi_mil.synth.truth import SlideTruth, write_ground_truth
 from wsi_mil.synth.writer import WriteStats, pyramid_levels, write_pyramidal_tiff
 
@@ -29,6 +34,7 @@ def make_slide(
     ground_truth_dir: str | Path | None = None,
     params: dict | None = None,
     workers: int = 1,
+    site: SiteEffect | None = None,
 ) -> SlideTruth:
     """Write a ``width`` x ``height`` px slide at ``mpp`` to ``path`` (atomically) and return its truth.
 
@@ -39,7 +45,9 @@ def make_slide(
     left as normal tissue (for checks). ``stain_strength`` scales the per-slide colour variation.
     When ``ground_truth_dir`` is given the ground-truth files are written there too. ``workers`` > 1 renders
     rows of tiles in that many forked processes (same bytes; each worker holds its own texture sources,
-    ~0.3 GB).
+    ~0.3 GB). ``site``: the rendered tissue is stained, blurred and colour-mapped as that site scans it
+    (:mod:`wsi_mil.synth.site`; its JPEG quality is the caller's ``jpeg_quality``); the ground truth then
+    records the site, its parameters and the slide's own stain variation.
     Memory: one tile plus the texture sources (~100 MB) and the coarse shape grids, at any slide size.
     """
     path = Path(path)
@@ -48,9 +56,17 @@ def make_slide(
                           stain_strength=stain_strength)
     levels = pyramid_levels(width, height, level_downsample, min_size=tile_size)
     renderer = SlideRenderer(spec, lesion_texture=lesion_texture)
+    render: Callable[[int, int, int, int], np.ndarray | None] = renderer
+    background = spec.stain.background
+    extra: dict[str, Any] = {}
     desc = (f"wsi_mil synthetic slide {sid}: {width}x{height} px, mpp {mpp}, seed {seed}, "
             f"{'positive' if positive else 'negative'}")
-    stats: WriteStats = write_pyramidal_tiff(path, levels, mpp, renderer, background=spec.stain.background,
+    if site is not None:
+        render = SiteRenderer(renderer, site, mpp, width, height)
+        background = site.colour(background)
+        desc += f", {site.name}"
+        extra = {"site": site.name, "site_effect": site.to_json(), "slide_stain": spec.stain.to_json()}
+    stats: WriteStats = write_pyramidal_tiff(path, levels, mpp, render, background=background,
                                              tile_size=tile_size, quality=jpeg_quality, description=desc,
                                              workers=workers)
     ds = spec.mask_downsample
@@ -67,7 +83,7 @@ def make_slide(
                 "level_downsample": level_downsample, "stain_strength": stain_strength,
                 "target_lesion_fraction": spec.target_lesion_fraction,
                 "tiles_written": stats.tiles, "glass_tiles": stats.glass_tiles,
-                "file_bytes": stats.file_bytes},
+                "file_bytes": stats.file_bytes, **extra},
     )
     if ground_truth_dir is not None:
         write_ground_truth(ground_truth_dir, truth)

@@ -208,6 +208,12 @@ class StainVariation:
             out[..., c] = acc
         return out
 
+    def to_json(self) -> dict[str, Any]:
+        """The slide's stain variation as JSON numbers (rounded to 6 digits): OD vectors, amounts, glass."""
+        return {"stain_vectors_od": np.round(self.stains, 6).tolist(),
+                "stain_amounts": np.round(self.amounts[:2], 6).tolist(),
+                "glass_rgb": np.round(self.white, 3).tolist()}
+
     @property
     def background(self) -> tuple[int, int, int]:
         """The glass colour, RGB uint8."""

@@ -36,8 +36,11 @@ def tissue_fractions(mask: np.ndarray, downsample: float, coords: np.ndarray, si
     if len(coords) == 0:
         return np.zeros(0, dtype=np.float32)
     h, w = mask.shape
-    integral = np.zeros((h + 1, w + 1), dtype=np.int64)
-    integral[1:, 1:] = np.cumsum(np.cumsum(mask.astype(np.int64), axis=0), axis=1)
+    dt = np.int32 if h * w * max(1, int(mask.max(initial=0))) < 2**31 else np.int64  # exact sums, half the memory
+    integral = np.zeros((h + 1, w + 1), dtype=dt)
+    inner = integral[1:, 1:]
+    np.cumsum(mask, axis=0, dtype=dt, out=inner)
+    np.cumsum(inner, axis=1, dtype=dt, out=inner)
     x0 = np.clip(np.floor(coords[:, 0] / downsample).astype(np.int64), 0, w)
     y0 = np.clip(np.floor(coords[:, 1] / downsample).astype(np.int64), 0, h)
     x1 = np.clip(np.ceil((coords[:, 0] + size_level0) / downsample).astype(np.int64), 0, w)

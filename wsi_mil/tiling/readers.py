@@ -22,13 +22,14 @@ from typing import Protocol
 
 import imagecodecs
 import numpy as np
+import simplejpeg
 from numpy.typing import NDArray
 from PIL import Image
 
 from wsi_mil.errors import ConfigError
 from wsi_mil.slide import Slide
 from wsi_mil.tiling.direct import DirectJpegLevel, open_direct_level, verify_reduced
-from wsi_mil.tiling.regions import ReadPlan, reduced_scale, resample_window, tile_window
+from wsi_mil.tiling.regions import ReadPlan, crop_if_exact, reduced_scale, resample_window, tile_window, tile_windows
 
 ENV_DECODER = "WSI_MIL_TILE_DECODER"  # auto (default) | openslide
 ENV_REDUCED = "WSI_MIL_TILE_REDUCED"  # 1 (default) | 0
@@ -138,15 +139,27 @@ class DirectTileReader:
             return self.level.read(x // self._ds, y // self._ds, s, s, out=out)
         win = tile_window(x, y, self.plan, self.scale)
         region = self.level.read(win.x, win.y, win.width, win.height, self.scale)
-        tile = resample_window(region, win, s, self._shrink)
+        crop = crop_if_exact(region, win, s)  # e.g. 448 level px decoded at 1/2 on even corners
+        tile = resample_window(region, win, s, self._shrink) if crop is None else crop
         if out is not None:
             out[...] = tile
             return out
-        return tile
+        return tile if crop is None else crop.copy()
+
+    def expect(self, coords: NDArray[np.int64]) -> None:
+        """Plan the reads of ``coords`` (N, 2), in this order, so the level's cache drops each source
+        tile after its last read and keeps those still needed (see :meth:`DirectJpegLevel.expect`)."""
+        xy = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+        if self.plan.resample:
+            windows = tile_windows(xy, self.plan, self.scale)
+        else:
+            s = self.tile_size
+            windows = np.concatenate([xy // self._ds, np.full_like(xy, s)], axis=1)
+        self.level.expect(windows, self.scale)
 
     def read_tiles(self, coords: NDArray[np.int64], out: NDArray[np.uint8]) -> None:
-        for i, (x, y) in enumerate(coords):
-            self.read_tile(int(x), int(y), out[i])
+        for i, (x, y) in enumerate(coords.tolist()):
+            self.read_tile(x, y, out[i])
 
     def close(self) -> None:
         self.level.close()
@@ -184,10 +197,15 @@ def open_tile_reader(slide: Slide, plan: ReadPlan, tile_size: int, coords: NDArr
             return gpu
         reader = DirectTileReader(direct, plan, tile_size, scale)
         reader.fallback_reason = gpu_why
-        return reader
-    return DirectTileReader(direct, plan, tile_size, scale)
+    else:
+        reader = DirectTileReader(direct, plan, tile_size, scale)
+    reader.expect(coords)
+    return reader
 
 
-def decoder_version() -> str:
-    """The JPEG library used by the direct reader (recorded in stores)."""
-    return f"imagecodecs {imagecodecs.__version__} ({imagecodecs.jpeg8_version()})"
+def decoder_version(scale: int = 1) -> str:
+    """The JPEG libraries used by the direct reader at DCT ``scale`` (recorded in stores)."""
+    text = f"imagecodecs {imagecodecs.__version__} ({imagecodecs.jpeg8_version()})"
+    if scale > 1:
+        text += f"; simplejpeg {simplejpeg.__version__} at 1/{scale}"
+    return text

@@ -54,6 +54,28 @@ def tile_window(x: int, y: int, plan: ReadPlan, scale: int = 1) -> Window:
     return Window(ix, iy, n, m, (lx - ix, ly - iy, lx - ix + size, ly - iy + size))
 
 
+def tile_windows(coords: NDArray[np.int64], plan: ReadPlan, scale: int = 1) -> NDArray[np.int64]:
+    """(N, 4) int64 (x, y, width, height) of :func:`tile_window` for every level-0 corner in
+    ``coords`` (N, 2), with the same float arithmetic (vectorised)."""
+    xy = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+    f = plan.level_downsample * scale
+    size = plan.region_size / scale
+    lxy = xy / f
+    ixy = np.floor(lxy)
+    nm = np.ceil(size + (lxy - ixy)).astype(np.int64) + 1
+    return np.concatenate([ixy.astype(np.int64), nm], axis=1)
+
+
+def crop_if_exact(region: NDArray[np.uint8], window: Window, tile_size: int) -> NDArray[np.uint8] | None:
+    """The tile as a view of ``region`` when the box is whole pixels and ``tile_size`` wide (no
+    resampling to do: Pillow's filters give exactly these pixels there), else None."""
+    x0, y0, x1, y1 = window.box
+    if x1 - x0 != tile_size or y1 - y0 != tile_size or x0 != int(x0) or y0 != int(y0):
+        return None
+    ix, iy = int(x0), int(y0)
+    return region[iy:iy + tile_size, ix:ix + tile_size]
+
+
 def resample_window(region: NDArray[np.uint8], window: Window, tile_size: int,
                     shrink: Image.Resampling = Image.Resampling.BOX) -> NDArray[np.uint8]:
     """(h, w, 3) uint8 window pixels -> (tile_size, tile_size, 3) uint8.

@@ -67,7 +67,7 @@ def _write_tiles(slide: Slide, plan: ReadPlan, coords: np.ndarray, writer: Patch
             writer.append_encoded(data, k)
     finally:
         reader.close()
-    return dict(tile_decoder=reader.name if reader.name == "openslide" else f"{reader.name} ({decoder_version()})",
+    return dict(tile_decoder=reader.name if reader.name == "openslide" else f"{reader.name} ({decoder_version(reader.scale)})",
                 tile_decode_scale=reader.scale, tile_decoder_fallback=reader.fallback_reason, tile_threads=threads)
 
 

@@ -51,17 +51,12 @@ def detect_tissue(rgb: np.ndarray, mpp: float, config: TissueConfig | None = Non
         return np.zeros(rgb.shape[:2], dtype=bool)
     if cfg.method == "otsu-fluorescence":
         return _clean(fluorescence_mask(rgb), mpp, cfg)
-    gray = rgb.astype(np.float32).mean(axis=2) / 255.0
-    usable = gray > cfg.black_brightness  # near-black: ink, dirt, slide edges
+    usable, bright, pen, signal = _pixel_signals(rgb, cfg)
     if cfg.remove_pen:
-        pen = pen_mask(rgb)
         if pen.any():
             pen = ndi.binary_dilation(pen, iterations=max(1, int(round(20.0 / mpp))))
         usable &= ~pen
-    if cfg.method == "otsu-saturation":
-        signal, floor, cap = saturation(rgb), cfg.min_saturation, cfg.max_saturation_threshold
-    else:
-        signal, floor, cap = optical_density(rgb), 0.05, 0.5
+    floor, cap = (cfg.min_saturation, cfg.max_saturation_threshold) if cfg.method == "otsu-saturation" else (0.05, 0.5)
     # Otsu over glass *and* tissue separates the two; capped so that a slide with almost no
     # glass is not split into dense and pale tissue instead
     values = signal[usable]
@@ -71,8 +66,30 @@ def detect_tissue(rgb: np.ndarray, mpp: float, config: TissueConfig | None = Non
         thr = float(threshold_otsu(values))
     except ValueError:  # all values equal
         thr = floor
-    mask = usable & (gray < cfg.background_brightness) & (signal > min(max(thr, floor), cap))
+    mask = usable & bright & (signal > min(max(thr, floor), cap))
     return _clean(mask, mpp, cfg, usable)
+
+
+#: rows of the image converted at a time by :func:`_pixel_signals` (bounds the float temporaries)
+STRIP_ROWS = 256
+
+
+def _pixel_signals(rgb: np.ndarray, cfg: TissueConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per pixel of ``rgb`` (h, w, 3): (not near-black, darker than glass, pen ink, saturation or
+    optical density float32), computed in strips of rows: the same values as on the whole image,
+    with float temporaries of one strip (a whole slide at 8 µm/px is up to ~30 Mpx)."""
+    h, w = rgb.shape[:2]
+    usable, bright, pen = (np.empty((h, w), dtype=bool) for _ in range(3))
+    signal = np.empty((h, w), dtype=np.float32)
+    measure = saturation if cfg.method == "otsu-saturation" else optical_density
+    for a in range(0, h, STRIP_ROWS):
+        part = rgb[a:a + STRIP_ROWS]
+        gray = part.astype(np.float32).mean(axis=2) / 255.0
+        usable[a:a + STRIP_ROWS] = gray > cfg.black_brightness  # near-black: ink, dirt, slide edges
+        bright[a:a + STRIP_ROWS] = gray < cfg.background_brightness
+        pen[a:a + STRIP_ROWS] = pen_mask(part) if cfg.remove_pen else False
+        signal[a:a + STRIP_ROWS] = measure(part)
+    return usable, bright, pen, signal
 
 
 def fluorescence_mask(rgb: np.ndarray) -> np.ndarray:

@@ -23,12 +23,19 @@ tiles (:meth:`MILHead.set_standardization`), so they travel with the weights.
 
 Ensembles (CHOWDER) return E member logits for training; ``forward`` averages the members'
 probabilities (``slide_logits`` = log of the mean probability, so softmax of it is that mean).
+
+Slide representation (optional, for domain-adversarial training, :mod:`wsi_mil.mil.domain`): a
+head that implements :meth:`MILHead.member_outputs_with_representation` also returns the (B, R)
+vector its slide classifier reads (CHOWDER: the members' min-max vectors; attention: the pooled
+embedding), says what it is in the class attribute ``representation`` and its size in
+:meth:`MILHead.representation_dim`. Heads without one keep ``representation = None``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -52,6 +59,8 @@ class MILHead(nn.Module):
     feature_scale: Tensor
     output_shift: Tensor  # (1,) buffers of one-output heads only: slide = raw * scale + shift
     output_scale: Tensor
+    #: what the slide representation is (docs and errors); None: the head has none
+    representation: ClassVar[str | None] = None
 
     def __init__(self, in_dim: int, n_classes: int, opts: HeadOptions | None = None) -> None:
         """Registered heads are built as ``cls(in_dim, n_classes, opts)``, ``opts`` of their
@@ -112,6 +121,19 @@ class MILHead(nn.Module):
         """(k_top, k_bottom) tiles the pooling selects, or (None, None) for heads without selection."""
         return None, None
 
+    def representation_dim(self) -> int | None:
+        """R, the size of the slide representation, or None for a head without one."""
+        return None
+
+    def member_outputs_with_representation(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`member_outputs` and the slide representation `(B, R)` from one pass (optional).
+
+        Heads with a representation implement it (and ``representation``, :meth:`representation_dim`);
+        the others raise a TypeError naming the head.
+        """
+        raise TypeError(f"MIL head {type(self).__name__} has no slide representation (domain-adversarial "
+                        "training needs one)")
+
     def regularization(self) -> Tensor:
         """A penalty added to the training loss (0 by default)."""
         return torch.zeros((), device=next(self.parameters()).device)
@@ -141,6 +163,13 @@ class MILHead(nn.Module):
         check_inputs(features, mask, self.in_dim)
         raw, _ = self.member_outputs(self.standardize(features), mask)
         return self._expand(raw, dim_is_tiles=False)
+
+    def member_logits_and_representation(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`member_logits` `(B, E, C)` and the slide representation `(B, R)` of features `(B, N, D)`
+        (not standardised), mask `(B, N)`, from one pass."""
+        check_inputs(features, mask, self.in_dim)
+        raw, _, rep = self.member_outputs_with_representation(self.standardize(features), mask)
+        return self._expand(raw, dim_is_tiles=False), rep
 
     def forward(self, features: Tensor, mask: Tensor, standardized: bool = False) -> tuple[Tensor, Tensor]:
         """Slide logits and tile scores of a batch of padded bags.

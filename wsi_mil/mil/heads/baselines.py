@@ -37,17 +37,36 @@ class _ScoredTilesHead(MILHead):
         self.scorer = _tile_scorer(in_dim, self.n_outputs, self.opts)
 
 
+def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """(B, N, K) values -> (B, K) their mean over the real tiles (0 for an empty bag)."""
+    total = torch.where(mask.unsqueeze(-1), x, torch.zeros_like(x)).sum(dim=1)
+    return total / mask.sum(dim=1, keepdim=True).clamp(min=1).to(x.dtype)
+
+
 @register_head("mean")
 class MeanPool(_ScoredTilesHead):
     """Slide logit = mean of tile logits over the real tiles."""
 
+    representation = "the mean hidden activation, (B, hidden); without hidden: the mean tile logit, (B, O)"
+
     def member_outputs(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Mean of the tile logits over the real tiles: slide `(B, 1, O)`, tiles `(B, N, O)` from features `(B, N, D)`, mask `(B, N)`."""
         tiles = self.scorer(features)
-        m = mask.unsqueeze(-1)
-        total = torch.where(m, tiles, torch.zeros_like(tiles)).sum(dim=1)
-        slide = total / mask.sum(dim=1, keepdim=True).clamp(min=1).to(tiles.dtype)
-        return slide.unsqueeze(1), tiles
+        return _masked_mean(tiles, mask).unsqueeze(1), tiles
+
+    def representation_dim(self) -> int:
+        return self.n_outputs if self.opts.hidden is None else self.opts.hidden
+
+    def member_outputs_with_representation(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """As :meth:`member_outputs`, and the mean hidden activation (the last layer is linear, so the
+        slide logit is that layer of it); without a hidden layer, the slide logit itself."""
+        if not isinstance(self.scorer, nn.Sequential):
+            tiles = self.scorer(features)
+            slide = _masked_mean(tiles, mask)
+            return slide.unsqueeze(1), tiles, slide
+        h = self.scorer[:-1](features)  # (B, N, hidden): Linear, ReLU, Dropout
+        tiles = self.scorer[-1](h)
+        return _masked_mean(tiles, mask).unsqueeze(1), tiles, _masked_mean(h, mask)
 
 
 @register_head("max")
@@ -86,11 +105,22 @@ class AttentionMIL(MILHead):
         weights = torch.softmax(logits, dim=1)
         return torch.where(mask, weights, torch.zeros_like(weights))  # empty bag: 0, not NaN
 
+    representation = "the attention-pooled embedding sum_i a_i h_i, (B, hidden)"
+
     def member_outputs(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Attention pooling: slide `(B, 1, O)`, tiles `(B, N, O)` from features `(B, N, D)`, mask `(B, N)`."""
+        slide, tiles, _ = self.member_outputs_with_representation(features, mask)
+        return slide, tiles
+
+    def representation_dim(self) -> int:
+        return self.opts.hidden
+
+    def member_outputs_with_representation(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """As :meth:`member_outputs`, and the pooled embedding (B, hidden) the classifier reads."""
         h = self.embed(features)
         h = torch.where(mask.unsqueeze(-1), h, torch.zeros_like(h))
         a = self.attention(h, mask)
-        slide = self.classifier(torch.einsum("bn,bnl->bl", a, h))
+        pooled = torch.einsum("bn,bnl->bl", a, h)
+        slide = self.classifier(pooled)
         tiles = a.unsqueeze(-1) * self.classifier(h)
-        return slide.unsqueeze(1), tiles
+        return slide.unsqueeze(1), tiles, pooled

@@ -2,7 +2,9 @@
 
 Each member ``e`` scores tiles with a linear layer to one value per output (L2-regularised
 weights), takes the R highest (descending) and R lowest (ascending) scores of the bag (the
-min-max layer, :func:`~wsi_mil.mil.minmax.extreme_values`) and feeds these 2R numbers to an MLP
+min-max layer, :func:`~wsi_mil.mil.minmax.extreme_values`; with ``r`` a fraction of the bag, that
+share's top and bottom lists read at ``r_points`` ranks, :func:`~wsi_mil.mil.minmax.extreme_quantiles`,
+the default for survival and regression) and feeds these 2R numbers to an MLP
 (200 then 100 sigmoid units with dropout, then one output). The E members are initialised
 independently and have disjoint parameters; they are trained side by side (the loss is the mean
 of the members' losses, so each member receives its own gradient) and their probabilities are
@@ -26,7 +28,14 @@ from torch import Tensor, nn
 from wsi_mil.mil.heads._registry import register_head
 from wsi_mil.mil.heads.base import MILHead
 from wsi_mil.mil.heads.options import ChowderOptions
-from wsi_mil.mil.minmax import KSpec, extreme_values
+from wsi_mil.mil.minmax import KSpec, extreme_quantiles, extreme_values, is_fraction
+
+#: default ``r`` of a classification head (tiles) and of a survival/regression head (share of the bag)
+DEFAULT_R_CLASSES: KSpec = 5
+DEFAULT_R_ONE_OUTPUT: KSpec = 0.1
+#: default MLP dropout of a classification head and of a survival/regression head (docs/mil-defaults.md)
+DEFAULT_DROPOUT_CLASSES = 0.5
+DEFAULT_DROPOUT_ONE_OUTPUT = 0.0
 
 
 @register_head("chowder")
@@ -36,7 +45,10 @@ class Chowder(MILHead):
     def __init__(self, in_dim: int, n_classes: int, opts: ChowderOptions | None = None) -> None:
         super().__init__(in_dim, n_classes)
         self.opts = opts or ChowderOptions()
-        e, o, r = self.opts.n_members, self.n_outputs, self.opts.r
+        #: tiles per side of the min-max layer (count or fraction); ``r: null`` depends on the task
+        self.r: KSpec = self.opts.r if self.opts.r is not None else (
+            DEFAULT_R_ONE_OUTPUT if n_classes == 1 else DEFAULT_R_CLASSES)
+        e, o, r = self.opts.n_members, self.n_outputs, self.n_points
         self.embedding = nn.Linear(in_dim, e * o)  # column e * O + o: member e, output o
         sizes = [2 * r, *self.opts.hidden, 1]
         self.weights = nn.ParameterList()
@@ -45,7 +57,13 @@ class Chowder(MILHead):
             bound = 1.0 / math.sqrt(fan_in)
             self.weights.append(nn.Parameter(torch.empty(e, o, fan_in, fan_out).uniform_(-bound, bound)))
             self.biases.append(nn.Parameter(torch.empty(e, o, 1, fan_out).uniform_(-bound, bound)))
-        self.dropout = nn.Dropout(self.opts.dropout)
+        self.dropout = nn.Dropout(self.opts.dropout if self.opts.dropout is not None else (
+            DEFAULT_DROPOUT_ONE_OUTPUT if n_classes == 1 else DEFAULT_DROPOUT_CLASSES))
+
+    @property
+    def n_points(self) -> int:
+        """MLP inputs per side P: ``r`` for a count, ``r_points`` for a fraction of the bag."""
+        return self.opts.r_points if is_fraction(self.r) else int(self.r)
 
     def _mlp(self, x: Tensor) -> Tensor:
         """x (E, O, B, 2R) -> (E, O, B, 1)."""
@@ -61,18 +79,33 @@ class Chowder(MILHead):
         b, n, _ = features.shape
         e, o = self.opts.n_members, self.n_outputs
         scores = self.embedding(features)  # (B, N, E*O)
-        ext = extreme_values(scores, mask, self.opts.r)  # (B, 2R, E*O)
-        x = ext.reshape(b, 2 * self.opts.r, e, o).permute(2, 3, 0, 1)
+        r = self.r
+        if is_fraction(r):
+            ext = extreme_quantiles(scores, mask, r, self.opts.r_points)  # (B, 2P, E*O)
+        else:
+            ext = extreme_values(scores, mask, int(r))  # (B, 2R, E*O)
+        x = ext.reshape(b, 2 * self.n_points, e, o).permute(2, 3, 0, 1)
         return scores.reshape(b, n, e, o), x
+
+    representation = "the members' min-max vectors (R highest and R lowest tile scores), (B, E * O * 2R)"
 
     def member_outputs(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Member MLP outputs: slide `(B, E, O)`; tiles `(B, N, O)` = members' mean score; mask `(B, N)`."""
+        slide, tiles, _ = self.member_outputs_with_representation(features, mask)
+        return slide, tiles
+
+    def representation_dim(self) -> int:
+        return self.opts.n_members * self.n_outputs * 2 * self.n_points
+
+    def member_outputs_with_representation(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """As :meth:`member_outputs`, and the min-max vectors (B, E * O * 2R) the MLPs read."""
         scores, x = self._extremes(features, mask)
         slide = self._mlp(x).squeeze(-1).permute(2, 0, 1)  # (B, E, O)
-        return slide, scores.mean(dim=2)
+        rep = x.permute(2, 0, 1, 3).reshape(x.shape[2], -1)  # (B, E * O * 2R)
+        return slide, scores.mean(dim=2), rep
 
     def selection_k(self) -> tuple[KSpec | None, KSpec | None]:
-        return self.opts.r, self.opts.r
+        return self.r, self.r
 
     def regularization(self) -> Tensor:
         return self.opts.l2 * self.embedding.weight.pow(2).sum() / self.opts.n_members
@@ -95,7 +128,7 @@ class Chowder(MILHead):
     @torch.no_grad()
     def flip_(self, flip: Tensor) -> None:
         """Reparameterise members/outputs where ``flip`` (E, O) bool: s -> -s, same predictions."""
-        e, o, r = self.opts.n_members, self.n_outputs, self.opts.r
+        e, o, r = self.opts.n_members, self.n_outputs, self.n_points
         sign = torch.where(flip, -1.0, 1.0).to(self.embedding.weight.dtype).reshape(e * o)
         self.embedding.weight.mul_(sign.unsqueeze(1))
         self.embedding.bias.mul_(sign)

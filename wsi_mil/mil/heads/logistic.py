@@ -27,12 +27,23 @@ class MeanLogistic(MILHead):
         self.opts = opts or LogisticOptions()
         self.linear = nn.Linear(in_dim, self.n_outputs)
 
+    representation = "the slide logit, (B, O) (the mean feature before it has no trainable layer)"
+
     def member_outputs(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Linear layer on the mean feature: slide `(B, 1, O)`, tiles `(B, N, O)` from features `(B, N, D)`, mask `(B, N)`."""
+        slide, tiles, _ = self.member_outputs_with_representation(features, mask)
+        return slide, tiles
+
+    def representation_dim(self) -> int:
+        return self.n_outputs
+
+    def member_outputs_with_representation(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """As :meth:`member_outputs`, and the slide logit (B, O) as the representation."""
         m = mask.unsqueeze(-1)
         total = torch.where(m, features, torch.zeros_like(features)).sum(dim=1)  # (B, D)
         mean = total / mask.sum(dim=1, keepdim=True).clamp(min=1).to(features.dtype)
-        return self.linear(mean).unsqueeze(1), self.linear(features)
+        logit = self.linear(mean)
+        return logit.unsqueeze(1), self.linear(features), logit
 
     def regularization(self) -> Tensor:
         return self.opts.l2 * self.linear.weight.pow(2).sum()

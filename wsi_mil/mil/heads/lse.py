@@ -65,10 +65,21 @@ class LSEPool(MILHead):
         """(O,) the temperature r > 0."""
         return F.softplus(self.rho) if self.opts.learn_r else torch.full_like(self.rho, self.opts.r)
 
+    representation = "the pooled LSE score, (B, O)"
+
     def member_outputs(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """LSE of linear tile scores: slide `(B, 1, O)`, tiles `(B, N, O)` from features `(B, N, D)`, mask `(B, N)`."""
+        slide, tiles, _ = self.member_outputs_with_representation(features, mask)
+        return slide, tiles
+
+    def representation_dim(self) -> int:
+        return self.n_outputs
+
+    def member_outputs_with_representation(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """As :meth:`member_outputs`, and the pooled score (B, O) itself as the representation."""
         tiles = self.scorer(features)
-        return lse_pool(tiles, mask, self.temperature().to(tiles.dtype)).unsqueeze(1), tiles
+        pooled = lse_pool(tiles, mask, self.temperature().to(tiles.dtype))
+        return pooled.unsqueeze(1), tiles, pooled
 
     def selection_k(self) -> tuple[KSpec | None, KSpec | None]:
         return 1, None

@@ -8,11 +8,22 @@ Each options model also declares its ``search_space``: what ``train --tune on`` 
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from wsi_mil.mil.heads._registry import Choice, FloatRange, HeadOptions, SearchSpace, register_options
+
+
+def _count_or_fraction(value: int | float) -> int | float:
+    """A tile count (whole number >= 1) or a fraction of the bag (float in (0, 1]), as the min-max layer reads it."""
+    if isinstance(value, float) and value > 1.0 and not value.is_integer():
+        raise ValueError(f"must be a whole number of tiles or a fraction of the bag in (0, 1], got {value}")
+    return value
+
+
+#: a number of tiles (int) or a share of the bag (float in (0, 1]); see :mod:`wsi_mil.mil.minmax`
+TileCount = Annotated[int | float, AfterValidator(_count_or_fraction)]
 
 _LR = FloatRange(1e-4, 1e-2, log=True)
 #: AdamW's decoupled weight decay: the L2 of heads without an ``l2`` option
@@ -23,8 +34,8 @@ _WD = FloatRange(1e-5, 1.0, log=True)
 class WeldonOptions(HeadOptions):
     """WELDON hyper-parameters; k is a tile count (int) or a fraction of the bag (float in (0, 1])."""
 
-    k_top: int | float = Field(10, gt=0, description="tiles of positive evidence")
-    k_bottom: int | float | None = Field(10, gt=0, description="tiles of negative evidence; null = none")
+    k_top: TileCount = Field(10, gt=0, description="tiles of positive evidence")
+    k_bottom: TileCount | None = Field(10, gt=0, description="tiles of negative evidence; null = none")
     negative_weight: float = Field(0.5, ge=0, description="weight of the negative evidence (WILDCAT alpha)")
 
     search_space: ClassVar[SearchSpace] = {
@@ -43,15 +54,21 @@ class ChowderOptions(HeadOptions):
     """CHOWDER hyper-parameters (paper values by default, except a 10-member ensemble and ``l2`` 0:
     the paper's 0.5 flattened the tile scores; see docs/mil-defaults.md)."""
 
-    r: int = Field(5, ge=1, description="top and bottom tiles kept by the min-max layer")
+    r: TileCount | None = Field(
+        None, gt=0, description="top and bottom tiles kept by the min-max layer: a count, or a fraction of the bag in "
+                                "(0, 1] read at r_points ranks; null = 5 tiles for classification, 10 % of the bag for "
+                                "survival and regression (there the share of lesion tiles counts, not only its presence)")
+    r_points: int = Field(10, ge=1, description="MLP inputs per side when r is a fraction (evenly spaced ranks)")
     n_members: int = Field(10, ge=1, description="ensemble size E")
     hidden: list[int] = Field(default_factory=lambda: [200, 100], description="MLP sigmoid layers")
-    dropout: float = Field(0.5, ge=0, lt=1, description="dropout after each hidden layer")
+    dropout: float | None = Field(
+        None, ge=0, lt=1, description="dropout after each hidden layer; null = 0.5 for classification, 0 for survival "
+                                      "and regression (noise on a Cox risk or a value costs more than it regularises)")
     l2: float = Field(0.0, ge=0, description="L2 penalty on the tile embedding weights (per member; AdamW weight_decay also applies)")
 
     search_space: ClassVar[SearchSpace] = {
         "head_options.l2": FloatRange(1e-4, 1.0, log=True),
-        "head_options.r": Choice((1, 2, 3, 5, 10)),
+        "head_options.r": Choice((1, 2, 3, 5, 10, 0.05, 0.1, 0.2, 0.5)),
         "lr": _LR,
         "head_options.dropout": FloatRange(0.0, 0.6),
         "patience": Choice((5, 10, 20)),  # early stopping

@@ -6,12 +6,13 @@ class = mean of the ``k_top`` highest + ``negative_weight`` x mean of the ``k_bo
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from wsi_mil.mil.heads._registry import register_head
 from wsi_mil.mil.heads.base import MILHead
 from wsi_mil.mil.heads.options import WeldonOptions
-from wsi_mil.mil.minmax import KSpec, minmax_pool
+from wsi_mil.mil.minmax import KSpec, extreme_mean, minmax_pool
 
 
 @register_head("weldon")
@@ -23,6 +24,8 @@ class Weldon(MILHead):
         self.opts = opts or WeldonOptions()
         self.scorer = nn.Linear(in_dim, self.n_outputs)
 
+    representation = "the mean of the k_top highest and of the k_bottom lowest tile scores, (B, 2 O) (B, O without k_bottom)"
+
     def member_outputs(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Top-k + bottom-k mean of linear tile scores: slide `(B, 1, O)`, tiles `(B, N, O)` from features `(B, N, D)`, mask `(B, N)`."""
         tiles = self.scorer(features)  # (B, N, O)
@@ -30,6 +33,23 @@ class Weldon(MILHead):
         slide = minmax_pool(tiles, mask, self.opts.k_top, k_bottom, self.opts.negative_weight)
         return slide.unsqueeze(1), tiles
 
+    def _k_bottom(self) -> KSpec | None:
+        """k_bottom, or None when the bottom tiles do not count (no k_bottom, or negative_weight 0)."""
+        return self.opts.k_bottom if self.opts.negative_weight > 0 else None
+
+    def representation_dim(self) -> int:
+        return self.n_outputs * (1 if self._k_bottom() is None else 2)
+
+    def member_outputs_with_representation(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """As :meth:`member_outputs`, and the top-k and bottom-k means (B, 2 O) the slide score adds up."""
+        tiles = self.scorer(features)
+        top = extreme_mean(tiles, mask, self.opts.k_top, largest=True)  # (B, O)
+        k_bottom = self._k_bottom()
+        if k_bottom is None:
+            return top.unsqueeze(1), tiles, top
+        bottom = extreme_mean(tiles, mask, k_bottom, largest=False)
+        slide = top + self.opts.negative_weight * bottom
+        return slide.unsqueeze(1), tiles, torch.cat([top, bottom], dim=-1)
+
     def selection_k(self) -> tuple[KSpec | None, KSpec | None]:
-        k_bottom = self.opts.k_bottom if self.opts.negative_weight > 0 else None
-        return self.opts.k_top, k_bottom
+        return self.opts.k_top, self._k_bottom()
