@@ -374,6 +374,9 @@ def test_domain_adversarial_trains_one_output_tasks(task: str, tmp_path: Path) -
 def test_demo_config_can_switch_each_on(tmp_path: Path) -> None:
     text = (ROOT / "configs" / "demo.yaml").read_text()
     assert "  # cv: leave_one_site_out" in text and "  # domain_adversarial: {column: site" in text
+    assert "  # stain_norm: macenko" in text
+    stained = load_study(_csv(tmp_path / "stain.yaml", text.replace("  # stain_norm:", "  stain_norm:")))
+    assert stained.extract.stain_norm == "macenko" and load_study(ROOT / "configs" / "demo.yaml").extract.stain_norm == "none"
     for key in ("cv", "domain_adversarial"):
         on = _csv(tmp_path / f"{key}.yaml", text.replace(f"  # {key}:", f"  {key}:"))
         study = load_study(on)
