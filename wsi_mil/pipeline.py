@@ -414,7 +414,7 @@ def _stage_train(ctx: _Context) -> StageResult:
         return StageResult("train", SKIPPED, detail=f"{run_dir} is up to date")
     _check_study_folds(_read_study_labels(ctx.labels, ctx.cfg).subset(set(ctx.ok)), tcfg)
     ctx.state.mark("train", fp, "running")
-    ctx.log(f"  train: {tcfg.head}, {tcfg.folds}-fold cross-validation -> {run_dir}")
+    ctx.log(f"  train: {tcfg.head}, {tcfg.cv_name} cross-validation -> {run_dir}")
     summary = mil_stage.run_train(fdir, ctx.labels, run_dir, tcfg, log=(lambda s: ctx.log(f"    {s}")) if ctx.progress else _quiet,
                           overwrite=run_dir.exists())
     ctx.warnings += summary.warnings

@@ -51,9 +51,8 @@ def train(
         found = check_training(features_dir, labels, cfg)
         for w in found.warnings:
             console.print(f"warning: {w}", markup=False)
-        plan = "leave-one-site-out" if cfg.cv == "leave_one_site_out" else f"{cfg.folds}-fold"
         console.print(f"ok: {found.n_train} training and {found.n_test} test slides, {found.encoder_id} "
-                      f"({found.embed_dim}-d), {plan} cross-validation of {cfg.head}", markup=False)
+                      f"({found.embed_dim}-d), {cfg.cv_name} cross-validation of {cfg.head}", markup=False)
         return
     if out is None:
         raise ConfigError("train: -o/--out is required (the run folder to write), unless --check")

@@ -73,6 +73,11 @@ class TrainConfig(StrictModel):
         "ensemble", description="final model of a tuned run: the mean of the outer-fold models, or a refit on all "
                                 "training slides with the settings of one more search over them")
 
+    @property
+    def cv_name(self) -> str:
+        """How the folds are made, for messages: ``leave-one-site-out`` or ``5-fold``."""
+        return "leave-one-site-out" if self.cv == "leave_one_site_out" else f"{self.folds}-fold"
+
     @field_validator("tune", mode="before")
     @classmethod
     def _yaml_on_off(cls, value: Any) -> Any:

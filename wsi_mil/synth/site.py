@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
-from wsi_mil.synth.texture import STAIN_MATRIX
+from wsi_mil.synth.texture import STAIN_MATRIX, apply_channel_luts
 
 #: at strength 1: rotation of the H and E OD vectors (degrees, drawn in [0.5, 1] x this), spread of the
 #: log stain amounts (sites span +- this), SD of log gamma, largest gain loss, largest blur (µm) and the
@@ -135,18 +135,7 @@ class SiteEffect:
 
     def restain(self, rgb: NDArray[np.uint8]) -> NDArray[np.uint8]:
         """(h, w, 3) uint8 -> (h, w, 3) uint8 under the site's stain (step 1)."""
-        lut = self.stain_luts()
-        out = np.empty(rgb.shape, np.uint8)
-        planes = [rgb[..., k] for k in range(3)]
-        for c in range(3):
-            acc = lut[0, c][planes[0]]
-            acc *= lut[1, c][planes[1]]
-            acc *= lut[2, c][planes[2]]
-            acc *= np.float32(256.0)
-            acc -= 0.5  # -1 then +0.5 for rounding
-            np.clip(acc, 0.0, 255.0, out=acc)
-            out[..., c] = acc
-        return out
+        return apply_channel_luts(rgb, self.stain_luts(), [256.0, 256.0, 256.0])
 
     def blur_px(self, mpp: float) -> float:
         """Blur sigma in pixels at ``mpp`` µm/px."""

@@ -195,18 +195,7 @@ class StainVariation:
 
     def restain(self, rgb: NDArray[np.uint8]) -> NDArray[np.uint8]:
         """(h, w, 3) uint8 RGB of the sample -> (h, w, 3) uint8 as this slide's lab and scanner show it."""
-        lut = self.channel_luts()
-        out = np.empty(rgb.shape, np.uint8)
-        planes = [rgb[..., k] for k in range(3)]
-        for c in range(3):
-            acc = lut[0, c][planes[0]]
-            acc *= lut[1, c][planes[1]]
-            acc *= lut[2, c][planes[2]]
-            acc *= np.float32(self.white[c] + 1.0)
-            acc -= 0.5  # -1 then +0.5 for rounding
-            np.clip(acc, 0.0, 255.0, out=acc)
-            out[..., c] = acc
-        return out
+        return apply_channel_luts(rgb, self.channel_luts(), [self.white[c] + 1.0 for c in range(3)])
 
     def to_json(self) -> dict[str, Any]:
         """The slide's stain variation as JSON numbers (rounded to 6 digits): OD vectors, amounts, glass."""
@@ -307,3 +296,21 @@ class SlideTextures:
             return dihedral(img[y:y + size, x:x + size], d)
         tx, ty = dihedral_window(img.shape[:2], d, x, y, size)
         return var[ty:ty + size, tx:tx + size]
+
+
+def apply_channel_luts(rgb: NDArray[np.uint8], lut: NDArray[np.float32], scale: list[float]) -> NDArray[np.uint8]:
+    """(h, w, 3) uint8 -> (h, w, 3) uint8: out_c = round(scale_c * prod_k lut[k, c][rgb_k] - 1), clipped to 0-255.
+
+    ``lut`` (3, 3, 256) float32 per input channel k and output channel c: a stain change in optical
+    density as nine table look-ups per pixel (no log, matrix product or exp per pixel)."""
+    out = np.empty(rgb.shape, np.uint8)
+    planes = [rgb[..., k] for k in range(3)]
+    for c in range(3):
+        acc = lut[0, c][planes[0]]
+        acc *= lut[1, c][planes[1]]
+        acc *= lut[2, c][planes[2]]
+        acc *= np.float32(scale[c])
+        acc -= 0.5  # -1 then +0.5 for rounding
+        np.clip(acc, 0.0, 255.0, out=acc)
+        out[..., c] = acc
+    return out
