@@ -53,6 +53,11 @@ class TrainConfig(StrictModel):
         None, ge=1, description="tiles sampled per bag per step; null = whole bags (default: a sample can miss a slide's few lesion tiles)")
     lr: float = Field(3e-3, gt=0, description="AdamW learning rate (default from docs/mil-defaults.md)")
     weight_decay: float = Field(1e-2, ge=0, description="AdamW decoupled weight decay (all parameters)")
+    tile_init: Literal["auto", "random", "outliers"] = Field(
+        "auto", description="start of the linear tile scorer: random, or fitted to the tiles that stand out from "
+                            "the negative bags' tiles (few lesion tiles among many; binary classification; "
+                            "wsi_mil.mil.warmstart); auto = outliers for binary classification with a linear tile "
+                            "scorer when the median training bag holds >= 200 tiles (slides), else random")
     standardize: bool = Field(True, description="standardise features with the training tiles' mean and std")
     class_weighting: Literal["balanced", "none"] = Field("balanced", description="loss weights n / (C * n_c)")
     seed: int = 0
@@ -77,6 +82,13 @@ class TrainConfig(StrictModel):
     def cv_name(self) -> str:
         """How the folds are made, for messages: ``leave-one-site-out`` or ``5-fold``."""
         return "leave-one-site-out" if self.cv == "leave_one_site_out" else f"{self.folds}-fold"
+
+    @model_validator(mode="after")
+    def _tile_init_task(self) -> TrainConfig:
+        if self.tile_init == "outliers" and self.task != "classification":
+            raise ValueError(f"tile_init: outliers is for binary classification, not task {self.task}; "
+                             "use tile_init: random")
+        return self
 
     @field_validator("tune", mode="before")
     @classmethod

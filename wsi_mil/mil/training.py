@@ -189,6 +189,8 @@ def fit(
     head.to(device)
     if cfg.standardize:
         head.set_standardization(*(stats if stats is not None else bags.feature_stats(train_pos.tolist())))
+    if uses_outlier_start(cfg, head, bags, train_pos):
+        warm_start_tile_scorer(head, bags, targets, train_pos, cfg.eval_tiles_per_batch, seed)
     names = class_names or [str(i) for i in range(head.n_classes)]
     weights = class_weights(targets[train_pos], head.n_classes, cfg.class_weighting)
     weights_dev = weights.to(device)
@@ -226,6 +228,46 @@ def fit(
     best_epoch = stopping.restore(head, len(history))
     state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
     return FitResult(state, best_epoch, len(history), history)
+
+
+#: ``tile_init: auto`` starts from outlier tiles when the median training bag has at least this many tiles
+AUTO_OUTLIER_MIN_TILES = 200
+
+
+def uses_outlier_start(cfg: TrainConfig, head: MILHead, bags: BagSet, train_pos: npt.NDArray[np.int64]) -> bool:
+    """Whether this fit starts its tile scorer from outlier tiles (``cfg.tile_init``; see its description)."""
+    if cfg.tile_init != "auto":
+        return cfg.tile_init == "outliers"
+    return (head.n_classes == 2 and head.tile_scorer_layer() is not None and len(train_pos) > 0
+            and float(np.median(bags.sizes[train_pos])) >= AUTO_OUTLIER_MIN_TILES)
+
+
+class _StandardisedBags(Sequence[npt.NDArray[np.float32]]):
+    """Bags ``positions`` of a :class:`BagSet` as the head standardises them, read one at a time: (N_i, D)."""
+
+    def __init__(self, head: MILHead, bags: BagSet, positions: npt.NDArray[np.int64], tile_budget: int) -> None:
+        self.head, self.bags, self.positions, self.tile_budget = head, bags, positions, tile_budget
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    @torch.no_grad()
+    def __getitem__(self, i: int) -> npt.NDArray[np.float32]:  # type: ignore[override]
+        for _, feats, mask in self.bags.whole_batches([int(self.positions[i])], self.tile_budget):
+            return self.head.standardize(feats.float())[0, mask[0]].cpu().numpy()  # type: ignore[no-any-return]
+        raise IndexError(i)
+
+
+def warm_start_tile_scorer(head: MILHead, bags: BagSet, targets: npt.NDArray[np.int64], train_pos: npt.NDArray[np.int64],
+                           tile_budget: int, seed: int) -> None:
+    """``tile_init: outliers``: start ``head``'s linear tile scorer from :func:`wsi_mil.mil.warmstart.outlier_direction`
+    over the standardised training bags ``train_pos`` (binary ``targets``)."""
+    from wsi_mil.mil.warmstart import outlier_direction
+
+    if head.n_classes != 2:
+        raise ValueError(f"tile_init: outliers needs two classes, not {head.n_classes}; use tile_init: random")
+    weight, bias = outlier_direction(_StandardisedBags(head, bags, train_pos, tile_budget), targets[train_pos], seed=seed)
+    head.init_tile_scorer(torch.as_tensor(weight, dtype=torch.float32), bias)
 
 
 def event_batches(order: npt.NDArray[np.int64], event: npt.NDArray[np.bool_], batch_size: int) -> list[list[int]]:

@@ -103,6 +103,21 @@ class MILHead(nn.Module):
         """Standardise float32 ``features`` in place (inference on large bags: no second copy)."""
         return features.mul_(self.feature_scale).add_(self.feature_shift)
 
+    def tile_scorer_layer(self) -> nn.Linear | None:
+        """The linear layer that scores tiles from standardised features (D -> one row per member and
+        output), or None for heads without one (attention, hidden layers)."""
+        return None
+
+    @torch.no_grad()
+    def init_tile_scorer(self, weight: Tensor, bias: float) -> None:
+        """Start every row of the linear tile scorer at ``weight`` (D,) and ``bias`` (``tile_init: outliers``)."""
+        layer = self.tile_scorer_layer()
+        if layer is None or self.n_outputs != 1:
+            raise ValueError(f"{type(self).__name__} has no linear tile scorer of one output (binary) to start "
+                             "from outlier tiles")
+        layer.weight.copy_(weight.to(layer.weight).unsqueeze(0).expand_as(layer.weight))
+        layer.bias.fill_(float(bias))
+
     # -- to implement ------------------------------------------------------------------------
     def member_outputs(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Raw outputs of standardised features (O = ``n_outputs``: 1 for binary problems, else C).

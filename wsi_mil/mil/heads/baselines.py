@@ -36,6 +36,9 @@ class _ScoredTilesHead(MILHead):
         self.opts = opts or PoolOptions()
         self.scorer = _tile_scorer(in_dim, self.n_outputs, self.opts)
 
+    def tile_scorer_layer(self) -> nn.Linear | None:
+        return self.scorer if isinstance(self.scorer, nn.Linear) else None
+
 
 def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     """(B, N, K) values -> (B, K) their mean over the real tiles (0 for an empty bag)."""

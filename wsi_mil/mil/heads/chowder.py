@@ -104,6 +104,9 @@ class Chowder(MILHead):
         rep = x.permute(2, 0, 1, 3).reshape(x.shape[2], -1)  # (B, E * O * 2R)
         return slide, scores.mean(dim=2), rep
 
+    def tile_scorer_layer(self) -> nn.Linear:
+        return self.embedding
+
     def selection_k(self) -> tuple[KSpec | None, KSpec | None]:
         return self.r, self.r
 

@@ -51,5 +51,8 @@ class Weldon(MILHead):
         slide = top + self.opts.negative_weight * bottom
         return slide.unsqueeze(1), tiles, torch.cat([top, bottom], dim=-1)
 
+    def tile_scorer_layer(self) -> nn.Linear:
+        return self.scorer
+
     def selection_k(self) -> tuple[KSpec | None, KSpec | None]:
         return self.opts.k_top, self._k_bottom()

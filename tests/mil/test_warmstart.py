@@ -1,0 +1,90 @@
+"""``tile_init: outliers``: the warm start finds the lesion direction from slide labels alone, heads load
+it, training keeps what it found, and what it cannot do is refused clearly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from wsi_mil.config import build_config
+from wsi_mil.errors import ConfigError
+from wsi_mil.mil import create_head
+from wsi_mil.mil.bags import BagSet
+from wsi_mil.mil.config import TrainConfig
+from wsi_mil.mil.synthbags import make_synthetic_bags
+from wsi_mil.mil.training import build_head, fit, predict_probs
+from wsi_mil.mil.warmstart import outlier_direction
+
+DIM = 16
+
+
+def _few(n: int, seed: int):
+    """Bags of 300-500 tiles; positives hold 1-2 lesion tiles shifted +3 in 4 of 16 dimensions."""
+    return make_synthetic_bags(n_slides=n, tiles=(300, 500), dim=DIM, lesion_fraction=(0.002, 0.004), shift=3.0,
+                               n_informative=4, slide_noise=0.5, seed=seed)
+
+
+def test_outlier_direction_finds_the_lesion_direction_deterministically() -> None:
+    co = _few(100, 0)
+    assert max(int(les.sum()) for les in co.lesion) <= 2
+    w, b = outlier_direction(co.features, co.labels, seed=0)
+    truth = np.zeros(DIM)
+    truth[:4] = 1.0
+    cos = float(w @ truth / np.linalg.norm(w) / np.linalg.norm(truth))
+    assert cos > 0.75, cos  # 0.84 measured (random directions in 16-d: ~0.25)
+    w2, b2 = outlier_direction(co.features, co.labels, seed=0)
+    assert np.array_equal(w, w2) and b == b2
+    with pytest.raises(ValueError, match="both classes"):
+        outlier_direction(co.features, np.zeros(len(co.labels), dtype=np.int64))
+
+
+def test_heads_load_the_start_in_every_row() -> None:
+    w = torch.arange(DIM, dtype=torch.float32)
+    chowder = create_head("chowder", DIM, 2, n_members=3)
+    chowder.init_tile_scorer(w, -2.0)
+    assert torch.equal(chowder.embedding.weight, w.expand(3, DIM)) and (chowder.embedding.bias == -2.0).all()
+    for name in ("weldon", "lse", "max", "mean"):
+        head = create_head(name, DIM, 2)
+        head.init_tile_scorer(w, 0.5)
+        layer = head.tile_scorer_layer()
+        assert layer is not None and torch.equal(layer.weight[0], w)
+    with pytest.raises(ValueError, match="no linear tile scorer"):
+        create_head("attention", DIM, 2).init_tile_scorer(w, 0.0)
+    with pytest.raises(ValueError, match="no linear tile scorer"):
+        create_head("chowder", DIM, 3).init_tile_scorer(w, 0.0)  # multi-class: several outputs
+
+
+def test_warm_started_chowder_finds_few_lesion_slides_where_random_start_does_not(one_torch_thread: None) -> None:
+    train, held = _few(80, 1), _few(40, 2)
+    bags = BagSet(train.features + held.features, torch.device("cpu"))
+    y = np.concatenate([train.labels, held.labels])
+    tr, te = np.arange(80), np.arange(80, 120)
+    aucs = {}
+    for init in ("random", "outliers"):
+        cfg = TrainConfig(head="chowder", tile_init=init, tune="off", max_epochs=30, bootstrap=0, device="cpu")
+        head = build_head(cfg, DIM, 2, seed=0)
+        fit(head, bags, y, tr, tr[:0], cfg, seed=0)
+        aucs[init] = roc_auc_score(y[te], predict_probs(head, bags, te.tolist(), 1 << 16)[:, 1])
+    assert aucs["outliers"] > 0.85 and aucs["outliers"] > aucs["random"] + 0.15, aucs
+
+
+def test_auto_starts_from_outliers_on_large_binary_bags_only() -> None:
+    from wsi_mil.mil.training import uses_outlier_start
+
+    big = BagSet([np.zeros((250, DIM), np.float32)] * 4 + [np.zeros((20, DIM), np.float32)] * 4, torch.device("cpu"))
+    auto = TrainConfig()
+    assert auto.tile_init == "auto"
+    chowder, attention = create_head("chowder", DIM, 2), create_head("attention", DIM, 2)
+    assert uses_outlier_start(auto, chowder, big, np.arange(4))  # slides: hundreds of tiles
+    assert not uses_outlier_start(auto, chowder, big, np.arange(4, 8))  # classic MIL bags: a few dozen
+    assert not uses_outlier_start(auto, attention, big, np.arange(4))  # no linear tile scorer
+    assert not uses_outlier_start(auto, create_head("chowder", DIM, 3), big, np.arange(4))  # multi-class
+    assert not uses_outlier_start(TrainConfig(tile_init="random"), chowder, big, np.arange(4))
+    assert uses_outlier_start(TrainConfig(tile_init="outliers"), chowder, big, np.arange(4, 8))
+
+
+def test_tile_init_outliers_is_for_binary_classification() -> None:
+    with pytest.raises(ConfigError, match="tile_init: outliers is for binary classification"):
+        build_config(TrainConfig, None, ["task=survival", "tile_init=outliers"])
