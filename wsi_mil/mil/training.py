@@ -76,11 +76,6 @@ def logits_loss(head: MILHead, logits: Tensor, targets: Tensor, weights: Tensor)
     return ce + head.regularization()
 
 
-def member_loss(head: MILHead, features: Tensor, mask: Tensor, targets: Tensor, weights: Tensor) -> Tensor:
-    """Class-weighted cross-entropy averaged over members, plus the head's regularisation."""
-    return logits_loss(head, head.member_logits(features, mask), targets, weights)
-
-
 def train_epoch(
     head: MILHead, opt: torch.optim.Optimizer, bags: BagSet, positions: npt.NDArray[np.int64], targets: Tensor,
     weights: Tensor, cfg: TrainConfig, rng: np.random.Generator, gen: torch.Generator,
@@ -88,19 +83,16 @@ def train_epoch(
 ) -> float:
     """One pass over ``positions`` in shuffled batches; returns the mean training loss (with an
     ``adversary``: the label loss plus its weighted site loss, see :mod:`wsi_mil.mil.domain`)."""
-    head.train()
-    if adversary is not None:
-        adversary.train()
+    train_mode(head, adversary)
     order = rng.permutation(positions)
     total, count = 0.0, 0
     for start in range(0, len(order), cfg.batch_size):
         batch = order[start:start + cfg.batch_size].tolist()
         feats, mask = bags.sample_batch(batch, cfg.tiles_per_bag, gen)
-        if adversary is None:
-            loss = member_loss(head, feats, mask, targets[batch], weights)
-        else:
-            logits, site_loss = adversary.outputs(head, feats, mask, batch)
-            loss = logits_loss(head, logits, targets[batch], weights) + site_loss
+        logits, site_loss = step_outputs(head, adversary, feats, mask, batch)
+        loss = logits_loss(head, logits, targets[batch], weights)
+        if site_loss is not None:
+            loss = loss + site_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -166,6 +158,57 @@ class EarlyStopping:
         return self.best_epoch
 
 
+@dataclass
+class Loop:
+    """The optimiser, site adversary (or None), random streams and early stopping of one fit."""
+
+    opt: torch.optim.Optimizer
+    adversary: DomainAdversary | None
+    rng: np.random.Generator
+    gen: torch.Generator
+    max_epochs: int
+    use_val: bool
+    stopping: EarlyStopping
+
+
+def start_loop(head: MILHead, cfg: TrainConfig, domains: npt.NDArray[np.int64] | None, train_pos: npt.NDArray[np.int64],
+               val_pos: npt.NDArray[np.int64], n_epochs: int | None, seed: int) -> Loop:
+    """What :func:`fit` and :func:`fit_task` set up before their first epoch (``head`` already on its device
+    and standardised): AdamW over the head (and the site classifier with ``cfg.domain_adversarial``), the
+    batch-order / tile-draw streams and dropout seeded by ``seed``; early stopping unless ``n_epochs`` is set."""
+    max_epochs = n_epochs or cfg.max_epochs
+    adversary = make_adversary(cfg, head, domains, train_pos, max_epochs, seed)
+    params = list(head.parameters()) + (adversary.parameters() if adversary is not None else [])
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # dropout
+    return Loop(opt, adversary, rng, gen, max_epochs, len(val_pos) > 0 and n_epochs is None,
+                EarlyStopping(cfg.min_epochs, cfg.patience))
+
+
+def train_mode(head: MILHead, adversary: DomainAdversary | None) -> None:
+    head.train()
+    if adversary is not None:
+        adversary.train()
+
+
+def step_outputs(head: MILHead, adversary: DomainAdversary | None, features: Tensor, mask: Tensor,
+                 batch: list[int]) -> tuple[Tensor, Tensor | None]:
+    """One step's member logits (B, E, O) and, with an adversary, its weighted site loss (else None)."""
+    if adversary is None:
+        return head.member_logits(features, mask), None
+    return adversary.outputs(head, features, mask, batch)
+
+
+def epoch_row(epoch: int, train_loss: float, adversary: DomainAdversary | None) -> dict[str, float | None]:
+    """The start of one epoch's history row: epoch, training loss, and the adversary's site loss and lambda."""
+    row: dict[str, float | None] = {"epoch": epoch, "train_loss": train_loss}
+    if adversary is not None:
+        row["site_loss"], row["grl_lambda"] = adversary.pop_epoch_loss(), adversary.lam
+    return row
+
+
 def fit(
     head: MILHead, bags: BagSet, targets: npt.NDArray[np.int64], train_pos: npt.NDArray[np.int64],
     val_pos: npt.NDArray[np.int64],
@@ -195,22 +238,14 @@ def fit(
     weights = class_weights(targets[train_pos], head.n_classes, cfg.class_weighting)
     weights_dev = weights.to(device)
     targets_dev = torch.as_tensor(targets, dtype=torch.int64, device=device)
-    max_epochs = n_epochs or cfg.max_epochs
-    adversary = make_adversary(cfg, head, domains, train_pos, max_epochs, seed)
-    params = list(head.parameters()) + (adversary.parameters() if adversary is not None else [])
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # dropout
-    use_val = len(val_pos) > 0 and n_epochs is None
-    stopping = EarlyStopping(cfg.min_epochs, cfg.patience)
+    loop = start_loop(head, cfg, domains, train_pos, val_pos, n_epochs, seed)
+    opt, adversary, rng, gen, use_val, stopping = (loop.opt, loop.adversary, loop.rng, loop.gen, loop.use_val,
+                                                   loop.stopping)
     history: list[dict[str, float | None]] = []
-    for epoch in range(1, max_epochs + 1):
+    for epoch in range(1, loop.max_epochs + 1):
         t0 = time.perf_counter()
         train_loss = train_epoch(head, opt, bags, train_pos, targets_dev, weights_dev, cfg, rng, gen, adversary)
-        row: dict[str, float | None] = {"epoch": epoch, "train_loss": train_loss}
-        if adversary is not None:
-            row["site_loss"], row["grl_lambda"] = adversary.pop_epoch_loss(), adversary.lam
+        row = epoch_row(epoch, train_loss, adversary)
         if use_val:
             probs = predict_probs(head, bags, val_pos.tolist(), cfg.eval_tiles_per_batch)
             y = targets[val_pos]
@@ -316,21 +351,13 @@ def fit_task(
         y_loss = (y - mean) / std
     y_dev = torch.as_tensor(y_loss, dtype=torch.float32, device=device)
     event = y[:, 1] > 0 if task == SURVIVAL else None
-    max_epochs = n_epochs or cfg.max_epochs
-    adversary = make_adversary(cfg, head, domains, train_pos, max_epochs, seed)  # as in fit
-    params = list(head.parameters()) + (adversary.parameters() if adversary is not None else [])
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # dropout
-    use_val = len(val_pos) > 0 and n_epochs is None
-    stopping = EarlyStopping(cfg.min_epochs, cfg.patience)
+    loop = start_loop(head, cfg, domains, train_pos, val_pos, n_epochs, seed)
+    opt, adversary, rng, gen, use_val, stopping = (loop.opt, loop.adversary, loop.rng, loop.gen, loop.use_val,
+                                                   loop.stopping)
     history: list[dict[str, float | None]] = []
-    for epoch in range(1, max_epochs + 1):
+    for epoch in range(1, loop.max_epochs + 1):
         t0 = time.perf_counter()
-        head.train()
-        if adversary is not None:
-            adversary.train()
+        train_mode(head, adversary)
         order = rng.permutation(train_pos)
         if event is not None:
             batches = event_batches(order, event, cfg.batch_size)
@@ -339,19 +366,16 @@ def fit_task(
         total = 0.0
         for batch in batches:
             feats, mask = bags.sample_batch(batch, cfg.tiles_per_bag, gen)
-            if adversary is None:
-                loss = task_loss(head, head.member_logits(feats, mask), y_dev[batch], task, cfg.regression_loss)
-            else:
-                logits, site_loss = adversary.outputs(head, feats, mask, batch)
-                loss = task_loss(head, logits, y_dev[batch], task, cfg.regression_loss) + site_loss
+            logits, site_loss = step_outputs(head, adversary, feats, mask, batch)
+            loss = task_loss(head, logits, y_dev[batch], task, cfg.regression_loss)
+            if site_loss is not None:
+                loss = loss + site_loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(batch)
         train_loss = total / max(len(order), 1)
-        row: dict[str, float | None] = {"epoch": epoch, "train_loss": train_loss}
-        if adversary is not None:
-            row["site_loss"], row["grl_lambda"] = adversary.pop_epoch_loss(), adversary.lam
+        row = epoch_row(epoch, train_loss, adversary)
         if use_val:
             out = predict_probs(head, bags, val_pos.tolist(), cfg.eval_tiles_per_batch)
             val_loss = _task_val_loss(head, out, y[val_pos], task, cfg.regression_loss)
