@@ -67,6 +67,22 @@ def _lines(items: list[int], limit: int = 5) -> str:
     return shown + (f" (and {len(items) - limit} more)" if len(items) > limit else "")
 
 
+def check_rows(path: Path, raw: list[tuple[dict[str, str], int]], columns: tuple[str, ...]) -> None:
+    """Refuse rows of a labels CSV (records and their line numbers) with an empty cell in one of ``columns``,
+    or a ``slide_id`` given twice: one :class:`LabelsError` naming the file and the lines."""
+    for col in columns:
+        empty = [line for rec, line in raw if not rec.get(col)]
+        if empty:
+            raise LabelsError(f"{path}: empty '{col}' on line(s) {_lines(empty)}; fill it in or remove the row")
+    by_id: dict[str, list[int]] = defaultdict(list)
+    for rec, line in raw:
+        by_id[rec["slide_id"]].append(line)
+    dups = {s: ls for s, ls in by_id.items() if len(ls) > 1}
+    if dups:
+        shown = "; ".join(f"'{s}' on lines {_lines(ls)}" for s, ls in list(dups.items())[:3])
+        raise LabelsError(f"{path}: duplicate slide_id(s): {shown}; keep one row per slide")
+
+
 def _order_classes(labels: list[str]) -> list[str]:
     unique = sorted(set(labels))
     try:
@@ -153,17 +169,7 @@ def read_labels(path: str | Path, classes: list[str] | None = None) -> LabelTabl
     has_site = "site" in header
     if not raw:
         raise LabelsError(f"{path}: no rows; add one line per slide (slide_id,label)")
-    for col in ("slide_id", "label") + (("case_id",) if has_case else ()) + (("site",) if has_site else ()):
-        empty = [line for rec, line in raw if not rec.get(col)]
-        if empty:
-            raise LabelsError(f"{path}: empty '{col}' on line(s) {_lines(empty)}; fill it in or remove the row")
-    by_id: dict[str, list[int]] = defaultdict(list)
-    for rec, line in raw:
-        by_id[rec["slide_id"]].append(line)
-    dups = {s: ls for s, ls in by_id.items() if len(ls) > 1}
-    if dups:
-        shown = "; ".join(f"'{s}' on lines {_lines(ls)}" for s, ls in list(dups.items())[:3])
-        raise LabelsError(f"{path}: duplicate slide_id(s): {shown}; keep one row per slide")
+    check_rows(path, raw, ("slide_id", "label") + (("case_id",) if has_case else ()) + (("site",) if has_site else ()))
     rows = []
     for rec, line in raw:
         split = rec.get("split", "").lower() if has_split else ""

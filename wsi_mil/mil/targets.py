@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from wsi_mil.errors import LabelsError
-from wsi_mil.mil.labels import SPLITS, _lines, match_rows, read_label_csv
+from wsi_mil.mil.labels import SPLITS, _lines, check_rows, match_rows, read_label_csv
 from wsi_mil.mil.metrics import bootstrap_intervals
 from wsi_mil.mil.regression import regression_metrics
 from wsi_mil.mil.survival import survival_metrics
@@ -128,17 +128,7 @@ def read_targets(path: str | Path, task: str) -> TargetTable:
     if not raw:
         raise LabelsError(f"{path}: no rows; add one line per slide ({','.join(needed)})")
     has_case, has_split, has_site = "case_id" in header, "split" in header, "site" in header
-    for col in needed + (("case_id",) if has_case else ()) + (("site",) if has_site else ()):
-        empty = [line for rec, line in raw if not rec.get(col)]
-        if empty:
-            raise LabelsError(f"{path}: empty '{col}' on line(s) {_lines(empty)}; fill it in or remove the row")
-    by_id: dict[str, list[int]] = defaultdict(list)
-    for rec, line in raw:
-        by_id[rec["slide_id"]].append(line)
-    dups = {s: ls for s, ls in by_id.items() if len(ls) > 1}
-    if dups:
-        shown = "; ".join(f"'{s}' on lines {_lines(ls)}" for s, ls in list(dups.items())[:3])
-        raise LabelsError(f"{path}: duplicate slide_id(s): {shown}; keep one row per slide")
+    check_rows(path, raw, needed + (("case_id",) if has_case else ()) + (("site",) if has_site else ()))
     rows = [_row(path, task, rec, line, has_case, has_split, has_site) for rec, line in raw]
     if task == SURVIVAL:
         _check_survival(path, raw, rows)
