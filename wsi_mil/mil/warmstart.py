@@ -40,41 +40,47 @@ def _top(scores: npt.NDArray[np.float64], k: int) -> npt.NDArray[np.int64]:
     return np.argpartition(scores, len(scores) - k)[len(scores) - k:]
 
 
-def _centred(x: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
-    """(N, D) tiles of one bag minus the bag's median feature."""
-    x = np.asarray(x, dtype=np.float64)
-    return x - np.median(x, axis=0)
-
-
 def outlier_direction(
     bags: Sequence[npt.NDArray[np.floating]], labels: npt.NDArray[np.int64], top_positive: int = TOP_POSITIVE,
     top_negative: int = TOP_NEGATIVE, refits: int = REFITS, c: float = C_TILE, seed: int = 0,
 ) -> tuple[npt.NDArray[np.float64], float]:
     """(weight (D,), bias) of a tile scorer from standardised bags ``bags[i]`` (N_i, D) and 0/1 ``labels``.
 
-    ``bags`` may be a lazy sequence: each pass reads one bag at a time and keeps only its selected
-    tiles and the Gaussian's sums (memory: one bag plus D x D, not the cohort). Deterministic for a
+    ``bags`` may be a lazy sequence: each of the ``refits + 2`` passes reads one bag at a time and keeps
+    only its median, its selected tiles and the Gaussian's sums (memory: one bag plus D x D, not the cohort). Deterministic for a
     seed. Needs at least one bag of each label with at least one tile.
     """
     from sklearn.linear_model import LogisticRegression
 
     labels = np.asarray(labels)
-    keep = [i for i in range(len(bags)) if len(bags[i]) > 0]
-    if not any(labels[i] == 1 for i in keep) or not any(labels[i] == 0 for i in keep):
-        raise ValueError("tile_init: outliers needs training bags of both classes with tiles")
     rng = np.random.default_rng(seed)
-    dim = int(bags[keep[0]].shape[1])
-    total, outer, count = np.zeros(dim), np.zeros((dim, dim)), 0
-    for i in keep:
+    # one pass: each bag's median (bags are centred on it), and the negative tiles' Gaussian sums
+    medians: dict[int, npt.NDArray[np.float64]] = {}
+    total: npt.NDArray[np.float64] | float = 0.0  # becomes (D,) and (D, D) with the first negative bag
+    outer: npt.NDArray[np.float64] | float = 0.0
+    count = 0
+    for i in range(len(bags)):
+        x = np.asarray(bags[i], dtype=np.float64)
+        if len(x) == 0:
+            continue
+        medians[i] = np.median(x, axis=0)
         if labels[i] == 0:
-            x = _centred(bags[i])
+            x = x - medians[i]
             if len(x) > GAUSSIAN_TILES_PER_BAG:
                 x = x[rng.choice(len(x), GAUSSIAN_TILES_PER_BAG, replace=False)]
-            total += x.sum(axis=0)
-            outer += x.T @ x
+            total = total + x.sum(axis=0)
+            outer = outer + x.T @ x
             count += len(x)
-    mean = total / count
-    cov = outer / max(count - 1, 1) - np.outer(mean, mean) * count / max(count - 1, 1)
+    keep = list(medians)
+    if not any(labels[i] == 1 for i in keep) or not any(labels[i] == 0 for i in keep):
+        raise ValueError("tile_init: outliers needs training bags of both classes with tiles")
+    dim = len(medians[keep[0]])
+
+    def centred(i: int) -> npt.NDArray[np.float64]:
+        return np.asarray(bags[i], dtype=np.float64) - medians[i]
+
+    mean = np.asarray(total) / count
+    cov = np.asarray(outer) / max(count - 1, 1) - np.outer(mean, mean) * count / max(count - 1, 1)
     precision = np.linalg.pinv(cov + 1e-6 * np.eye(dim))
 
     def mahalanobis(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -87,7 +93,7 @@ def outlier_direction(
         pos: list[npt.NDArray[np.float64]] = []
         neg: list[npt.NDArray[np.float64]] = []
         for i in keep:
-            x = _centred(bags[i])
+            x = centred(i)
             (pos if labels[i] == 1 else neg).append(x[_top(score(x), top_positive if labels[i] == 1 else top_negative)])
         x_fit = np.concatenate(pos + neg)
         n_pos = int(sum(len(p) for p in pos))
