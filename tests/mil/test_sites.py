@@ -348,16 +348,22 @@ def test_domain_adversarial_on_another_labels_column(cohort: tuple[Path, Path], 
         stage.check_training(features, labels, bad)
 
 
-@pytest.mark.parametrize("task", ["survival", "regression"])
-def test_domain_adversarial_trains_one_output_tasks(task: str, tmp_path: Path) -> None:
-    """The Cox and regression loops take the site loss as fit does: history, metrics and plain weights."""
+def _target_cohort(tmp_path: Path, sites: str, censored_every: int) -> tuple[Path, Path, list[str]]:
+    """24 small bags; labels with time, event (every ``censored_every``-th slide censored), target and a
+    site dealt round-robin from ``sites``: (features folder, labels CSV, its lines)."""
     co = make_synthetic_bags(n_slides=24, tiles=(10, 20), dim=6, seed=2)
     features, _ = write_synthetic_cohort(co, tmp_path / "features", labels_csv=tmp_path / "unused.csv")
     rng = np.random.default_rng(0)
     rows = ["slide_id,time,event,target,site"] + [
-        f"{s},{rng.uniform(1, 50):.1f},{int(i % 4 != 3)},{rng.normal():.3f},{'AB'[i % 2]}"
-        for i, s in enumerate(co.slide_ids)]
-    labels = _csv(tmp_path / "labels.csv", "\n".join(rows) + "\n")
+        f"{s},{rng.uniform(1, 50):.1f},{int(i % censored_every != censored_every - 1)},{rng.normal():.3f},"
+        f"{sites[i % len(sites)]}" for i, s in enumerate(co.slide_ids)]
+    return features, _csv(tmp_path / "labels.csv", "\n".join(rows) + "\n"), rows
+
+
+@pytest.mark.parametrize("task", ["survival", "regression"])
+def test_domain_adversarial_trains_one_output_tasks(task: str, tmp_path: Path) -> None:
+    """The Cox and regression loops take the site loss as fit does: history, metrics and plain weights."""
+    features, labels, _ = _target_cohort(tmp_path, "AB", censored_every=4)
     cfg = build_config(TrainConfig, None, [f"task={task}", "head=chowder", "tune=off", "folds=2",
                                            "domain_adversarial.weight=0.5", "max_epochs=4", "min_epochs=2",
                                            "patience=2", "bootstrap=0", "batch_size=8", "device=cpu"])
@@ -423,13 +429,7 @@ def test_run_check_plans_leave_one_site_out_and_warns_on_a_confounder(synth_coho
 
 @pytest.mark.parametrize("task", ["survival", "regression"])
 def test_one_output_tasks_run_leave_one_site_out_with_per_site_metrics(task: str, tmp_path: Path) -> None:
-    co = make_synthetic_bags(n_slides=24, tiles=(10, 20), dim=6, seed=2)
-    features, _ = write_synthetic_cohort(co, tmp_path / "features", labels_csv=tmp_path / "unused.csv")
-    rng = np.random.default_rng(0)
-    rows = ["slide_id,time,event,target,site"] + [
-        f"{s},{rng.uniform(1, 50):.1f},{int(i % 3 != 2)},{rng.normal():.3f},{'ABC'[i % 3]}"
-        for i, s in enumerate(co.slide_ids)]
-    labels = _csv(tmp_path / "labels.csv", "\n".join(rows) + "\n")
+    features, labels, rows = _target_cohort(tmp_path, "ABC", censored_every=3)
     cfg = TrainConfig(task=task, head="mean", cv="leave_one_site_out", tune="off", **FAST)  # type: ignore[arg-type]
     summary = stage.run_train(features, labels, tmp_path / "run", cfg)  # site C has no event: fine
     per = summary.metrics["per_site"]["out_of_fold"]
