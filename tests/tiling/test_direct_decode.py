@@ -262,3 +262,97 @@ def test_planned_cache_is_bounded_and_reads_outside_the_plan_stay_correct(synth_
                 assert np.array_equal(tile, s.read_region((int(x), int(y)), 0, (224, 224)))
                 seen = max(seen, level.cached_bytes)
             assert seen <= 3 * one_tile
+
+
+def test_pooled_buffers_are_reused_only_once_unpinned() -> None:
+    """A dropped tile's buffer is decoded into again, but never while a read still copies from it."""
+    from wsi_mil.tiling.direct import _TileCache
+
+    cache = _TileCache(1 << 30, tiles_across=4)
+    cache.expect(1, np.array([2, 1, 1, 1], np.int32), np.array([1, 2, 3, 4], np.int64))  # tile 0 read twice
+    given: list[np.ndarray | None] = []
+
+    def decode(key: tuple[int, int, int], buf: np.ndarray | None) -> np.ndarray:
+        given.append(buf)
+        out = np.empty((8, 8, 3), np.uint8) if buf is None else buf
+        out[...] = key[0]
+        return out
+
+    a, first = cache.get((0, 0, 1), decode)
+    a2, second = cache.get((0, 0, 1), decode)  # its last read: dropped from the cache, pinned twice
+    assert a is not None and a2 is a and len(given) == 1 and cache.nbytes == 0
+    cache.release(first)
+    b, entry_b = cache.get((1, 0, 1), decode)
+    assert given[1] is None and b is not a and int(a.max()) == 0  # a is still being copied from
+    cache.release(second)
+    c, entry_c = cache.get((2, 0, 1), decode)
+    assert c is not None and given[2] is a and c is a and int(c.min()) == 2  # a's buffer, free now, decoded into
+    assert cache.reused == 1 and cache.nbytes == 0
+    cache.release(entry_b)
+    cache.release(entry_c)
+
+
+def _read_in_turns(reader: DirectTileReader, coords: np.ndarray, out: np.ndarray, starts: list[int],
+                   lock: threading.Lock) -> None:
+    """Read chunks of 3 tiles, taking the next start from ``starts`` until none is left."""
+    while True:
+        with lock:
+            if not starts:
+                return
+            a = starts.pop(0)
+        reader.read_tiles(coords[a:a + 3], out[a:a + 3])
+
+
+def test_threads_agree_with_planned_reads_and_pooled_buffers(synth_40x: Path) -> None:
+    """Planned reads from 4 threads with a small cache (tiles dropped and their buffers reused
+    while other threads copy) give the serial pixels, which are OpenSlide's."""
+    with open_slide(synth_40x) as s:
+        plan = plan_reads(s, 0.25, 224)
+        layout, _ = find_jpeg_layout(s, 0)
+        assert layout is not None
+        coords = _band_coords(1800, 1500, band=2)
+        ref = OpenSlideTileReader(s, plan, 224)
+        serial = np.stack([ref.read_tile(int(x), int(y)) for x, y in coords])
+        for _ in range(3):
+            level = DirectJpegLevel(layout, cache_bytes=6 * 256 * 256 * 3)
+            reader = DirectTileReader(level, plan, 224)
+            reader.expect(coords)
+            got = np.zeros_like(serial)
+            starts = list(range(0, len(coords), 3))  # chunks of 3 tiles, 4 threads taking them in turn
+            lock = threading.Lock()
+            threads = [threading.Thread(target=_read_in_turns, args=(reader, coords, got, starts, lock))
+                       for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert np.array_equal(got, serial)
+            assert level._cache.reused > 0  # noqa: SLF001 (buffers were recycled)
+            reader.close()
+
+
+def test_probe_refuses_a_level_that_disagrees_with_the_reader(synth_40x: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe compares the most detailed tile and the bottom-right corner with the reader: a
+    reader that differs in either (colour, or edge clipping) makes the level fall back."""
+    from wsi_mil.slide import Slide
+
+    read = Slide.read_region
+    with open_slide(synth_40x) as s:
+        layout, _ = find_jpeg_layout(s, 0)
+        assert layout is not None
+        for where in ("detail", "corner"):
+            def shifted(self: Slide, loc: tuple[int, int], level: int, size: tuple[int, int],
+                        _where: str = where) -> np.ndarray:
+                img = read(self, loc, level, size).copy()
+                corner = loc[0] + size[0] >= layout.width and loc[1] + size[1] >= layout.height
+                if (corner if _where == "corner" else not corner):
+                    img[..., 0] = img[..., 0] // 2  # a reader with other colours there
+                return img
+
+            monkeypatch.setattr(Slide, "read_region", shifted)
+            direct, why = open_direct_level(s, 0)
+            assert direct is None and "differ from the reader" in why, (where, why)
+        monkeypatch.setattr(Slide, "read_region", read)
+        direct, why = open_direct_level(s, 0)
+        assert direct is not None, why
+        direct.close()

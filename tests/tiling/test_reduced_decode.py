@@ -17,6 +17,7 @@ from wsi_mil.tiling.regions import (
     ReadPlan,
     Window,
     crop_if_exact,
+    read_windows,
     reduced_scale,
     resample_window,
     tile_window,
@@ -160,3 +161,32 @@ def test_exact_crop_is_what_pillow_gives(box: tuple[float, float, float, float])
     if crop is not None:
         for filt in (Image.Resampling.BICUBIC, Image.Resampling.BOX):
             assert np.array_equal(crop, resample_window(region, win, 224, filt))
+
+
+def test_read_windows_are_the_windows_the_reader_reads(synth_40x4: Path) -> None:
+    """The plan (and the benchmark's limit) counts the source tiles the reader really reads: the
+    tile itself when it is a whole-pixel crop at the DCT scale, else its resampling window."""
+    with open_slide(synth_40x4) as s:
+        for target, want_scale in ((0.5, 2), (0.3, 1)):  # 448 level px at 1/2 (crops), 268.8 px (resampled)
+            plan = plan_reads(s, target, 224)
+            direct, why = open_direct_level(s, plan.level)
+            assert direct is not None, why
+            scale = reduced_scale(plan, 224)
+            assert scale == want_scale
+            reader = DirectTileReader(direct, plan, 224, scale)
+            coords = np.array([[0, 0], [448, 896], [451, 3], [1000, 302], [1344, 0]], np.int64)  # odd: between pixels at 1/2
+            seen: list[tuple[int, int, int, int]] = []
+            read = direct.read
+
+            def record(x: int, y: int, w: int, h: int, sc: int = 1, out: np.ndarray | None = None,
+                       _seen: list = seen, _read=read) -> np.ndarray:  # type: ignore[no-untyped-def, type-arg]
+                _seen.append((x, y, w, h))
+                return _read(x, y, w, h, sc, out)
+
+            direct.read = record  # type: ignore[method-assign, assignment]
+            for x, y in coords:
+                reader.read_tile(int(x), int(y))
+            assert read_windows(coords, plan, 224, scale).tolist() == [list(w) for w in seen]
+            exact = [w[2] == 224 for w in seen]
+            assert exact == ([True, True, False, True, True] if scale == 2 else [False] * 5)
+            reader.close()

@@ -191,7 +191,7 @@ class PatchStoreWriter:
             tile_size=self.tile_size, tissue_mask_downsample=float(mask_downsample),
             manifest=_manifest(self._tmp), complete=True,
         )
-        g.attrs.update(attrs)
+        g.update_attributes(attrs)  # one write of the group's metadata (attrs.update writes it once per key)
         self._closed = True
         self._ctx.__exit__(None, None, None)
         return self.path

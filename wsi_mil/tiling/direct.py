@@ -9,6 +9,8 @@ holds RGB, as OpenSlide reads it; YCbCr: converted to RGB), and copied into the 
 Each decoded source tile is kept in a small bounded cache so the tiles of our grid that share it
 decode it once; given the reads to come (:meth:`DirectJpegLevel.expect`), the cache drops a tile
 after its last read and keeps the ones needed again later (e.g. at the edges of the grid's bands).
+A dropped tile's pixel buffer, once no read is still copying from it, is decoded into again (a
+few are kept per scale): no fresh 0.8 MB array, cold in the CPU caches, per decoded tile.
 
 Reduced-size decoding (``scale`` 2, 4 or 8) decodes in the DCT domain at 1/``scale`` of the level
 (libjpeg-turbo's scaled IDCT, through simplejpeg's TurboJPEG call: the pixels Pillow's ``draft``
@@ -18,7 +20,8 @@ that are shrunk anyway.
 Same pixels as OpenSlide at scale 1 (bit for bit on the slides tested) and same coordinates, on
 levels whose downsample is an integer: :func:`open_direct_level` checks the layout, then decodes
 probe tiles both ways and refuses the level (the caller falls back to the reader) on any
-difference. Pixels outside the image are white, as ``Slide.read_region`` gives them.
+difference (a 256 px square of the level's most detailed tile and the bottom-right corner of the
+level). Pixels outside the image are white, as ``Slide.read_region`` gives them.
 """
 
 from __future__ import annotations
@@ -52,6 +55,12 @@ PROBE_MAX_DIFF = 2
 #: largest mean |difference| between a reduced decode and the full decode shrunk with a box filter
 REDUCED_PROBE_MEAN_DIFF = 3.0
 DEFAULT_CACHE_BYTES = 128 << 20
+#: decoded-tile buffers kept for reuse per DCT scale (beyond the cache's capacity: 6 MiB of 512 px tiles)
+POOL_TILES = 8
+#: side (px) of the square of the most detailed tile, and of the level's bottom-right corner,
+#: compared with the slide's reader before a level is decoded directly
+PROBE_SIDE = 256
+EDGE_PROBE_SIDE = 32
 
 
 @dataclass(frozen=True)
@@ -122,19 +131,24 @@ def find_jpeg_layout(slide: Slide, level: int) -> tuple[JpegTileLayout | None, s
     return layout, ""
 
 
-DecodeFn = Callable[[tuple[int, int, int]], "NDArray[np.uint8] | None"]
+DecodeFn = Callable[[tuple[int, int, int], "NDArray[np.uint8] | None"], "NDArray[np.uint8] | None"]
 TileKey = tuple[int, int, int]  # (column, row, scale) of a source tile
 
 
 class _Entry:
-    """One cached tile: its (future) pixels, the bytes counted against the capacity, its heap stamp."""
+    """One cached tile: its (future) pixels, the bytes counted against the capacity, its heap stamp,
+    and the reads copying from it now (its buffer is reused only once it is dropped and unpinned)."""
 
-    __slots__ = ("fut", "nbytes", "seq")
+    __slots__ = ("arr", "dropped", "fut", "nbytes", "pins", "scale", "seq")
 
-    def __init__(self) -> None:
+    def __init__(self, scale: int) -> None:
         self.fut: Future[NDArray[np.uint8] | None] = Future()
         self.nbytes = -1  # -1: not counted (being decoded, or dropped before it was)
         self.seq = 0
+        self.scale = scale
+        self.pins = 0  # reads given this tile that have not released it yet
+        self.dropped = False  # no longer in the cache
+        self.arr: NDArray[np.uint8] | None = None  # the decoded pixels, once decoded
 
 
 class _TileCache:
@@ -145,6 +159,10 @@ class _TileCache:
     tile whose last read comes latest (Belady's choice here: e.g. the column of source tiles at a
     band edge that the next band needs, bottom first), so each source tile is decoded once whenever
     what is still needed fits. Tiles read without a plan are evicted first, least recently used first.
+
+    :meth:`get` pins the tile it returns until :meth:`release`: a dropped tile's buffer goes back
+    to a small pool (``POOL_TILES`` per scale) only when no read is still copying from it, and the
+    next tile decoded at that scale is decoded into it.
     """
 
     def __init__(self, capacity_bytes: int, tiles_across: int = 1) -> None:
@@ -157,7 +175,10 @@ class _TileCache:
         self._plans: dict[int, tuple[NDArray[np.int32], NDArray[np.int64]]] = {}
         self._seq = 0
         self._bytes = 0
+        self._pool: dict[int, list[NDArray[np.uint8]]] = {}  # per scale: buffers free to decode into
+        self._shapes: dict[int, tuple[int, ...]] = {}  # per scale: the shape of a decoded tile
         self.decoded = 0  # tiles decoded so far (for benchmarks and tests)
+        self.reused = 0  # of which decoded into a pooled buffer
 
     def expect(self, scale: int, uses: NDArray[np.int32], last: NDArray[np.int64]) -> None:
         """Plan the reads to come at ``scale``: per source tile (row-major id), the number of reads
@@ -187,12 +208,36 @@ class _TileCache:
             heapq.heapify(self._heap)
 
     def _drop(self, key: TileKey, entry: _Entry) -> None:
-        """Remove an entry from the cache (lock held)."""
+        """Remove an entry from the cache (lock held); its buffer is reused once it is unpinned."""
         if self._items.get(key) is entry:
             del self._items[key]
             if entry.nbytes >= 0:
                 self._bytes -= entry.nbytes
             entry.nbytes = -1
+            entry.dropped = True
+            self._recycle(entry)
+
+    def _recycle(self, entry: _Entry) -> None:
+        """Put a dropped, unpinned entry's buffer in the pool of its scale (lock held)."""
+        arr = entry.arr
+        if arr is None or entry.pins or not entry.dropped:
+            return
+        entry.arr = None
+        pool = self._pool.setdefault(entry.scale, [])
+        if len(pool) < POOL_TILES and arr.shape == self._shapes.get(entry.scale) and arr.flags.c_contiguous \
+                and arr.flags.writeable:
+            pool.append(arr)
+
+    def _give_back(self, scale: int, buf: NDArray[np.uint8] | None) -> None:
+        """Return an unused pooled buffer (lock held)."""
+        if buf is not None:
+            self._pool.setdefault(scale, []).append(buf)
+
+    def release(self, entry: _Entry) -> None:
+        """The read given ``entry``'s tile by :meth:`get` has finished copying from it."""
+        with self._lock:
+            entry.pins -= 1
+            self._recycle(entry)
 
     def _evict(self) -> None:
         """Evict counted tiles until the cache fits its capacity (lock held)."""
@@ -202,12 +247,19 @@ class _TileCache:
             if entry is not None and entry.seq == seq and entry.nbytes >= 0:
                 self._drop(key, entry)
 
-    def get(self, key: TileKey, decode: DecodeFn) -> NDArray[np.uint8] | None:
+    def get(self, key: TileKey, decode: DecodeFn) -> tuple[NDArray[np.uint8] | None, _Entry]:
+        """(the tile's pixels, its entry): decoded once, by the first read that asks (``decode(key,
+        buffer)``, into a pooled ``buffer`` of the scale's tile shape when one is free, else None);
+        the others wait for it. Call :meth:`release` with the entry when done with the pixels."""
+        buf = None
         with self._lock:
             entry = self._items.get(key)
             owner = entry is None
             if entry is None:
-                entry = self._items[key] = _Entry()
+                entry = self._items[key] = _Entry(key[2])
+                pool = self._pool.get(key[2])
+                buf = pool.pop() if pool else None
+            entry.pins += 1
             plan = self._plans.get(key[2])
             i = key[1] * self.tiles_across + key[0]
             if plan is not None and plan[0][i] > 0:
@@ -218,23 +270,31 @@ class _TileCache:
             elif entry.nbytes >= 0:
                 self._push(key, entry)  # least recently used order for unplanned reads
         if not owner:
-            return entry.fut.result()
+            return entry.fut.result(), entry
         try:
-            arr = decode(key)
+            arr = decode(key, buf)
         except BaseException as exc:
             with self._lock:
+                entry.pins -= 1
                 self._drop(key, entry)
+                self._give_back(key[2], buf)
             entry.fut.set_exception(exc)
             raise
-        entry.fut.set_result(arr)
         with self._lock:
+            if arr is not buf:  # decoded elsewhere (an absent tile, or a decoder that refused it)
+                self._give_back(key[2], buf)
             self.decoded += 1
+            self.reused += buf is not None and arr is buf
+            if arr is not None:
+                entry.arr = arr
+                self._shapes.setdefault(key[2], arr.shape)
             if self._items.get(key) is entry:  # still wanted: count it, evict if over capacity
                 entry.nbytes = _nbytes(arr)
                 self._bytes += entry.nbytes
                 self._push(key, entry)
                 self._evict()
-        return arr
+        entry.fut.set_result(arr)
+        return arr, entry
 
 
 def _nbytes(arr: NDArray[np.uint8] | None) -> int:
@@ -322,13 +382,25 @@ class DirectJpegLevel:
         """A stand-alone JPEG of one tile's bytes: tables spliced in, Adobe RGB marker for RGB data."""
         return self._splice_head + data[2:]
 
-    def _decode(self, key: tuple[int, int, int]) -> NDArray[np.uint8] | None:
+    def _decode(self, key: tuple[int, int, int], out: NDArray[np.uint8] | None = None) -> NDArray[np.uint8] | None:
+        """Tile (col, row) decoded at 1/scale: (tile_h/scale, tile_w/scale, 3) uint8, into ``out``
+        (C-contiguous, that shape) when given; None for an absent tile."""
         col, row, scale = key
         data = self.tile_bytes(col, row)
         if not data:
             return None
         lay = self.layout
         shape = (lay.tile_h // scale, lay.tile_w // scale, 3)
+        if out is not None:
+            try:
+                if scale == 1:
+                    imagecodecs.jpeg8_decode(data, tables=lay.tables, colorspace=lay.colorspace,
+                                             outcolorspace="RGB", out=out)
+                elif decode_scaled(self.jpeg_stream(data), scale, shape[1], shape[0], out).shape != shape:
+                    raise ValueError("unexpected size")
+                return out
+            except Exception:  # noqa: S110 (decoded again below, which names what is wrong)
+                pass
         try:
             if scale == 1:
                 arr = imagecodecs.jpeg8_decode(data, tables=lay.tables, colorspace=lay.colorspace,
@@ -364,17 +436,22 @@ class DirectJpegLevel:
             ty0, ty1 = max(y0, r * th), min(y1, (r + 1) * th)
             for c in range(x0 // tw, (x1 - 1) // tw + 1):
                 tx0, tx1 = max(x0, c * tw), min(x1, (c + 1) * tw)
-                tile = self._cache.get((c, r, scale), self._decode)
+                tile, entry = self._cache.get((c, r, scale), self._decode)
                 dst = out[ty0 - y:ty1 - y, tx0 - x:tx1 - x]
-                if tile is None:
-                    dst[...] = 255
-                else:
-                    dst[...] = tile[ty0 - r * th:ty1 - r * th, tx0 - c * tw:tx1 - c * tw]
+                try:
+                    if tile is None:
+                        dst[...] = 255
+                    else:
+                        dst[...] = tile[ty0 - r * th:ty1 - r * th, tx0 - c * tw:tx1 - c * tw]
+                finally:
+                    self._cache.release(entry)
         return out
 
 
-def decode_scaled(stream: bytes, scale: int, width: int, height: int) -> NDArray[np.uint8]:
-    """(height, width, 3) uint8 RGB of a stand-alone JPEG decoded at 1/``scale`` in the DCT.
+def decode_scaled(stream: bytes, scale: int, width: int, height: int,
+                  out: NDArray[np.uint8] | None = None) -> NDArray[np.uint8]:
+    """(height, width, 3) uint8 RGB of a stand-alone JPEG decoded at 1/``scale`` in the DCT (into
+    the C-contiguous buffer ``out`` when given: the result is then a view of it).
 
     ``width`` x ``height`` is the image size divided by ``scale`` (libjpeg-turbo's scaled IDCT,
     the same pixels as Pillow's ``draft``; the GIL is released while decoding). Warnings such as
@@ -382,43 +459,63 @@ def decode_scaled(stream: bytes, scale: int, width: int, height: int) -> NDArray
     errors raise.
     """
     return simplejpeg.decode_jpeg(stream, "RGB", min_factor=scale, min_height=height, min_width=width,
-                                  strict=False)
+                                  strict=False, buffer=out)
 
 
-def _probe_tiles(layout: JpegTileLayout) -> list[tuple[int, int]]:
-    """A few present tiles to check: the middle one and the bottom-right (edge clipping)."""
-    cands = [(layout.tiles_across // 2, layout.tiles_down // 2), (layout.tiles_across - 1, layout.tiles_down - 1)]
+def _detailed_tile(layout: JpegTileLayout) -> tuple[int, int] | None:
+    """(column, row) of the tile with the most compressed bytes (the most detail, usually tissue:
+    the strictest tile to check, and one the stage then reads), None if no tile has data."""
+    if not layout.bytecounts.size or int(layout.bytecounts.max()) <= 0:
+        return None
+    i = int(np.argmax(layout.bytecounts))
+    return i % layout.tiles_across, i // layout.tiles_across
+
+
+def _probe_windows(layout: JpegTileLayout) -> list[tuple[int, int, int, int]]:
+    """Windows (x, y, w, h) of level pixels to compare with the reader: the top-left ``PROBE_SIDE``
+    px square of the most detailed tile (colour space, tables, offsets) and the level's bottom-right
+    ``EDGE_PROBE_SIDE`` px corner inside the image (the last, partial tile's clipping), if present."""
     out = []
-    for c, r in cands:
-        if layout.bytecounts[r * layout.tiles_across + c] > 0 and (c, r) not in out:
-            out.append((c, r))
+    tile = _detailed_tile(layout)
+    if tile is not None:
+        x, y = tile[0] * layout.tile_w, tile[1] * layout.tile_h
+        out.append((x, y, min(PROBE_SIDE, layout.tile_w, layout.width - x),
+                    min(PROBE_SIDE, layout.tile_h, layout.height - y)))
+    if layout.bytecounts[-1] > 0:
+        x = max(layout.width - EDGE_PROBE_SIDE, (layout.tiles_across - 1) * layout.tile_w)
+        y = max(layout.height - EDGE_PROBE_SIDE, (layout.tiles_down - 1) * layout.tile_h)
+        if (x, y, layout.width - x, layout.height - y) not in out:
+            out.append((x, y, layout.width - x, layout.height - y))
     return out
 
 
 def verify_against_reader(direct: DirectJpegLevel, slide: Slide, level: int) -> str:
-    """'' when probe tiles decode here as the slide's reader decodes them, else why not."""
+    """'' when probe windows (:func:`_probe_windows`) decode here as the slide's reader decodes
+    them (within ``PROBE_MAX_DIFF``), else why not."""
     lay = direct.layout
     ds = int(round(slide.level_downsamples[level]))
-    probes = _probe_tiles(lay)
+    probes = _probe_windows(lay)
     if not probes:
         return "no tile with data to check against the reader"
-    for c, r in probes:
-        x, y = c * lay.tile_w, r * lay.tile_h
-        ours = direct.read(x, y, lay.tile_w, lay.tile_h)
-        theirs = slide.read_region((x * ds, y * ds), level, (lay.tile_w, lay.tile_h))
+    for x, y, w, h in probes:
+        ours = direct.read(x, y, w, h)
+        theirs = slide.read_region((x * ds, y * ds), level, (w, h))
+        if np.array_equal(ours, theirs):
+            continue
         diff = int(np.abs(ours.astype(np.int16) - theirs.astype(np.int16)).max())
         if diff > PROBE_MAX_DIFF:
-            return f"tile {c},{r} differs from the reader by up to {diff} grey levels"
+            return (f"level {level} pixels {x},{y} ({w}x{h} px) differ from the reader by up to {diff} "
+                    "grey levels")
     return ""
 
 
 def verify_reduced(direct: DirectJpegLevel, scale: int) -> str:
     """'' when a tile decoded at 1/``scale`` matches its full decode shrunk by a box filter."""
     lay = direct.layout
-    probes = _probe_tiles(lay)
-    if not probes:
+    tile = _detailed_tile(lay)
+    if tile is None:
         return "no tile with data to check"
-    c, r = probes[0]
+    c, r = tile
     full = direct.read(c * lay.tile_w, r * lay.tile_h, lay.tile_w, lay.tile_h)
     small = direct.read(c * lay.tile_w // scale, r * lay.tile_h // scale, lay.tile_w // scale, lay.tile_h // scale, scale)
     ref = np.asarray(Image.fromarray(full).resize((small.shape[1], small.shape[0]), Image.Resampling.BOX))

@@ -29,7 +29,7 @@ from PIL import Image
 from wsi_mil.errors import ConfigError
 from wsi_mil.slide import Slide
 from wsi_mil.tiling.direct import DirectJpegLevel, open_direct_level, verify_reduced
-from wsi_mil.tiling.regions import ReadPlan, crop_if_exact, reduced_scale, resample_window, tile_window, tile_windows
+from wsi_mil.tiling.regions import ReadPlan, exact_offset, read_windows, reduced_scale, resample_window, tile_window
 
 ENV_DECODER = "WSI_MIL_TILE_DECODER"  # auto (default) | openslide
 ENV_REDUCED = "WSI_MIL_TILE_REDUCED"  # 1 (default) | 0
@@ -138,24 +138,20 @@ class DirectTileReader:
         if not self.plan.resample:
             return self.level.read(x // self._ds, y // self._ds, s, s, out=out)
         win = tile_window(x, y, self.plan, self.scale)
+        at = exact_offset(win, s)  # e.g. 448 level px decoded at 1/2 on even corners: read the tile as is
+        if at is not None:
+            return self.level.read(win.x + at[0], win.y + at[1], s, s, self.scale, out=out)
         region = self.level.read(win.x, win.y, win.width, win.height, self.scale)
-        crop = crop_if_exact(region, win, s)  # e.g. 448 level px decoded at 1/2 on even corners
-        tile = resample_window(region, win, s, self._shrink) if crop is None else crop
+        tile = resample_window(region, win, s, self._shrink)
         if out is not None:
             out[...] = tile
             return out
-        return tile if crop is None else crop.copy()
+        return tile
 
     def expect(self, coords: NDArray[np.int64]) -> None:
         """Plan the reads of ``coords`` (N, 2), in this order, so the level's cache drops each source
         tile after its last read and keeps those still needed (see :meth:`DirectJpegLevel.expect`)."""
-        xy = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
-        if self.plan.resample:
-            windows = tile_windows(xy, self.plan, self.scale)
-        else:
-            s = self.tile_size
-            windows = np.concatenate([xy // self._ds, np.full_like(xy, s)], axis=1)
-        self.level.expect(windows, self.scale)
+        self.level.expect(read_windows(coords, self.plan, self.tile_size, self.scale), self.scale)
 
     def read_tiles(self, coords: NDArray[np.int64], out: NDArray[np.uint8]) -> None:
         for i, (x, y) in enumerate(coords.tolist()):

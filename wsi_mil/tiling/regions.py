@@ -66,13 +66,37 @@ def tile_windows(coords: NDArray[np.int64], plan: ReadPlan, scale: int = 1) -> N
     return np.concatenate([ixy.astype(np.int64), nm], axis=1)
 
 
-def crop_if_exact(region: NDArray[np.uint8], window: Window, tile_size: int) -> NDArray[np.uint8] | None:
-    """The tile as a view of ``region`` when the box is whole pixels and ``tile_size`` wide (no
-    resampling to do: Pillow's filters give exactly these pixels there), else None."""
+def read_windows(coords: NDArray[np.int64], plan: ReadPlan, tile_size: int, scale: int = 1) -> NDArray[np.int64]:
+    """(N, 4) int64 (x, y, width, height) of the pixels the direct reader reads for each level-0
+    corner in ``coords`` (N, 2), at 1/``scale`` of the level: the tile itself when the level is read
+    as is or when the tile's box is whole pixels of its size (:func:`exact_offset`: then at offset
+    (0, 0) of its window), else :func:`tile_window`'s window."""
+    xy = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+    if not plan.resample:
+        return np.concatenate([xy // int(round(plan.level_downsample)), np.full_like(xy, tile_size)], axis=1)
+    windows = tile_windows(xy, plan, scale)
+    if plan.region_size / scale == tile_size:
+        lxy = xy / (plan.level_downsample * scale)
+        exact = np.all(lxy == np.floor(lxy), axis=1)
+        windows[exact, 2:] = tile_size
+    return windows
+
+
+def exact_offset(window: Window, tile_size: int) -> tuple[int, int] | None:
+    """(x, y) of the tile inside ``window`` when its box is whole pixels and ``tile_size`` wide (no
+    resampling to do: Pillow's filters give exactly those pixels there), else None."""
     x0, y0, x1, y1 = window.box
     if x1 - x0 != tile_size or y1 - y0 != tile_size or x0 != int(x0) or y0 != int(y0):
         return None
-    ix, iy = int(x0), int(y0)
+    return int(x0), int(y0)
+
+
+def crop_if_exact(region: NDArray[np.uint8], window: Window, tile_size: int) -> NDArray[np.uint8] | None:
+    """The tile as a view of ``region`` when :func:`exact_offset` finds it whole, else None."""
+    at = exact_offset(window, tile_size)
+    if at is None:
+        return None
+    ix, iy = at
     return region[iy:iy + tile_size, ix:ix + tile_size]
 
 
