@@ -72,7 +72,7 @@ def test_fraction_head_shapes_padding_invariance_and_exact_orientation() -> None
 
 
 def test_default_r_depends_on_the_task_and_bad_r_is_refused() -> None:
-    assert create_head("chowder", 4, 2).r == DEFAULT_R_CLASSES == 5  # classification: tiles
+    assert create_head("chowder", 4, 2).r == DEFAULT_R_CLASSES == 0.5  # classification: half the bag
     assert create_head("chowder", 4, 1).r == DEFAULT_R_ONE_OUTPUT == 0.1  # survival / regression: share
     assert create_head("chowder", 4, 1, r=3).r == 3  # an explicit r wins
     assert create_head("chowder", 4, 2).dropout.p == 0.5 and create_head("chowder", 4, 1).dropout.p == 0.0
@@ -81,3 +81,22 @@ def test_default_r_depends_on_the_task_and_bad_r_is_refused() -> None:
     assert head.weights[0].shape[2] == 12  # 2 x r_points MLP inputs
     with pytest.raises(ValueError, match="whole number of tiles or a fraction"):
         ChowderOptions(r=2.5)
+
+
+def test_tile_hidden_scorer_flips_exactly_and_has_no_linear_start() -> None:
+    """``tile_hidden``: a ReLU layer per member before the tile score; ``flip_`` stays an exact reparameterisation."""
+    torch.manual_seed(0)
+    head = create_head("chowder", 9, 2, tile_hidden=16, n_members=4)
+    head.eval()
+    x, mask = torch.randn(3, 40, 9), torch.ones(3, 40, dtype=torch.bool)
+    mask[2, 25:] = False
+    before, scores = head.member_outputs(x, mask)[0], head.tile_scores_all(x)
+    flip = torch.tensor([[True], [False], [True], [False]])
+    head.flip_(flip)
+    after, flipped = head.member_outputs(x, mask)[0], head.tile_scores_all(x)
+    assert torch.allclose(before, after, atol=1e-5)
+    sign = torch.where(flip[:, 0], -1.0, 1.0)
+    assert torch.allclose(flipped, scores * sign)
+    assert head.tile_scorer_layer() is None  # tile_init auto keeps the random start; outliers is refused
+    with pytest.raises(ValueError, match="no linear tile scorer"):
+        head.init_tile_scorer(torch.zeros(9), 0.0)

@@ -1,10 +1,10 @@
 """CHOWDER (Courtiol et al., 2018): an ensemble of min-max MLP models over 1-d tile embeddings.
 
-Each member ``e`` scores tiles with a linear layer to one value per output (L2-regularised
+Each member ``e`` scores tiles with a linear layer (``tile_hidden``: a ReLU layer first) to one value per output (L2-regularised
 weights), takes the R highest (descending) and R lowest (ascending) scores of the bag (the
 min-max layer, :func:`~wsi_mil.mil.minmax.extreme_values`; with ``r`` a fraction of the bag, that
 share's top and bottom lists read at ``r_points`` ranks, :func:`~wsi_mil.mil.minmax.extreme_quantiles`,
-the default for survival and regression) and feeds these 2R numbers to an MLP
+the default: half of the bag for classification, 10 % for survival and regression) and feeds these 2R numbers to an MLP
 (200 then 100 sigmoid units with dropout, then one output). The E members are initialised
 independently and have disjoint parameters; they are trained side by side (the loss is the mean
 of the members' losses, so each member receives its own gradient) and their probabilities are
@@ -30,8 +30,8 @@ from wsi_mil.mil.heads.base import MILHead
 from wsi_mil.mil.heads.options import ChowderOptions
 from wsi_mil.mil.minmax import KSpec, extreme_quantiles, extreme_values, is_fraction
 
-#: default ``r`` of a classification head (tiles) and of a survival/regression head (share of the bag)
-DEFAULT_R_CLASSES: KSpec = 5
+#: default ``r`` of a classification head and of a survival/regression head (shares of the bag; docs/mil-defaults.md)
+DEFAULT_R_CLASSES: KSpec = 0.5
 DEFAULT_R_ONE_OUTPUT: KSpec = 0.1
 #: default MLP dropout of a classification head and of a survival/regression head (docs/mil-defaults.md)
 DEFAULT_DROPOUT_CLASSES = 0.5
@@ -49,7 +49,14 @@ class Chowder(MILHead):
         self.r: KSpec = self.opts.r if self.opts.r is not None else (
             DEFAULT_R_ONE_OUTPUT if n_classes == 1 else DEFAULT_R_CLASSES)
         e, o, r = self.opts.n_members, self.n_outputs, self.n_points
-        self.embedding = nn.Linear(in_dim, e * o)  # column e * O + o: member e, output o
+        h = self.opts.tile_hidden
+        if h is None:  # the paper's 1-d linear tile embedding
+            self.embedding = nn.Linear(in_dim, e * o)  # column e * O + o: member e, output o
+        else:  # a ReLU layer of h units per member before its tile score (members keep disjoint parameters)
+            self.tile_hidden_layer = nn.Linear(in_dim, e * h)
+            bound = 1.0 / math.sqrt(h)
+            self.tile_out_weight = nn.Parameter(torch.empty(e, h, o).uniform_(-bound, bound))
+            self.tile_out_bias = nn.Parameter(torch.empty(e, o).uniform_(-bound, bound))
         sizes = [2 * r, *self.opts.hidden, 1]
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
@@ -78,7 +85,7 @@ class Chowder(MILHead):
         """Member tile scores (B, N, E, O) and MLP inputs (E, O, B, 2R)."""
         b, n, _ = features.shape
         e, o = self.opts.n_members, self.n_outputs
-        scores = self.embedding(features)  # (B, N, E*O)
+        scores = self.tile_scores_all(features)  # (B, N, E*O)
         r = self.r
         if is_fraction(r):
             ext = extreme_quantiles(scores, mask, r, self.opts.r_points)  # (B, 2P, E*O)
@@ -86,6 +93,19 @@ class Chowder(MILHead):
             ext = extreme_values(scores, mask, int(r))  # (B, 2R, E*O)
         x = ext.reshape(b, 2 * self.n_points, e, o).permute(2, 3, 0, 1)
         return scores.reshape(b, n, e, o), x
+
+    def tile_scores_all(self, features: Tensor) -> Tensor:
+        """Every member's tile scores (B, N, E * O) from standardised features (B, N, D)."""
+        if self.opts.tile_hidden is None:
+            return self.embedding(features)
+        b, n, _ = features.shape
+        e, o = self.opts.n_members, self.n_outputs
+        hidden = torch.relu(self.tile_hidden_layer(features)).reshape(b, n, e, -1)
+        return (torch.einsum("bneh,eho->bneo", hidden, self.tile_out_weight) + self.tile_out_bias).reshape(b, n, e * o)
+
+    def _score_weight(self) -> Tensor:
+        """The weights of the last tile-scoring layer (what ``l2`` penalises)."""
+        return self.embedding.weight if self.opts.tile_hidden is None else self.tile_out_weight
 
     representation = "the members' min-max vectors (R highest and R lowest tile scores), (B, E * O * 2R)"
 
@@ -104,20 +124,20 @@ class Chowder(MILHead):
         rep = x.permute(2, 0, 1, 3).reshape(x.shape[2], -1)  # (B, E * O * 2R)
         return slide, scores.mean(dim=2), rep
 
-    def tile_scorer_layer(self) -> nn.Linear:
-        return self.embedding
+    def tile_scorer_layer(self) -> nn.Linear | None:
+        return self.embedding if self.opts.tile_hidden is None else None
 
     def selection_k(self) -> tuple[KSpec | None, KSpec | None]:
         return self.r, self.r
 
     def regularization(self) -> Tensor:
-        return self.opts.l2 * self.embedding.weight.pow(2).sum() / self.opts.n_members
+        return self.opts.l2 * self._score_weight().pow(2).sum() / self.opts.n_members
 
     def output_slope(self, batches: Iterable[tuple[Tensor, Tensor]]) -> Tensor:
         """(E, O) summed derivative of each member's output w.r.t. its 2R inputs, over the bags."""
         was_training = self.training
         self.eval()
-        total = torch.zeros(self.opts.n_members, self.n_outputs, device=self.embedding.weight.device)
+        total = torch.zeros(self.opts.n_members, self.n_outputs, device=self._score_weight().device)
         with torch.enable_grad():
             for features, mask in batches:
                 with torch.no_grad():
@@ -132,9 +152,13 @@ class Chowder(MILHead):
     def flip_(self, flip: Tensor) -> None:
         """Reparameterise members/outputs where ``flip`` (E, O) bool: s -> -s, same predictions."""
         e, o, r = self.opts.n_members, self.n_outputs, self.n_points
-        sign = torch.where(flip, -1.0, 1.0).to(self.embedding.weight.dtype).reshape(e * o)
-        self.embedding.weight.mul_(sign.unsqueeze(1))
-        self.embedding.bias.mul_(sign)
+        sign = torch.where(flip, -1.0, 1.0).to(self._score_weight().dtype)  # (E, O)
+        if self.opts.tile_hidden is None:
+            self.embedding.weight.mul_(sign.reshape(e * o, 1))
+            self.embedding.bias.mul_(sign.reshape(e * o))
+        else:
+            self.tile_out_weight.mul_(sign.unsqueeze(1))
+            self.tile_out_bias.mul_(sign)
         w1 = self.weights[0]  # (E, O, 2R, H)
         swapped = -torch.cat([w1[:, :, r:], w1[:, :, :r]], dim=2)
         w1.copy_(torch.where(flip.view(e, o, 1, 1), swapped, w1))

@@ -56,8 +56,8 @@ class ChowderOptions(HeadOptions):
 
     r: TileCount | None = Field(
         None, gt=0, description="top and bottom tiles kept by the min-max layer: a count, or a fraction of the bag in "
-                                "(0, 1] read at r_points ranks; null = 5 tiles for classification, 10 % of the bag for "
-                                "survival and regression (there the share of lesion tiles counts, not only its presence)")
+                                "(0, 1] read at r_points ranks; null = half of the bag for classification, 10 % for "
+                                "survival and regression (docs/mil-defaults.md)")
     r_points: int = Field(10, ge=1, description="MLP inputs per side when r is a fraction (evenly spaced ranks)")
     n_members: int = Field(10, ge=1, description="ensemble size E")
     hidden: list[int] = Field(default_factory=lambda: [200, 100], description="MLP sigmoid layers")
@@ -65,6 +65,10 @@ class ChowderOptions(HeadOptions):
         None, ge=0, lt=1, description="dropout after each hidden layer; null = 0.5 for classification, 0 for survival "
                                       "and regression (noise on a Cox risk or a value costs more than it regularises)")
     l2: float = Field(0.0, ge=0, description="L2 penalty on the tile embedding weights (per member; AdamW weight_decay also applies)")
+    tile_hidden: int | None = Field(
+        None, ge=1, description="ReLU units of a hidden layer before each member's tile score (a non-linear tile "
+                                "scorer; tile_init auto then keeps the random start); null = the paper's linear 1-d "
+                                "embedding")
 
     search_space: ClassVar[SearchSpace] = {
         "head_options.l2": FloatRange(1e-4, 1.0, log=True),
