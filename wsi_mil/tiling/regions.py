@@ -91,15 +91,6 @@ def exact_offset(window: Window, tile_size: int) -> tuple[int, int] | None:
     return int(x0), int(y0)
 
 
-def crop_if_exact(region: NDArray[np.uint8], window: Window, tile_size: int) -> NDArray[np.uint8] | None:
-    """The tile as a view of ``region`` when :func:`exact_offset` finds it whole, else None."""
-    at = exact_offset(window, tile_size)
-    if at is None:
-        return None
-    ix, iy = at
-    return region[iy:iy + tile_size, ix:ix + tile_size]
-
-
 def resample_window(region: NDArray[np.uint8], window: Window, tile_size: int,
                     shrink: Image.Resampling = Image.Resampling.BOX) -> NDArray[np.uint8]:
     """(h, w, 3) uint8 window pixels -> (tile_size, tile_size, 3) uint8.
