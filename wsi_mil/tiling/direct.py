@@ -393,25 +393,28 @@ class DirectJpegLevel:
         shape = (lay.tile_h // scale, lay.tile_w // scale, 3)
         if out is not None:
             try:
-                if scale == 1:
-                    imagecodecs.jpeg8_decode(data, tables=lay.tables, colorspace=lay.colorspace,
-                                             outcolorspace="RGB", out=out)
-                elif decode_scaled(self.jpeg_stream(data), scale, shape[1], shape[0], out).shape != shape:
-                    raise ValueError("unexpected size")
-                return out
+                if self._decode_bytes(data, scale, shape, out).shape == shape:
+                    return out
             except Exception:  # noqa: S110 (decoded again below, which names what is wrong)
                 pass
         try:
-            if scale == 1:
-                arr = imagecodecs.jpeg8_decode(data, tables=lay.tables, colorspace=lay.colorspace,
-                                               outcolorspace="RGB")
-            else:
-                arr = decode_scaled(self.jpeg_stream(data), scale, shape[1], shape[0])
+            arr = self._decode_bytes(data, scale, shape)
         except Exception as exc:  # a decoder error on damaged data becomes a slide error
             raise SlideError(f"{lay.path}: cannot decode JPEG tile {col},{row}: {exc}") from exc
         if arr.shape != shape:
             raise SlideError(f"{lay.path}: JPEG tile {col},{row} decodes to {arr.shape}, expected {shape}")
         return arr
+
+    def _decode_bytes(self, data: bytes, scale: int, shape: tuple[int, int, int],
+                      out: NDArray[np.uint8] | None = None) -> NDArray[np.uint8]:
+        """One tile's bytes decoded at 1/``scale`` (expected ``shape``), into ``out`` when given:
+        imagecodecs at full size, simplejpeg's scaled IDCT otherwise. Decoder errors raise as they are."""
+        lay = self.layout
+        if scale == 1:
+            arr: NDArray[np.uint8] = imagecodecs.jpeg8_decode(data, tables=lay.tables, colorspace=lay.colorspace,
+                                                              outcolorspace="RGB", out=out)
+            return arr
+        return decode_scaled(self.jpeg_stream(data), scale, shape[1], shape[0], out)
 
     def read(self, x: int, y: int, w: int, h: int, scale: int = 1,
              out: NDArray[np.uint8] | None = None) -> NDArray[np.uint8]:
