@@ -32,7 +32,10 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -40,6 +43,9 @@ from wsi_mil.stores.patches import PatchStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, report, run_isolated, timed  # noqa: E402
+
+A = TypeVar("A")
+B = TypeVar("B")
 
 DEFAULT_CACHE = Path("/tmp/wsi_mil_bench_tiling")  # slides of 30k-50k px: 0.1-0.7 GB each, kept between runs
 
@@ -55,6 +61,16 @@ MAX_REPEATS = 5
 def repeats_for(seconds: float) -> int:
     """How many times to measure a pair of measurements that took ``seconds`` CPU seconds."""
     return max(1, min(MAX_REPEATS, int(REPEAT_S / max(seconds, 1e-9))))
+
+
+def measured_alternately(first: Callable[[], A], second: Callable[[], B],
+                         cpu_seconds: Callable[[A, B], float]) -> tuple[list[A], list[B]]:
+    """Both measurements taken once, then again alternately ``repeats_for(cpu_seconds(a, b)) - 1`` times."""
+    firsts, seconds = [first()], [second()]
+    for _ in range(repeats_for(cpu_seconds(firsts[0], seconds[0])) - 1):
+        firsts.append(first())
+        seconds.append(second())
+    return firsts, seconds
 
 
 def synthetic_slide(cache: Path, name: str, size: int, mpp: float, level_downsample: int = 2) -> Path:
@@ -263,10 +279,8 @@ def bench_size(size: int, cache: Path, threads: int, device: str, reference: boo
         if wg is not None and gstore is not None:
             rows.append((f"  GPU ({gstore.attrs.get('tile_decoder')})",
                          f"{n / wg:.0f} tiles/s wall = {bw / wg:.2f}x CLAM-style"))
-        lims, paths = [codec_limit(slide, store)], [tile_path_cpu(slide, store, cache)]
-        for _ in range(repeats_for(lims[0]["decode_s"] + lims[0]["encode_s"] + paths[0]) - 1):
-            lims.append(codec_limit(slide, store))
-            paths.append(tile_path_cpu(slide, store, cache))
+        lims, paths = measured_alternately(partial(codec_limit, slide, store), partial(tile_path_cpu, slide, store, cache),
+                                           lambda lim, path: lim["decode_s"] + lim["encode_s"] + path)
         lim = {k: (float(np.median([x[k] for x in lims])) if k.endswith("_s") else v) for k, v in lims[0].items()}
         cpu_tiles = float(np.median(paths))
         limit = lim["decode_s"] + lim["encode_s"]
@@ -290,11 +304,9 @@ def bench_size(size: int, cache: Path, threads: int, device: str, reference: boo
     if native is None:
         raise RuntimeError("no native slide measured")
     slide, store = native
-    rrs, cpus = [read_region_rate(slide, store.coords)], [decode_store(store)[1]]
+    rrs, cpus = measured_alternately(lambda: read_region_rate(slide, store.coords), lambda: decode_store(store)[1],
+                                     lambda rate, cpu: min(len(store.coords), 2000) / rate + cpu)
     n = store.n_tiles
-    for _ in range(repeats_for(min(len(store.coords), 2000) / rrs[0] + cpus[0]) - 1):
-        rrs.append(read_region_rate(slide, store.coords))
-        cpus.append(decode_store(store)[1])
     rr, cpu = float(np.median(rrs)), float(np.median(cpus))
     report(f"{size} px: store decode (one thread) vs read_region", [
         ("OpenSlide read_region 224 px", f"{rr:7.0f} tiles/s per core"),
