@@ -330,7 +330,7 @@ def test_domain_adversarial_trains_end_to_end_from_a_config_file(cohort: tuple[P
     # the site classifier is not part of the model: the weights are a plain CHOWDER's, predict works
     from safetensors.torch import load_file
 
-    plain = create_head("chowder", 8, 2, {"r": 2, "n_members": 2, "hidden": [8]})
+    plain = create_head("chowder", 8, 2, cfg["head_options"])  # as trained: tile_hidden auto settled
     assert set(load_file(str(run / "model.safetensors"))) == set(plain.state_dict())
     out_csv = tmp_path / "pred.csv"
     assert main(["predict", str(run), str(features), "-o", str(out_csv), "--device", "cpu", "--quiet"]) == 0

@@ -52,7 +52,7 @@ from wsi_mil.mil.targets import (
     task_evaluation,
     task_metrics,
 )
-from wsi_mil.mil.training import Log, build_head, fit, predict_probs, quiet
+from wsi_mil.mil.training import Log, build_head, fit, predict_probs, quiet, settle_bag_defaults
 from wsi_mil.outputs import MODEL_RUN, DiskFullError, check_replaceable, check_writable, is_disk_full
 from wsi_mil.runrecord import DONE, FAILED, RunRecord, SlideStatus, StageReport, guard_slide
 from wsi_mil.stores.common import slide_id_of
@@ -186,7 +186,8 @@ class CrossValidation:
     """Out-of-fold probabilities (n, C) (NaN for test slides), fold index per slide (-1: test),
     per-fold metrics, best epochs and training histories; nested CV adds each fold model's
     probabilities (n_test, C) of the test split; ``fold_sites``: the site each fold holds out
-    (leave-one-site-out; empty for K-fold)."""
+    (leave-one-site-out; empty for K-fold); ``cfg``: the configuration the folds ran with (the head's
+    ``auto`` options settled from the training bags)."""
 
     oof: npt.NDArray[np.float64]
     folds: npt.NDArray[np.int64]
@@ -197,6 +198,7 @@ class CrossValidation:
     fold_heads: list[MILHead] = field(default_factory=list)
     fold_options: list[dict[str, Any]] = field(default_factory=list)
     fold_sites: list[str] = field(default_factory=list)
+    cfg: TrainConfig | None = None
 
 
 def outer_folds(data: TrainingData, cfg: TrainConfig) -> tuple[npt.NDArray[np.int64], list[str]]:
@@ -224,6 +226,7 @@ def cross_validate(data: TrainingData, bagset: BagSet, cfg: TrainConfig, log: Lo
     held-out fold (which no search of this fold has seen); the fold models and their predictions
     of the test split are kept for the final model.
     """
+    cfg = settle_bag_defaults(cfg, bagset, np.flatnonzero(~data.is_test), log)
     tuned = cfg.tune == "on"
     names = data.table.class_names
     targets, groups = data.y, data.groups
@@ -232,7 +235,7 @@ def cross_validate(data: TrainingData, bagset: BagSet, cfg: TrainConfig, log: Lo
     folds, fold_sites = outer_folds(data, cfg)
     n_folds = int(folds.max()) + 1
     oof = np.full((len(data.bags), len(names)), np.nan)
-    cv = CrossValidation(oof, folds, [], [], {}, fold_sites=fold_sites)
+    cv = CrossValidation(oof, folds, [], [], {}, fold_sites=fold_sites, cfg=cfg)
     for f in range(n_folds):
         held = np.flatnonzero(folds == f)
         rest = np.flatnonzero((folds >= 0) & (folds != f))
@@ -321,6 +324,7 @@ def run_train(
         f"({bagset.nbytes / 2**20:.0f} MiB)")
     tuned = cfg.tune == "on"
     cv = cross_validate(data, bagset, cfg, log)
+    cfg = cv.cfg or cfg  # the head's auto options settled from the training bags
     oof, folds, fold_metrics, best_epochs, history = cv.oof, cv.folds, cv.fold_metrics, cv.best_epochs, cv.history
 
     metric_keys = [k for k in fold_metrics[0]

@@ -29,6 +29,7 @@ from wsi_mil.mil.bags import BagSet
 from wsi_mil.mil.config import TrainConfig
 from wsi_mil.mil.domain import DomainAdversary, make_adversary
 from wsi_mil.mil.heads.base import MILHead
+from wsi_mil.mil.heads.options import SLIDE_BAG_MIN_TILES
 from wsi_mil.mil.metrics import classification_metrics
 from wsi_mil.mil.registry import create_head
 from wsi_mil.mil.regression import regression_loss
@@ -265,8 +266,16 @@ def fit(
     return FitResult(state, best_epoch, len(history), history)
 
 
-#: ``tile_init: auto`` starts from outlier tiles when the median training bag has at least this many tiles
-AUTO_OUTLIER_MIN_TILES = 200
+def settle_bag_defaults(cfg: TrainConfig, bags: BagSet, train_pos: npt.NDArray[np.int64], log: Log = quiet) -> TrainConfig:
+    """``cfg`` with the head's data-dependent defaults (``auto`` options) settled from the median size of the
+    training bags ``train_pos`` (sizes only, no labels: the same for every fold); idempotent."""
+    median = float(np.median(bags.sizes[train_pos])) if len(train_pos) else 0.0
+    opts = cfg.head_options.for_bags(cfg.task, median, cfg.tile_init)
+    if opts == cfg.head_options:
+        return cfg
+    changed = {k: v for k, v in opts.model_dump().items() if v != cfg.head_options.model_dump()[k]}
+    log(f"head_options {changed} (auto; median training bag {median:.0f} tiles)")
+    return cfg.model_copy(update={"head_options": opts})
 
 
 def uses_outlier_start(cfg: TrainConfig, head: MILHead, bags: BagSet, train_pos: npt.NDArray[np.int64]) -> bool:
@@ -274,7 +283,7 @@ def uses_outlier_start(cfg: TrainConfig, head: MILHead, bags: BagSet, train_pos:
     if cfg.tile_init != "auto":
         return cfg.tile_init == "outliers"
     return (head.n_classes == 2 and head.tile_scorer_layer() is not None and len(train_pos) > 0
-            and float(np.median(bags.sizes[train_pos])) >= AUTO_OUTLIER_MIN_TILES)
+            and float(np.median(bags.sizes[train_pos])) >= SLIDE_BAG_MIN_TILES)
 
 
 class _StandardisedBags(Sequence[npt.NDArray[np.float32]]):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 from pydantic import ValidationError
 
@@ -72,6 +72,11 @@ class HeadOptions(StrictModel):
     """
 
     search_space: ClassVar[SearchSpace] = LOOP_SPACE
+
+    def for_bags(self, task: str, median_tiles: float, tile_init: str) -> Self:
+        """These options with their data-dependent defaults (``auto``) settled for training bags whose
+        median holds ``median_tiles`` tiles, for ``task`` and the loop's ``tile_init``; unchanged here."""
+        return self
 
 
 OptionsT = TypeVar("OptionsT", bound=HeadOptions)

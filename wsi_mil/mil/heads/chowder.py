@@ -49,7 +49,10 @@ class Chowder(MILHead):
         self.r: KSpec = self.opts.r if self.opts.r is not None else (
             DEFAULT_R_ONE_OUTPUT if n_classes == 1 else DEFAULT_R_CLASSES)
         e, o, r = self.opts.n_members, self.n_outputs, self.n_points
-        h = self.opts.tile_hidden
+        #: ReLU units before the tile score, or None (linear); ``auto`` unsettled by training (a head built
+        #: directly, a run saved before the option) is the paper's linear scorer
+        self.tile_hidden: int | None = None if self.opts.tile_hidden == "auto" else self.opts.tile_hidden
+        h = self.tile_hidden
         if h is None:  # the paper's 1-d linear tile embedding
             self.embedding = nn.Linear(in_dim, e * o)  # column e * O + o: member e, output o
         else:  # a ReLU layer of h units per member before its tile score (members keep disjoint parameters)
@@ -96,7 +99,7 @@ class Chowder(MILHead):
 
     def tile_scores_all(self, features: Tensor) -> Tensor:
         """Every member's tile scores (B, N, E * O) from standardised features (B, N, D)."""
-        if self.opts.tile_hidden is None:
+        if self.tile_hidden is None:
             return self.embedding(features)
         b, n, _ = features.shape
         e, o = self.opts.n_members, self.n_outputs
@@ -105,7 +108,7 @@ class Chowder(MILHead):
 
     def _score_weight(self) -> Tensor:
         """The weights of the last tile-scoring layer (what ``l2`` penalises)."""
-        return self.embedding.weight if self.opts.tile_hidden is None else self.tile_out_weight
+        return self.embedding.weight if self.tile_hidden is None else self.tile_out_weight
 
     representation = "the members' min-max vectors (R highest and R lowest tile scores), (B, E * O * 2R)"
 
@@ -125,7 +128,7 @@ class Chowder(MILHead):
         return slide, scores.mean(dim=2), rep
 
     def tile_scorer_layer(self) -> nn.Linear | None:
-        return self.embedding if self.opts.tile_hidden is None else None
+        return self.embedding if self.tile_hidden is None else None
 
     def selection_k(self) -> tuple[KSpec | None, KSpec | None]:
         return self.r, self.r
@@ -153,7 +156,7 @@ class Chowder(MILHead):
         """Reparameterise members/outputs where ``flip`` (E, O) bool: s -> -s, same predictions."""
         e, o, r = self.opts.n_members, self.n_outputs, self.n_points
         sign = torch.where(flip, -1.0, 1.0).to(self._score_weight().dtype)  # (E, O)
-        if self.opts.tile_hidden is None:
+        if self.tile_hidden is None:
             self.embedding.weight.mul_(sign.reshape(e * o, 1))
             self.embedding.bias.mul_(sign.reshape(e * o))
         else:

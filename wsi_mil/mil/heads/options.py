@@ -8,7 +8,7 @@ Each options model also declares its ``search_space``: what ``train --tune on`` 
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Literal, Self
 
 from pydantic import AfterValidator, Field
 
@@ -24,6 +24,13 @@ def _count_or_fraction(value: int | float) -> int | float:
 
 #: a number of tiles (int) or a share of the bag (float in (0, 1]); see :mod:`wsi_mil.mil.minmax`
 TileCount = Annotated[int | float, AfterValidator(_count_or_fraction)]
+
+#: ``tile_init: auto`` starts from outlier tiles when the median training bag holds at least this many tiles (slides)
+SLIDE_BAG_MIN_TILES = 200
+#: CHOWDER's ``tile_hidden: auto`` is a hidden layer of AUTO_TILE_HIDDEN units when the median training bag
+#: holds fewer than INSTANCE_BAG_MAX_TILES tiles (bags of instances; the demo's slides hold ~80; docs/mil-defaults.md)
+INSTANCE_BAG_MAX_TILES = 64
+AUTO_TILE_HIDDEN = 64
 
 _LR = FloatRange(1e-4, 1e-2, log=True)
 #: AdamW's decoupled weight decay: the L2 of heads without an ``l2`` option
@@ -65,10 +72,24 @@ class ChowderOptions(HeadOptions):
         None, ge=0, lt=1, description="dropout after each hidden layer; null = 0.5 for classification, 0 for survival "
                                       "and regression (noise on a Cox risk or a value costs more than it regularises)")
     l2: float = Field(0.0, ge=0, description="L2 penalty on the tile embedding weights (per member; AdamW weight_decay also applies)")
-    tile_hidden: int | None = Field(
-        None, ge=1, description="ReLU units of a hidden layer before each member's tile score (a non-linear tile "
-                                "scorer; tile_init auto then keeps the random start); null = the paper's linear 1-d "
-                                "embedding")
+    tile_hidden: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
+        "auto", description="ReLU units of a hidden layer before each member's tile score (a non-linear tile "
+                            "scorer; tile_init auto then keeps the random start); null = the paper's linear 1-d "
+                            "embedding; auto = 64 for classification when the median training bag holds < 64 "
+                            "tiles (bags of instances), else null (slides, survival, regression, tile_init outliers; "
+                            "docs/mil-defaults.md)")
+
+    def for_bags(self, task: str, median_tiles: float, tile_init: str) -> Self:
+        """``tile_hidden: auto`` settled: 64 for classification on bags of instances (median < 64 tiles)
+        unless the outlier start, which needs the linear scorer, is asked for; else null. The settled
+        value still counts as a default (not set by the user): ``--tune on`` may search it, except
+        with ``tile_init: outliers``, which fixes the linear scorer."""
+        if self.tile_hidden != "auto":
+            return self
+        small = task == "classification" and median_tiles < INSTANCE_BAG_MAX_TILES and tile_init != "outliers"
+        values = {**dict(self), "tile_hidden": AUTO_TILE_HIDDEN if small else None}
+        fixed = {"tile_hidden"} if tile_init == "outliers" else set()
+        return self.model_construct(_fields_set=self.model_fields_set | fixed, **values)
 
     search_space: ClassVar[SearchSpace] = {
         "head_options.l2": FloatRange(1e-4, 1.0, log=True),
@@ -77,6 +98,7 @@ class ChowderOptions(HeadOptions):
         "head_options.dropout": FloatRange(0.0, 0.6),
         "patience": Choice((5, 10, 20)),  # early stopping
         "head_options.n_members": Choice((1, 5, 10)),
+        "head_options.tile_hidden": Choice((None, AUTO_TILE_HIDDEN)),  # the paper's linear scorer, or a ReLU layer
     }
 
 
