@@ -81,15 +81,11 @@ class ChowderOptions(HeadOptions):
 
     def for_bags(self, task: str, median_tiles: float, tile_init: str) -> Self:
         """``tile_hidden: auto`` settled: 64 for classification on bags of instances (median < 64 tiles)
-        unless the outlier start, which needs the linear scorer, is asked for; else null. The settled
-        value still counts as a default (not set by the user): ``--tune on`` may search it, except
-        with ``tile_init: outliers``, which fixes the linear scorer."""
+        unless the outlier start, which needs the linear scorer, is asked for; else null."""
         if self.tile_hidden != "auto":
             return self
         small = task == "classification" and median_tiles < INSTANCE_BAG_MAX_TILES and tile_init != "outliers"
-        values = {**dict(self), "tile_hidden": AUTO_TILE_HIDDEN if small else None}
-        fixed = {"tile_hidden"} if tile_init == "outliers" else set()
-        return self.model_construct(_fields_set=self.model_fields_set | fixed, **values)
+        return self.model_copy(update={"tile_hidden": AUTO_TILE_HIDDEN if small else None})
 
     search_space: ClassVar[SearchSpace] = {
         "head_options.l2": FloatRange(1e-4, 1.0, log=True),
@@ -98,7 +94,6 @@ class ChowderOptions(HeadOptions):
         "head_options.dropout": FloatRange(0.0, 0.6),
         "patience": Choice((5, 10, 20)),  # early stopping
         "head_options.n_members": Choice((1, 5, 10)),
-        "head_options.tile_hidden": Choice((None, AUTO_TILE_HIDDEN)),  # the paper's linear scorer, or a ReLU layer
     }
 
 
