@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import Tensor
 
@@ -177,6 +178,10 @@ class BagSet:
                 bag = bag.index_select(0, draws[p])  # much faster than bag[pick] on CPU
             parts.append(bag)
         return self._pad(parts)
+
+    def median_size(self, positions: npt.NDArray[np.int64]) -> float:
+        """Median tiles per bag over ``positions`` (0 for none): what the ``auto`` defaults read."""
+        return float(np.median(self.sizes[positions])) if len(positions) else 0.0
 
     def feature_stats(self, positions: Sequence[int]) -> tuple[Tensor, Tensor]:
         """Mean and standard deviation (D,) float32 of every tile of the bags at ``positions``."""

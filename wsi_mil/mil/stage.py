@@ -194,11 +194,11 @@ class CrossValidation:
     fold_metrics: list[dict[str, Any]]
     best_epochs: list[int]
     history: dict[str, Any]
+    cfg: TrainConfig
     test_probs: list[npt.NDArray[np.float64]] = field(default_factory=list)
     fold_heads: list[MILHead] = field(default_factory=list)
     fold_options: list[dict[str, Any]] = field(default_factory=list)
     fold_sites: list[str] = field(default_factory=list)
-    cfg: TrainConfig | None = None
 
 
 def outer_folds(data: TrainingData, cfg: TrainConfig) -> tuple[npt.NDArray[np.int64], list[str]]:
@@ -235,7 +235,7 @@ def cross_validate(data: TrainingData, bagset: BagSet, cfg: TrainConfig, log: Lo
     folds, fold_sites = outer_folds(data, cfg)
     n_folds = int(folds.max()) + 1
     oof = np.full((len(data.bags), len(names)), np.nan)
-    cv = CrossValidation(oof, folds, [], [], {}, fold_sites=fold_sites, cfg=cfg)
+    cv = CrossValidation(oof, folds, [], [], {}, cfg, fold_sites=fold_sites)
     for f in range(n_folds):
         held = np.flatnonzero(folds == f)
         rest = np.flatnonzero((folds >= 0) & (folds != f))
@@ -324,7 +324,7 @@ def run_train(
         f"({bagset.nbytes / 2**20:.0f} MiB)")
     tuned = cfg.tune == "on"
     cv = cross_validate(data, bagset, cfg, log)
-    cfg = cv.cfg or cfg  # the head's auto options settled from the training bags
+    cfg = cv.cfg  # the head's auto options settled from the training bags
     oof, folds, fold_metrics, best_epochs, history = cv.oof, cv.folds, cv.fold_metrics, cv.best_epochs, cv.history
 
     metric_keys = [k for k in fold_metrics[0]

@@ -269,11 +269,12 @@ def fit(
 def settle_bag_defaults(cfg: TrainConfig, bags: BagSet, train_pos: npt.NDArray[np.int64], log: Log = quiet) -> TrainConfig:
     """``cfg`` with the head's data-dependent defaults (``auto`` options) settled from the median size of the
     training bags ``train_pos`` (sizes only, no labels: the same for every fold); idempotent."""
-    median = float(np.median(bags.sizes[train_pos])) if len(train_pos) else 0.0
+    median = bags.median_size(train_pos)
     opts = cfg.head_options.for_bags(cfg.task, median, cfg.tile_init)
     if opts == cfg.head_options:
         return cfg
-    changed = {k: v for k, v in opts.model_dump().items() if v != cfg.head_options.model_dump()[k]}
+    before = cfg.head_options.model_dump()
+    changed = {k: v for k, v in opts.model_dump().items() if v != before[k]}
     log(f"head_options {changed} (auto; median training bag {median:.0f} tiles)")
     return cfg.model_copy(update={"head_options": opts})
 
@@ -283,7 +284,7 @@ def uses_outlier_start(cfg: TrainConfig, head: MILHead, bags: BagSet, train_pos:
     if cfg.tile_init != "auto":
         return cfg.tile_init == "outliers"
     return (head.n_classes == 2 and head.tile_scorer_layer() is not None and len(train_pos) > 0
-            and float(np.median(bags.sizes[train_pos])) >= SLIDE_BAG_MIN_TILES)
+            and bags.median_size(train_pos) >= SLIDE_BAG_MIN_TILES)
 
 
 class _StandardisedBags(Sequence[npt.NDArray[np.float32]]):
