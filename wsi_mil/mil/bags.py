@@ -183,14 +183,18 @@ class BagSet:
         """Median tiles per bag over ``positions`` (0 for none): what the ``auto`` defaults read."""
         return float(np.median(self.sizes[positions])) if len(positions) else 0.0
 
-    def feature_stats(self, positions: Sequence[int]) -> tuple[Tensor, Tensor]:
-        """Mean and standard deviation (D,) float32 of every tile of the bags at ``positions``."""
+    def feature_stats(self, positions: Sequence[int], centring: str = "none") -> tuple[Tensor, Tensor]:
+        """Mean and standard deviation (D,) float32 of every tile of the bags at ``positions``;
+        ``centring`` ``mean`` / ``median``: of the tiles minus their bag's mean / median tile
+        (``head_options.bag_centring``)."""
         dim = self.bags[positions[0]].shape[1]
         total = torch.zeros(dim, dtype=torch.float64, device=self.device)
         squares = torch.zeros(dim, dtype=torch.float64, device=self.device)
         count = 0
         for p in positions:
             x = self.bags[p].to(self.device, torch.float64)
+            if centring in ("mean", "median") and len(x):  # "auto" (unsettled) reads as none, as in the head
+                x = x - (x.median(dim=0, keepdim=True).values if centring == "median" else x.mean(dim=0, keepdim=True))
             total += x.sum(dim=0)
             squares += (x * x).sum(dim=0)
             count += x.shape[0]

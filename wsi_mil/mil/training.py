@@ -28,8 +28,8 @@ from torch import Tensor
 from wsi_mil.mil.bags import BagSet
 from wsi_mil.mil.config import TrainConfig
 from wsi_mil.mil.domain import DomainAdversary, make_adversary
+from wsi_mil.mil.heads._registry import SLIDE_BAG_MIN_TILES
 from wsi_mil.mil.heads.base import MILHead
-from wsi_mil.mil.heads.options import SLIDE_BAG_MIN_TILES
 from wsi_mil.mil.metrics import classification_metrics
 from wsi_mil.mil.registry import create_head
 from wsi_mil.mil.regression import regression_loss
@@ -232,7 +232,7 @@ def fit(
     device = bags.device
     head.to(device)
     if cfg.standardize:
-        head.set_standardization(*(stats if stats is not None else bags.feature_stats(train_pos.tolist())))
+        head.set_standardization(*(stats if stats is not None else bags.feature_stats(train_pos.tolist(), head.bag_centring())))
     if uses_outlier_start(cfg, head, bags, train_pos):
         warm_start_tile_scorer(head, bags, targets, train_pos, cfg.eval_tiles_per_batch, seed)
     names = class_names or [str(i) for i in range(head.n_classes)]
@@ -299,7 +299,7 @@ class _StandardisedBags(Sequence[npt.NDArray[np.float32]]):
     @torch.no_grad()
     def __getitem__(self, i: int) -> npt.NDArray[np.float32]:  # type: ignore[override]
         for _, feats, mask in self.bags.whole_batches([int(self.positions[i])], self.tile_budget):
-            return self.head.standardize(feats.float())[0, mask[0]].cpu().numpy()  # type: ignore[no-any-return]
+            return self.head.prepare(feats.float(), mask)[0, mask[0]].cpu().numpy()  # type: ignore[no-any-return]
         raise IndexError(i)
 
 
@@ -351,7 +351,7 @@ def fit_task(
     head.to(device)
     task = cfg.task
     if cfg.standardize:
-        head.set_standardization(*(stats if stats is not None else bags.feature_stats(train_pos.tolist())))
+        head.set_standardization(*(stats if stats is not None else bags.feature_stats(train_pos.tolist(), head.bag_centring())))
     if task == SURVIVAL:
         y_loss = y
     else:

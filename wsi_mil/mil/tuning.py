@@ -158,7 +158,7 @@ def _inner_folds(
     for j in range(k):
         held, rest = pool[fold_of == j], pool[fold_of != j]
         tr, va = validation_split(rest, targets, groups, cfg.val_fraction, seed + j)
-        stats = bagset.feature_stats(tr.tolist()) if cfg.standardize else None
+        stats = bagset.feature_stats(tr.tolist(), cfg.head_options.bag_centring) if cfg.standardize else None
         out.append(_InnerFold(tr, va, held, stats))
     return out
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self, TypeVar
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from wsi_mil.config import StrictModel, format_validation_error
 from wsi_mil.errors import ConfigError
@@ -64,6 +64,11 @@ LOOP_SPACE: SearchSpace = {
 }
 
 
+#: bags of at least this many tiles (median over the training bags) are slides, fewer are bags of
+#: instances: ``tile_init: auto`` starts from outlier tiles and ``bag_centring: auto`` centres on slides
+SLIDE_BAG_MIN_TILES = 200
+
+
 class HeadOptions(StrictModel):
     """Base of every head's options model (``train.head_options``); unknown keys are errors.
 
@@ -71,12 +76,24 @@ class HeadOptions(StrictModel):
     Optuna-free data; the tuning module turns it into Optuna suggestions).
     """
 
+    bag_centring: Literal["auto", "none", "mean", "median"] = Field(
+        "auto", description="subtract each bag's mean or median tile (per feature, after standardisation) before "
+                            "scoring tiles, so a slide's stain or scanner offset cannot decide its top tiles; auto = mean "
+                            "for classification on slides (median training bag >= 200 tiles) with heads that rank "
+                            "tiles (chowder, weldon, max, lse), else none (docs/mil-defaults.md)")
+
     search_space: ClassVar[SearchSpace] = LOOP_SPACE
+    #: whether ``bag_centring: auto`` centres slides for this head (heads that rank tiles; not mean pooling)
+    centres_slides: ClassVar[bool] = False
 
     def for_bags(self, task: str, median_tiles: float, tile_init: str) -> Self:
         """These options with their data-dependent defaults (``auto``) settled for training bags whose
-        median holds ``median_tiles`` tiles, for ``task`` and the loop's ``tile_init``; unchanged here."""
-        return self
+        median holds ``median_tiles`` tiles, for ``task`` and the loop's ``tile_init``. The base settles
+        ``bag_centring``; heads with ``auto`` options of their own extend it (and call it)."""
+        if self.bag_centring != "auto":
+            return self
+        on = self.centres_slides and task == "classification" and median_tiles >= SLIDE_BAG_MIN_TILES
+        return self.model_copy(update={"bag_centring": "mean" if on else "none"})
 
 
 OptionsT = TypeVar("OptionsT", bound=HeadOptions)

@@ -144,7 +144,7 @@ class Chowder(MILHead):
         with torch.enable_grad():
             for features, mask in batches:
                 with torch.no_grad():
-                    _, x = self._extremes(self.standardize(features), mask)
+                    _, x = self._extremes(self.prepare(features, mask), mask)
                 x = x.detach().requires_grad_(True)
                 (grad,) = torch.autograd.grad(self._mlp(x).sum(), x)
                 total += grad.sum(dim=(2, 3))

@@ -25,8 +25,6 @@ def _count_or_fraction(value: int | float) -> int | float:
 #: a number of tiles (int) or a share of the bag (float in (0, 1]); see :mod:`wsi_mil.mil.minmax`
 TileCount = Annotated[int | float, AfterValidator(_count_or_fraction)]
 
-#: ``tile_init: auto`` starts from outlier tiles when the median training bag holds at least this many tiles (slides)
-SLIDE_BAG_MIN_TILES = 200
 #: CHOWDER's ``tile_hidden: auto`` is a hidden layer of AUTO_TILE_HIDDEN units when the median training bag
 #: holds fewer than INSTANCE_BAG_MAX_TILES tiles (bags of instances; the demo's slides hold ~80; docs/mil-defaults.md)
 INSTANCE_BAG_MAX_TILES = 64
@@ -40,6 +38,8 @@ _WD = FloatRange(1e-5, 1.0, log=True)
 @register_options("weldon", "WELDON: linear tile scores, mean of top-k + bottom-k")
 class WeldonOptions(HeadOptions):
     """WELDON hyper-parameters; k is a tile count (int) or a fraction of the bag (float in (0, 1])."""
+
+    centres_slides: ClassVar[bool] = True
 
     k_top: TileCount = Field(10, gt=0, description="tiles of positive evidence")
     k_bottom: TileCount | None = Field(10, gt=0, description="tiles of negative evidence; null = none")
@@ -61,6 +61,8 @@ class ChowderOptions(HeadOptions):
     """CHOWDER hyper-parameters (paper values by default, except a 10-member ensemble and ``l2`` 0:
     the paper's 0.5 flattened the tile scores; see docs/mil-defaults.md)."""
 
+    centres_slides: ClassVar[bool] = True
+
     r: TileCount | None = Field(
         None, gt=0, description="top and bottom tiles kept by the min-max layer: a count, or a fraction of the bag in "
                                 "(0, 1] read at r_points ranks; null = half of the bag for classification, 10 % for "
@@ -80,12 +82,13 @@ class ChowderOptions(HeadOptions):
                             "docs/mil-defaults.md)")
 
     def for_bags(self, task: str, median_tiles: float, tile_init: str) -> Self:
-        """``tile_hidden: auto`` settled: 64 for classification on bags of instances (median < 64 tiles)
+        """``bag_centring: auto`` settled (see :class:`HeadOptions`) and ``tile_hidden: auto``: 64 for classification on bags of instances (median < 64 tiles)
         unless the outlier start, which needs the linear scorer, is asked for; else null."""
+        settled = super().for_bags(task, median_tiles, tile_init)
         if self.tile_hidden != "auto":
-            return self
+            return settled
         small = task == "classification" and median_tiles < INSTANCE_BAG_MAX_TILES and tile_init != "outliers"
-        return self.model_copy(update={"tile_hidden": AUTO_TILE_HIDDEN if small else None})
+        return settled.model_copy(update={"tile_hidden": AUTO_TILE_HIDDEN if small else None})
 
     search_space: ClassVar[SearchSpace] = {
         "head_options.l2": FloatRange(1e-4, 1.0, log=True),
@@ -97,13 +100,19 @@ class ChowderOptions(HeadOptions):
     }
 
 
-@register_options("max", "baseline: max of tile logits")
 @register_options("mean", "baseline: mean of tile logits")
 class PoolOptions(HeadOptions):
     """Mean/max pooling: optional hidden layer of the tile scorer."""
 
     hidden: int | None = Field(None, ge=1, description="hidden ReLU units; null = linear tile scorer")
     dropout: float = Field(0.0, ge=0, lt=1)
+
+
+@register_options("max", "baseline: max of tile logits")
+class MaxPoolOptions(PoolOptions):
+    """Max pooling: ranks tiles, so ``bag_centring: auto`` centres slides."""
+
+    centres_slides: ClassVar[bool] = True
 
 
 @register_options("attention", "baseline: gated attention MIL (Ilse 2018)")
@@ -123,6 +132,8 @@ class AttentionOptions(HeadOptions):
 @register_options("lse", "LSE: linear tile scores, log-sum-exp pooling (mean to max)")
 class LSEOptions(HeadOptions):
     """Log-sum-exp pooling with temperature r (Durand et al.'s generalised pooling, WILDCAT line)."""
+
+    centres_slides: ClassVar[bool] = True
 
     r: float = Field(5.0, gt=0, description="temperature: mean of tile scores as r -> 0, max as r -> inf")
     learn_r: bool = Field(False, description="learn r (kept positive by a softplus; r is its start value)")

@@ -1,0 +1,117 @@
+"""``head_options.bag_centring``: every bag centred on its own median tile before its tiles are scored."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wsi_mil.mil import create_head
+from wsi_mil.mil.bags import BagSet
+from wsi_mil.mil.config import TrainConfig
+from wsi_mil.mil.heads._registry import SLIDE_BAG_MIN_TILES
+from wsi_mil.mil.heads.base import bag_mean, bag_median
+from wsi_mil.mil.training import settle_bag_defaults
+
+DIM = 6
+
+
+def _lower_median(x: np.ndarray) -> np.ndarray:
+    """Hand-written reference: per column, the ((n - 1) // 2)-th smallest value."""
+    return np.sort(x, axis=0)[(len(x) - 1) // 2]
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(0, 9), min_size=1, max_size=4), seed=st.integers(0, 2**16), block=st.integers(1, 8))
+def test_bag_median_and_mean_read_the_real_tiles_only(sizes: list[int], seed: int, block: int) -> None:
+    rng = np.random.default_rng(seed)
+    width = max(max(sizes), 1)
+    x = rng.standard_normal((len(sizes), width, DIM)).astype(np.float32) * 10  # padding holds junk
+    mask = np.arange(width)[None, :] < np.array(sizes)[:, None]
+    got = bag_median(torch.from_numpy(x), torch.from_numpy(mask), block=block).numpy()
+    means = bag_mean(torch.from_numpy(x), torch.from_numpy(mask)).numpy()
+    assert got.shape == means.shape == (len(sizes), 1, DIM)
+    for b, n in enumerate(sizes):
+        want = _lower_median(x[b, :n]) if n else np.zeros(DIM, np.float32)
+        np.testing.assert_array_equal(got[b, 0], want)
+        np.testing.assert_allclose(means[b, 0], x[b, :n].mean(axis=0) if n else 0.0, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("how", ["mean", "median"])
+@pytest.mark.parametrize("name", ["chowder", "weldon", "max", "lse"])
+def test_a_centred_head_ignores_a_slide_offset_and_padding(name: str, how: str) -> None:
+    """The point of the option: adding one vector to every tile of a slide (its stain or scanner
+    offset) changes nothing, and neither does padding it in a batch with a larger bag."""
+    torch.manual_seed(0)
+    head = create_head(name, DIM, 2, bag_centring=how).eval()
+    plain = create_head(name, DIM, 2, bag_centring="none").eval()
+    plain.load_state_dict(head.state_dict())
+    bag = torch.randn(1, 40, DIM)
+    shifted = bag + 3.0 * torch.randn(1, 1, DIM)
+    one = torch.ones(1, 40, dtype=torch.bool)
+    with torch.no_grad():
+        z, s = head(bag, one)
+        z2, s2 = head(shifted, one)
+        torch.testing.assert_close(z2, z, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(s2, s, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(plain(shifted, one)[0], plain(bag, one)[0], atol=1e-3)  # the test can fail
+        padded = torch.cat([bag, torch.full((1, 25, DIM), 100.0)], dim=1)
+        batch = torch.cat([padded, torch.randn(1, 65, DIM)])
+        mask = torch.ones(2, 65, dtype=torch.bool)
+        mask[0, 40:] = False
+        zb, sb = head(batch, mask)
+        torch.testing.assert_close(zb[:1], z, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(sb[:1, :40], s, atol=1e-5, rtol=1e-5)
+
+
+def test_standardised_in_place_inference_gives_the_same_scores() -> None:
+    """``forward(standardized=True)`` (a model run's whole-bag path) centres the caller's copy in place."""
+    torch.manual_seed(1)
+    head = create_head("chowder", DIM, 2, bag_centring="median").eval()
+    head.set_standardization(torch.randn(DIM), torch.rand(DIM) + 0.5)
+    bag, mask = torch.randn(1, 30, DIM), torch.ones(1, 30, dtype=torch.bool)
+    with torch.no_grad():
+        want = head(bag, mask)
+        own = bag.clone()
+        head.standardize_(own)
+        got = head(own, mask, standardized=True)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
+def test_feature_stats_of_centred_tiles() -> None:
+    rng = np.random.default_rng(0)
+    bags = [rng.standard_normal((n, DIM)).astype(np.float32) + rng.normal(0, 5, DIM).astype(np.float32)
+            for n in (7, 12, 9)]
+    centred = np.concatenate([b - _lower_median(b) for b in bags])
+    bagset = BagSet(bags, torch.device("cpu"))
+    mean, std = bagset.feature_stats([0, 1, 2], centring="median")
+    np.testing.assert_allclose(mean.numpy(), centred.mean(axis=0), atol=1e-5)
+    np.testing.assert_allclose(std.numpy(), centred.std(axis=0), rtol=1e-5)
+    by_mean = np.concatenate([b - b.mean(axis=0) for b in bags])
+    mean, std = bagset.feature_stats([0, 1, 2], centring="mean")
+    np.testing.assert_allclose(mean.numpy(), 0.0, atol=1e-5)
+    np.testing.assert_allclose(std.numpy(), by_mean.std(axis=0), rtol=1e-5)
+
+
+def test_auto_centres_slides_for_heads_that_rank_tiles_in_classification_only() -> None:
+    rng = np.random.default_rng(0)
+    sizes = [SLIDE_BAG_MIN_TILES] * 3 + [SLIDE_BAG_MIN_TILES - 1] * 3
+    bags = BagSet([rng.standard_normal((n, DIM)).astype(np.float32) for n in sizes])
+    slides, instances = np.arange(3), np.arange(3, 6)
+
+    def settled(positions: np.ndarray, **kw: object) -> str:
+        return settle_bag_defaults(TrainConfig(**kw), bags, positions).head_options.bag_centring  # type: ignore[arg-type]
+
+    for head in ("chowder", "weldon", "max", "lse"):
+        assert settled(slides, head=head) == "mean"
+        assert settled(instances, head=head) == "none"  # classic MIL bags: the bag mean is the signal
+    for head in ("mean", "logistic", "attention"):
+        assert settled(slides, head=head) == "none"  # mean pooling would lose its signal
+    for task in ("survival", "regression"):
+        assert settled(slides, head="chowder", task=task) == "none"
+    assert settled(instances, head="chowder", head_options={"bag_centring": "median"}) == "median"
+    assert settled(slides, head="chowder", head_options={"bag_centring": "none"}) == "none"
+    assert create_head("chowder", DIM, 2).bag_centring() == "none"  # built directly: auto reads as none
