@@ -15,6 +15,7 @@ import pytest
 
 from wsi_mil.cli import main
 from wsi_mil.mil.config import TrainConfig
+from wsi_mil.mil.heads import MaxPoolOptions
 from wsi_mil.mil.stage import run_train
 from wsi_mil.outputs import (
     MODEL_RUN,
@@ -31,6 +32,7 @@ from wsi_mil.stores.features import write_feature_file
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CFG = TrainConfig(head="mean", folds=2, max_epochs=2, min_epochs=1, patience=1, bootstrap=0, device="cpu", tune="off")
+CFG_MAX = CFG.model_copy(update={"head": "max", "head_options": MaxPoolOptions()})
 
 
 def _features(root: Path) -> tuple[Path, Path]:
@@ -112,12 +114,12 @@ def test_train_overwrite_replaces_its_own_run_and_a_failed_rerun_keeps_the_old_o
     with monkeypatch.context() as m:
         m.setattr(modelrun, "save_file", full_disk)
         with pytest.raises(DiskFullError) as info:
-            run_train(fd, labels, run, CFG.model_copy(update={"head": "max"}), overwrite=True)
+            run_train(fd, labels, run, CFG_MAX, overwrite=True)
     msg = str(info.value)
     assert str(run) in msg and "No space left on device" in msg and "\n" not in msg
     assert _tree(run) == old  # the old result is kept, whole
     assert not list(run.parent.glob(".*tmp-*"))
-    run_train(fd, labels, run, CFG.model_copy(update={"head": "max"}), overwrite=True)
+    run_train(fd, labels, run, CFG_MAX, overwrite=True)
     assert '"head": "max"' in (run / "config.json").read_text()
     check_replaceable(run, MODEL_RUN)  # still a model run
 

@@ -26,6 +26,7 @@ from wsi_mil.mil.heads.options import (
     ChowderOptions,
     LogisticOptions,
     LSEOptions,
+    MaxPoolOptions,
     PoolOptions,
     WeldonOptions,
 )
@@ -42,7 +43,8 @@ __getattr__, _dir_torch, _torch_names = lazy_exports(__name__, {
 
 __all__ = [
     "AttentionMIL", "AttentionOptions", "Choice", "Chowder", "ChowderOptions", "FloatRange", "FoldEnsemble", "HeadEntry",
-    "HeadOptions", "IntRange", "LSEOptions", "LSEPool", "LogisticOptions", "MILHead", "MaxPool", "MeanLogistic",
+    "HeadOptions", "IntRange", "LSEOptions", "LSEPool", "LogisticOptions", "MILHead", "MaxPool", "MaxPoolOptions",
+    "MeanLogistic",
     "MeanPool", "PoolOptions", "SearchSpace", "Weldon", "WeldonOptions", "head_entry", "heads_help", "is_head",
     "list_heads", "parse_head_options", "register_head", "register_options",
 ]
