@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from wsi_mil.mil import create_head
 from wsi_mil.mil.bags import BagSet
+from wsi_mil.mil.centring import bag_mean, bag_median
 from wsi_mil.mil.config import TrainConfig
 from wsi_mil.mil.heads._registry import SLIDE_BAG_MIN_TILES
-from wsi_mil.mil.heads.base import bag_mean, bag_median
 from wsi_mil.mil.training import settle_bag_defaults
 
 DIM = 6

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from wsi_mil.errors import StoreError
+from wsi_mil.mil.centring import bag_centres
 from wsi_mil.stores.features import check_encoder, read_feature_attrs, read_feature_file
 
 #: share of the free GPU memory the bags may take before they are kept in host memory instead
@@ -193,8 +194,9 @@ class BagSet:
         count = 0
         for p in positions:
             x = self.bags[p].to(self.device, torch.float64)
-            if centring in ("mean", "median") and len(x):  # "auto" (unsettled) reads as none, as in the head
-                x = x - (x.median(dim=0, keepdim=True).values if centring == "median" else x.mean(dim=0, keepdim=True))
+            centres = bag_centres(x[None], torch.ones((1, len(x)), dtype=torch.bool, device=x.device), centring)
+            if centres is not None:
+                x = x - centres[0]
             total += x.sum(dim=0)
             squares += (x * x).sum(dim=0)
             count += x.shape[0]

@@ -44,9 +44,8 @@ __getattr__, _dir_torch, _torch_names = lazy_exports(__name__, {
 __all__ = [
     "AttentionMIL", "AttentionOptions", "Choice", "Chowder", "ChowderOptions", "FloatRange", "FoldEnsemble", "HeadEntry",
     "HeadOptions", "IntRange", "LSEOptions", "LSEPool", "LogisticOptions", "MILHead", "MaxPool", "MaxPoolOptions",
-    "MeanLogistic",
-    "MeanPool", "PoolOptions", "SearchSpace", "Weldon", "WeldonOptions", "head_entry", "heads_help", "is_head",
-    "list_heads", "parse_head_options", "register_head", "register_options",
+    "MeanLogistic", "MeanPool", "PoolOptions", "SearchSpace", "Weldon", "WeldonOptions", "head_entry", "heads_help",
+    "is_head", "list_heads", "parse_head_options", "register_head", "register_options",
 ]
 
 

@@ -21,8 +21,9 @@ Feature standardisation: every head holds buffers ``feature_shift`` and ``featur
 and scores ``x * scale + shift`` (identity by default). Training sets them from the training
 tiles (:meth:`MILHead.set_standardization`), so they travel with the weights. With
 ``head_options.bag_centring: mean`` or ``median`` every bag is then centred on its own mean or
-median tile (per feature, over its real tiles: :func:`bag_mean`, :func:`bag_median`) before the tiles are scored, at training and at
-inference alike (:meth:`MILHead.prepare`); the statistics are then those of centred tiles.
+median tile (per feature, over its real tiles: :mod:`wsi_mil.mil.centring`) before the tiles are
+scored, at training and at inference alike (:meth:`MILHead.prepare`); the statistics are then
+those of centred tiles.
 
 Ensembles (CHOWDER) return E member logits for training; ``forward`` averages the members'
 probabilities (``slide_logits`` = log of the mean probability, so softmax of it is that mean).
@@ -43,6 +44,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from wsi_mil.mil.centring import applied_centring, bag_centres
 from wsi_mil.mil.heads._registry import HeadOptions
 from wsi_mil.mil.minmax import KSpec, selection_marks
 
@@ -53,31 +55,6 @@ def check_inputs(features: Tensor, mask: Tensor, in_dim: int) -> None:
         raise ValueError(f"features must be (B, N, {in_dim}), got {tuple(features.shape)}")
     if mask.shape != features.shape[:2] or mask.dtype != torch.bool:
         raise ValueError(f"mask must be bool (B, N) = {tuple(features.shape[:2])}, got {mask.dtype} {tuple(mask.shape)}")
-
-
-def bag_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """(B, 1, D) per-feature mean of each bag's real tiles, of ``x`` (B, N, D) and ``mask`` (B, N); 0 for an empty bag."""
-    total = torch.where(mask.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device)).sum(dim=1, keepdim=True)
-    return total / mask.sum(dim=1).clamp(min=1).to(x.dtype).view(-1, 1, 1)
-
-
-def bag_median(x: Tensor, mask: Tensor, block: int = 256) -> Tensor:
-    """(B, 1, D) per-feature median of each bag's real tiles, of ``x`` (B, N, D) and ``mask`` (B, N).
-
-    The lower of the two middle values for an even count (as :func:`torch.median`); 0 for a bag
-    with no tile. Computed ``block`` features at a time, so a 300,000-tile bag needs one
-    (B, N, block) copy, not a second copy of the bag.
-    """
-    out = torch.empty((x.shape[0], 1, x.shape[2]), dtype=x.dtype, device=x.device)
-    full = bool(mask.all())
-    for s in range(0, x.shape[2], block):
-        part = x[..., s:s + block]
-        if full:
-            out[..., s:s + block] = part.median(dim=1, keepdim=True).values
-        else:
-            part = part.masked_fill(~mask.unsqueeze(-1), float("nan"))
-            out[..., s:s + block] = part.nanmedian(dim=1, keepdim=True).values
-    return torch.nan_to_num(out, nan=0.0) if not full else out
 
 
 class MILHead(nn.Module):
@@ -129,18 +106,15 @@ class MILHead(nn.Module):
     def bag_centring(self) -> str:
         """``head_options.bag_centring`` as this head applies it: ``none``, ``mean`` or ``median``
         (``auto``, unsettled, reads as ``none``; heads without options: ``none``)."""
-        value = getattr(getattr(self, "opts", None), "bag_centring", "none")
-        return "none" if value == "auto" else str(value)
+        return applied_centring(str(getattr(getattr(self, "opts", None), "bag_centring", "none")))
 
     def prepare(self, features: Tensor, mask: Tensor, standardized: bool = False) -> Tensor:
         """(B, N, D) features as the tiles are scored: standardised (unless ``standardized``: done in
         place already, and then centred in place too), then, with ``bag_centring: mean`` or ``median``,
         minus each bag's mean or median tile over its real tiles ``mask`` (B, N)."""
         x = features if standardized else self.standardize(features)
-        how = self.bag_centring()
-        if how != "none":  # x is ours: a new tensor, or the caller's in-place copy
-            x = x.sub_(bag_median(x, mask) if how == "median" else bag_mean(x, mask))
-        return x
+        centres = bag_centres(x, mask, self.bag_centring())
+        return x if centres is None else x.sub_(centres)  # x is ours: a new tensor, or the caller's in-place copy
 
     @torch.no_grad()
     def standardize_(self, features: Tensor) -> Tensor:

@@ -82,8 +82,9 @@ class ChowderOptions(HeadOptions):
                             "docs/mil-defaults.md)")
 
     def for_bags(self, task: str, median_tiles: float, tile_init: str) -> Self:
-        """``bag_centring: auto`` settled (see :class:`HeadOptions`) and ``tile_hidden: auto``: 64 for classification on bags of instances (median < 64 tiles)
-        unless the outlier start, which needs the linear scorer, is asked for; else null."""
+        """``bag_centring: auto`` settled (see :class:`HeadOptions`), and ``tile_hidden: auto``: 64 for
+        classification on bags of instances (median < 64 tiles) unless the outlier start, which needs
+        the linear scorer, is asked for; else null."""
         settled = super().for_bags(task, median_tiles, tile_init)
         if self.tile_hidden != "auto":
             return settled
