@@ -76,9 +76,13 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         loss = nt_xent(a, b, 0.2)
         loss.backward()
         torch.save({"loss": loss.detach(), "ga": a.grad, "gb": b.grad}, os.path.join(out_dir, f"r{rank}.pt"))
-        dist.barrier()  # no rank tears gloo down while the other still talks to it (SIGABRT seen)
+        dist.barrier()  # no rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
+    # Gloo's worker threads can still hold tensors when the interpreter finalises, which aborts the
+    # process (SIGABRT, "terminate called without an active exception", seen once in CI after all
+    # results were written; pytorch/pytorch#179291). The results are on disk: leave without finalising.
+    os._exit(0)
 
 
 def test_ddp_gather_equals_one_big_batch(tmp_path: Path) -> None:
