@@ -1,4 +1,5 @@
-"""``head_options.bag_centring``: every bag centred on its own median tile before its tiles are scored."""
+"""``head_options.bag_centring``: every bag centred on its own mean or median tile (``zscore``: and scaled by
+its standard deviation) before its tiles are scored."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 
 from wsi_mil.mil import create_head
 from wsi_mil.mil.bags import BagSet
-from wsi_mil.mil.centring import bag_mean, bag_median
+from wsi_mil.mil.centring import BAG_STD_FLOOR, bag_mean, bag_median, bag_std
 from wsi_mil.mil.config import TrainConfig
 from wsi_mil.mil.heads._registry import SLIDE_BAG_MIN_TILES
 from wsi_mil.mil.training import settle_bag_defaults
@@ -38,18 +39,35 @@ def test_bag_median_and_mean_read_the_real_tiles_only(sizes: list[int], seed: in
         np.testing.assert_array_equal(got[b, 0], want)
         np.testing.assert_allclose(means[b, 0], x[b, :n].mean(axis=0) if n else 0.0, rtol=1e-5, atol=1e-5)
 
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(0, 9), min_size=1, max_size=4), seed=st.integers(0, 2**16))
+def test_bag_std_reads_the_real_tiles_only(sizes: list[int], seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    width = max(max(sizes), 1)
+    x = rng.standard_normal((len(sizes), width, DIM)).astype(np.float32) * 10
+    x[0, :, 0] = 2.5  # a feature constant within a bag: the floor, not 0
+    mask = np.arange(width)[None, :] < np.array(sizes)[:, None]
+    xt, mt = torch.from_numpy(x), torch.from_numpy(mask)
+    got = bag_std(xt, mt, bag_mean(xt, mt)).numpy()
+    for b, n in enumerate(sizes):
+        want = np.maximum(x[b, :n].std(axis=0), BAG_STD_FLOOR) if n else np.full(DIM, BAG_STD_FLOOR)
+        np.testing.assert_allclose(got[b, 0], want, rtol=1e-4, atol=1e-6)
 
-@pytest.mark.parametrize("how", ["mean", "median"])
+
+@pytest.mark.parametrize("how", ["mean", "median", "zscore"])
 @pytest.mark.parametrize("name", ["chowder", "weldon", "max", "lse"])
 def test_a_centred_head_ignores_a_slide_offset_and_padding(name: str, how: str) -> None:
     """The point of the option: adding one vector to every tile of a slide (its stain or scanner
-    offset) changes nothing, and neither does padding it in a batch with a larger bag."""
+    offset) changes nothing (``zscore``: nor does scaling each of its features), and neither does
+    padding it in a batch with a larger bag."""
     torch.manual_seed(0)
     head = create_head(name, DIM, 2, bag_centring=how).eval()
     plain = create_head(name, DIM, 2, bag_centring="none").eval()
     plain.load_state_dict(head.state_dict())
     bag = torch.randn(1, 40, DIM)
     shifted = bag + 3.0 * torch.randn(1, 1, DIM)
+    if how == "zscore":
+        shifted = shifted * (0.5 + 2.0 * torch.rand(1, 1, DIM))
     one = torch.ones(1, 40, dtype=torch.bool)
     with torch.no_grad():
         z, s = head(bag, one)
@@ -106,7 +124,7 @@ def test_auto_centres_slides_for_heads_that_rank_tiles_in_classification_only() 
         return settle_bag_defaults(TrainConfig(**kw), bags, positions).head_options.bag_centring  # type: ignore[arg-type]
 
     for head in ("chowder", "weldon", "max", "lse"):
-        assert settled(slides, head=head) == "mean"
+        assert settled(slides, head=head) == "mean"  # zscore only with feature_components (wide features)
         assert settled(instances, head=head) == "none"  # classic MIL bags: the bag mean is the signal
     for head in ("mean", "logistic", "attention"):
         assert settled(slides, head=head) == "none"  # mean pooling would lose its signal
@@ -115,3 +133,23 @@ def test_auto_centres_slides_for_heads_that_rank_tiles_in_classification_only() 
     assert settled(instances, head="chowder", head_options={"bag_centring": "median"}) == "median"
     assert settled(slides, head="chowder", head_options={"bag_centring": "none"}) == "none"
     assert create_head("chowder", DIM, 2).bag_centring() == "none"  # built directly: auto reads as none
+
+
+def test_zscore_scales_by_one_common_scale_so_features_that_hardly_vary_stay_small() -> None:
+    """``zscore``: every feature shares one scale (the median std), then each bag's own std divides it, floored at
+    BAG_STD_FLOOR: a nearly dead feature (std 1e-4 of the others') is not blown up to unit variance."""
+    rng = np.random.default_rng(0)
+    bags = [rng.standard_normal((50, DIM)).astype(np.float32) * np.array([1e-4, 1, 2, 1, 3, 1], np.float32)
+            for _ in range(4)]
+    bagset = BagSet(bags, torch.device("cpu"))
+    head = create_head("chowder", DIM, 2, bag_centring="zscore")
+    head.set_standardization(*bagset.feature_stats([0, 1, 2, 3], "zscore"))
+    scale = head.feature_scale.numpy()
+    np.testing.assert_allclose(scale, scale[0])  # one scale for every feature
+    with torch.no_grad():
+        x = head.prepare(torch.from_numpy(bags[0])[None], torch.ones(1, 50, dtype=torch.bool))[0].numpy()
+    np.testing.assert_allclose(x[:, 1:].std(axis=0), 1.0, rtol=1e-3)  # the bag's own std divides each feature
+    assert x[:, 0].std() < 1e-2  # the nearly dead feature: divided by the floor, not by its own tiny std
+    per_feature = create_head("chowder", DIM, 2, bag_centring="mean")
+    per_feature.set_standardization(*bagset.feature_stats([0, 1, 2, 3], "mean"))
+    assert per_feature.feature_scale[0] > 1000 * per_feature.feature_scale[1]  # other centrings: per feature

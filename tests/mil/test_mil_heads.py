@@ -278,8 +278,8 @@ def test_typed_options_are_validated_once_and_used_as_they_are() -> None:
     head = create_head(cfg.head, 4, 2, cfg.head_options)
     assert head.opts is cfg.head_options  # no dict round trip, no second validation
     # the JSON form (config.json, study.yaml) stays a plain mapping with the defaults filled in
-    assert config_to_dict(cfg)["head_options"] == {"bag_centring": "auto", "k_top": 3, "k_bottom": 10,
-                                                   "negative_weight": 1.0}
+    assert config_to_dict(cfg)["head_options"] == {"bag_centring": "auto", "feature_components": "auto",
+                                                   "k_top": 3, "k_bottom": 10, "negative_weight": 1.0}
     assert TrainConfig.model_validate(config_to_dict(cfg)) == cfg
     assert isinstance(TrainConfig().head_options, ChowderOptions)  # the default head's defaults
     assert TrainConfig(head="mean").head_options.model_dump() == create_head("max", 4, 2).opts.model_dump()  # same keys

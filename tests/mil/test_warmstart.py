@@ -114,7 +114,7 @@ def test_tile_hidden_auto_is_settled_from_the_training_bag_sizes() -> None:
         assert settle_bag_defaults(TrainConfig(head="chowder", task=task), bags, instances).head_options.tile_hidden is None
     given = TrainConfig(head="chowder", head_options={"tile_hidden": 8})
     assert settle_bag_defaults(given, bags, slides).head_options.tile_hidden == 8
-    weldon = TrainConfig(head="weldon", head_options={"bag_centring": "none"})
+    weldon = TrainConfig(head="weldon", head_options={"bag_centring": "none", "feature_components": None})
     assert settle_bag_defaults(weldon, bags, instances) == weldon  # no auto option left
     # a head built directly (no training bags) and a run saved before the option: the linear scorer
     assert create_head("chowder", DIM, 2).tile_scorer_layer() is not None

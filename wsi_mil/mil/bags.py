@@ -109,6 +109,8 @@ class BagSet:
         self._dense: Tensor | None = None
         self._lengths = torch.as_tensor(self.sizes, device=self.device)
         dim = int(tensors[0].shape[1]) if tensors and tensors[0].ndim == 2 else 0
+        #: D, the tiles' feature size (0 for no bag)
+        self.dim = dim
         width = int(self.sizes.max()) if len(self.sizes) else 0
         if self.on_device and dim and 0 < len(tensors) * width * dim * 4 <= DENSE_BYTES:
             self._dense = torch.zeros(len(tensors), width, dim, dtype=torch.float32, device=self.device)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from wsi_mil.mil.bags import BagSet
+from wsi_mil.mil.components import fit_feature_components
 from wsi_mil.mil.config import TrainConfig
 from wsi_mil.mil.domain import DomainAdversary, make_adversary
 from wsi_mil.mil.heads._registry import SLIDE_BAG_MIN_TILES
@@ -233,6 +234,7 @@ def fit(
     head.to(device)
     if cfg.standardize:
         head.set_standardization(*(stats if stats is not None else bags.feature_stats(train_pos.tolist(), head.bag_centring())))
+    fit_feature_components(head, bags, train_pos.tolist())
     if uses_outlier_start(cfg, head, bags, train_pos):
         warm_start_tile_scorer(head, bags, targets, train_pos, cfg.eval_tiles_per_batch, seed)
     names = class_names or [str(i) for i in range(head.n_classes)]
@@ -270,7 +272,7 @@ def settle_bag_defaults(cfg: TrainConfig, bags: BagSet, train_pos: npt.NDArray[n
     """``cfg`` with the head's data-dependent defaults (``auto`` options) settled from the median size of the
     training bags ``train_pos`` (sizes only, no labels: the same for every fold); idempotent."""
     median = bags.median_size(train_pos)
-    opts = cfg.head_options.for_bags(cfg.task, median, cfg.tile_init)
+    opts = cfg.head_options.for_bags(cfg.task, median, cfg.tile_init, bags.dim)
     if opts == cfg.head_options:
         return cfg
     before = cfg.head_options.model_dump()
@@ -352,6 +354,7 @@ def fit_task(
     task = cfg.task
     if cfg.standardize:
         head.set_standardization(*(stats if stats is not None else bags.feature_stats(train_pos.tolist(), head.bag_centring())))
+    fit_feature_components(head, bags, train_pos.tolist())
     if task == SURVIVAL:
         y_loss = y
     else:

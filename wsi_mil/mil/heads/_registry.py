@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self, TypeVar
 
 from pydantic import Field, ValidationError
 
@@ -68,6 +68,12 @@ LOOP_SPACE: SearchSpace = {
 #: instances: ``tile_init: auto`` starts from outlier tiles and ``bag_centring: auto`` centres on slides
 SLIDE_BAG_MIN_TILES = 200
 
+#: ``feature_components: auto`` on slides: this many whitened principal components of the training tiles,
+#: for features of at least AUTO_COMPONENTS_MIN_DIM dimensions (fewer: all of them kept, no projection;
+#: keeping every component loses what the projection gains: docs/mil-defaults.md)
+AUTO_COMPONENTS = 128
+AUTO_COMPONENTS_MIN_DIM = 2 * AUTO_COMPONENTS
+
 
 class HeadOptions(StrictModel):
     """Base of every head's options model (``train.head_options``); unknown keys are errors.
@@ -76,24 +82,37 @@ class HeadOptions(StrictModel):
     Optuna-free data; the tuning module turns it into Optuna suggestions).
     """
 
-    bag_centring: Literal["auto", "none", "mean", "median"] = Field(
+    bag_centring: Literal["auto", "none", "mean", "median", "zscore"] = Field(
         "auto", description="subtract each bag's mean or median tile (per feature, after standardisation) before "
-                            "scoring tiles, so a slide's stain or scanner offset cannot decide its top tiles; auto = mean "
-                            "for classification on slides (median training bag >= 200 tiles) with heads that rank "
-                            "tiles (chowder, weldon, max, lse), else none (docs/mil-defaults.md)")
+                            "scoring tiles, so a slide's stain or scanner offset cannot decide its top tiles; zscore: "
+                            "the mean, then each feature divided by its standard deviation within the bag; auto = "
+                            "zscore for classification on slides (median training bag >= 200 tiles) with heads that "
+                            "rank tiles (chowder, weldon, max, lse) when feature_components is used, mean there without "
+                            "it, else none (docs/mil-defaults.md)")
+    feature_components: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
+        "auto", description="score the tiles in the top K principal components of the training tiles (after "
+                            "standardisation and bag_centring), each scaled to unit variance; null = every feature "
+                            "as it is; auto = 128 where bag_centring auto centres (slides) and the features have "
+                            ">= 256 dimensions, else null (docs/mil-defaults.md)")
 
     search_space: ClassVar[SearchSpace] = LOOP_SPACE
     #: whether ``bag_centring: auto`` centres slides for this head (heads that rank tiles; not mean pooling)
     centres_slides: ClassVar[bool] = False
 
-    def for_bags(self, task: str, median_tiles: float, tile_init: str) -> Self:
-        """These options with their data-dependent defaults (``auto``) settled for training bags whose
-        median holds ``median_tiles`` tiles, for ``task`` and the loop's ``tile_init``. The base settles
-        ``bag_centring``; heads with ``auto`` options of their own extend it (and call it)."""
-        if self.bag_centring != "auto":
-            return self
-        on = self.centres_slides and task == "classification" and median_tiles >= SLIDE_BAG_MIN_TILES
-        return self.model_copy(update={"bag_centring": "mean" if on else "none"})
+    def for_bags(self, task: str, median_tiles: float, tile_init: str, dim: int) -> Self:
+        """These options with their data-dependent defaults (``auto``) settled for training bags of
+        ``dim``-d tiles whose median holds ``median_tiles`` tiles, for ``task`` and the loop's
+        ``tile_init``. The base settles ``bag_centring`` and ``feature_components``; heads with ``auto``
+        options of their own extend it (and call it)."""
+        slides = self.centres_slides and task == "classification" and median_tiles >= SLIDE_BAG_MIN_TILES
+        components = self.feature_components
+        if components == "auto":
+            components = AUTO_COMPONENTS if slides and dim >= AUTO_COMPONENTS_MIN_DIM else None
+        centring = self.bag_centring
+        if centring == "auto":  # the components were measured on z-scored slides; alone, the mean centres better
+            centring = ("zscore" if components is not None else "mean") if slides else "none"
+        update = {"feature_components": components, "bag_centring": centring}
+        return self.model_copy(update=update) if update != {k: getattr(self, k) for k in update} else self
 
 
 OptionsT = TypeVar("OptionsT", bound=HeadOptions)

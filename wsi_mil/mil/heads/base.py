@@ -23,7 +23,14 @@ tiles (:meth:`MILHead.set_standardization`), so they travel with the weights. Wi
 ``head_options.bag_centring: mean`` or ``median`` every bag is then centred on its own mean or
 median tile (per feature, over its real tiles: :mod:`wsi_mil.mil.centring`) before the tiles are
 scored, at training and at inference alike (:meth:`MILHead.prepare`); the statistics are then
-those of centred tiles.
+those of centred tiles. ``bag_centring: zscore`` also divides each feature by its standard
+deviation within the bag.
+
+Feature components: with ``head_options.feature_components: K`` the head also holds buffers
+``feature_projection`` (D, K) and ``projection_shift`` (K,), fitted on the prepared training tiles
+(:mod:`wsi_mil.mil.components`): the tiles are scored as ``x @ projection + shift``, their top K
+principal components, each of unit variance. The head's layers then read ``score_dim`` = K
+inputs (else D).
 
 Ensembles (CHOWDER) return E member logits for training; ``forward`` averages the members'
 probabilities (``slide_logits`` = log of the mean probability, so softmax of it is that mean).
@@ -44,7 +51,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from wsi_mil.mil.centring import applied_centring, bag_centres
+from wsi_mil.mil.centring import applied_centring, centre_bags_
 from wsi_mil.mil.heads._registry import HeadOptions
 from wsi_mil.mil.minmax import KSpec, selection_marks
 
@@ -62,6 +69,8 @@ class MILHead(nn.Module):
 
     feature_shift: Tensor  # (D,) buffers: features are scored as x * scale + shift
     feature_scale: Tensor
+    feature_projection: Tensor  # (D, K) and (K,) buffers of heads with feature_components K only
+    projection_shift: Tensor
     output_shift: Tensor  # (1,) buffers of one-output heads only: slide = raw * scale + shift
     output_scale: Tensor
     #: what the slide representation is (docs and errors); None: the head has none
@@ -69,7 +78,8 @@ class MILHead(nn.Module):
 
     def __init__(self, in_dim: int, n_classes: int, opts: HeadOptions | None = None) -> None:
         """Registered heads are built as ``cls(in_dim, n_classes, opts)``, ``opts`` of their
-        registered options model (subclasses narrow its type and keep it as ``self.opts``)."""
+        registered options model (subclasses narrow its type, keep it as ``self.opts`` and pass it
+        here: ``feature_components`` decides ``score_dim``, the input size of their layers)."""
         super().__init__()
         if n_classes < 1:
             raise ValueError(f"a MIL head needs 1 output (survival, regression) or at least 2 classes, got {n_classes}")
@@ -78,6 +88,16 @@ class MILHead(nn.Module):
         self.n_outputs = 1 if n_classes <= 2 else n_classes
         self.register_buffer("feature_shift", torch.zeros(self.in_dim))
         self.register_buffer("feature_scale", torch.ones(self.in_dim))
+        components = getattr(opts, "feature_components", None)
+        components = None if components == "auto" else components  # unsettled (built directly, saved before it)
+        if components is not None and components > self.in_dim:
+            raise ValueError(f"head_options.feature_components is {components} but the tile features have "
+                             f"{self.in_dim} dimensions; set it to at most {self.in_dim}, or null")
+        #: the size of the tile vectors the head's layers read: K with feature_components, else D
+        self.score_dim = int(components) if components is not None else self.in_dim
+        if components is not None:  # identity on the first K features until fitted
+            self.register_buffer("feature_projection", torch.eye(self.in_dim, self.score_dim))
+            self.register_buffer("projection_shift", torch.zeros(self.score_dim))
         if self.n_classes == 1:  # one-output task: predictions in the targets' unit
             self.register_buffer("output_shift", torch.zeros(1))
             self.register_buffer("output_scale", torch.ones(1))
@@ -95,6 +115,10 @@ class MILHead(nn.Module):
         """Score ``(x - mean) / std`` per feature; features constant in training (std <= eps) get weight 0."""
         mean = mean.to(self.feature_shift)
         std = std.to(self.feature_scale)
+        if self.bag_centring() == "zscore" and bool((std > eps).any()):
+            # one scale for every feature (their median std): each bag's own std then scales each feature,
+            # floored (BAG_STD_FLOOR) in units of this common scale, so features that hardly vary stay small
+            std = torch.where(std > eps, std[std > eps].median(), std)
         scale = torch.where(std > eps, 1.0 / std.clamp(min=eps), torch.zeros_like(std))
         self.feature_scale.copy_(scale)
         self.feature_shift.copy_(-mean * scale)
@@ -108,13 +132,32 @@ class MILHead(nn.Module):
         (``auto``, unsettled, reads as ``none``; heads without options: ``none``)."""
         return applied_centring(str(getattr(getattr(self, "opts", None), "bag_centring", "none")))
 
-    def prepare(self, features: Tensor, mask: Tensor, standardized: bool = False) -> Tensor:
-        """(B, N, D) features as the tiles are scored: standardised (unless ``standardized``: done in
-        place already, and then centred in place too), then, with ``bag_centring: mean`` or ``median``,
-        minus each bag's mean or median tile over its real tiles ``mask`` (B, N)."""
+    def projects_features(self) -> bool:
+        """Whether the tiles are scored in their ``feature_components`` principal components."""
+        return hasattr(self, "feature_projection")
+
+    @torch.no_grad()
+    def set_projection(self, projection: Tensor, shift: Tensor) -> None:
+        """Score prepared tiles as ``x @ projection + shift`` (projection (D, K), shift (K,))."""
+        if not self.projects_features():
+            raise ValueError(f"{type(self).__name__} was built without head_options.feature_components")
+        self.feature_projection.copy_(projection.to(self.feature_projection))
+        self.projection_shift.copy_(shift.to(self.projection_shift))
+
+    def centred(self, features: Tensor, mask: Tensor, standardized: bool = False) -> Tensor:
+        """(B, N, D) features standardised (unless ``standardized``: done in place already, and then
+        centred in place too), then centred (and scaled) per bag over its real tiles ``mask`` (B, N) as
+        ``bag_centring`` says: the tiles the feature components are fitted on."""
         x = features if standardized else self.standardize(features)
-        centres = bag_centres(x, mask, self.bag_centring())
-        return x if centres is None else x.sub_(centres)  # x is ours: a new tensor, or the caller's in-place copy
+        return centre_bags_(x, mask, self.bag_centring())  # x is ours: a new tensor, or the caller's in-place copy
+
+    def prepare(self, features: Tensor, mask: Tensor, standardized: bool = False) -> Tensor:
+        """(B, N, ``score_dim``) features as the tiles are scored: :meth:`centred`, then, with
+        ``feature_components``, projected on the fitted components (a new, smaller tensor)."""
+        x = self.centred(features, mask, standardized)
+        if not self.projects_features():
+            return x
+        return torch.matmul(x, self.feature_projection).add_(self.projection_shift)
 
     @torch.no_grad()
     def standardize_(self, features: Tensor) -> Tensor:

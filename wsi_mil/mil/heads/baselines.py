@@ -32,9 +32,10 @@ class _ScoredTilesHead(MILHead):
     """A head that scores each tile with :func:`_tile_scorer`, then pools the scores."""
 
     def __init__(self, in_dim: int, n_classes: int, opts: PoolOptions | None = None) -> None:
-        super().__init__(in_dim, n_classes)
-        self.opts = opts or PoolOptions()
-        self.scorer = _tile_scorer(in_dim, self.n_outputs, self.opts)
+        opts = opts or PoolOptions()
+        super().__init__(in_dim, n_classes, opts)
+        self.opts = opts
+        self.scorer = _tile_scorer(self.score_dim, self.n_outputs, self.opts)
 
     def tile_scorer_layer(self) -> nn.Linear | None:
         return self.scorer if isinstance(self.scorer, nn.Linear) else None
@@ -90,10 +91,11 @@ class AttentionMIL(MILHead):
     """Gated attention MIL; tile scores are each tile's share of the slide logit."""
 
     def __init__(self, in_dim: int, n_classes: int, opts: AttentionOptions | None = None) -> None:
-        super().__init__(in_dim, n_classes)
-        self.opts = opts or AttentionOptions()
+        opts = opts or AttentionOptions()
+        super().__init__(in_dim, n_classes, opts)
+        self.opts = opts
         o = self.opts
-        self.embed = nn.Sequential(nn.Linear(in_dim, o.hidden), nn.ReLU(), nn.Dropout(o.dropout))
+        self.embed = nn.Sequential(nn.Linear(self.score_dim, o.hidden), nn.ReLU(), nn.Dropout(o.dropout))
         self.att_v = nn.Linear(o.hidden, o.attention_dim)
         self.att_u = nn.Linear(o.hidden, o.attention_dim) if o.gated else None
         self.att_w = nn.Linear(o.attention_dim, 1)

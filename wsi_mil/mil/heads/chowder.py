@@ -43,8 +43,9 @@ class Chowder(MILHead):
     """CHOWDER ensemble. Output shapes as in :class:`MILHead`; member logits (B, E, C)."""
 
     def __init__(self, in_dim: int, n_classes: int, opts: ChowderOptions | None = None) -> None:
-        super().__init__(in_dim, n_classes)
-        self.opts = opts or ChowderOptions()
+        opts = opts or ChowderOptions()
+        super().__init__(in_dim, n_classes, opts)
+        self.opts = opts
         #: tiles per side of the min-max layer (count or fraction); ``r: null`` depends on the task
         self.r: KSpec = self.opts.r if self.opts.r is not None else (
             DEFAULT_R_ONE_OUTPUT if n_classes == 1 else DEFAULT_R_CLASSES)
@@ -54,9 +55,9 @@ class Chowder(MILHead):
         self.tile_hidden: int | None = None if self.opts.tile_hidden == "auto" else self.opts.tile_hidden
         h = self.tile_hidden
         if h is None:  # the paper's 1-d linear tile embedding
-            self.embedding = nn.Linear(in_dim, e * o)  # column e * O + o: member e, output o
+            self.embedding = nn.Linear(self.score_dim, e * o)  # column e * O + o: member e, output o
         else:  # a ReLU layer of h units per member before its tile score (members keep disjoint parameters)
-            self.tile_hidden_layer = nn.Linear(in_dim, e * h)
+            self.tile_hidden_layer = nn.Linear(self.score_dim, e * h)
             bound = 1.0 / math.sqrt(h)
             self.tile_out_weight = nn.Parameter(torch.empty(e, h, o).uniform_(-bound, bound))
             self.tile_out_bias = nn.Parameter(torch.empty(e, o).uniform_(-bound, bound))

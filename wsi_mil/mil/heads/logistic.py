@@ -23,9 +23,10 @@ class MeanLogistic(MILHead):
     """Logistic regression on the mean tile feature. Output shapes as in :class:`MILHead`."""
 
     def __init__(self, in_dim: int, n_classes: int, opts: LogisticOptions | None = None) -> None:
-        super().__init__(in_dim, n_classes)
-        self.opts = opts or LogisticOptions()
-        self.linear = nn.Linear(in_dim, self.n_outputs)
+        opts = opts or LogisticOptions()
+        super().__init__(in_dim, n_classes, opts)
+        self.opts = opts
+        self.linear = nn.Linear(self.score_dim, self.n_outputs)
 
     representation = "the slide logit, (B, O) (the mean feature before it has no trainable layer)"
 

@@ -52,9 +52,10 @@ class LSEPool(MILHead):
     """Linear tile scorer + LSE pooling. Output shapes as in :class:`MILHead`."""
 
     def __init__(self, in_dim: int, n_classes: int, opts: LSEOptions | None = None) -> None:
-        super().__init__(in_dim, n_classes)
-        self.opts = opts or LSEOptions()
-        self.scorer = nn.Linear(in_dim, self.n_outputs)
+        opts = opts or LSEOptions()
+        super().__init__(in_dim, n_classes, opts)
+        self.opts = opts
+        self.scorer = nn.Linear(self.score_dim, self.n_outputs)
         rho = torch.full((self.n_outputs,), _inverse_softplus(self.opts.r))
         if self.opts.learn_r:
             self.rho = nn.Parameter(rho)

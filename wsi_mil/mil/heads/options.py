@@ -81,11 +81,11 @@ class ChowderOptions(HeadOptions):
                             "tiles (bags of instances), else null (slides, survival, regression, tile_init outliers; "
                             "docs/mil-defaults.md)")
 
-    def for_bags(self, task: str, median_tiles: float, tile_init: str) -> Self:
-        """``bag_centring: auto`` settled (see :class:`HeadOptions`), and ``tile_hidden: auto``: 64 for
-        classification on bags of instances (median < 64 tiles) unless the outlier start, which needs
-        the linear scorer, is asked for; else null."""
-        settled = super().for_bags(task, median_tiles, tile_init)
+    def for_bags(self, task: str, median_tiles: float, tile_init: str, dim: int) -> Self:
+        """``bag_centring`` and ``feature_components: auto`` settled (see :class:`HeadOptions`), and
+        ``tile_hidden: auto``: 64 for classification on bags of instances (median < 64 tiles) unless the
+        outlier start, which needs the linear scorer, is asked for; else null."""
+        settled = super().for_bags(task, median_tiles, tile_init, dim)
         if self.tile_hidden != "auto":
             return settled
         small = task == "classification" and median_tiles < INSTANCE_BAG_MAX_TILES and tile_init != "outliers"

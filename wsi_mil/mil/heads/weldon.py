@@ -20,9 +20,10 @@ class Weldon(MILHead):
     """WELDON: linear tile scorer + min-max pooling. Output shapes as in :class:`MILHead`."""
 
     def __init__(self, in_dim: int, n_classes: int, opts: WeldonOptions | None = None) -> None:
-        super().__init__(in_dim, n_classes)
-        self.opts = opts or WeldonOptions()
-        self.scorer = nn.Linear(in_dim, self.n_outputs)
+        opts = opts or WeldonOptions()
+        super().__init__(in_dim, n_classes, opts)
+        self.opts = opts
+        self.scorer = nn.Linear(self.score_dim, self.n_outputs)
 
     representation = "the mean of the k_top highest and of the k_bottom lowest tile scores, (B, 2 O) (B, O without k_bottom)"
 
