@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 from sklearn.decomposition import PCA
 
+from wsi_mil.errors import ConfigError
 from wsi_mil.mil import create_head, load_model_run
 from wsi_mil.mil.bags import BagSet
 from wsi_mil.mil.components import fit_feature_components, principal_components, tile_sample
@@ -112,6 +113,9 @@ def test_more_components_than_features_is_an_error_naming_the_option() -> None:
     with pytest.raises(ValueError, match=r"feature_components is 11 but the tile features have 10 dimensions"):
         create_head("chowder", DIM, 2, feature_components=11)
     assert create_head("chowder", DIM, 2).score_dim == DIM  # built directly: auto reads as none
+    bags = BagSet([np.zeros((5, DIM), np.float32)] * 2)
+    with pytest.raises(ConfigError, match=r"feature_components is 11 but the tile features have 10 dimensions"):
+        settle_bag_defaults(TrainConfig(head_options={"feature_components": 11}), bags, np.arange(2))
 
 
 def test_auto_projects_slides_of_wide_features_for_heads_that_rank_tiles() -> None:

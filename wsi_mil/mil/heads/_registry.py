@@ -106,6 +106,9 @@ class HeadOptions(StrictModel):
         options of their own extend it (and call it)."""
         slides = self.centres_slides and task == "classification" and median_tiles >= SLIDE_BAG_MIN_TILES
         components = self.feature_components
+        if isinstance(components, int) and components > dim:
+            raise ConfigError(f"head_options.feature_components is {components} but the tile features have {dim} "
+                              f"dimensions; set it to at most {dim}, or to null (every feature) or auto")
         if components == "auto":
             components = AUTO_COMPONENTS if slides and dim >= AUTO_COMPONENTS_MIN_DIM else None
         centring = self.bag_centring
