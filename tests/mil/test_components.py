@@ -160,3 +160,27 @@ def test_train_and_predict_with_auto_components(tmp_path: Path) -> None:
     a, b = model.predict_bag(bag), model.predict_bag(restained)
     np.testing.assert_allclose(b.probs, a.probs, atol=1e-4)
     np.testing.assert_allclose(b.tile_scores, a.tile_scores, atol=1e-3, rtol=1e-3)
+
+
+def test_fits_on_the_same_training_bags_share_one_fit_of_the_components(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A search's trials on one inner fold fit the components once (``set_feature_transform``'s cache)."""
+    import wsi_mil.mil.training as training
+
+    rng = np.random.default_rng(0)
+    bags = BagSet([_correlated(40, DIM, DIM, seed=i).astype(np.float32) + rng.normal(0, 3, DIM).astype(np.float32)
+                   for i in range(6)])
+    calls: list[int] = []
+    real = training.fit_feature_components
+    monkeypatch.setattr(training, "fit_feature_components", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    cfg = TrainConfig(head="chowder", head_options={"bag_centring": "zscore", "feature_components": 4})
+    cache: training.ComponentCache = {}
+    heads = []
+    for seed in (0, 1):  # two trials: different initialisations, the same training bags
+        torch.manual_seed(seed)
+        head = create_head("chowder", DIM, 2, cfg.head_options)
+        training.set_feature_transform(head, bags, np.arange(4), cfg, components=cache)
+        heads.append(head)
+    assert len(calls) == 1 and list(cache) == [("zscore", 4)]
+    torch.testing.assert_close(heads[1].feature_projection, heads[0].feature_projection)
+    training.set_feature_transform(create_head("chowder", DIM, 2, cfg.head_options), bags, np.arange(4), cfg)
+    assert len(calls) == 2  # without a cache, every fit fits its own

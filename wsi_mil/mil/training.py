@@ -216,11 +216,14 @@ def fit(
     val_pos: npt.NDArray[np.int64],
     cfg: TrainConfig, seed: int, n_epochs: int | None = None, log: Log | None = None, class_names: list[str] | None = None,
     stats: tuple[Tensor, Tensor] | None = None, domains: npt.NDArray[np.int64] | None = None,
+    components: ComponentCache | None = None,
 ) -> FitResult:
     """Train ``head`` on ``train_pos``; early-stop on ``val_pos`` unless it is empty or ``n_epochs`` is set.
 
     ``targets`` (n_bags,) int class index per bag position. ``stats``: the (D,) mean and std of
-    the ``train_pos`` tiles when already computed (a search reuses them across its trials).
+    the ``train_pos`` tiles when already computed (a search reuses them across its trials);
+    ``components``: a cache of the feature components fitted on ``train_pos`` (the same
+    search's trials share one, see :func:`set_feature_transform`).
     ``domains`` (n_bags,) int site index per bag position: needed with ``cfg.domain_adversarial``
     (a site classifier on the head's slide representation, trained through gradient reversal with
     Ganin's schedule over the planned steps; used in training only, not kept in the weights).
@@ -229,12 +232,10 @@ def fit(
     """
     if cfg.task != "classification":
         return fit_task(head, bags, np.asarray(targets, dtype=np.float64), train_pos, val_pos, cfg, seed, n_epochs,
-                        log, stats, domains)
+                        log, stats, domains, components)
     device = bags.device
     head.to(device)
-    if cfg.standardize:
-        head.set_standardization(*(stats if stats is not None else bags.feature_stats(train_pos.tolist(), head.bag_centring())))
-    fit_feature_components(head, bags, train_pos.tolist())
+    set_feature_transform(head, bags, train_pos, cfg, stats, components)
     if uses_outlier_start(cfg, head, bags, train_pos):
         warm_start_tile_scorer(head, bags, targets, train_pos, cfg.eval_tiles_per_batch, seed)
     names = class_names or [str(i) for i in range(head.n_classes)]
@@ -266,6 +267,30 @@ def fit(
     best_epoch = stopping.restore(head, len(history))
     state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
     return FitResult(state, best_epoch, len(history), history)
+
+
+#: feature components (projection (D, K), shift (K,)) fitted on one set of training bags, by (bag_centring, K)
+ComponentCache = dict[tuple[str, int], tuple[Tensor, Tensor]]
+
+
+def set_feature_transform(
+    head: MILHead, bags: BagSet, train_pos: npt.NDArray[np.int64], cfg: TrainConfig,
+    stats: tuple[Tensor, Tensor] | None = None, components: ComponentCache | None = None,
+) -> None:
+    """Set ``head``'s standardisation (``stats``, or those of the ``train_pos`` tiles) and fit its
+    ``feature_components`` on those tiles, label-free. With ``components``, fits on the same positions
+    and standardisation share them: taken from it when there, else fitted and stored in it."""
+    if cfg.standardize:
+        head.set_standardization(*(stats if stats is not None else bags.feature_stats(train_pos.tolist(), head.bag_centring())))
+    if not head.projects_features():
+        return
+    key = (head.bag_centring(), head.score_dim)
+    if components is not None and key in components:
+        head.set_projection(*components[key])
+        return
+    fit_feature_components(head, bags, train_pos.tolist())
+    if components is not None:
+        components[key] = (head.feature_projection.clone(), head.projection_shift.clone())
 
 
 def settle_bag_defaults(cfg: TrainConfig, bags: BagSet, train_pos: npt.NDArray[np.int64], log: Log = quiet) -> TrainConfig:
@@ -344,6 +369,7 @@ def fit_task(
     head: MILHead, bags: BagSet, y: npt.NDArray[np.float64], train_pos: npt.NDArray[np.int64],
     val_pos: npt.NDArray[np.int64], cfg: TrainConfig, seed: int, n_epochs: int | None = None, log: Log | None = None,
     stats: tuple[Tensor, Tensor] | None = None, domains: npt.NDArray[np.int64] | None = None,
+    components: ComponentCache | None = None,
 ) -> FitResult:
     """:func:`fit` for a one-output head (``n_classes = 1``): survival (``y`` (n_bags, 2) time, event)
     or regression (``y`` (n_bags,) target). Early stopping watches the validation loss (Cox loss of the
@@ -352,9 +378,7 @@ def fit_task(
     device = bags.device
     head.to(device)
     task = cfg.task
-    if cfg.standardize:
-        head.set_standardization(*(stats if stats is not None else bags.feature_stats(train_pos.tolist(), head.bag_centring())))
-    fit_feature_components(head, bags, train_pos.tolist())
+    set_feature_transform(head, bags, train_pos, cfg, stats, components)
     if task == SURVIVAL:
         y_loss = y
     else:

@@ -42,7 +42,7 @@ from wsi_mil.mil.heads import Choice, FloatRange, IntRange, SearchSpace, head_en
 from wsi_mil.mil.metrics import classification_metrics
 from wsi_mil.mil.splits import assign_folds, validation_split
 from wsi_mil.mil.targets import PRIMARY, task_metrics, task_score
-from wsi_mil.mil.training import Log, build_head, fit, predict_probs, quiet
+from wsi_mil.mil.training import ComponentCache, Log, build_head, fit, predict_probs, quiet
 
 HEAD_PREFIX = "head_options."
 
@@ -140,6 +140,8 @@ class _InnerFold:
     val: npt.NDArray[np.int64]
     held: npt.NDArray[np.int64]
     stats: tuple[Tensor, Tensor] | None
+    #: the feature components of ``train``, fitted by the first trial and reused by the others
+    components: ComponentCache = field(default_factory=dict)
 
 
 def _inner_folds(
@@ -206,7 +208,7 @@ def search_settings(
         for j, part in enumerate(folds):
             head = build_head(trial_cfg, in_dim, n_classes, seed + 1000 * (j + 1))
             res = fit(head, bagset, targets, part.train, part.val, trial_cfg, seed + j,
-                      class_names=class_names, stats=part.stats, domains=domains)
+                      class_names=class_names, stats=part.stats, domains=domains, components=part.components)
             p = predict_probs(head, bagset, part.held.tolist(), trial_cfg.eval_tiles_per_batch)
             probs[[where[int(i)] for i in part.held]] = p
             scores.append(inner_score(targets[part.held], p, class_names, task))
