@@ -194,7 +194,7 @@ def search_settings(
         return SearchResult(base, {}, None, [], list(space), fixed,
                             note="too few cases per class for an inner cross-validation: settings as given",
                             inner_metric=metric)
-    in_dim, n_classes = int(bagset.bags[int(pool[0])].shape[1]), len(class_names)
+    in_dim, n_classes = bagset.dim, len(class_names)
     where = {int(p): i for i, p in enumerate(pool)}
 
     def evaluate(

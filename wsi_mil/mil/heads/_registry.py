@@ -75,6 +75,12 @@ AUTO_COMPONENTS = 128
 AUTO_COMPONENTS_MIN_DIM = 2 * AUTO_COMPONENTS
 
 
+def too_many_components(components: int, dim: int) -> str:
+    """The one-line error for ``feature_components`` larger than the features' dimension ``dim``."""
+    return (f"head_options.feature_components is {components} but the tile features have {dim} dimensions; "
+            f"set it to at most {dim}, or to null (every feature) or auto")
+
+
 class HeadOptions(StrictModel):
     """Base of every head's options model (``train.head_options``); unknown keys are errors.
 
@@ -107,8 +113,7 @@ class HeadOptions(StrictModel):
         slides = self.centres_slides and task == "classification" and median_tiles >= SLIDE_BAG_MIN_TILES
         components = self.feature_components
         if isinstance(components, int) and components > dim:
-            raise ConfigError(f"head_options.feature_components is {components} but the tile features have {dim} "
-                              f"dimensions; set it to at most {dim}, or to null (every feature) or auto")
+            raise ConfigError(too_many_components(components, dim))
         if components == "auto":
             components = AUTO_COMPONENTS if slides and dim >= AUTO_COMPONENTS_MIN_DIM else None
         centring = self.bag_centring

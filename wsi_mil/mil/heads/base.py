@@ -52,7 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from wsi_mil.mil.centring import applied_centring, centre_bags_
-from wsi_mil.mil.heads._registry import HeadOptions
+from wsi_mil.mil.heads._registry import HeadOptions, too_many_components
 from wsi_mil.mil.minmax import KSpec, selection_marks
 
 
@@ -91,8 +91,7 @@ class MILHead(nn.Module):
         components = getattr(opts, "feature_components", None)
         components = None if components == "auto" else components  # unsettled (built directly, saved before it)
         if components is not None and components > self.in_dim:
-            raise ValueError(f"head_options.feature_components is {components} but the tile features have "
-                             f"{self.in_dim} dimensions; set it to at most {self.in_dim}, or null")
+            raise ValueError(too_many_components(components, self.in_dim))
         #: the size of the tile vectors the head's layers read: K with feature_components, else D
         self.score_dim = int(components) if components is not None else self.in_dim
         if components is not None:  # identity on the first K features until fitted
