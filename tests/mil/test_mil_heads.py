@@ -117,6 +117,29 @@ def test_weldon_matches_hand_reference() -> None:
     assert set(np.flatnonzero(sel == -1)) == set(np.argsort(s)[:2])
 
 
+
+def test_weldon_with_a_hidden_tile_scorer_matches_hand_reference() -> None:
+    """``tile_hidden``: each tile is scored by ReLU(x W1 + b1) w2 + b2 (numpy), then the same min-max pooling."""
+    torch.manual_seed(0)
+    x = _bag(11, 4, 1)
+    head = create_head("weldon", 4, 2, k_top=2, k_bottom=3, negative_weight=0.5, tile_hidden=5).eval()
+    first, last = head.scorer[0], head.scorer[-1]
+    w1, b1 = first.weight.detach().double().numpy(), first.bias.detach().double().numpy()
+    w2, b2 = last.weight.detach().double().numpy()[0], float(last.bias.detach()[0])
+    s = np.maximum(x @ w1.T + b1, 0.0) @ w2 + b2
+    order = np.sort(s)
+    z = order[-2:].mean() + 0.5 * order[:3].mean()
+    with torch.no_grad():
+        logits, tiles = head(torch.tensor(x, dtype=torch.float32)[None], torch.ones(1, 11, dtype=torch.bool))
+    np.testing.assert_allclose(logits[0].numpy(), [0.0, z], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(tiles[0, :, 1].numpy(), s, rtol=1e-5, atol=1e-6)
+    assert head.tile_scorer_layer() is None  # the outlier start needs a linear scorer
+    # a saved state dict of the hidden scorer loads into a head built from the same options, not a linear one
+    again = create_head("weldon", 4, 2, k_top=2, k_bottom=3, negative_weight=0.5, tile_hidden=5)
+    again.load_state_dict(head.state_dict())
+    with pytest.raises(RuntimeError):
+        create_head("weldon", 4, 2, k_top=2, k_bottom=3).load_state_dict(head.state_dict())
+
 def _sigmoid(a: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-a))
 
@@ -279,7 +302,8 @@ def test_typed_options_are_validated_once_and_used_as_they_are() -> None:
     assert head.opts is cfg.head_options  # no dict round trip, no second validation
     # the JSON form (config.json, study.yaml) stays a plain mapping with the defaults filled in
     assert config_to_dict(cfg)["head_options"] == {"bag_centring": "auto", "feature_components": "auto",
-                                                   "k_top": 3, "k_bottom": 10, "negative_weight": 1.0}
+                                                   "tile_hidden": "auto", "k_top": 3, "k_bottom": 10,
+                                                   "negative_weight": 1.0}
     assert TrainConfig.model_validate(config_to_dict(cfg)) == cfg
     assert isinstance(TrainConfig().head_options, ChowderOptions)  # the default head's defaults
     assert TrainConfig(head="mean").head_options.model_dump() == create_head("max", 4, 2).opts.model_dump()  # same keys

@@ -59,7 +59,7 @@ def test_train_and_predict_cli(cohort, tmp_path: Path, capsys: pytest.CaptureFix
     # the file format of the options: a plain mapping with every default filled in
     # (auto options as settled from the training bags: bags of ~30 tiles are not centred)
     assert cfg["head_options"] == cfg["train_config"]["head_options"] == {
-        "bag_centring": "none", "feature_components": None, "k_top": 10, "k_bottom": 10, "negative_weight": 1.0}
+        "bag_centring": "none", "feature_components": None, "tile_hidden": 64, "k_top": 10, "k_bottom": 10, "negative_weight": 1.0}
     metrics = json.loads((run / "metrics.json").read_text())
     assert len(metrics["folds"]) == 3 and {"auc", "accuracy", "balanced_accuracy"} <= set(metrics["fold_summary"])
     assert metrics["fold_summary"]["auc"]["std"] is not None

@@ -90,8 +90,9 @@ def test_tile_init_outliers_is_for_binary_classification() -> None:
         build_config(TrainConfig, None, ["task=survival", "tile_init=outliers"])
 
 
-def test_tile_hidden_auto_is_settled_from_the_training_bag_sizes() -> None:
-    """CHOWDER's ``tile_hidden: auto``: 64 ReLU units for classification on bags of instances, the paper's linear
+@pytest.mark.parametrize("name", ["chowder", "weldon"])
+def test_tile_hidden_auto_is_settled_from_the_training_bag_sizes(name: str) -> None:
+    """CHOWDER's and WELDON's ``tile_hidden: auto``: 64 ReLU units for classification on bags of instances, the paper's linear
     scorer on slides (the outlier start needs it), for survival and regression, and when ``tile_init: outliers``."""
     from wsi_mil.mil.heads.options import AUTO_TILE_HIDDEN, INSTANCE_BAG_MAX_TILES
     from wsi_mil.mil.training import settle_bag_defaults
@@ -100,21 +101,22 @@ def test_tile_hidden_auto_is_settled_from_the_training_bag_sizes() -> None:
     small, large = INSTANCE_BAG_MAX_TILES - 1, INSTANCE_BAG_MAX_TILES
     bags = BagSet([rng.standard_normal((n, DIM)).astype(np.float32) for n in (small, small, small, large, large)])
     instances, slides = np.arange(3), np.arange(2, 5)  # medians: small, large
-    chowder = TrainConfig(head="chowder")
+    chowder = TrainConfig(head=name)
     assert chowder.head_options.tile_hidden == "auto"
     lines: list[str] = []
     settled = settle_bag_defaults(chowder, bags, instances, lines.append)
     assert settled.head_options.tile_hidden == AUTO_TILE_HIDDEN and "tile_hidden" in lines[0]
     assert settle_bag_defaults(settled, bags, slides) == settled  # idempotent: settled once, kept
     assert settle_bag_defaults(chowder, bags, slides).head_options.tile_hidden is None
-    outliers = TrainConfig(head="chowder", tile_init="outliers")
+    outliers = TrainConfig(head=name, tile_init="outliers")
     linear = settle_bag_defaults(outliers, bags, instances)
     assert linear.head_options.tile_hidden is None
     for task in ("survival", "regression"):
-        assert settle_bag_defaults(TrainConfig(head="chowder", task=task), bags, instances).head_options.tile_hidden is None
-    given = TrainConfig(head="chowder", head_options={"tile_hidden": 8})
+        assert settle_bag_defaults(TrainConfig(head=name, task=task), bags, instances).head_options.tile_hidden is None
+    given = TrainConfig(head=name, head_options={"tile_hidden": 8})
     assert settle_bag_defaults(given, bags, slides).head_options.tile_hidden == 8
-    weldon = TrainConfig(head="weldon", head_options={"bag_centring": "none", "feature_components": None})
-    assert settle_bag_defaults(weldon, bags, instances) == weldon  # no auto option left
+    lse = TrainConfig(head="lse", head_options={"bag_centring": "none", "feature_components": None})
+    assert settle_bag_defaults(lse, bags, instances) == lse  # no auto option left
     # a head built directly (no training bags) and a run saved before the option: the linear scorer
-    assert create_head("chowder", DIM, 2).tile_scorer_layer() is not None
+    assert create_head(name, DIM, 2).tile_scorer_layer() is not None
+    assert create_head(name, DIM, 2, tile_hidden=8).tile_scorer_layer() is None  # no outlier start

@@ -64,6 +64,14 @@ def check_inputs(features: Tensor, mask: Tensor, in_dim: int) -> None:
         raise ValueError(f"mask must be bool (B, N) = {tuple(features.shape[:2])}, got {mask.dtype} {tuple(mask.shape)}")
 
 
+def tile_scorer(in_dim: int, out: int, hidden: int | None, dropout: float = 0.0) -> nn.Module:
+    """Tile features (..., in_dim) -> scores (..., out): a linear layer, or with ``hidden`` units a ReLU layer
+    (then dropout) before it (``nn.Sequential``: Linear, ReLU, Dropout, Linear)."""
+    if hidden is None:
+        return nn.Linear(in_dim, out)
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, out))
+
+
 class MILHead(nn.Module):
     """Base class: subclasses implement :meth:`member_outputs` and optionally the hooks below."""
 

@@ -16,26 +16,19 @@ import torch
 from torch import Tensor, nn
 
 from wsi_mil.mil.heads._registry import register_head
-from wsi_mil.mil.heads.base import MILHead
+from wsi_mil.mil.heads.base import MILHead, tile_scorer
 from wsi_mil.mil.heads.options import AttentionOptions, PoolOptions
 from wsi_mil.mil.minmax import KSpec, extreme_mean
 
 
-def _tile_scorer(in_dim: int, out: int, opts: PoolOptions) -> nn.Module:
-    if opts.hidden is None:
-        return nn.Linear(in_dim, out)
-    return nn.Sequential(nn.Linear(in_dim, opts.hidden), nn.ReLU(), nn.Dropout(opts.dropout),
-                         nn.Linear(opts.hidden, out))
-
-
 class _ScoredTilesHead(MILHead):
-    """A head that scores each tile with :func:`_tile_scorer`, then pools the scores."""
+    """A head that scores each tile with :func:`~wsi_mil.mil.heads.base.tile_scorer`, then pools the scores."""
 
     def __init__(self, in_dim: int, n_classes: int, opts: PoolOptions | None = None) -> None:
         opts = opts or PoolOptions()
         super().__init__(in_dim, n_classes, opts)
         self.opts = opts
-        self.scorer = _tile_scorer(self.score_dim, self.n_outputs, self.opts)
+        self.scorer = tile_scorer(self.score_dim, self.n_outputs, self.opts.hidden, self.opts.dropout)
 
     def tile_scorer_layer(self) -> nn.Linear | None:
         return self.scorer if isinstance(self.scorer, nn.Linear) else None

@@ -25,7 +25,7 @@ def _count_or_fraction(value: int | float) -> int | float:
 #: a number of tiles (int) or a share of the bag (float in (0, 1]); see :mod:`wsi_mil.mil.minmax`
 TileCount = Annotated[int | float, AfterValidator(_count_or_fraction)]
 
-#: CHOWDER's ``tile_hidden: auto`` is a hidden layer of AUTO_TILE_HIDDEN units when the median training bag
+#: CHOWDER's and WELDON's ``tile_hidden: auto`` is a hidden layer of AUTO_TILE_HIDDEN units when the median training bag
 #: holds fewer than INSTANCE_BAG_MAX_TILES tiles (bags of instances; the demo's slides hold ~80; docs/mil-defaults.md)
 INSTANCE_BAG_MAX_TILES = 64
 AUTO_TILE_HIDDEN = 64
@@ -35,8 +35,29 @@ _LR = FloatRange(1e-4, 1e-2, log=True)
 _WD = FloatRange(1e-5, 1.0, log=True)
 
 
+class TileHiddenOptions(HeadOptions):
+    """Options of the min-max heads whose tile scorer may take a hidden layer (``tile_hidden``)."""
+
+    tile_hidden: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
+        "auto", description="ReLU units of a hidden layer before the tile score (a non-linear tile scorer; "
+                            "tile_init auto then keeps the random start); null = the paper's linear tile scorer; "
+                            "auto = 64 for classification when the median training bag holds < 64 tiles (bags of "
+                            "instances), else null (slides, survival, regression, tile_init outliers; "
+                            "docs/mil-defaults.md)")
+
+    def for_bags(self, task: str, median_tiles: float, tile_init: str, dim: int) -> Self:
+        """``bag_centring`` and ``feature_components: auto`` settled (see :class:`HeadOptions`), and
+        ``tile_hidden: auto``: 64 for classification on bags of instances (median < 64 tiles) unless the
+        outlier start, which needs the linear scorer, is asked for; else null."""
+        settled = super().for_bags(task, median_tiles, tile_init, dim)
+        if self.tile_hidden != "auto":
+            return settled
+        small = task == "classification" and median_tiles < INSTANCE_BAG_MAX_TILES and tile_init != "outliers"
+        return settled.model_copy(update={"tile_hidden": AUTO_TILE_HIDDEN if small else None})
+
+
 @register_options("weldon", "WELDON: linear tile scores, mean of top-k + bottom-k")
-class WeldonOptions(HeadOptions):
+class WeldonOptions(TileHiddenOptions):
     """WELDON hyper-parameters; k is a tile count (int) or a fraction of the bag (float in (0, 1])."""
 
     centres_slides: ClassVar[bool] = True
@@ -57,7 +78,7 @@ class WeldonOptions(HeadOptions):
 
 
 @register_options("chowder", "CHOWDER: ensemble of 1-d embedding + min-max + MLP")
-class ChowderOptions(HeadOptions):
+class ChowderOptions(TileHiddenOptions):
     """CHOWDER hyper-parameters (paper values by default, except a 10-member ensemble and ``l2`` 0:
     the paper's 0.5 flattened the tile scores; see docs/mil-defaults.md)."""
 
@@ -74,23 +95,6 @@ class ChowderOptions(HeadOptions):
         None, ge=0, lt=1, description="dropout after each hidden layer; null = 0.5 for classification, 0 for survival "
                                       "and regression (noise on a Cox risk or a value costs more than it regularises)")
     l2: float = Field(0.0, ge=0, description="L2 penalty on the tile embedding weights (per member; AdamW weight_decay also applies)")
-    tile_hidden: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
-        "auto", description="ReLU units of a hidden layer before each member's tile score (a non-linear tile "
-                            "scorer; tile_init auto then keeps the random start); null = the paper's linear 1-d "
-                            "embedding; auto = 64 for classification when the median training bag holds < 64 "
-                            "tiles (bags of instances), else null (slides, survival, regression, tile_init outliers; "
-                            "docs/mil-defaults.md)")
-
-    def for_bags(self, task: str, median_tiles: float, tile_init: str, dim: int) -> Self:
-        """``bag_centring`` and ``feature_components: auto`` settled (see :class:`HeadOptions`), and
-        ``tile_hidden: auto``: 64 for classification on bags of instances (median < 64 tiles) unless the
-        outlier start, which needs the linear scorer, is asked for; else null."""
-        settled = super().for_bags(task, median_tiles, tile_init, dim)
-        if self.tile_hidden != "auto":
-            return settled
-        small = task == "classification" and median_tiles < INSTANCE_BAG_MAX_TILES and tile_init != "outliers"
-        return settled.model_copy(update={"tile_hidden": AUTO_TILE_HIDDEN if small else None})
-
     search_space: ClassVar[SearchSpace] = {
         "head_options.l2": FloatRange(1e-4, 1.0, log=True),
         "head_options.r": Choice((1, 2, 3, 5, 10, 0.05, 0.1, 0.2, 0.5)),

@@ -1,7 +1,8 @@
 """WELDON (Durand et al., CVPR 2016) with WILDCAT's negative-evidence weight (Durand et al. 2017).
 
-Tile scores ``s = W x + b`` (a 1x1 convolution over the tiles: one linear layer), slide score per
-class = mean of the ``k_top`` highest + ``negative_weight`` x mean of the ``k_bottom`` lowest.
+Tile scores ``s = W x + b`` (a 1x1 convolution over the tiles: one linear layer; with ``tile_hidden``, a
+ReLU layer first, the default on bags of instances), slide score per class = mean of the ``k_top``
+highest + ``negative_weight`` x mean of the ``k_bottom`` lowest.
 """
 
 from __future__ import annotations
@@ -10,20 +11,24 @@ import torch
 from torch import Tensor, nn
 
 from wsi_mil.mil.heads._registry import register_head
-from wsi_mil.mil.heads.base import MILHead
+from wsi_mil.mil.heads.base import MILHead, tile_scorer
 from wsi_mil.mil.heads.options import WeldonOptions
 from wsi_mil.mil.minmax import KSpec, extreme_mean, minmax_pool
 
 
 @register_head("weldon")
 class Weldon(MILHead):
-    """WELDON: linear tile scorer + min-max pooling. Output shapes as in :class:`MILHead`."""
+    """WELDON: tile scorer (linear, or ``tile_hidden`` ReLU units then linear) + min-max pooling. Output shapes
+    as in :class:`MILHead`."""
 
     def __init__(self, in_dim: int, n_classes: int, opts: WeldonOptions | None = None) -> None:
         opts = opts or WeldonOptions()
         super().__init__(in_dim, n_classes, opts)
         self.opts = opts
-        self.scorer = nn.Linear(self.score_dim, self.n_outputs)
+        #: ReLU units before the tile score, or None (linear); ``auto`` unsettled by training (a head built
+        #: directly, a run saved before the option) is the paper's linear scorer
+        self.tile_hidden: int | None = None if opts.tile_hidden == "auto" else opts.tile_hidden
+        self.scorer = tile_scorer(self.score_dim, self.n_outputs, self.tile_hidden)
 
     representation = "the mean of the k_top highest and of the k_bottom lowest tile scores, (B, 2 O) (B, O without k_bottom)"
 
@@ -52,8 +57,8 @@ class Weldon(MILHead):
         slide = top + self.opts.negative_weight * bottom
         return slide.unsqueeze(1), tiles, torch.cat([top, bottom], dim=-1)
 
-    def tile_scorer_layer(self) -> nn.Linear:
-        return self.scorer
+    def tile_scorer_layer(self) -> nn.Linear | None:
+        return self.scorer if isinstance(self.scorer, nn.Linear) else None
 
     def selection_k(self) -> tuple[KSpec | None, KSpec | None]:
         return self.opts.k_top, self._k_bottom()
