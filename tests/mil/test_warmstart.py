@@ -94,11 +94,12 @@ def test_tile_init_outliers_is_for_binary_classification() -> None:
 def test_tile_hidden_auto_is_settled_from_the_training_bag_sizes(name: str) -> None:
     """CHOWDER's and WELDON's ``tile_hidden: auto``: 64 ReLU units for classification on bags of instances, the paper's linear
     scorer on slides (the outlier start needs it), for survival and regression, and when ``tile_init: outliers``."""
-    from wsi_mil.mil.heads.options import AUTO_TILE_HIDDEN, INSTANCE_BAG_MAX_TILES
+    from wsi_mil.mil.heads._registry import SLIDE_BAG_MIN_TILES
+    from wsi_mil.mil.heads.options import AUTO_TILE_HIDDEN
     from wsi_mil.mil.training import settle_bag_defaults
 
     rng = np.random.default_rng(0)
-    small, large = INSTANCE_BAG_MAX_TILES - 1, INSTANCE_BAG_MAX_TILES
+    small, large = SLIDE_BAG_MIN_TILES - 1, SLIDE_BAG_MIN_TILES
     bags = BagSet([rng.standard_normal((n, DIM)).astype(np.float32) for n in (small, small, small, large, large)])
     instances, slides = np.arange(3), np.arange(2, 5)  # medians: small, large
     chowder = TrainConfig(head=name)

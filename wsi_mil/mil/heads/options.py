@@ -12,7 +12,14 @@ from typing import Annotated, ClassVar, Literal, Self
 
 from pydantic import AfterValidator, Field
 
-from wsi_mil.mil.heads._registry import Choice, FloatRange, HeadOptions, SearchSpace, register_options
+from wsi_mil.mil.heads._registry import (
+    SLIDE_BAG_MIN_TILES,
+    Choice,
+    FloatRange,
+    HeadOptions,
+    SearchSpace,
+    register_options,
+)
 
 
 def _count_or_fraction(value: int | float) -> int | float:
@@ -25,9 +32,9 @@ def _count_or_fraction(value: int | float) -> int | float:
 #: a number of tiles (int) or a share of the bag (float in (0, 1]); see :mod:`wsi_mil.mil.minmax`
 TileCount = Annotated[int | float, AfterValidator(_count_or_fraction)]
 
-#: CHOWDER's and WELDON's ``tile_hidden: auto`` is a hidden layer of AUTO_TILE_HIDDEN units when the median training bag
-#: holds fewer than INSTANCE_BAG_MAX_TILES tiles (bags of instances; the demo's slides hold ~80; docs/mil-defaults.md)
-INSTANCE_BAG_MAX_TILES = 64
+#: CHOWDER's and WELDON's ``tile_hidden: auto`` is a hidden layer of AUTO_TILE_HIDDEN units when the median
+#: training bag holds fewer than SLIDE_BAG_MIN_TILES tiles (bags of instances and small slides, such as the
+#: demo's ~80; from that size on, slides keep the linear scorer the outlier start needs; docs/mil-defaults.md)
 AUTO_TILE_HIDDEN = 64
 
 _LR = FloatRange(1e-4, 1e-2, log=True)
@@ -41,18 +48,18 @@ class TileHiddenOptions(HeadOptions):
     tile_hidden: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
         "auto", description="ReLU units of a hidden layer before the tile score (a non-linear tile scorer; "
                             "tile_init auto then keeps the random start); null = the paper's linear tile scorer; "
-                            "auto = 64 for classification when the median training bag holds < 64 tiles (bags of "
-                            "instances), else null (slides, survival, regression, tile_init outliers; "
+                            "auto = 64 for classification when the median training bag holds < 200 tiles (bags of "
+                            "instances, small slides), else null (slides, survival, regression, tile_init outliers; "
                             "docs/mil-defaults.md)")
 
     def for_bags(self, task: str, median_tiles: float, tile_init: str, dim: int) -> Self:
         """``bag_centring`` and ``feature_components: auto`` settled (see :class:`HeadOptions`), and
-        ``tile_hidden: auto``: 64 for classification on bags of instances (median < 64 tiles) unless the
+        ``tile_hidden: auto``: 64 for classification on bags of < 200 tiles (median) unless the
         outlier start, which needs the linear scorer, is asked for; else null."""
         settled = super().for_bags(task, median_tiles, tile_init, dim)
         if self.tile_hidden != "auto":
             return settled
-        small = task == "classification" and median_tiles < INSTANCE_BAG_MAX_TILES and tile_init != "outliers"
+        small = task == "classification" and median_tiles < SLIDE_BAG_MIN_TILES and tile_init != "outliers"
         return settled.model_copy(update={"tile_hidden": AUTO_TILE_HIDDEN if small else None})
 
 
