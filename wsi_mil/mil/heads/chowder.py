@@ -50,9 +50,8 @@ class Chowder(MILHead):
         self.r: KSpec = self.opts.r if self.opts.r is not None else (
             DEFAULT_R_ONE_OUTPUT if n_classes == 1 else DEFAULT_R_CLASSES)
         e, o, r = self.opts.n_members, self.n_outputs, self.n_points
-        #: ReLU units before the tile score, or None (linear); ``auto`` unsettled by training (a head built
-        #: directly, a run saved before the option) is the paper's linear scorer
-        self.tile_hidden: int | None = None if self.opts.tile_hidden == "auto" else self.opts.tile_hidden
+        #: ReLU units before the tile score, or None (linear): :attr:`~wsi_mil.mil.heads.options.TileHiddenOptions.hidden_units`
+        self.tile_hidden = opts.hidden_units
         h = self.tile_hidden
         if h is None:  # the paper's 1-d linear tile embedding
             self.embedding = nn.Linear(self.score_dim, e * o)  # column e * O + o: member e, output o

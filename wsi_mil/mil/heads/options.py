@@ -52,6 +52,12 @@ class TileHiddenOptions(HeadOptions):
                             "instances, small slides), else null (slides, survival, regression, tile_init outliers; "
                             "docs/mil-defaults.md)")
 
+    @property
+    def hidden_units(self) -> int | None:
+        """The ReLU units the head builds before its tile score, or None (linear). ``auto`` unsettled by
+        training (a head built directly, a run saved before the option) is the paper's linear scorer."""
+        return None if self.tile_hidden == "auto" else self.tile_hidden
+
     def for_bags(self, task: str, median_tiles: float, tile_init: str, dim: int) -> Self:
         """``bag_centring`` and ``feature_components: auto`` settled (see :class:`HeadOptions`), and
         ``tile_hidden: auto``: 64 for classification on bags of < 200 tiles (median) unless the

@@ -1,7 +1,7 @@
 """WELDON (Durand et al., CVPR 2016) with WILDCAT's negative-evidence weight (Durand et al. 2017).
 
 Tile scores ``s = W x + b`` (a 1x1 convolution over the tiles: one linear layer; with ``tile_hidden``, a
-ReLU layer first, the default on bags of instances), slide score per class = mean of the ``k_top``
+ReLU layer first, the default below 200 tiles per bag), slide score per class = mean of the ``k_top``
 highest + ``negative_weight`` x mean of the ``k_bottom`` lowest.
 """
 
@@ -25,9 +25,8 @@ class Weldon(MILHead):
         opts = opts or WeldonOptions()
         super().__init__(in_dim, n_classes, opts)
         self.opts = opts
-        #: ReLU units before the tile score, or None (linear); ``auto`` unsettled by training (a head built
-        #: directly, a run saved before the option) is the paper's linear scorer
-        self.tile_hidden: int | None = None if opts.tile_hidden == "auto" else opts.tile_hidden
+        #: ReLU units before the tile score, or None (linear): :attr:`~wsi_mil.mil.heads.options.TileHiddenOptions.hidden_units`
+        self.tile_hidden = opts.hidden_units
         self.scorer = tile_scorer(self.score_dim, self.n_outputs, self.tile_hidden)
 
     representation = "the mean of the k_top highest and of the k_bottom lowest tile scores, (B, 2 O) (B, O without k_bottom)"
