@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wsi_mil.mil import create_head
+from wsi_mil.mil import centring, create_head
 from wsi_mil.mil.bags import BagSet
 from wsi_mil.mil.centring import BAG_STD_FLOOR, bag_mean, bag_median, bag_std
 from wsi_mil.mil.config import TrainConfig
@@ -52,6 +52,27 @@ def test_bag_std_reads_the_real_tiles_only(sizes: list[int], seed: int) -> None:
     for b, n in enumerate(sizes):
         want = np.maximum(x[b, :n].std(axis=0), BAG_STD_FLOOR) if n else np.full(DIM, BAG_STD_FLOOR)
         np.testing.assert_allclose(got[b, 0], want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("block", [1, 7, 40, 1 << 20])
+def test_blocked_sums_match_numpy_and_never_read_nan_or_inf_padding(block: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mean and std are summed a block of rows at a time on the CPU (no (B, N, D) temporary): every block size
+    gives numpy's figures, and NaN / inf in the padding never reach them."""
+    monkeypatch.setattr(centring, "BLOCK_ELEMENTS", block)
+    rng = np.random.default_rng(3)
+    sizes = [23, 0, 9, 17]
+    x = rng.standard_normal((4, 23, DIM)).astype(np.float32) * 3 + 1
+    mask = np.arange(23)[None, :] < np.array(sizes)[:, None]
+    x[~mask] = np.nan
+    x[1, :4] = np.inf
+    xt, mt = torch.from_numpy(x), torch.from_numpy(mask)
+    means = bag_mean(xt, mt).numpy()
+    stds = bag_std(xt, mt, bag_mean(xt, mt)).numpy()
+    for b, n in enumerate(sizes):
+        want_mean = x[b, :n].mean(axis=0) if n else np.zeros(DIM)
+        want_std = np.maximum(x[b, :n].std(axis=0), BAG_STD_FLOOR) if n else np.full(DIM, BAG_STD_FLOOR)
+        np.testing.assert_allclose(means[b, 0], want_mean, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(stds[b, 0], want_std, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("how", ["mean", "median", "zscore"])

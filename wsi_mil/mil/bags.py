@@ -90,8 +90,14 @@ def resolve_device(name: str) -> torch.device:
 class BagSet:
     """Bags as tensors, on ``device`` when they fit; padded batches in float32 on ``device``."""
 
-    def __init__(self, features: Sequence[np.ndarray | Tensor], device: torch.device | str = "cpu") -> None:
+    def __init__(self, features: Sequence[np.ndarray | Tensor], device: torch.device | str = "cpu",
+                 prepared: bool = False) -> None:
+        """``features``: one (N_i, D) array per bag position. ``prepared``: they are a head's
+        :meth:`~wsi_mil.mil.heads.base.MILHead.prepare` output already (:mod:`wsi_mil.mil.prepared`), and the
+        head reads them as they are (``prepared=True``)."""
         self.device = torch.device(device)
+        #: the bags are a head's prepared tiles (D = its score_dim), not raw features
+        self.prepared = prepared
         tensors = [torch.as_tensor(f) for f in features]
         total = sum(t.numel() * t.element_size() for t in tensors)
         self.on_device = self.device.type == "cpu"

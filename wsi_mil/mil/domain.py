@@ -129,10 +129,12 @@ class DomainAdversary:
         """Ganin's lambda at the current step."""
         return ganin_lambda(self.step / self.total_steps)
 
-    def outputs(self, head: MILHead, features: Tensor, mask: Tensor, batch: list[int]) -> tuple[Tensor, Tensor]:
+    def outputs(self, head: MILHead, features: Tensor, mask: Tensor, batch: list[int],
+                prepared: bool = False) -> tuple[Tensor, Tensor]:
         """One training step's member logits (B, E, C) of ``head`` and the weighted site loss (scalar),
-        from one forward pass; advances the schedule by one step."""
-        logits, rep = head.member_logits_and_representation(features, mask)
+        from one forward pass; advances the schedule by one step. ``prepared``: as
+        :meth:`~wsi_mil.mil.heads.base.MILHead.member_logits`."""
+        logits, rep = head.member_logits_and_representation(features, mask, prepared)
         site_logits = self.classifier(gradient_reversal(rep, self.lam))
         loss = F.cross_entropy(site_logits, self.domains[batch], weight=self.site_weight.to(site_logits.dtype))
         self.step += 1

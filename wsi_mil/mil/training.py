@@ -32,6 +32,7 @@ from wsi_mil.mil.domain import DomainAdversary, make_adversary
 from wsi_mil.mil.heads._registry import SLIDE_BAG_MIN_TILES
 from wsi_mil.mil.heads.base import MILHead
 from wsi_mil.mil.metrics import classification_metrics
+from wsi_mil.mil.prepared import scoring_bags
 from wsi_mil.mil.registry import create_head
 from wsi_mil.mil.regression import regression_loss
 from wsi_mil.mil.survival import cox_loss
@@ -91,7 +92,7 @@ def train_epoch(
     for start in range(0, len(order), cfg.batch_size):
         batch = order[start:start + cfg.batch_size].tolist()
         feats, mask = bags.sample_batch(batch, cfg.tiles_per_bag, gen)
-        logits, site_loss = step_outputs(head, adversary, feats, mask, batch)
+        logits, site_loss = step_outputs(head, adversary, feats, mask, batch, bags.prepared)
         loss = logits_loss(head, logits, targets[batch], weights)
         if site_loss is not None:
             loss = loss + site_loss
@@ -106,12 +107,13 @@ def train_epoch(
 @torch.no_grad()
 def predict_probs(head: MILHead, bags: BagSet, positions: Sequence[int], tile_budget: int) -> npt.NDArray[np.float64]:
     """(len(positions), C) class probabilities from whole bags, in the order of ``positions``
-    (a one-output head: (len(positions), 1) risk scores or values)."""
+    (a one-output head: (len(positions), 1) risk scores or values). ``bags`` may be prepared ones
+    (:mod:`wsi_mil.mil.prepared`) of this head."""
     head.eval()
     out = np.zeros((len(positions), head.n_classes), dtype=np.float64)
     where = {p: i for i, p in enumerate(positions)}
     for batch, feats, mask in bags.whole_batches(list(positions), tile_budget):
-        logits, _ = head(feats, mask)
+        logits, _ = head(feats, mask, prepared=True) if bags.prepared else head(feats, mask)
         if head.n_classes == 1:  # one-output task: the risk score / value itself
             probs = logits.float().cpu().numpy()
         else:
@@ -196,11 +198,12 @@ def train_mode(head: MILHead, adversary: DomainAdversary | None) -> None:
 
 
 def step_outputs(head: MILHead, adversary: DomainAdversary | None, features: Tensor, mask: Tensor,
-                 batch: list[int]) -> tuple[Tensor, Tensor | None]:
-    """One step's member logits (B, E, O) and, with an adversary, its weighted site loss (else None)."""
+                 batch: list[int], prepared: bool = False) -> tuple[Tensor, Tensor | None]:
+    """One step's member logits (B, E, O) and, with an adversary, its weighted site loss (else None);
+    ``prepared``: the features are the head's prepared tiles (:mod:`wsi_mil.mil.prepared`)."""
     if adversary is None:
-        return head.member_logits(features, mask), None
-    return adversary.outputs(head, features, mask, batch)
+        return head.member_logits(features, mask, prepared), None
+    return adversary.outputs(head, features, mask, batch, prepared)
 
 
 def epoch_row(epoch: int, train_loss: float, adversary: DomainAdversary | None) -> dict[str, float | None]:
@@ -236,6 +239,7 @@ def fit(
     device = bags.device
     head.to(device)
     set_feature_transform(head, bags, train_pos, cfg, stats, components)
+    bags = scoring_bags(head, bags, np.r_[train_pos, val_pos], cfg.eval_tiles_per_batch)
     if uses_outlier_start(cfg, head, bags, train_pos):
         warm_start_tile_scorer(head, bags, targets, train_pos, cfg.eval_tiles_per_batch, seed)
     names = class_names or [str(i) for i in range(head.n_classes)]
@@ -326,7 +330,8 @@ class _StandardisedBags(Sequence[npt.NDArray[np.float32]]):
     @torch.no_grad()
     def __getitem__(self, i: int) -> npt.NDArray[np.float32]:  # type: ignore[override]
         for _, feats, mask in self.bags.whole_batches([int(self.positions[i])], self.tile_budget):
-            return self.head.prepare(feats.float(), mask)[0, mask[0]].cpu().numpy()  # type: ignore[no-any-return]
+            x = feats if self.bags.prepared else self.head.prepare(feats.float(), mask)
+            return x[0, mask[0]].cpu().numpy()  # type: ignore[no-any-return]
         raise IndexError(i)
 
 
@@ -379,6 +384,7 @@ def fit_task(
     head.to(device)
     task = cfg.task
     set_feature_transform(head, bags, train_pos, cfg, stats, components)
+    bags = scoring_bags(head, bags, np.r_[train_pos, val_pos], cfg.eval_tiles_per_batch)
     if task == SURVIVAL:
         y_loss = y
     else:
@@ -403,7 +409,7 @@ def fit_task(
         total = 0.0
         for batch in batches:
             feats, mask = bags.sample_batch(batch, cfg.tiles_per_bag, gen)
-            logits, site_loss = step_outputs(head, adversary, feats, mask, batch)
+            logits, site_loss = step_outputs(head, adversary, feats, mask, batch, bags.prepared)
             loss = task_loss(head, logits, y_dev[batch], task, cfg.regression_loss)
             if site_loss is not None:
                 loss = loss + site_loss

@@ -85,7 +85,7 @@ def outlier_direction(
 
     def mahalanobis(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         d = x - mean
-        return np.einsum("ij,jk,ik->i", d, precision, d)
+        return np.einsum("ij,ij->i", d @ precision, d)  # one BLAS product: a three-operand einsum is ~20x slower
 
     score = mahalanobis
     model = LogisticRegression(C=c, class_weight="balanced", max_iter=2000)

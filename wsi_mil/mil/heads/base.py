@@ -233,41 +233,52 @@ class MILHead(nn.Module):
             return torch.cat([-raw, raw], dim=-1)
         return torch.cat([torch.zeros_like(raw), raw], dim=-1)
 
-    def member_logits(self, features: Tensor, mask: Tensor) -> Tensor:
+    def scored_input(self, features: Tensor, mask: Tensor, standardized: bool = False, prepared: bool = False) -> Tensor:
+        """What the head's layers read, (B, N, ``score_dim``): :meth:`prepare` of features (B, N, D), or, with
+        ``prepared``, the features themselves, already (B, N, ``score_dim``) from :meth:`prepare` (a fit computes
+        them once: :mod:`wsi_mil.mil.prepared`). ValueError on shapes that break the contract."""
+        check_inputs(features, mask, self.score_dim if prepared else self.in_dim)
+        return features if prepared else self.prepare(features, mask, standardized)
+
+    def member_logits(self, features: Tensor, mask: Tensor, prepared: bool = False) -> Tensor:
         """Per-member slide logits, for the training loss.
 
         Arguments:
-            features: Tile features of shape `(B, N, D)` (not standardised).
+            features: Tile features of shape `(B, N, D)` (not standardised), or with ``prepared``
+                `(B, N, score_dim)` from :meth:`prepare`.
             mask: Bool mask of shape `(B, N)`, True on real tiles.
+            prepared: The features are :meth:`prepare`'s output already.
 
         Returns:
             logits: Member slide logits of shape `(B, E, C)`.
         """
-        check_inputs(features, mask, self.in_dim)
-        raw, _ = self.member_outputs(self.prepare(features, mask), mask)
+        raw, _ = self.member_outputs(self.scored_input(features, mask, prepared=prepared), mask)
         return self._expand(raw, dim_is_tiles=False)
 
-    def member_logits_and_representation(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    def member_logits_and_representation(self, features: Tensor, mask: Tensor,
+                                         prepared: bool = False) -> tuple[Tensor, Tensor]:
         """:meth:`member_logits` `(B, E, C)` and the slide representation `(B, R)` of features `(B, N, D)`
-        (not standardised), mask `(B, N)`, from one pass."""
-        check_inputs(features, mask, self.in_dim)
-        raw, _, rep = self.member_outputs_with_representation(self.prepare(features, mask), mask)
+        (not standardised; with ``prepared``: `(B, N, score_dim)` from :meth:`prepare`), mask `(B, N)`,
+        from one pass."""
+        x = self.scored_input(features, mask, prepared=prepared)
+        raw, _, rep = self.member_outputs_with_representation(x, mask)
         return self._expand(raw, dim_is_tiles=False), rep
 
-    def forward(self, features: Tensor, mask: Tensor, standardized: bool = False) -> tuple[Tensor, Tensor]:
+    def forward(self, features: Tensor, mask: Tensor, standardized: bool = False,
+                prepared: bool = False) -> tuple[Tensor, Tensor]:
         """Slide logits and tile scores of a batch of padded bags.
 
         Arguments:
             features: Tile features of shape `(B, N, D)`; padded positions may hold anything.
             mask: Bool mask of shape `(B, N)`, True on real tiles, False on padding.
             standardized: The features went through :meth:`standardize_` already.
+            prepared: The features are :meth:`prepare`'s output, `(B, N, score_dim)`.
 
         Returns:
             slide_logits: Slide logits of shape `(B, C)` (an ensemble: log of the mean probability).
             tile_scores: Tile scores of shape `(B, N, C)`, 0 on padding (binary: `[-s, s]`).
         """
-        check_inputs(features, mask, self.in_dim)
-        raw, tiles = self.member_outputs(self.prepare(features, mask, standardized), mask)
+        raw, tiles = self.member_outputs(self.scored_input(features, mask, standardized, prepared), mask)
         logits = self._expand(raw, dim_is_tiles=False)
         if logits.shape[1] == 1:
             slide = logits[:, 0]

@@ -32,8 +32,12 @@ class FoldEnsemble(MILHead):
         """No-op: every member standardises the raw features with its own statistics."""
         return features
 
-    def forward(self, features: Tensor, mask: Tensor, standardized: bool = False) -> tuple[Tensor, Tensor]:
-        """Mean member probabilities (as logits `(B, C)`) and mean tile scores `(B, N, C)`."""
+    def forward(self, features: Tensor, mask: Tensor, standardized: bool = False,
+                prepared: bool = False) -> tuple[Tensor, Tensor]:
+        """Mean member probabilities (as logits `(B, C)`) and mean tile scores `(B, N, C)` of raw features
+        `(B, N, D)` (each member prepares them its own way: ``prepared`` features cannot be shared)."""
+        if prepared:
+            raise ValueError("a fold ensemble reads raw features: its members prepare them each their own way")
         check_inputs(features, mask, self.in_dim)
         first, *rest = self.members
         logits, tiles = first(features, mask)
