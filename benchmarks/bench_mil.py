@@ -56,6 +56,14 @@ Seventh mode, ``fewbags``: the few-lesion problem on feature bags (one to four l
 oracle on the same folds; seconds per head, a development loop for ``fewlesion``:
 
     python benchmarks/bench_mil.py fewbags --heads chowder,weldon,max,lse
+
+Eighth mode, ``fit``: one ``fit`` as ``wsi-mil train`` runs it (defaults settled from the bag sizes: on
+slides of >= 200 tiles x >= 256-d the z-score per slide, 128 feature components and the outlier start;
+validation every epoch) on 80 % / 20 % of synthetic bags, each variant in a fresh process. Baseline in
+the same run: the same fit preparing every batch as it goes (the path before :mod:`wsi_mil.mil.prepared`);
+printed: wall / CPU seconds, the share spent in epochs, peak RSS, and the ratio:
+
+    python benchmarks/bench_mil.py fit --bags 200 --tiles 10000 --dim 1024 --distinct 4 --epochs 3
 """
 
 from __future__ import annotations
@@ -569,9 +577,68 @@ def pd_frame(x: np.ndarray, t: np.ndarray, e: np.ndarray):
     return df
 
 
+def fit_once(n_bags: int, n_tiles: int, dim: int, distinct: int, epochs: int, head: str, device: str,
+             cache: bool) -> dict:
+    """One ``fit`` of ``head`` with ``wsi-mil train``'s settled defaults on ``n_bags`` synthetic float16 bags
+    (n_tiles, dim), 80 % training / 20 % validation, exactly ``epochs`` epochs with validation; ``cache``
+    False: every batch prepared as it goes. Returns seconds (wall, CPU, in epochs) and the settled options."""
+    from wsi_mil.mil import prepared
+    from wsi_mil.mil.training import fit, settle_bag_defaults
+
+    dev = torch.device(device)
+    bags = BagSet(make_bags(n_bags, n_tiles, dim, distinct, dev), dev)
+    y = np.arange(n_bags) % 2
+    cut = int(0.8 * n_bags)
+    train, val = np.arange(cut), np.arange(cut, n_bags)
+    cfg = TrainConfig(head=head, device=dev.type, max_epochs=epochs, min_epochs=epochs, patience=epochs)
+    cfg = settle_bag_defaults(cfg, bags, train)
+    if not cache:
+        prepared.worth_preparing = lambda *_: False  # type: ignore[assignment]
+    model = build_head(cfg, dim, 2, seed=0)
+    _sync(dev)
+    t, c = time.perf_counter(), time.process_time()
+    res = fit(model, bags, y, train, val, cfg, seed=0)
+    _sync(dev)
+    return {"wall": time.perf_counter() - t, "cpu": time.process_time() - c,
+            "epochs_s": sum(float(r["seconds"] or 0.0) for r in res.history), "epochs": res.epochs_run,
+            "options": {k: v for k, v in cfg.head_options.model_dump().items()
+                        if k in ("bag_centring", "feature_components", "tile_hidden")}}
+
+
+def fit_main(argv: list[str]) -> None:
+    from _common import machine, run_isolated
+
+    ap = argparse.ArgumentParser(description="one train fit: prepared once vs prepared every batch")
+    ap.add_argument("--bags", type=int, default=200)
+    ap.add_argument("--tiles", type=int, default=10_000)
+    ap.add_argument("--dim", type=int, default=1024)
+    ap.add_argument("--distinct", type=int, default=4, help="distinct bag tensors (0 = all)")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--heads", default="chowder,weldon")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args(argv)
+    print(f"machine: {machine(torch.device(args.device))}; {torch.get_num_threads()} torch threads")
+    print(f"{args.bags} bags x {args.tiles} tiles x {args.dim}-d float16, {args.epochs} epochs, 80/20 split")
+    here = str(Path(__file__).resolve().parent)
+    for head in args.heads.split(","):
+        runs = {}
+        for cache in (False, True):
+            code = (f"import sys; sys.path.insert(0, {here!r})\nfrom bench_mil import fit_once\n"
+                    f"RESULT = fit_once({args.bags}, {args.tiles}, {args.dim}, {args.distinct}, {args.epochs}, "
+                    f"{head!r}, {args.device!r}, {cache})\n")
+            runs[cache] = r = run_isolated(code)
+            label = "prepared once " if cache else "every batch   "
+            print(f"{head:8s} {label} fit {r['wall']:8.1f} s wall {r['cpu']:8.1f} s CPU | epochs {r['epochs_s']:7.1f} s "
+                  f"({r['epochs']}) | peak RSS {r['peak_rss_mb']:7.0f} MiB | {r['options']}", flush=True)
+        print(f"{head:8s} speed-up (every batch / prepared once): wall {runs[False]['wall'] / runs[True]['wall']:.2f}x, "
+              f"CPU {runs[False]['cpu'] / runs[True]['cpu']:.2f}x, epochs "
+              f"{runs[False]['epochs_s'] / max(runs[True]['epochs_s'], 1e-9):.1f}x", flush=True)
+
+
 def main() -> None:
     modes = {"cohort": cohort_main, "bags": bags_main, "classic": classic_main,
-             "fewlesion": lambda a: cohort_main(a, few=True), "survival": survival_main, "fewbags": fewbags_main}
+             "fewlesion": lambda a: cohort_main(a, few=True), "survival": survival_main, "fewbags": fewbags_main,
+             "fit": fit_main}
     if len(sys.argv) > 1 and sys.argv[1] in modes:
         modes[sys.argv[1]](sys.argv[2:])
         return

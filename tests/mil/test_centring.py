@@ -73,6 +73,10 @@ def test_blocked_sums_match_numpy_and_never_read_nan_or_inf_padding(block: int, 
         want_std = np.maximum(x[b, :n].std(axis=0), BAG_STD_FLOOR) if n else np.full(DIM, BAG_STD_FLOOR)
         np.testing.assert_allclose(means[b, 0], want_mean, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(stds[b, 0], want_std, rtol=1e-5, atol=1e-6)
+    full = torch.from_numpy(x[:1, :23].copy())  # a batch without padding: the unmasked path
+    ones = torch.ones(1, 23, dtype=torch.bool)
+    np.testing.assert_allclose(bag_mean(full, ones)[0, 0].numpy(), x[0].mean(axis=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(bag_std(full, ones, bag_mean(full, ones))[0, 0].numpy(), x[0].std(axis=0), rtol=1e-5)
 
 
 @pytest.mark.parametrize("how", ["mean", "median", "zscore"])

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from wsi_mil.errors import StoreError
-from wsi_mil.mil.centring import bag_centres
+from wsi_mil.mil.centring import bag_centres, masked_sum
 from wsi_mil.stores.features import check_encoder, read_feature_attrs, read_feature_file
 
 #: share of the free GPU memory the bags may take before they are kept in host memory instead
@@ -200,14 +200,13 @@ class BagSet:
         total = torch.zeros(dim, dtype=torch.float64, device=self.device)
         squares = torch.zeros(dim, dtype=torch.float64, device=self.device)
         count = 0
-        for p in positions:
-            x = self.bags[p].to(self.device, torch.float64)
-            centres = bag_centres(x[None], torch.ones((1, len(x)), dtype=torch.bool, device=x.device), centring)
-            if centres is not None:
-                x = x - centres[0]
-            total += x.sum(dim=0)
-            squares += (x * x).sum(dim=0)
-            count += x.shape[0]
+        for p in positions:  # one bag's sums in float32 blocks (no bag-sized temporaries), the cohort's in float64
+            x = self.bags[p].to(self.device, torch.float32)[None]
+            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+            centres = bag_centres(x, mask, centring)
+            total += masked_sum(x, mask, centres)[0, 0].double()
+            squares += masked_sum(x, mask, centres, square=True)[0, 0].double()
+            count += x.shape[1]
         mean = total / max(count, 1)
         var = (squares / max(count, 1) - mean * mean).clamp(min=0)
         return mean.float(), var.sqrt().float()

@@ -75,9 +75,8 @@ def fit_feature_components(head: MILHead, bags: BagSet, positions: Sequence[int]
         x = head.centred(bag, torch.ones(bag.shape[:2], dtype=torch.bool, device=bag.device))[0]
         if n < len(x):  # evenly spaced tiles: deterministic, and spread over the slide's rows
             x = x[torch.linspace(0, len(x) - 1, n, device=x.device).round().long()]
-        x = x.double()
-        x_sum += x.sum(dim=0)
-        outer += x.T @ x
+        x_sum += x.sum(dim=0, dtype=torch.float64)
+        outer += (x.T @ x).double()  # one bag's products in float32 (half the float64 time), the cohort's in float64
         count += len(x)
     projection, shift = principal_components(x_sum, outer, count, head.score_dim)
     head.set_projection(projection, shift)
