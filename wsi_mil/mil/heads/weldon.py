@@ -34,8 +34,7 @@ class Weldon(MILHead):
     def member_outputs(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Top-k + bottom-k mean of linear tile scores: slide `(B, 1, O)`, tiles `(B, N, O)` from features `(B, N, D)`, mask `(B, N)`."""
         tiles = self.scorer(features)  # (B, N, O)
-        k_bottom = self.opts.k_bottom if self.opts.negative_weight > 0 else None
-        slide = minmax_pool(tiles, mask, self.opts.k_top, k_bottom, self.opts.negative_weight)
+        slide = minmax_pool(tiles, mask, self.opts.k_top, self._k_bottom(), self.opts.negative_weight)
         return slide.unsqueeze(1), tiles
 
     def _k_bottom(self) -> KSpec | None:
