@@ -64,6 +64,11 @@ the same run: the same fit preparing every batch as it goes (the path before :mo
 printed: wall / CPU seconds, the share spent in epochs, peak RSS, and the ratio:
 
     python benchmarks/bench_mil.py fit --bags 200 --tiles 10000 --dim 1024 --distinct 4 --epochs 3
+
+``fit --cross-validate`` instead times the whole cross-validation of ``wsi-mil train --tune off`` (prepared once
+only; ``max_epochs`` and early stopping as configured, ``--epochs`` unused):
+
+    python benchmarks/bench_mil.py fit --cross-validate --bags 500 --heads chowder
 """
 
 from __future__ import annotations
@@ -605,6 +610,22 @@ def fit_once(n_bags: int, n_tiles: int, dim: int, distinct: int, epochs: int, he
                         if k in ("bag_centring", "feature_components", "tile_hidden")}}
 
 
+def cross_validate_once(n_bags: int, n_tiles: int, dim: int, distinct: int, head: str, device: str) -> dict:
+    """``stage.cross_validate`` (``wsi-mil train --tune off``, 5 folds, settled defaults) on synthetic bags."""
+    from wsi_mil.mil import stage
+    from wsi_mil.mil.training import settle_bag_defaults
+
+    arrays = [t.cpu().numpy() for t in make_bags(n_bags, n_tiles, dim, distinct, torch.device("cpu"))]
+    data = training_data(arrays, np.arange(n_bags) % 2)
+    bags = BagSet([b.features for b in data.bags], torch.device(device))
+    cfg = TrainConfig(head=head, device=device, tune="off", bootstrap=0)
+    cfg = settle_bag_defaults(cfg, bags, np.arange(n_bags))
+    t, c = time.perf_counter(), time.process_time()
+    cv = stage.cross_validate(data, bags, cfg)
+    _sync(torch.device(device))
+    return {"wall": time.perf_counter() - t, "cpu": time.process_time() - c, "best_epochs": cv.best_epochs}
+
+
 def fit_main(argv: list[str]) -> None:
     from _common import machine, run_isolated
 
@@ -616,8 +637,15 @@ def fit_main(argv: list[str]) -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--heads", default="chowder,weldon")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--cross-validate", action="store_true", help="time train's whole CV (--tune off), folds 5")
     args = ap.parse_args(argv)
     print(f"machine: {machine(torch.device(args.device))}; {torch.get_num_threads()} torch threads")
+    if args.cross_validate:
+        for head in args.heads.split(","):
+            r = cross_validate_once(args.bags, args.tiles, args.dim, args.distinct, head, args.device)
+            print(f"{head:8s} 5-fold CV, {args.bags} bags: {r['wall']:.1f} s wall, {r['cpu']:.1f} s CPU, best epochs "
+                  f"{r['best_epochs']}, peak RSS {_peak_gb(torch.device(args.device)):.2f} GB", flush=True)
+        return
     print(f"{args.bags} bags x {args.tiles} tiles x {args.dim}-d float16, {args.epochs} epochs, 80/20 split")
     here = str(Path(__file__).resolve().parent)
     for head in args.heads.split(","):
