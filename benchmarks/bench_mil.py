@@ -69,6 +69,13 @@ printed: wall / CPU seconds, the share spent in epochs, peak RSS, and the ratio:
 only; ``max_epochs`` and early stopping as configured, ``--epochs`` unused):
 
     python benchmarks/bench_mil.py fit --cross-validate --bags 500 --heads chowder
+
+``fit --search TRIALS`` times one search of ``train --tune on`` (the choice for one outer fold: 3 inner folds,
+TRIALS trials) with the trials of an inner fold sharing its feature components, prepared bags and outlier
+start (:mod:`wsi_mil.mil.fitcache`) against the same search with every fit preparing its own (the baseline);
+it checks that both score every trial the same:
+
+    python benchmarks/bench_mil.py fit --search 6 --bags 100 --heads chowder,weldon
 """
 
 from __future__ import annotations
@@ -626,6 +633,32 @@ def cross_validate_once(n_bags: int, n_tiles: int, dim: int, distinct: int, head
     return {"wall": time.perf_counter() - t, "cpu": time.process_time() - c, "best_epochs": cv.best_epochs}
 
 
+def search_once(n_bags: int, n_tiles: int, dim: int, distinct: int, head: str, device: str, trials: int,
+                share: bool) -> dict:
+    """One search (``tuning.search_settings``: ``train --tune on``'s choice for one outer fold, 3 inner folds,
+    ``trials`` trials, settled defaults) on synthetic float16 bags; ``share`` False: every trial's fits prepare
+    their own components, bags and outlier start. Returns seconds (wall, CPU), trials run and the chosen settings."""
+    from wsi_mil.mil import tuning
+    from wsi_mil.mil.training import settle_bag_defaults
+
+    dev = torch.device(device)
+    bags = BagSet(make_bags(n_bags, n_tiles, dim, distinct, dev), dev)
+    y = np.arange(n_bags) % 2
+    pool = np.arange(n_bags)
+    cfg = TrainConfig(head=head, device=dev.type, tune="on", tune_trials=trials)
+    cfg = settle_bag_defaults(cfg, bags, pool)
+    if not share:
+        real_fit = tuning.fit
+        tuning.fit = lambda *a, **kw: real_fit(*a, **{**kw, "cache": None})  # type: ignore[assignment]
+    groups = np.array([f"case{i}" for i in range(n_bags)])
+    _sync(dev)
+    t, c = time.perf_counter(), time.process_time()
+    res = tuning.search_settings(bags, y, groups, pool, cfg, ["0", "1"], seed=0)
+    _sync(dev)
+    return {"wall": time.perf_counter() - t, "cpu": time.process_time() - c, "trials": res.n_trials,
+            "values": [t["value"] for t in res.trials], "chosen": res.chosen}
+
+
 def fit_main(argv: list[str]) -> None:
     from _common import machine, run_isolated
 
@@ -638,8 +671,28 @@ def fit_main(argv: list[str]) -> None:
     ap.add_argument("--heads", default="chowder,weldon")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--cross-validate", action="store_true", help="time train's whole CV (--tune off), folds 5")
+    ap.add_argument("--search", type=int, metavar="TRIALS", default=0,
+                    help="time one search of TRIALS trials (train --tune on, one outer fold): shared vs not shared")
     args = ap.parse_args(argv)
     print(f"machine: {machine(torch.device(args.device))}; {torch.get_num_threads()} torch threads")
+    here = str(Path(__file__).resolve().parent)
+    if args.search:
+        print(f"{args.bags} bags x {args.tiles} tiles x {args.dim}-d float16, one search of {args.search} trials, "
+              "3 inner folds")
+        for head in args.heads.split(","):
+            runs = {}
+            for share in (False, True):
+                code = (f"import sys; sys.path.insert(0, {here!r})\nfrom bench_mil import search_once\n"
+                        f"RESULT = search_once({args.bags}, {args.tiles}, {args.dim}, {args.distinct}, {head!r}, "
+                        f"{args.device!r}, {args.search}, {share})\n")
+                runs[share] = r = run_isolated(code)
+                label = "shared     " if share else "per trial  "
+                print(f"{head:8s} {label} search {r['wall']:8.1f} s wall {r['cpu']:8.1f} s CPU | {r['trials']} trials | "
+                      f"peak RSS {r['peak_rss_mb']:7.0f} MiB | chosen {r['chosen']}", flush=True)
+            same = runs[False]["values"] == runs[True]["values"]
+            print(f"{head:8s} speed-up (per trial / shared): wall {runs[False]['wall'] / runs[True]['wall']:.2f}x, "
+                  f"CPU {runs[False]['cpu'] / runs[True]['cpu']:.2f}x; same trial scores: {same}", flush=True)
+        return
     if args.cross_validate:
         for head in args.heads.split(","):
             r = cross_validate_once(args.bags, args.tiles, args.dim, args.distinct, head, args.device)
@@ -647,7 +700,6 @@ def fit_main(argv: list[str]) -> None:
                   f"{r['best_epochs']}, peak RSS {_peak_gb(torch.device(args.device)):.2f} GB", flush=True)
         return
     print(f"{args.bags} bags x {args.tiles} tiles x {args.dim}-d float16, {args.epochs} epochs, 80/20 split")
-    here = str(Path(__file__).resolve().parent)
     for head in args.heads.split(","):
         runs = {}
         for cache in (False, True):

@@ -17,6 +17,7 @@ from wsi_mil.mil import create_head, load_model_run
 from wsi_mil.mil.bags import BagSet
 from wsi_mil.mil.components import fit_feature_components, principal_components, tile_sample
 from wsi_mil.mil.config import TrainConfig
+from wsi_mil.mil.fitcache import FitCache
 from wsi_mil.mil.heads._registry import AUTO_COMPONENTS, AUTO_COMPONENTS_MIN_DIM, SLIDE_BAG_MIN_TILES
 from wsi_mil.mil.stage import run_train
 from wsi_mil.mil.synthbags import make_synthetic_bags, write_synthetic_cohort
@@ -173,14 +174,14 @@ def test_fits_on_the_same_training_bags_share_one_fit_of_the_components(monkeypa
     real = training.fit_feature_components
     monkeypatch.setattr(training, "fit_feature_components", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
     cfg = TrainConfig(head="chowder", head_options={"bag_centring": "zscore", "feature_components": 4})
-    cache: training.ComponentCache = {}
+    cache = FitCache()
     heads = []
     for seed in (0, 1):  # two trials: different initialisations, the same training bags
         torch.manual_seed(seed)
         head = create_head("chowder", DIM, 2, cfg.head_options)
-        training.set_feature_transform(head, bags, np.arange(4), cfg, components=cache)
+        training.set_feature_transform(head, bags, np.arange(4), cfg, cache=cache)
         heads.append(head)
-    assert len(calls) == 1 and list(cache) == [("zscore", 4)]
+    assert len(calls) == 1 and [key[:2] for key in cache.components] == [("zscore", 4)]
     torch.testing.assert_close(heads[1].feature_projection, heads[0].feature_projection)
     training.set_feature_transform(create_head("chowder", DIM, 2, cfg.head_options), bags, np.arange(4), cfg)
     assert len(calls) == 2  # without a cache, every fit fits its own

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from wsi_mil.mil.bags import DENSE_BYTES, BagSet
+from wsi_mil.mil.fitcache import FitCache, fit_key
 from wsi_mil.mil.heads.base import MILHead
 
 PREPARED_DTYPE = torch.float32
@@ -56,6 +57,15 @@ def prepare_bags(head: MILHead, bags: BagSet, positions: npt.NDArray[np.int64], 
     return BagSet(out, bags.device, prepared=True)  # on the device when they fit, as any BagSet
 
 
-def scoring_bags(head: MILHead, bags: BagSet, positions: npt.NDArray[np.int64], tile_budget: int) -> BagSet:
-    """The bags a fit trains and validates on: :func:`prepare_bags` when :func:`worth_preparing`, else ``bags``."""
-    return prepare_bags(head, bags, positions, tile_budget) if worth_preparing(head, bags, positions) else bags
+def scoring_bags(head: MILHead, bags: BagSet, train_pos: npt.NDArray[np.int64], val_pos: npt.NDArray[np.int64],
+                 tile_budget: int, cache: FitCache | None = None) -> BagSet:
+    """The bags a fit trains and validates on: :func:`prepare_bags` of ``train_pos`` and ``val_pos`` when
+    :func:`worth_preparing`, else ``bags``. With ``cache`` (:mod:`wsi_mil.mil.fitcache`), prepared bags of the
+    same transform and positions are taken from it when there, else prepared and kept in it."""
+    positions = np.r_[train_pos, val_pos]
+    if not worth_preparing(head, bags, positions):
+        return bags
+    if cache is None:
+        return prepare_bags(head, bags, positions, tile_budget)
+    return cache.prepared_bags(fit_key(head, train_pos), positions, prepared_nbytes(head, bags, positions),
+                               lambda: prepare_bags(head, bags, positions, tile_budget))

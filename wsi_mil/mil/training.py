@@ -29,6 +29,7 @@ from wsi_mil.mil.bags import BagSet
 from wsi_mil.mil.components import fit_feature_components
 from wsi_mil.mil.config import TrainConfig
 from wsi_mil.mil.domain import DomainAdversary, make_adversary
+from wsi_mil.mil.fitcache import FitCache, fit_key
 from wsi_mil.mil.heads._registry import SLIDE_BAG_MIN_TILES
 from wsi_mil.mil.heads.base import MILHead
 from wsi_mil.mil.metrics import classification_metrics
@@ -219,14 +220,14 @@ def fit(
     val_pos: npt.NDArray[np.int64],
     cfg: TrainConfig, seed: int, n_epochs: int | None = None, log: Log | None = None, class_names: list[str] | None = None,
     stats: tuple[Tensor, Tensor] | None = None, domains: npt.NDArray[np.int64] | None = None,
-    components: ComponentCache | None = None,
+    cache: FitCache | None = None,
 ) -> FitResult:
     """Train ``head`` on ``train_pos``; early-stop on ``val_pos`` unless it is empty or ``n_epochs`` is set.
 
     ``targets`` (n_bags,) int class index per bag position. ``stats``: the (D,) mean and std of
     the ``train_pos`` tiles when already computed (a search reuses them across its trials);
-    ``components``: a cache of the feature components fitted on ``train_pos`` (the same
-    search's trials share one, see :func:`set_feature_transform`).
+    ``cache``: what fits on the same ``train_pos``, ``val_pos`` and ``stats`` share (the feature components,
+    the prepared bags, the outlier start: a search's trials on one inner fold, :mod:`wsi_mil.mil.fitcache`).
     ``domains`` (n_bags,) int site index per bag position: needed with ``cfg.domain_adversarial``
     (a site classifier on the head's slide representation, trained through gradient reversal with
     Ganin's schedule over the planned steps; used in training only, not kept in the weights).
@@ -235,13 +236,13 @@ def fit(
     """
     if cfg.task != "classification":
         return fit_task(head, bags, np.asarray(targets, dtype=np.float64), train_pos, val_pos, cfg, seed, n_epochs,
-                        log, stats, domains, components)
+                        log, stats, domains, cache)
     device = bags.device
     head.to(device)
-    set_feature_transform(head, bags, train_pos, cfg, stats, components)
-    bags = scoring_bags(head, bags, np.r_[train_pos, val_pos], cfg.eval_tiles_per_batch)
+    set_feature_transform(head, bags, train_pos, cfg, stats, cache)
+    bags = scoring_bags(head, bags, train_pos, val_pos, cfg.eval_tiles_per_batch, cache)
     if uses_outlier_start(cfg, head, bags, train_pos):
-        warm_start_tile_scorer(head, bags, targets, train_pos, cfg.eval_tiles_per_batch, seed)
+        warm_start_tile_scorer(head, bags, targets, train_pos, cfg.eval_tiles_per_batch, seed, cache)
     names = class_names or [str(i) for i in range(head.n_classes)]
     weights = class_weights(targets[train_pos], head.n_classes, cfg.class_weighting)
     weights_dev = weights.to(device)
@@ -273,28 +274,24 @@ def fit(
     return FitResult(state, best_epoch, len(history), history)
 
 
-#: feature components (projection (D, K), shift (K,)) fitted on one set of training bags, by (bag_centring, K)
-ComponentCache = dict[tuple[str, int], tuple[Tensor, Tensor]]
-
-
 def set_feature_transform(
     head: MILHead, bags: BagSet, train_pos: npt.NDArray[np.int64], cfg: TrainConfig,
-    stats: tuple[Tensor, Tensor] | None = None, components: ComponentCache | None = None,
+    stats: tuple[Tensor, Tensor] | None = None, cache: FitCache | None = None,
 ) -> None:
     """Set ``head``'s standardisation (``stats``, or those of the ``train_pos`` tiles) and fit its
-    ``feature_components`` on those tiles, label-free. With ``components``, fits on the same positions
+    ``feature_components`` on those tiles, label-free. With ``cache``, fits on the same positions
     and standardisation share them: taken from it when there, else fitted and stored in it."""
     if cfg.standardize:
         head.set_standardization(*(stats if stats is not None else bags.feature_stats(train_pos.tolist(), head.bag_centring())))
     if not head.projects_features():
         return
-    key = (head.bag_centring(), head.score_dim)
-    if components is not None and key in components:
-        head.set_projection(*components[key])
+    key = fit_key(head, train_pos)
+    if cache is not None and key in cache.components:
+        head.set_projection(*cache.components[key])
         return
     fit_feature_components(head, bags, train_pos.tolist())
-    if components is not None:
-        components[key] = (head.feature_projection.clone(), head.projection_shift.clone())
+    if cache is not None:
+        cache.components[key] = (head.feature_projection.clone(), head.projection_shift.clone())
 
 
 def settle_bag_defaults(cfg: TrainConfig, bags: BagSet, train_pos: npt.NDArray[np.int64], log: Log = quiet) -> TrainConfig:
@@ -336,14 +333,20 @@ class _StandardisedBags(Sequence[npt.NDArray[np.float32]]):
 
 
 def warm_start_tile_scorer(head: MILHead, bags: BagSet, targets: npt.NDArray[np.int64], train_pos: npt.NDArray[np.int64],
-                           tile_budget: int, seed: int) -> None:
+                           tile_budget: int, seed: int, cache: FitCache | None = None) -> None:
     """``tile_init: outliers``: start ``head``'s linear tile scorer from :func:`wsi_mil.mil.warmstart.outlier_direction`
-    over the standardised training bags ``train_pos`` (binary ``targets``)."""
+    over the standardised training bags ``train_pos`` (binary ``targets``); with ``cache``, the start computed by an
+    earlier fit on the same bags, transform and seed when there."""
     from wsi_mil.mil.warmstart import outlier_direction
 
     if head.n_classes != 2:
         raise ValueError(f"tile_init: outliers needs two classes, not {head.n_classes}; use tile_init: random")
-    weight, bias = outlier_direction(_StandardisedBags(head, bags, train_pos, tile_budget), targets[train_pos], seed=seed)
+    labels = targets[train_pos]
+
+    def direction() -> tuple[npt.NDArray[np.float64], float]:
+        return outlier_direction(_StandardisedBags(head, bags, train_pos, tile_budget), labels, seed=seed)
+
+    weight, bias = direction() if cache is None else cache.warm_start(fit_key(head, train_pos), labels, seed, direction)
     head.init_tile_scorer(torch.as_tensor(weight, dtype=torch.float32), bias)
 
 
@@ -374,7 +377,7 @@ def fit_task(
     head: MILHead, bags: BagSet, y: npt.NDArray[np.float64], train_pos: npt.NDArray[np.int64],
     val_pos: npt.NDArray[np.int64], cfg: TrainConfig, seed: int, n_epochs: int | None = None, log: Log | None = None,
     stats: tuple[Tensor, Tensor] | None = None, domains: npt.NDArray[np.int64] | None = None,
-    components: ComponentCache | None = None,
+    cache: FitCache | None = None,
 ) -> FitResult:
     """:func:`fit` for a one-output head (``n_classes = 1``): survival (``y`` (n_bags, 2) time, event)
     or regression (``y`` (n_bags,) target). Early stopping watches the validation loss (Cox loss of the
@@ -383,8 +386,8 @@ def fit_task(
     device = bags.device
     head.to(device)
     task = cfg.task
-    set_feature_transform(head, bags, train_pos, cfg, stats, components)
-    bags = scoring_bags(head, bags, np.r_[train_pos, val_pos], cfg.eval_tiles_per_batch)
+    set_feature_transform(head, bags, train_pos, cfg, stats, cache)
+    bags = scoring_bags(head, bags, train_pos, val_pos, cfg.eval_tiles_per_batch, cache)
     if task == SURVIVAL:
         y_loss = y
     else:
