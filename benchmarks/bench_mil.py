@@ -65,10 +65,11 @@ printed: wall / CPU seconds, the share spent in epochs, peak RSS, and the ratio:
 
     python benchmarks/bench_mil.py fit --bags 200 --tiles 10000 --dim 1024 --distinct 4 --epochs 3
 
-``fit --cross-validate`` instead times the whole cross-validation of ``wsi-mil train --tune off`` (prepared once
-only; ``max_epochs`` and early stopping as configured, ``--epochs`` unused):
+``fit --cross-validate`` instead times the whole cross-validation of ``wsi-mil train`` (prepared once
+only; ``max_epochs`` and early stopping as configured, ``--epochs`` unused; ``--tune on``: nested, the
+default search per outer fold, train's log printed with elapsed seconds):
 
-    python benchmarks/bench_mil.py fit --cross-validate --bags 500 --heads chowder
+    python benchmarks/bench_mil.py fit --cross-validate --bags 500 --heads chowder [--tune on]
 
 ``fit --search TRIALS`` times one search of ``train --tune on`` (the choice for one outer fold: 3 inner folds,
 TRIALS trials) with the trials of an inner fold sharing its feature components, prepared bags and outlier
@@ -617,18 +618,25 @@ def fit_once(n_bags: int, n_tiles: int, dim: int, distinct: int, epochs: int, he
                         if k in ("bag_centring", "feature_components", "tile_hidden")}}
 
 
-def cross_validate_once(n_bags: int, n_tiles: int, dim: int, distinct: int, head: str, device: str) -> dict:
-    """``stage.cross_validate`` (``wsi-mil train --tune off``, 5 folds, settled defaults) on synthetic bags."""
+def cross_validate_once(n_bags: int, n_tiles: int, dim: int, distinct: int, head: str, device: str,
+                        tune: str = "off", label_noise: float = 0.0) -> dict:
+    """``stage.cross_validate`` (``wsi-mil train --tune off|on``, 5 folds, settled defaults) on synthetic
+    bags; prints train's log lines with the seconds since the start (a tuned run's progress, fold by fold).
+    Labels alternate with the bag tensors; ``label_noise`` flips that share of them (seeded), so that the
+    fits meet a noise floor and stop early as on real cohorts instead of running ``max_epochs``."""
     from wsi_mil.mil import stage
     from wsi_mil.mil.training import settle_bag_defaults
 
     arrays = [t.cpu().numpy() for t in make_bags(n_bags, n_tiles, dim, distinct, torch.device("cpu"))]
-    data = training_data(arrays, np.arange(n_bags) % 2)
+    y = np.arange(n_bags) % 2
+    flip = np.random.default_rng(0).random(n_bags) < label_noise
+    data = training_data(arrays, np.where(flip, 1 - y, y))
     bags = BagSet([b.features for b in data.bags], torch.device(device))
-    cfg = TrainConfig(head=head, device=device, tune="off", bootstrap=0)
+    cfg = TrainConfig(head=head, device=device, tune=tune, bootstrap=0)
     cfg = settle_bag_defaults(cfg, bags, np.arange(n_bags))
     t, c = time.perf_counter(), time.process_time()
-    cv = stage.cross_validate(data, bags, cfg)
+    cv = stage.cross_validate(data, bags, cfg, log=lambda msg: print(f"  [{time.perf_counter() - t:7.1f} s] {msg}",
+                                                                     flush=True))
     _sync(torch.device(device))
     return {"wall": time.perf_counter() - t, "cpu": time.process_time() - c, "best_epochs": cv.best_epochs}
 
@@ -670,7 +678,9 @@ def fit_main(argv: list[str]) -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--heads", default="chowder,weldon")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--cross-validate", action="store_true", help="time train's whole CV (--tune off), folds 5")
+    ap.add_argument("--cross-validate", action="store_true", help="time train's whole CV (5 folds, --tune below)")
+    ap.add_argument("--tune", choices=("on", "off"), default="off", help="with --cross-validate: train --tune")
+    ap.add_argument("--label-noise", type=float, default=0.0, help="with --cross-validate: share of labels flipped")
     ap.add_argument("--search", type=int, metavar="TRIALS", default=0,
                     help="time one search of TRIALS trials (train --tune on, one outer fold): shared vs not shared")
     args = ap.parse_args(argv)
@@ -695,8 +705,10 @@ def fit_main(argv: list[str]) -> None:
         return
     if args.cross_validate:
         for head in args.heads.split(","):
-            r = cross_validate_once(args.bags, args.tiles, args.dim, args.distinct, head, args.device)
-            print(f"{head:8s} 5-fold CV, {args.bags} bags: {r['wall']:.1f} s wall, {r['cpu']:.1f} s CPU, best epochs "
+            r = cross_validate_once(args.bags, args.tiles, args.dim, args.distinct, head, args.device, args.tune,
+                                    args.label_noise)
+            print(f"{head:8s} 5-fold CV (--tune {args.tune}, label noise {args.label_noise:g}), {args.bags} bags: "
+                  f"{r['wall']:.1f} s wall, {r['cpu']:.1f} s CPU, best epochs "
                   f"{r['best_epochs']}, peak RSS {_peak_gb(torch.device(args.device)):.2f} GB", flush=True)
         return
     print(f"{args.bags} bags x {args.tiles} tiles x {args.dim}-d float16, {args.epochs} epochs, 80/20 split")

@@ -20,7 +20,8 @@ For each slide side in ``--sizes`` (default 10k, 30k, 50k px), on the same machi
 
 Usage: python benchmarks/bench_tiling.py [--sizes 10000,30000,50000] [--quick] [--threads N]
        [--reference] [--device cuda] [--cache /tmp/wsi_mil_bench_tiling]
-``--quick``: 10k px only. Synthetic slides (textured from real tissue) are generated once into
+``--quick``: 10k px only. ``--gpu-only --device cuda``: only the GPU path against ours on the CPU
+with ``--threads`` threads, per size (for a short GPU session). Synthetic slides (textured from real tissue) are generated once into
 --cache and reused. GPU path: ``--device cuda`` adds a run with ``WSI_MIL_TILE_DEVICE=cuda``
 (whole-stage tiles/s with nvJPEG decoding). The last table is the summary over all sizes.
 """
@@ -321,6 +322,71 @@ def bench_size(size: int, cache: Path, threads: int, device: str, reference: boo
     return results
 
 
+def encode_rates(tiles: np.ndarray, threads: int, chunk: int = 64) -> str:
+    """Store-chunk JPEG encoding, tiles/s: libjpeg-turbo (imagecodecs, 4:2:0, the store's format) in
+    ``threads`` threads vs nvJPEG (torchvision ``encode_jpeg`` of CUDA tensors; 4:4:4 only)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import imagecodecs
+    import torch
+    from torchvision.io import encode_jpeg
+
+    k, s = tiles.shape[0] // chunk * chunk, tiles.shape[1]
+    chunks = [np.ascontiguousarray(tiles[a:a + chunk]).reshape(chunk * s, s, 3) for a in range(0, k, chunk)]
+    with ThreadPoolExecutor(threads) as pool:
+        t = time.perf_counter()
+        list(pool.map(lambda c: imagecodecs.jpeg8_encode(c, level=90, subsampling="420"), chunks))
+        cpu = k / (time.perf_counter() - t)
+    if not torch.cuda.is_available():
+        return f"{k} tiles in chunks of {chunk}: libjpeg-turbo 4:2:0, {threads} threads {cpu:6.0f} tiles/s | no CUDA"
+    gpu_chunks = [torch.from_numpy(c).permute(2, 0, 1).contiguous().cuda() for c in chunks]
+    encode_jpeg(gpu_chunks[:1], quality=90)  # warm-up: the encoder's state
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    out = encode_jpeg(gpu_chunks, quality=90)
+    torch.cuda.synchronize()
+    blobs = [bytes(o.cpu().numpy()) for o in out]
+    gpu = k / (time.perf_counter() - t)
+    return (f"{k} tiles in chunks of {chunk}: libjpeg-turbo 4:2:0, {threads} threads {cpu:6.0f} tiles/s | "
+            f"nvJPEG 4:4:4 (torchvision) {gpu:6.0f} tiles/s, {sum(map(len, blobs)) / k / 1024:.1f} KiB/tile")
+
+
+def warm_up_cuda() -> None:
+    """Import torch and start CUDA and nvJPEG once, untimed (a batch pays this once per process)."""
+    import torch
+    from torchvision.io import decode_jpeg, encode_jpeg
+
+    if torch.cuda.is_available():
+        decode_jpeg([encode_jpeg(torch.zeros((3, 16, 16), dtype=torch.uint8))], device="cuda")
+        torch.cuda.synchronize()
+
+
+def bench_gpu_only(size: int, cache: Path, threads: int, stems: list[str]) -> list[tuple[str, str]]:
+    """The GPU tile path against our CPU path with ``threads`` threads (the baseline, same run, same
+    slides), and how far the GPU store's pixels are from the CPU store's (JPEG and filter rounding)."""
+    rows = []
+    warm_up_cuda()
+    for label, stem, mpp, lds, _ in (s for s in SLIDES if s[1] in stems):
+        slide = synthetic_slide(cache, stem, size, mpp, level_downsample=lds)
+        job_cpu, job_gpu = cache / f"job_cpu_{slide.stem}", cache / f"job_gpu_{slide.stem}"
+        wc, _, cstore = tile_stage(slide, job_cpu, threads=str(threads))
+        wg, _, gstore = tile_stage(slide, job_gpu, threads=str(threads), device="cuda")
+        n = cstore.n_tiles
+        a, b = cstore.read_tiles(0, min(n, 512)), gstore.read_tiles(0, min(n, 512))
+        diff = np.abs(a.astype(np.int16) - b).mean() if n else 0.0
+        rows.append((label, f"{n} tiles | CPU {threads} threads {n / wc:6.0f} tiles/s ({cstore.attrs.get('tile_decoder')}) "
+                            f"| GPU {n / wg:6.0f} tiles/s ({gstore.attrs.get('tile_decoder')}, fallback "
+                            f"{gstore.attrs.get('tile_decoder_fallback') or 'none'}) = {wc / wg:.2f}x CPU | "
+                            f"mean |GPU - CPU| {diff:.2f} grey levels"))
+        print(f"  {label}: {rows[-1][1]}", flush=True)
+        if stem == SLIDES[0][1] and n:
+            rows.append(("  encoding on the GPU?", encode_rates(cstore.read_tiles(0, min(n, 2048)), threads)))
+            print(f"  encoding: {rows[-1][1]}", flush=True)
+        for job in (job_cpu, job_gpu):
+            shutil.rmtree(job, ignore_errors=True)
+    return rows
+
+
 def summary_table(results: list[dict], threads: int) -> str:
     """A markdown table of every size and slide (ratios: ours / baseline measured in the same run)."""
     head = (f"| side | slide | tiles | reader | x CLAM-style per core, CPU (wall) | target | x CLAM-style, "
@@ -346,12 +412,20 @@ def main() -> None:
     ap.add_argument("--reference", action="store_true", help="also time the OpenSlide reader path (the previous path)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cuda: also run the GPU path")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where the synthetic slides are kept")
+    ap.add_argument("--gpu-only", action="store_true",
+                    help="only the GPU path vs our CPU path with --threads threads, per size (a short GPU session)")
+    ap.add_argument("--slides", default=",".join(s[1] for s in SLIDES), help="with --gpu-only: which slides")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     sizes = [10_000] if args.quick else [int(s) for s in args.sizes.split(",") if s.strip()]
     args.cache.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine()}\ndate: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n"
           f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
+    if args.gpu_only:
+        for size in sizes:
+            report(f"{size} px: GPU tile path vs ours on the CPU, {args.threads} threads (whole stage, wall)",
+                   bench_gpu_only(size, args.cache, args.threads, args.slides.split(",")))
+        return
     results: list[dict] = []
     for size in sizes:
         results += bench_size(size, args.cache, args.threads, args.device, args.reference)
