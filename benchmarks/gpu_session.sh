@@ -15,6 +15,7 @@ if [ -d .whl ]; then
     > "$OUT/01_machine.log" 2>&1 || { cat "$OUT/01_machine.log"; exit 1; }
 fi
 export PYTHONPATH=/tmp/site:$PWD
+NCPU=$(python3 -c "import os; print(len(os.sched_getaffinity(0)))")
 export WSI_MIL_SHARED_SLIDES=${WSI_MIL_SHARED_SLIDES:-$PWD/.devshared/slides}
 step() {  # step NAME SECONDS COMMAND...: run COMMAND under a limit, log to $OUT/NAME.log, say how it ended
   local name=$1 limit=$2; shift 2
@@ -29,16 +30,17 @@ step() {  # step NAME SECONDS COMMAND...: run COMMAND under a limit, log to $OUT
 } >> "$OUT/01_machine.log" 2>&1
 cat "$OUT/01_machine.log"
 
-step 10_pytest_gpu "${T_PYTEST:-110}" python3 -m pytest -m gpu -q -p no:cacheprovider \
+step 10_pytest_gpu "${T_PYTEST:-90}" python3 -m pytest -m gpu -q -p no:cacheprovider \
   tests/tiling/test_gpu_tiles.py tests/mil/test_mil_gpu.py tests/ssl/test_ssl_gpu.py tests/extract/test_extract.py
-step 20_mil_epochs "${T_EPOCHS:-60}" python3 benchmarks/bench_mil.py --device cuda --bags 500 --tiles 10000 \
+step 50_tiling_gpu "${T_TILING:-50}" python3 benchmarks/bench_tiling.py --gpu-only --device cuda \
+  --sizes 10000 --threads "$NCPU" --cache /tmp/bench_tiling
+step 51_tiling_gpu_30k "${T_TILING30:-60}" python3 benchmarks/bench_tiling.py --gpu-only --device cuda \
+  --sizes 30000 --slides native --threads "$NCPU" --cache /tmp/bench_tiling
+[ -n "${EPOCHS:-}" ] && step 20_mil_epochs "${T_EPOCHS:-60}" python3 benchmarks/bench_mil.py --device cuda --bags 500 --tiles 10000 \
   --dim 1024 --distinct 4 --heads chowder,weldon
-step 30_train_untuned "${T_UNTUNED:-60}" python3 benchmarks/bench_mil.py fit --cross-validate --tune off --label-noise 0.2 \
+[ -f .devshared/prof_fit.py ] && step 25_profile_fit "${T_PROFILE:-40}" python3 .devshared/prof_fit.py cuda 500 10000
+step 30_train_untuned "${T_UNTUNED:-100}" python3 benchmarks/bench_mil.py fit --cross-validate --tune off --label-noise 0.2 \
   --device cuda --bags 500 --tiles 10000 --dim 1024 --distinct 4 --heads chowder,weldon
-step 50_tiling_gpu "${T_TILING:-60}" python3 benchmarks/bench_tiling.py --gpu-only --device cuda \
-  --sizes 10000 --threads "$(nproc)" --cache /tmp/bench_tiling
-step 51_tiling_gpu_30k "${T_TILING30:-80}" python3 benchmarks/bench_tiling.py --gpu-only --device cuda \
-  --sizes 30000 --slides native --threads "$(nproc)" --cache /tmp/bench_tiling
-step 40_train_tuned "${T_TUNED:-170}" python3 benchmarks/bench_mil.py fit --cross-validate --tune on --label-noise 0.2 \
+step 40_train_tuned "${T_TUNED:-150}" python3 benchmarks/bench_mil.py fit --cross-validate --tune on --label-noise 0.2 \
   --device cuda --bags 500 --tiles 10000 --dim 1024 --distinct 4 --heads chowder
 date -u >> "$OUT/steps.log"

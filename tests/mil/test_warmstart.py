@@ -40,6 +40,50 @@ def test_outlier_direction_finds_the_lesion_direction_deterministically() -> Non
         outlier_direction(co.features, np.zeros(len(co.labels), dtype=np.int64))
 
 
+def _reference_outlier_direction(bags: list[np.ndarray], labels: np.ndarray, top_positive: int = 5,
+                                 top_negative: int = 50, refits: int = 3, c: float = 0.1,
+                                 seed: int = 0) -> tuple[np.ndarray, float]:
+    """The warm start written plainly in NumPy, whole bags in memory (the module's steps 1-4)."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(seed)
+    centred = [np.asarray(b, np.float64) - np.median(np.asarray(b, np.float64), axis=0) for b in bags]
+    negatives = []
+    for x, y in zip(centred, labels, strict=True):
+        if y == 0:
+            negatives.append(x[rng.choice(len(x), 2000, replace=False)] if len(x) > 2000 else x)
+    neg = np.concatenate(negatives)
+    mean, cov = neg.mean(0), np.cov(neg, rowvar=False)
+    precision = np.linalg.pinv(cov + 1e-6 * np.eye(neg.shape[1]))
+
+    def score(x: np.ndarray) -> np.ndarray:
+        return np.einsum("ij,jk,ik->i", x - mean, precision, x - mean)
+
+    model = LogisticRegression(C=c, class_weight="balanced", max_iter=2000)
+    for _ in range(refits + 1):
+        rows, ys = [], []
+        for x, y in zip(centred, labels, strict=True):
+            k = min(top_positive if y == 1 else top_negative, len(x))
+            rows.append(x[np.argsort(score(x))[len(x) - k:]])
+            ys.append(np.full(k, float(y)))
+        model.fit(np.concatenate(rows), np.concatenate(ys))
+        score = model.decision_function
+    return model.coef_[0], float(model.intercept_[0])
+
+
+@pytest.mark.parametrize("tiles", [(300, 500), (2100, 2400)])  # the second: the Gaussian's subsample
+def test_outlier_direction_matches_a_plain_numpy_reference_on_arrays_and_tensors(tiles: tuple[int, int]) -> None:
+    co = make_synthetic_bags(n_slides=40, tiles=tiles, dim=DIM, lesion_fraction=(0.002, 0.004), shift=3.0,
+                             n_informative=4, slide_noise=0.5, seed=3)
+    ref_w, ref_b = _reference_outlier_direction(co.features, co.labels, seed=4)
+    w, b = outlier_direction(co.features, co.labels, seed=4)
+    np.testing.assert_allclose(w, ref_w, rtol=1e-4, atol=1e-6)
+    assert b == pytest.approx(ref_b, rel=1e-4, abs=1e-6)
+    tensors = [torch.from_numpy(np.asarray(f, np.float32)) for f in co.features]  # as train passes them
+    wt, bt = outlier_direction(tensors, co.labels, seed=4)
+    np.testing.assert_allclose(wt, ref_w, rtol=1e-3, atol=1e-5)  # float32 bags: rounding of the input only
+
+
 def test_heads_load_the_start_in_every_row() -> None:
     w = torch.arange(DIM, dtype=torch.float32)
     chowder = create_head("chowder", DIM, 2, n_members=3)

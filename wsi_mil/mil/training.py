@@ -315,8 +315,9 @@ def uses_outlier_start(cfg: TrainConfig, head: MILHead, bags: BagSet, train_pos:
             and bags.median_size(train_pos) >= SLIDE_BAG_MIN_TILES)
 
 
-class _StandardisedBags(Sequence[npt.NDArray[np.float32]]):
-    """Bags ``positions`` of a :class:`BagSet` as the head standardises them, read one at a time: (N_i, D)."""
+class _StandardisedBags(Sequence[Tensor]):
+    """Bags ``positions`` of a :class:`BagSet` as the head standardises them, read one at a time: (N_i, D) on
+    the bags' device."""
 
     def __init__(self, head: MILHead, bags: BagSet, positions: npt.NDArray[np.int64], tile_budget: int) -> None:
         self.head, self.bags, self.positions, self.tile_budget = head, bags, positions, tile_budget
@@ -325,10 +326,10 @@ class _StandardisedBags(Sequence[npt.NDArray[np.float32]]):
         return len(self.positions)
 
     @torch.no_grad()
-    def __getitem__(self, i: int) -> npt.NDArray[np.float32]:  # type: ignore[override]
+    def __getitem__(self, i: int) -> Tensor:  # type: ignore[override]
         for _, feats, mask in self.bags.whole_batches([int(self.positions[i])], self.tile_budget):
             x = feats if self.bags.prepared else self.head.prepare(feats.float(), mask)
-            return x[0, mask[0]].cpu().numpy()  # type: ignore[no-any-return]
+            return x[0, mask[0]]
         raise IndexError(i)
 
 

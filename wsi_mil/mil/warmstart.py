@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
 #: tiles taken per bag: the most outlying of each positive bag / of each negative bag
 TOP_POSITIVE = 5
@@ -34,70 +35,99 @@ C_TILE = 0.1
 #: tiles per negative bag used for the Gaussian (a deterministic subsample bounds the cost)
 GAUSSIAN_TILES_PER_BAG = 2000
 
+Bag = npt.NDArray[np.floating] | torch.Tensor
 
-def _top(scores: npt.NDArray[np.float64], k: int) -> npt.NDArray[np.int64]:
-    k = min(k, len(scores))
-    return np.argpartition(scores, len(scores) - k)[len(scores) - k:]
+
+def _float64(bag: Bag) -> torch.Tensor:
+    """A bag (N, D) as float64 on its own device (a NumPy bag: on the CPU, without a copy when float64)."""
+    if isinstance(bag, torch.Tensor):
+        return bag.to(torch.float64)
+    return torch.from_numpy(np.asarray(bag, dtype=np.float64))
+
+
+def _median(x: torch.Tensor) -> torch.Tensor:
+    """Per-column median of (N, D), N >= 1, as NumPy's: the mean of the two middle values when N is even."""
+    v = torch.sort(x, dim=0).values
+    n = len(v)
+    return (v[(n - 1) // 2] + v[n // 2]) / 2
+
+
+def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
+    return torch.topk(scores, min(k, len(scores)), sorted=False).indices
 
 
 def outlier_direction(
-    bags: Sequence[npt.NDArray[np.floating]], labels: npt.NDArray[np.int64], top_positive: int = TOP_POSITIVE,
+    bags: Sequence[Bag], labels: npt.NDArray[np.int64], top_positive: int = TOP_POSITIVE,
     top_negative: int = TOP_NEGATIVE, refits: int = REFITS, c: float = C_TILE, seed: int = 0,
 ) -> tuple[npt.NDArray[np.float64], float]:
     """(weight (D,), bias) of a tile scorer from standardised bags ``bags[i]`` (N_i, D) and 0/1 ``labels``.
 
-    ``bags`` may be a lazy sequence: each of the ``refits + 2`` passes reads one bag at a time and keeps
-    only its median, its selected tiles and the Gaussian's sums (memory: one bag plus D x D, not the cohort). Deterministic for a
-    seed. Needs at least one bag of each label with at least one tile.
+    Bags are NumPy arrays or tensors; the per-tile work (medians, the Gaussian's sums, Mahalanobis and
+    regression scores) runs in float64 on each bag's device (the GPU when the bags are there), only the
+    selected tiles go to scikit-learn. ``bags`` may be a lazy sequence: each of the ``refits + 2`` passes
+    reads one bag at a time and keeps only its median, its selected tiles and the Gaussian's sums (memory:
+    one bag plus D x D, not the cohort). Deterministic for a seed. Needs at least one bag of each label
+    with at least one tile.
     """
     from sklearn.linear_model import LogisticRegression
 
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     # one pass: each bag's median (bags are centred on it), and the negative tiles' Gaussian sums
-    medians: dict[int, npt.NDArray[np.float64]] = {}
-    total: npt.NDArray[np.float64] | float = 0.0  # becomes (D,) and (D, D) with the first negative bag
-    outer: npt.NDArray[np.float64] | float = 0.0
+    medians: dict[int, torch.Tensor] = {}
+    total: torch.Tensor | None = None  # (D,) and (D, D), from the first negative bag
+    outer: torch.Tensor | None = None
     count = 0
     for i in range(len(bags)):
-        x = np.asarray(bags[i], dtype=np.float64)
+        x = _float64(bags[i])
         if len(x) == 0:
             continue
-        medians[i] = np.median(x, axis=0)
+        medians[i] = _median(x)
         if labels[i] == 0:
             x = x - medians[i]
             if len(x) > GAUSSIAN_TILES_PER_BAG:
-                x = x[rng.choice(len(x), GAUSSIAN_TILES_PER_BAG, replace=False)]
-            total = total + x.sum(axis=0)
-            outer = outer + x.T @ x
+                x = x[torch.as_tensor(rng.choice(len(x), GAUSSIAN_TILES_PER_BAG, replace=False), device=x.device)]
+            total = x.sum(0) if total is None else total + x.sum(0).to(total.device)
+            outer = x.T @ x if outer is None else outer + (x.T @ x).to(outer.device)
             count += len(x)
     keep = list(medians)
-    if not any(labels[i] == 1 for i in keep) or not any(labels[i] == 0 for i in keep):
+    if total is None or outer is None or not any(labels[i] == 1 for i in keep):
         raise ValueError("tile_init: outliers needs training bags of both classes with tiles")
     dim = len(medians[keep[0]])
 
-    def centred(i: int) -> npt.NDArray[np.float64]:
-        return np.asarray(bags[i], dtype=np.float64) - medians[i]
+    def centred(i: int) -> torch.Tensor:
+        return _float64(bags[i]) - medians[i]
 
-    mean = np.asarray(total) / count
-    cov = np.asarray(outer) / max(count - 1, 1) - np.outer(mean, mean) * count / max(count - 1, 1)
-    precision = np.linalg.pinv(cov + 1e-6 * np.eye(dim))
+    mean_np = total.cpu().numpy() / count
+    cov = outer.cpu().numpy() / max(count - 1, 1) - np.outer(mean_np, mean_np) * count / max(count - 1, 1)
+    precision_np = np.linalg.pinv(cov + 1e-6 * np.eye(dim))
+    on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # (mean, precision) per device
 
-    def mahalanobis(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    def mahalanobis(x: torch.Tensor) -> torch.Tensor:
+        if x.device not in on:
+            on[x.device] = torch.from_numpy(mean_np).to(x.device), torch.from_numpy(precision_np).to(x.device)
+        mean, precision = on[x.device]
         d = x - mean
-        return np.einsum("ij,ij->i", d @ precision, d)  # one BLAS product: a three-operand einsum is ~20x slower
+        return ((d @ precision) * d).sum(1)
 
-    score = mahalanobis
+    linear: tuple[torch.Tensor, float] | None = None  # the last regression's (weight (D,), bias), on the CPU
+
+    def score(x: torch.Tensor) -> torch.Tensor:
+        if linear is None:
+            return mahalanobis(x)
+        return x @ linear[0].to(x.device) + linear[1]
+
     model = LogisticRegression(C=c, class_weight="balanced", max_iter=2000)
     for _ in range(refits + 1):
         pos: list[npt.NDArray[np.float64]] = []
         neg: list[npt.NDArray[np.float64]] = []
         for i in keep:
             x = centred(i)
-            (pos if labels[i] == 1 else neg).append(x[_top(score(x), top_positive if labels[i] == 1 else top_negative)])
+            chosen = x[_top(score(x), top_positive if labels[i] == 1 else top_negative)]
+            (pos if labels[i] == 1 else neg).append(chosen.cpu().numpy())
         x_fit = np.concatenate(pos + neg)
         n_pos = int(sum(len(p) for p in pos))
         y_fit = np.r_[np.ones(n_pos), np.zeros(len(x_fit) - n_pos)]
         model.fit(x_fit, y_fit)
-        score = model.decision_function
+        linear = torch.from_numpy(model.coef_[0].astype(np.float64)), float(model.intercept_[0])
     return model.coef_[0].astype(np.float64), float(model.intercept_[0])
