@@ -1,6 +1,7 @@
 """GPU tile path: the slide's compressed JPEG tiles decoded in batches with nvJPEG, resampled on the device.
 
-Used only when asked for (``WSI_MIL_TILE_DEVICE=cuda``) and a CUDA device is present; anything
+Used only when asked for (``WSI_MIL_TILE_DEVICE=cuda``), a CUDA device is present and the level's JPEG
+tiles are YCbCr (nvJPEG ignores the Adobe marker of RGB-coded tiles, see :func:`rgb_reason`); anything
 else falls back to the CPU direct reader with the reason recorded in the store
 (``tile_decoder_fallback``). It reads the same compressed tiles as
 :class:`~wsi_mil.tiling.direct.DirectJpegLevel` (tables spliced in, an Adobe marker for RGB data)
@@ -111,7 +112,16 @@ def open_gpu_reader(level: DirectJpegLevel, plan: ReadPlan, tile_size: int,
                     device: str = "cuda") -> tuple[TorchTileReader | None, str]:
     """The GPU reader, or (None, why not) when ``device`` is CUDA and none is usable."""
     if device.startswith("cuda"):
-        why = cuda_reason()
+        why = cuda_reason() or rgb_reason(level)
         if why:
             return None, why
     return TorchTileReader(level, plan, tile_size, device), ""
+
+
+def rgb_reason(level: DirectJpegLevel) -> str:
+    """'' for YCbCr JPEG tiles; for RGB-coded ones (TIFF Photometric RGB, as in Aperio's SVS) why nvJPEG is not
+    used: it decodes them as YCbCr despite their Adobe marker (wrong colours, mean error ~50 grey levels on
+    CMU-1-Small-Region.svs, measured on an H200 with torchvision 0.26), where libjpeg-turbo honours it."""
+    if level.layout.colorspace == "RGB":
+        return "nvJPEG decodes this level's RGB-coded JPEG tiles (TIFF Photometric RGB) with wrong colours"
+    return ""
