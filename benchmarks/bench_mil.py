@@ -86,6 +86,7 @@ import json
 import resource
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -667,8 +668,20 @@ def search_once(n_bags: int, n_tiles: int, dim: int, distinct: int, head: str, d
             "values": [t["value"] for t in res.trials], "chosen": res.chosen}
 
 
+def each_way_isolated(here: str, call: str, runs: dict[bool, dict]) -> Iterator[tuple[bool, dict]]:
+    """Run ``call`` (a call of a function of this module, with ``{flag}`` for its last argument) in a fresh
+    process with flag False, then True; yields (flag, its RESULT with peak RSS) and keeps it in ``runs``."""
+    from _common import run_isolated
+
+    for flag in (False, True):
+        code = (f"import sys; sys.path.insert(0, {here!r})\nfrom bench_mil import {call.split('(')[0]}\n"
+                f"RESULT = {call.format(flag=flag)}\n")
+        runs[flag] = run_isolated(code)
+        yield flag, runs[flag]
+
+
 def fit_main(argv: list[str]) -> None:
-    from _common import machine, run_isolated
+    from _common import machine
 
     ap = argparse.ArgumentParser(description="one train fit: prepared once vs prepared every batch")
     ap.add_argument("--bags", type=int, default=200)
@@ -690,12 +703,9 @@ def fit_main(argv: list[str]) -> None:
         print(f"{args.bags} bags x {args.tiles} tiles x {args.dim}-d float16, one search of {args.search} trials, "
               "3 inner folds")
         for head in args.heads.split(","):
-            runs = {}
-            for share in (False, True):
-                code = (f"import sys; sys.path.insert(0, {here!r})\nfrom bench_mil import search_once\n"
-                        f"RESULT = search_once({args.bags}, {args.tiles}, {args.dim}, {args.distinct}, {head!r}, "
-                        f"{args.device!r}, {args.search}, {share})\n")
-                runs[share] = r = run_isolated(code)
+            runs: dict[bool, dict] = {}
+            for share, r in each_way_isolated(here, f"search_once({args.bags}, {args.tiles}, {args.dim}, {args.distinct}, "
+                                                     f"{head!r}, {args.device!r}, {args.search}, {{flag}})", runs):
                 label = "shared     " if share else "per trial  "
                 print(f"{head:8s} {label} search {r['wall']:8.1f} s wall {r['cpu']:8.1f} s CPU | {r['trials']} trials | "
                       f"peak RSS {r['peak_rss_mb']:7.0f} MiB | chosen {r['chosen']}", flush=True)
@@ -714,11 +724,8 @@ def fit_main(argv: list[str]) -> None:
     print(f"{args.bags} bags x {args.tiles} tiles x {args.dim}-d float16, {args.epochs} epochs, 80/20 split")
     for head in args.heads.split(","):
         runs = {}
-        for cache in (False, True):
-            code = (f"import sys; sys.path.insert(0, {here!r})\nfrom bench_mil import fit_once\n"
-                    f"RESULT = fit_once({args.bags}, {args.tiles}, {args.dim}, {args.distinct}, {args.epochs}, "
-                    f"{head!r}, {args.device!r}, {cache})\n")
-            runs[cache] = r = run_isolated(code)
+        for cache, r in each_way_isolated(here, f"fit_once({args.bags}, {args.tiles}, {args.dim}, {args.distinct}, "
+                                                f"{args.epochs}, {head!r}, {args.device!r}, {{flag}})", runs):
             label = "prepared once " if cache else "every batch   "
             print(f"{head:8s} {label} fit {r['wall']:8.1f} s wall {r['cpu']:8.1f} s CPU | epochs {r['epochs_s']:7.1f} s "
                   f"({r['epochs']}) | peak RSS {r['peak_rss_mb']:7.0f} MiB | {r['options']}", flush=True)
