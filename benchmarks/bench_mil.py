@@ -668,16 +668,15 @@ def search_once(n_bags: int, n_tiles: int, dim: int, distinct: int, head: str, d
             "values": [t["value"] for t in res.trials], "chosen": res.chosen}
 
 
-def each_way_isolated(here: str, call: str, runs: dict[bool, dict]) -> Iterator[tuple[bool, dict]]:
+def each_way_isolated(here: str, call: str) -> Iterator[tuple[bool, dict]]:
     """Run ``call`` (a call of a function of this module, with ``{flag}`` for its last argument) in a fresh
-    process with flag False, then True; yields (flag, its RESULT with peak RSS) and keeps it in ``runs``."""
+    process with flag False, then True; yields (flag, its RESULT with peak RSS)."""
     from _common import run_isolated
 
     for flag in (False, True):
         code = (f"import sys; sys.path.insert(0, {here!r})\nfrom bench_mil import {call.split('(')[0]}\n"
                 f"RESULT = {call.format(flag=flag)}\n")
-        runs[flag] = run_isolated(code)
-        yield flag, runs[flag]
+        yield flag, run_isolated(code)
 
 
 def fit_main(argv: list[str]) -> None:
@@ -705,7 +704,8 @@ def fit_main(argv: list[str]) -> None:
         for head in args.heads.split(","):
             runs: dict[bool, dict] = {}
             for share, r in each_way_isolated(here, f"search_once({args.bags}, {args.tiles}, {args.dim}, {args.distinct}, "
-                                                     f"{head!r}, {args.device!r}, {args.search}, {{flag}})", runs):
+                                                     f"{head!r}, {args.device!r}, {args.search}, {{flag}})"):
+                runs[share] = r
                 label = "shared     " if share else "per trial  "
                 print(f"{head:8s} {label} search {r['wall']:8.1f} s wall {r['cpu']:8.1f} s CPU | {r['trials']} trials | "
                       f"peak RSS {r['peak_rss_mb']:7.0f} MiB | chosen {r['chosen']}", flush=True)
@@ -725,7 +725,8 @@ def fit_main(argv: list[str]) -> None:
     for head in args.heads.split(","):
         runs = {}
         for cache, r in each_way_isolated(here, f"fit_once({args.bags}, {args.tiles}, {args.dim}, {args.distinct}, "
-                                                f"{args.epochs}, {head!r}, {args.device!r}, {{flag}})", runs):
+                                                f"{args.epochs}, {head!r}, {args.device!r}, {{flag}})"):
+            runs[cache] = r
             label = "prepared once " if cache else "every batch   "
             print(f"{head:8s} {label} fit {r['wall']:8.1f} s wall {r['cpu']:8.1f} s CPU | epochs {r['epochs_s']:7.1f} s "
                   f"({r['epochs']}) | peak RSS {r['peak_rss_mb']:7.0f} MiB | {r['options']}", flush=True)

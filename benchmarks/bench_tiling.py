@@ -323,27 +323,30 @@ def bench_size(size: int, cache: Path, threads: int, device: str, reference: boo
 
 
 def encode_rates(tiles: np.ndarray, threads: int, chunk: int = 64) -> str:
-    """Store-chunk JPEG encoding, tiles/s: libjpeg-turbo (imagecodecs, 4:2:0, the store's format) in
-    ``threads`` threads vs nvJPEG (torchvision ``encode_jpeg`` of CUDA tensors; 4:4:4 only)."""
+    """Store-chunk JPEG encoding, tiles/s: the store's own chunk encoder (libjpeg-turbo, the default
+    quality and 4:2:0) in ``threads`` threads vs nvJPEG (torchvision ``encode_jpeg`` of CUDA tensors; 4:4:4 only)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import imagecodecs
     import torch
     from torchvision.io import encode_jpeg
 
+    from wsi_mil.stores.codecs import encode_tile_chunk
+    from wsi_mil.tiling.config import TilingConfig
+
+    cfg = TilingConfig()
     k, s = tiles.shape[0] // chunk * chunk, tiles.shape[1]
-    chunks = [np.ascontiguousarray(tiles[a:a + chunk]).reshape(chunk * s, s, 3) for a in range(0, k, chunk)]
+    chunks = [np.ascontiguousarray(tiles[a:a + chunk]) for a in range(0, k, chunk)]  # (chunk, S, S, 3) each
     with ThreadPoolExecutor(threads) as pool:
         t = time.perf_counter()
-        list(pool.map(lambda c: imagecodecs.jpeg8_encode(c, level=90, subsampling="420"), chunks))
+        list(pool.map(lambda c: encode_tile_chunk(c, "jpeg", cfg.jpeg_quality, cfg.jpeg_subsampling), chunks))
         cpu = k / (time.perf_counter() - t)
     if not torch.cuda.is_available():
         return f"{k} tiles in chunks of {chunk}: libjpeg-turbo 4:2:0, {threads} threads {cpu:6.0f} tiles/s | no CUDA"
-    gpu_chunks = [torch.from_numpy(c).permute(2, 0, 1).contiguous().cuda() for c in chunks]
-    encode_jpeg(gpu_chunks[:1], quality=90)  # warm-up: the encoder's state
+    gpu_chunks = [torch.from_numpy(c.reshape(chunk * s, s, 3)).permute(2, 0, 1).contiguous().cuda() for c in chunks]
+    encode_jpeg(gpu_chunks[:1], quality=cfg.jpeg_quality)  # warm-up: the encoder's state
     torch.cuda.synchronize()
     t = time.perf_counter()
-    out = encode_jpeg(gpu_chunks, quality=90)
+    out = encode_jpeg(gpu_chunks, quality=cfg.jpeg_quality)
     torch.cuda.synchronize()
     blobs = [bytes(o.cpu().numpy()) for o in out]
     gpu = k / (time.perf_counter() - t)

@@ -25,7 +25,7 @@ step() {  # step NAME SECONDS COMMAND...: run COMMAND under a limit, log to $OUT
   echo "== $name: rc $rc, $((SECONDS - t0)) s (limit $limit s)" | tee -a "$OUT/steps.log"
   tail -n 25 "$OUT/$name.log"
 }
-{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc
+{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; echo "$NCPU cores"
   python3 -c "import torch, torchvision, timm; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'timm', timm.__version__, 'cuda', torch.cuda.is_available())"
 } >> "$OUT/01_machine.log" 2>&1
 cat "$OUT/01_machine.log"
@@ -38,7 +38,6 @@ step 51_tiling_gpu_30k "${T_TILING30:-60}" python3 benchmarks/bench_tiling.py --
   --sizes 30000 --slides native --threads "$NCPU" --cache /tmp/bench_tiling
 [ -n "${EPOCHS:-}" ] && step 20_mil_epochs "${T_EPOCHS:-60}" python3 benchmarks/bench_mil.py --device cuda --bags 500 --tiles 10000 \
   --dim 1024 --distinct 4 --heads chowder,weldon
-[ -f .devshared/prof_fit.py ] && step 25_profile_fit "${T_PROFILE:-40}" python3 .devshared/prof_fit.py cuda 500 10000
 step 30_train_untuned "${T_UNTUNED:-100}" python3 benchmarks/bench_mil.py fit --cross-validate --tune off --label-noise 0.2 \
   --device cuda --bags 500 --tiles 10000 --dim 1024 --distinct 4 --heads chowder,weldon
 step 40_train_tuned "${T_TUNED:-150}" python3 benchmarks/bench_mil.py fit --cross-validate --tune on --label-noise 0.2 \

@@ -94,28 +94,23 @@ def outlier_direction(
     if total is None or outer is None or not any(labels[i] == 1 for i in keep):
         raise ValueError("tile_init: outliers needs training bags of both classes with tiles")
     dim = len(medians[keep[0]])
+    device = medians[keep[0]].device  # where the bags are (the GPU when they are there): the scoring runs there
 
     def centred(i: int) -> torch.Tensor:
-        return _float64(bags[i]) - medians[i]
+        return _float64(bags[i]).to(device) - medians[i].to(device)
 
     mean_np = total.cpu().numpy() / count
     cov = outer.cpu().numpy() / max(count - 1, 1) - np.outer(mean_np, mean_np) * count / max(count - 1, 1)
-    precision_np = np.linalg.pinv(cov + 1e-6 * np.eye(dim))
-    on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # (mean, precision) per device
-
-    def mahalanobis(x: torch.Tensor) -> torch.Tensor:
-        if x.device not in on:
-            on[x.device] = torch.from_numpy(mean_np).to(x.device), torch.from_numpy(precision_np).to(x.device)
-        mean, precision = on[x.device]
-        d = x - mean
-        return ((d @ precision) * d).sum(1)
-
-    linear: tuple[torch.Tensor, float] | None = None  # the last regression's (weight (D,), bias), on the CPU
+    mean = torch.from_numpy(mean_np).to(device)
+    precision = torch.from_numpy(np.linalg.pinv(cov + 1e-6 * np.eye(dim))).to(device)
+    linear: tuple[torch.Tensor, float] | None = None  # the last regression's (weight (D,) on ``device``, bias)
 
     def score(x: torch.Tensor) -> torch.Tensor:
+        """Mahalanobis distance to the negative tiles' Gaussian; after a regression, its decision value."""
         if linear is None:
-            return mahalanobis(x)
-        return x @ linear[0].to(x.device) + linear[1]
+            d = x - mean
+            return ((d @ precision) * d).sum(1)
+        return x @ linear[0] + linear[1]
 
     model = LogisticRegression(C=c, class_weight="balanced", max_iter=2000)
     for _ in range(refits + 1):
@@ -129,5 +124,5 @@ def outlier_direction(
         n_pos = int(sum(len(p) for p in pos))
         y_fit = np.r_[np.ones(n_pos), np.zeros(len(x_fit) - n_pos)]
         model.fit(x_fit, y_fit)
-        linear = torch.from_numpy(model.coef_[0].astype(np.float64)), float(model.intercept_[0])
+        linear = torch.from_numpy(model.coef_[0].astype(np.float64)).to(device), float(model.intercept_[0])
     return model.coef_[0].astype(np.float64), float(model.intercept_[0])
