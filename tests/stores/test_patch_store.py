@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from wsi_mil.errors import StoreError
-from wsi_mil.stores.codecs import decode_jpeg_chunk, read_shard_index, shard_bytes
+from wsi_mil.stores.codecs import decode_jpeg_chunk, encode_jpeg_chunk, read_shard_index, shard_bytes
 from wsi_mil.stores.patches import (
     PatchStoreWriter,
     is_complete_patch_store,
@@ -165,6 +165,26 @@ def test_streamed_shards_are_the_joined_layout(tmp_path: Path) -> None:
         chunks = _shard_chunks(shard, 4)
         assert shard.read_bytes() == shard_bytes(chunks, 4)
     assert len(_shard_chunks(shards[1], 4)) == 2  # 45 tiles: 6 chunks, the last shard half full
+
+
+def test_chunk_encoder_gives_plain_imagecodecs_bytes_through_its_reused_buffer() -> None:
+    """The encoder's per-thread output buffer changes no byte: smooth chunks, noise at quality 100
+    (larger than the raw pixels, so larger than the buffer), a smaller image after a larger one,
+    and chunks encoded from several threads at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(5)
+    smooth = _tiles(16, 64).reshape(16 * 64, 64, 3)
+    noise = rng.integers(0, 256, (256, 64, 3), dtype=np.uint8)
+    cases = [(smooth, 90, "420"), (noise, 100, "444"), (smooth[:128], 90, "444"), (noise, 90, "420")]
+    for image, quality, sub in cases:
+        plain = bytes(imagecodecs.jpeg8_encode(image, level=quality, subsampling=sub))
+        assert encode_jpeg_chunk(image, quality, sub) == plain
+    assert len(bytes(imagecodecs.jpeg8_encode(noise, level=100, subsampling="444"))) > noise.nbytes
+    images = [np.roll(smooth, 7 * i, axis=1) for i in range(24)]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda im: encode_jpeg_chunk(im, 90, "420"), images))
+    assert got == [bytes(imagecodecs.jpeg8_encode(im, level=90, subsampling="420")) for im in images]
 
 
 @pytest.mark.parametrize("subsampling", ["420", "444"])

@@ -20,7 +20,6 @@ import os
 from dataclasses import dataclass
 from typing import Protocol
 
-import imagecodecs
 import numpy as np
 import simplejpeg
 from numpy.typing import NDArray
@@ -201,7 +200,5 @@ def open_tile_reader(slide: Slide, plan: ReadPlan, tile_size: int, coords: NDArr
 
 def decoder_version(scale: int = 1) -> str:
     """The JPEG libraries used by the direct reader at DCT ``scale`` (recorded in stores)."""
-    text = f"imagecodecs {imagecodecs.__version__} ({imagecodecs.jpeg8_version()})"
-    if scale > 1:
-        text += f"; simplejpeg {simplejpeg.__version__} at 1/{scale}"
-    return text
+    text = f"simplejpeg {simplejpeg.__version__} (libjpeg-turbo TurboJPEG)"
+    return text if scale == 1 else f"{text} at 1/{scale}"
