@@ -436,3 +436,16 @@ def test_standardization_equals_scoring_standardized_features(name: str) -> None
     torch.testing.assert_close(out[0], ref[0])
     torch.testing.assert_close(out[1], ref[1])
     assert head.feature_scale[4] == 0 and "feature_shift" in head.state_dict()
+
+
+@pytest.mark.parametrize(("name", "options", "layer"), [
+    ("weldon", {}, "scorer"), ("weldon", {"tile_hidden": 4}, None), ("chowder", {}, "embedding"),
+    ("chowder", {"tile_hidden": 4}, None), ("mean", {}, "scorer"), ("max", {"hidden": 4}, None),
+    ("lse", {}, "scorer"), ("attention", {}, None), ("logistic", {}, None)])
+def test_tile_scorer_layer_is_the_linear_scorer_the_outlier_start_writes(name: str, options: dict,
+                                                                         layer: str | None) -> None:
+    """Heads whose tiles are scored by one linear layer expose it (the outlier warm start writes into
+    it); a hidden tile scorer, attention and the mean-feature logistic regression expose none."""
+    head = create_head(name, 8, 2, **options)
+    got = head.tile_scorer_layer()
+    assert (got is None) if layer is None else (got is getattr(head, layer))

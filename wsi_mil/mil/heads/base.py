@@ -173,8 +173,10 @@ class MILHead(nn.Module):
 
     def tile_scorer_layer(self) -> nn.Linear | None:
         """The linear layer that scores tiles from standardised features (D -> one row per member and
-        output), or None for heads without one (attention, hidden layers)."""
-        return None
+        output), or None for heads without one (attention, hidden layers). By default the head's
+        ``scorer`` submodule (built by :func:`tile_scorer`) when it is a plain linear layer."""
+        scorer = self._modules.get("scorer")
+        return scorer if isinstance(scorer, nn.Linear) else None
 
     @torch.no_grad()
     def init_tile_scorer(self, weight: Tensor, bias: float) -> None:

@@ -30,9 +30,6 @@ class _ScoredTilesHead(MILHead):
         self.opts = opts
         self.scorer = tile_scorer(self.score_dim, self.n_outputs, self.opts.hidden, self.opts.dropout)
 
-    def tile_scorer_layer(self) -> nn.Linear | None:
-        return self.scorer if isinstance(self.scorer, nn.Linear) else None
-
 
 def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     """(B, N, K) values -> (B, K) their mean over the real tiles (0 for an empty bag)."""

@@ -85,8 +85,5 @@ class LSEPool(MILHead):
     def selection_k(self) -> tuple[KSpec | None, KSpec | None]:
         return 1, None
 
-    def tile_scorer_layer(self) -> nn.Linear:
-        return self.scorer
-
     def regularization(self) -> Tensor:
         return self.opts.l2 * self.scorer.weight.pow(2).sum()

@@ -8,7 +8,7 @@ highest + ``negative_weight`` x mean of the ``k_bottom`` lowest.
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from wsi_mil.mil.heads._registry import register_head
 from wsi_mil.mil.heads.base import MILHead, tile_scorer
@@ -54,9 +54,6 @@ class Weldon(MILHead):
         bottom = extreme_mean(tiles, mask, k_bottom, largest=False)
         slide = top + self.opts.negative_weight * bottom
         return slide.unsqueeze(1), tiles, torch.cat([top, bottom], dim=-1)
-
-    def tile_scorer_layer(self) -> nn.Linear | None:
-        return self.scorer if isinstance(self.scorer, nn.Linear) else None
 
     def selection_k(self) -> tuple[KSpec | None, KSpec | None]:
         return self.opts.k_top, self._k_bottom()
