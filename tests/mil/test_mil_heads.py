@@ -449,3 +449,38 @@ def test_tile_scorer_layer_is_the_linear_scorer_the_outlier_start_writes(name: s
     head = create_head(name, 8, 2, **options)
     got = head.tile_scorer_layer()
     assert (got is None) if layer is None else (got is getattr(head, layer))
+
+
+@pytest.mark.parametrize(("name", "options"), [
+    ("weldon", {"tile_hidden": 6, "k_top": 2, "k_bottom": 2}), ("chowder", {"tile_hidden": 6, "r": 2, "n_members": 2}),
+    ("mean", {"hidden": 6}), ("max", {"hidden": 6})])
+def test_hidden_tile_layers_on_packed_real_tiles_give_the_padded_results(name: str, options: dict,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch mostly of padding runs a hidden tile scorer on its real tiles only (``score_tiles``): the same
+    slide logits, real-tile scores and gradients as scoring the padded batch, and 0 on the padding."""
+    from wsi_mil.mil.heads import base
+
+    torch.manual_seed(1)
+    head = create_head(name, 5, 2, **options).eval()
+    lengths = torch.tensor([30, 3, 5, 2])  # 40 real of 120 positions: packed once forced
+    mask = torch.arange(30)[None] < lengths[:, None]
+    x = torch.randn(4, 30, 5)
+
+    def run(pack: bool) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        monkeypatch.setattr(base, "PACK_MIN_VALUES", 0)
+        monkeypatch.setattr(base, "PACK_REAL_SHARE", 0.5 if pack else -1.0)
+        head.zero_grad()
+        slide, tiles = head(x, mask)
+        head.member_logits(x, mask).sum().backward()
+        raw_tiles = head.member_outputs(x, mask)[1]
+        return slide, tiles, [p.grad.clone() for p in head.parameters() if p.grad is not None] + [raw_tiles]
+
+    packed, padded = run(True), run(False)
+    torch.testing.assert_close(packed[0], padded[0])
+    torch.testing.assert_close(packed[1], padded[1])
+    for a, b in zip(packed[2][:-1], padded[2][:-1], strict=True):
+        torch.testing.assert_close(a, b)
+    packed_tiles, padded_tiles = packed[2][-1], padded[2][-1]
+    torch.testing.assert_close(packed_tiles[mask], padded_tiles[mask])
+    if name != "mean":  # mean's last layer runs after the packed hidden one: its padding holds the bias
+        assert torch.all(packed_tiles[~mask] == 0) and not torch.all(padded_tiles[~mask] == 0)

@@ -134,12 +134,7 @@ class BagSet:
         """
         b = len(parts)
         width = max(p.shape[0] for p in parts)
-        dim = parts[0].shape[1]
-        need = b * width * dim
-        if self._buffer is None or self._buffer.numel() < need:
-            self._buffer = None
-            self._buffer = torch.empty(need, dtype=torch.float32, device=self.device)
-        out = self._buffer[:need].view(b, width, dim)
+        out = self._batch_buffer(b, width, parts[0].shape[1])
         for i, p in enumerate(parts):
             n = p.shape[0]
             out[i, :n].copy_(p, non_blocking=True)
@@ -149,15 +144,27 @@ class BagSet:
         mask = torch.arange(width, device=self.device).unsqueeze(0) < lengths.unsqueeze(1)
         return out, mask
 
+    def _batch_buffer(self, b: int, width: int, dim: int) -> Tensor:
+        """A (b, width, dim) float32 view of the one reused batch buffer (grown when too small).
+
+        Reusing it avoids allocating (and page-faulting) a new batch per step: on the CPU a fresh
+        16 x 131 x 5,863 batch (web_recommendation_1) cost ~9x the copy itself."""
+        need = b * width * dim
+        if self._buffer is None or self._buffer.numel() < need:
+            self._buffer = None
+            self._buffer = torch.empty(need, dtype=torch.float32, device=self.device)
+        return self._buffer[:need].view(b, width, dim)
+
     def _gather(self, positions: Sequence[int]) -> tuple[Tensor, Tensor]:
-        """Whole bags from the dense block: the same (B, N_max_batch, D) and mask as :meth:`_pad`."""
+        """Whole bags from the dense block: the same (B, N_max_batch, D) and mask as :meth:`_pad`, in the
+        same reused buffer (valid until the next batch is built)."""
         dense = self._dense
         if dense is None:
             raise RuntimeError("BagSet._gather needs the dense block")
         idx = torch.as_tensor(list(positions), dtype=torch.int64, device=self.device)
         lengths = self._lengths.index_select(0, idx)
         width = int(self.sizes[list(positions)].max())
-        feats = dense[:, :width].index_select(0, idx)
+        feats = torch.index_select(dense[:, :width], 0, idx, out=self._batch_buffer(len(idx), width, self.dim))
         mask = torch.arange(width, device=self.device).unsqueeze(0) < lengths.unsqueeze(1)
         return feats, mask
 

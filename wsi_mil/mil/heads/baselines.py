@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from wsi_mil.mil.heads._registry import register_head
-from wsi_mil.mil.heads.base import MILHead, tile_scorer
+from wsi_mil.mil.heads.base import MILHead, score_tiles, tile_scorer
 from wsi_mil.mil.heads.options import AttentionOptions, PoolOptions
 from wsi_mil.mil.minmax import KSpec, extreme_mean
 
@@ -45,7 +45,7 @@ class MeanPool(_ScoredTilesHead):
 
     def member_outputs(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Mean of the tile logits over the real tiles: slide `(B, 1, O)`, tiles `(B, N, O)` from features `(B, N, D)`, mask `(B, N)`."""
-        tiles = self.scorer(features)
+        tiles = score_tiles(self.scorer, features, mask)
         return _masked_mean(tiles, mask).unsqueeze(1), tiles
 
     def representation_dim(self) -> int:
@@ -55,10 +55,10 @@ class MeanPool(_ScoredTilesHead):
         """As :meth:`member_outputs`, and the mean hidden activation (the last layer is linear, so the
         slide logit is that layer of it); without a hidden layer, the slide logit itself."""
         if not isinstance(self.scorer, nn.Sequential):
-            tiles = self.scorer(features)
+            tiles = score_tiles(self.scorer, features, mask)
             slide = _masked_mean(tiles, mask)
             return slide.unsqueeze(1), tiles, slide
-        h = self.scorer[:-1](features)  # (B, N, hidden): Linear, ReLU, Dropout
+        h = score_tiles(self.scorer[:-1], features, mask)  # (B, N, hidden): Linear, ReLU, Dropout
         tiles = self.scorer[-1](h)
         return _masked_mean(tiles, mask).unsqueeze(1), tiles, _masked_mean(h, mask)
 
@@ -69,7 +69,7 @@ class MaxPool(_ScoredTilesHead):
 
     def member_outputs(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Highest tile logit: slide `(B, 1, O)`, tiles `(B, N, O)` from features `(B, N, D)`, mask `(B, N)`."""
-        tiles = self.scorer(features)
+        tiles = score_tiles(self.scorer, features, mask)
         return extreme_mean(tiles, mask, 1, largest=True).unsqueeze(1), tiles
 
     def selection_k(self) -> tuple[KSpec | None, KSpec | None]:

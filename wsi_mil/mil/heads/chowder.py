@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from wsi_mil.mil.heads._registry import register_head
-from wsi_mil.mil.heads.base import MILHead
+from wsi_mil.mil.heads.base import MILHead, score_tiles
 from wsi_mil.mil.heads.options import ChowderOptions
 from wsi_mil.mil.minmax import KSpec, extreme_quantiles, extreme_values, is_fraction
 
@@ -88,7 +88,7 @@ class Chowder(MILHead):
         """Member tile scores (B, N, E, O) and MLP inputs (E, O, B, 2R)."""
         b, n, _ = features.shape
         e, o = self.opts.n_members, self.n_outputs
-        scores = self.tile_scores_all(features)  # (B, N, E*O)
+        scores = self.tile_scores_all(features, mask)  # (B, N, E*O)
         r = self.r
         if is_fraction(r):
             ext = extreme_quantiles(scores, mask, r, self.opts.r_points)  # (B, 2P, E*O)
@@ -97,14 +97,22 @@ class Chowder(MILHead):
         x = ext.reshape(b, 2 * self.n_points, e, o).permute(2, 3, 0, 1)
         return scores.reshape(b, n, e, o), x
 
-    def tile_scores_all(self, features: Tensor) -> Tensor:
-        """Every member's tile scores (B, N, E * O) from standardised features (B, N, D)."""
+    def tile_scores_all(self, features: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Every member's tile scores (B, N, E * O) from standardised features (B, N, D); with the
+        ``mask`` (B, N), a batch mostly of padding is scored on its real tiles only (:func:`score_tiles`)."""
         if self.tile_hidden is None:
             return self.embedding(features)
-        b, n, _ = features.shape
+        if mask is None:
+            return self._hidden_scores(features)
+        return score_tiles(self._hidden_scores, features, mask)
+
+    def _hidden_scores(self, features: Tensor) -> Tensor:
+        """Hidden tile scorer: features (..., D) -> every member's scores (..., E * O)."""
+        lead = features.shape[:-1]
         e, o = self.opts.n_members, self.n_outputs
-        hidden = torch.relu(self.tile_hidden_layer(features)).reshape(b, n, e, -1)
-        return (torch.einsum("bneh,eho->bneo", hidden, self.tile_out_weight) + self.tile_out_bias).reshape(b, n, e * o)
+        hidden = torch.relu(self.tile_hidden_layer(features)).reshape(*lead, e, -1)
+        scores = torch.einsum("...eh,eho->...eo", hidden, self.tile_out_weight) + self.tile_out_bias
+        return scores.reshape(*lead, e * o)
 
     def _score_weight(self) -> Tensor:
         """The weights of the last tile-scoring layer (what ``l2`` penalises)."""

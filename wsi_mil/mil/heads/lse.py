@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsi_mil.mil.heads._registry import register_head
-from wsi_mil.mil.heads.base import MILHead
+from wsi_mil.mil.heads.base import MILHead, score_tiles
 from wsi_mil.mil.heads.options import LSEOptions
 from wsi_mil.mil.minmax import KSpec
 
@@ -78,7 +78,7 @@ class LSEPool(MILHead):
 
     def member_outputs_with_representation(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """As :meth:`member_outputs`, and the pooled score (B, O) itself as the representation."""
-        tiles = self.scorer(features)
+        tiles = score_tiles(self.scorer, features, mask)
         pooled = lse_pool(tiles, mask, self.temperature().to(tiles.dtype))
         return pooled.unsqueeze(1), tiles, pooled
 

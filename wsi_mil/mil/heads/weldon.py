@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from wsi_mil.mil.heads._registry import register_head
-from wsi_mil.mil.heads.base import MILHead, tile_scorer
+from wsi_mil.mil.heads.base import MILHead, score_tiles, tile_scorer
 from wsi_mil.mil.heads.options import WeldonOptions
 from wsi_mil.mil.minmax import KSpec, extreme_mean, minmax_pool
 
@@ -33,7 +33,7 @@ class Weldon(MILHead):
 
     def member_outputs(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Top-k + bottom-k mean of linear tile scores: slide `(B, 1, O)`, tiles `(B, N, O)` from features `(B, N, D)`, mask `(B, N)`."""
-        tiles = self.scorer(features)  # (B, N, O)
+        tiles = score_tiles(self.scorer, features, mask)  # (B, N, O)
         slide = minmax_pool(tiles, mask, self.opts.k_top, self._k_bottom(), self.opts.negative_weight)
         return slide.unsqueeze(1), tiles
 
@@ -46,7 +46,7 @@ class Weldon(MILHead):
 
     def member_outputs_with_representation(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """As :meth:`member_outputs`, and the top-k and bottom-k means (B, 2 O) the slide score adds up."""
-        tiles = self.scorer(features)
+        tiles = score_tiles(self.scorer, features, mask)
         top = extreme_mean(tiles, mask, self.opts.k_top, largest=True)  # (B, O)
         k_bottom = self._k_bottom()
         if k_bottom is None:
