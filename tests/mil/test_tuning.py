@@ -174,6 +174,60 @@ def test_fold_ensemble_averages_members_probabilities() -> None:
     assert (marks[:, :, 1] == 1).sum(dim=1).tolist() == [1, 1] and marks[1, 2:].abs().sum() == 0
 
 
+def _noisy_trials(seed: int, n_trials: int, better: float) -> tuple[Any, Any, list[Any]]:
+    """A pool of 60 slides (a quarter positive), the defaults' pooled predictions and ``n_trials`` searched
+    trials' predictions: each the same signal with fresh noise, the first ``better`` stronger on positives."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random(60) < 0.25).astype(np.int64)
+    signal = y + rng.standard_normal(60)
+
+    def probs(score: Any) -> Any:
+        p = 1 / (1 + np.exp(-score))
+        return np.stack([1 - p, p], axis=1)
+
+    trials = [probs(signal + rng.standard_normal(60) + (better * y if k == 0 else 0)) for k in range(n_trials)]
+    return y, probs(signal + rng.standard_normal(60)), trials
+
+
+def _gains(y: Any, given: Any, trials: list[Any]) -> list[float]:
+    base = tuning.inner_score(y, given, ["0", "1"])
+    return [tuning.inner_score(y, t, ["0", "1"]) - base for t in trials]
+
+
+def test_the_selection_margin_grows_with_the_trials_so_noise_does_not_replace_the_defaults(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ten searched trials no better than the defaults (same signal, fresh noise): the best of them beats
+    the defaults by more than one paired standard error most of the time, and the selection margin (the
+    bootstrap of the best paired difference) lets it replace them only rarely; a trial that is really
+    better still gets through; with one trial the margin is about one standard error."""
+    y, given, trials = _noisy_trials(0, 1, 0.0)
+    rng = np.random.default_rng(1)
+    boot = []
+    for _ in range(300):
+        idx = rng.integers(0, len(y), len(y))
+        boot.append(_gains(y[idx], given[idx], [trials[0][idx]])[0])
+    se = float(np.std(boot, ddof=1))
+    assert 0.75 * se < tuning._selection_margin(y, trials, given, ["0", "1"], "classification", 0) < 1.25 * se
+    assert tuning._selection_margin(y, [], given, ["0", "1"], "classification", 0) == 0.0
+
+    monkeypatch.setattr(tuning, "MARGIN_RESAMPLES", 150)
+    seeds = range(16)
+    one_se, margin, found = 0, 0, 0
+    for seed in seeds:
+        y, given, trials = _noisy_trials(seed, 10, 0.0)
+        gains = _gains(y, given, trials)
+        best = int(np.argmax(gains))
+        one = tuning._selection_margin(y, [trials[best]], given, ["0", "1"], "classification", seed)
+        one_se += max(gains) > one
+        margin += max(gains) > tuning._selection_margin(y, trials, given, ["0", "1"], "classification", seed)
+        y, given, trials = _noisy_trials(seed, 10, 2.0)
+        gains = _gains(y, given, trials)
+        found += int(np.argmax(gains)) == 0 and max(gains) > tuning._selection_margin(
+            y, trials, given, ["0", "1"], "classification", seed)
+    assert one_se >= 6 and margin <= 3 and found >= 12, (one_se, margin, found)
+
+
+
 def test_the_settings_as_given_are_the_first_trial_and_are_replaced_only_by_a_better_score() -> None:
     """Trial 0 of every search is the defaults; a search keeps them unless a searched trial scores
     strictly higher on the same inner folds, and records which it did."""
@@ -200,7 +254,3 @@ def test_the_settings_as_given_are_the_first_trial_and_are_replaced_only_by_a_be
         assert res.chosen == defaults and max(others) - given_value <= res.margin
     else:
         assert res.inner_score == max(others) > given_value + res.margin > given_value
-    # a searched trial that beats the defaults by less than the paired standard error does not replace them
-    se = tuning._paired_se(y, np.tile([[0.6, 0.4]], (24, 1)) + 0.01 * rng.random((24, 1)) * [[-1, 1]],
-                           np.tile([[0.5, 0.5]], (24, 1)), ["0", "1"], "classification", 0)
-    assert se > 0

@@ -10,9 +10,10 @@ AUC of its pooled inner out-of-fold predictions (balanced accuracy where AUC is 
 survival: Harrell's c-index; regression: minus the MAE (inner folds stratified on the event, or
 the target's quartile).
 The first trial is always the settings as given (the defaults): the search replaces them only
-with settings that score higher on the same inner folds by more than one bootstrap standard
-error of the paired difference (the best of many noisy inner scores is biased upwards, and the
-defaults must not lose to that bias);
+with settings that score higher on the same inner folds by more than the noise of the best of
+all the searched trials (:func:`_selection_margin`, a bootstrap of the maximum paired difference,
+White's reality check: the best of many noisy inner scores is biased upwards, the more so the
+more trials, and the defaults must not lose to that bias);
 the running mean of the fold AUCs is reported after each inner fold, so Optuna's
 :class:`~optuna.pruners.MedianPruner` stops poor trials early. Sampling is
 :class:`~optuna.samplers.TPESampler` seeded from the run's seed: a given seed, data and device
@@ -186,8 +187,8 @@ def search_settings(
     ``targets`` (n_bags,) int class per bag (survival, regression: the task's targets, see
     :func:`wsi_mil.mil.targets.task_arrays`, with ``strata`` (n_bags,) int for the folds),
     ``groups`` (n_bags,) case ids; nothing outside ``pool`` is read. Runs ``cfg.tune_trials`` trials (or until ``cfg.tune_timeout_s``): the first
-    is the settings as given (the defaults), kept unless a searched trial scores higher by more
-    than one standard error of the paired difference (:func:`_paired_se`). ``domains``: the site index per bag of
+    is the settings as given (the defaults), kept unless the best searched trial scores higher by more
+    than the noise of the best of all searched trials (:func:`_selection_margin`). ``domains``: the site index per bag of
     domain-adversarial training (``cfg.domain_adversarial``), passed to every fit.
     """
     t0 = time.perf_counter()
@@ -269,13 +270,13 @@ def search_settings(
     trials += [{"number": i + 1, "state": t.state.name.lower(), "value": t.value, "params": t.params}
                for i, t in enumerate(tried)]
     top = max(searched, key=lambda t: t.value if t.value is not None else -np.inf, default=None)
-    margin = 0.0 if top is None or top.value is None or top.value <= given_value else _paired_se(
-        targets[pool], pooled[top.number], given_probs, class_names, task, seed)
+    margin = 0.0 if top is None or top.value is None or top.value <= given_value else _selection_margin(
+        targets[pool], [pooled[t.number] for t in searched], given_probs, class_names, task, seed)
     gain = None if top is None or top.value is None else float(top.value) - given_value
     if top is None or gain is None or gain <= margin:
         note = "the settings as given scored best" if not gain or gain <= 0 else (
-            f"the best searched trial scored {gain:.4f} higher, within one standard error ({margin:.4f}) of "
-            "the paired difference: kept the settings as given")
+            f"the best of {len(searched)} searched trials scored {gain:.4f} higher, within the noise of the best "
+            f"of that many ({margin:.4f}): kept the settings as given")
         result = SearchResult(base, given, given_value, given_best, list(space), fixed, n_run, pruned, len(folds),
                               time.perf_counter() - t0, note=note, trials=trials, kept_given=True,
                               inner_metric=metric, margin=margin)
@@ -293,24 +294,36 @@ def search_settings(
     return result
 
 
-#: bootstrap resamples of the inner slides behind the one-standard-error rule
-MARGIN_RESAMPLES = 200
+#: bootstrap resamples of the inner slides behind the selection margin
+MARGIN_RESAMPLES = 400
+#: the one-sided level of the selection margin: the normal's one-standard-error quantile, so that with a
+#: single searched trial the margin is one standard error of its paired difference with the defaults
+MARGIN_QUANTILE = 0.8413
 
 
-def _paired_se(
-    y: npt.NDArray[Any], searched: npt.NDArray[np.float64], given: npt.NDArray[np.float64], names: list[str],
+def _selection_margin(
+    y: npt.NDArray[Any], searched: list[npt.NDArray[np.float64]], given: npt.NDArray[np.float64], names: list[str],
     task: str, seed: int,
 ) -> float:
-    """Standard error of ``score(searched) - score(given)`` on the pooled inner predictions (the same
-    slides, resampled together: a paired bootstrap, seeded). A searched trial must beat the settings
-    as given by more than this (the one-standard-error rule): the best of many noisy inner scores
-    is biased upwards, and the defaults should not lose to that bias."""
+    """How much the best of the ``searched`` trials (each (n_slides, n_outputs) pooled inner predictions) must
+    beat the settings as given (``given``, the same shape) before it replaces them.
+
+    The slides are resampled together (a paired bootstrap, seeded); in each resample every trial's
+    difference with the defaults is centred on its observed value, and the largest centred difference is
+    the noise the best-looking trial would show if none were better (White's reality check, single step).
+    Returns its :data:`MARGIN_QUANTILE` quantile: with one searched trial, about one standard error of the
+    paired difference; with many, more, as the best of many noisy inner scores is biased upwards more."""
+    if not searched:
+        return 0.0
     rng = np.random.default_rng(seed + 7919)
-    diffs = []
-    for _ in range(MARGIN_RESAMPLES):
+    observed = np.array([inner_score(y, p, names, task) for p in searched]) - inner_score(y, given, names, task)
+    noise = np.empty(MARGIN_RESAMPLES)
+    for b in range(MARGIN_RESAMPLES):
         idx = rng.integers(0, len(y), len(y))
-        diffs.append(inner_score(y[idx], searched[idx], names, task) - inner_score(y[idx], given[idx], names, task))
-    return float(np.std(diffs, ddof=1))
+        base = inner_score(y[idx], given[idx], names, task)
+        diffs = np.array([inner_score(y[idx], p[idx], names, task) for p in searched]) - base
+        noise[b] = float(np.max(diffs - observed))
+    return float(np.quantile(noise, MARGIN_QUANTILE))
 
 
 def _current_value(cfg: TrainConfig, key: str) -> Any:
