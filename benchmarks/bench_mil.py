@@ -362,13 +362,15 @@ def training_data(bags: list[np.ndarray], y: np.ndarray, name: str = "bags"):
     return TrainingData(table, items, "classic", int(bags[0].shape[1]), [])
 
 
-def train_oof(bags: list[np.ndarray], y: np.ndarray, cfg: TrainConfig) -> np.ndarray:
-    """Out-of-fold class probabilities (n, 2) of ``wsi-mil train`` (CV part; nested when tune=on)."""
+def train_oof(bags: list[np.ndarray], y: np.ndarray, cfg: TrainConfig) -> tuple[np.ndarray, int]:
+    """Out-of-fold class probabilities (n, 2) of ``wsi-mil train`` (CV part; nested when tune=on) and the
+    number of outer folds whose search kept the defaults (0 when untuned)."""
     from wsi_mil.mil import stage
 
     data = training_data(bags, y)
     bagset = BagSet([b.features for b in data.bags], torch.device(cfg.device if cfg.device != "auto" else "cpu"))
-    return stage.cross_validate(data, bagset, cfg).oof
+    cv = stage.cross_validate(data, bagset, cfg)
+    return cv.oof, sum(bool(m.get("tuning", {}).get("kept_given")) for m in cv.fold_metrics)
 
 
 def logreg_oof(bags: list[np.ndarray], y: np.ndarray, folds: int, seed: int) -> np.ndarray:
@@ -437,22 +439,24 @@ def classic_main(argv: list[str]) -> None:
         runs = [("logreg (sklearn, mean-pooled)", None, "")]
         runs += [(head, head, mode) for head in args.heads.split(",") for mode in modes]
         for label, head, mode in runs:
-            aucs, accs, t = [], [], time.perf_counter()
+            aucs, accs, t, kept = [], [], time.perf_counter(), 0
             for r in range(args.repeats):
                 if head is None:
                     p1 = logreg_oof(bags, y, args.folds, r)
                 else:
                     cfg = TrainConfig(head=head, folds=args.folds, seed=r, device=args.device, bootstrap=0,
                                       tune="on" if mode == "tuned" else "off", **overrides)
-                    p1 = train_oof(bags, y, cfg)[:, 1]
+                    oof, kept_here = train_oof(bags, y, cfg)
+                    p1, kept = oof[:, 1], kept + kept_here
                 auc, acc = _binary_metrics(y, p1)
                 aucs.append(auc)
                 accs.append(acc)
             secs = time.perf_counter() - t
             row = (name, label if head is None else f"{head} ({mode})", *_interval(accs), *_interval(aucs), secs)
             rows.append(row)
-            print(f"  {row[1]:32s} acc {row[2]:.3f} +- {row[3]:.3f}  AUC {row[4]:.3f} +- {row[5]:.3f}  {secs:.0f} s",
-                  flush=True)
+            searches = f"  (defaults kept in {kept} of {args.repeats * args.folds} outer folds)" if mode == "tuned" else ""
+            print(f"  {row[1]:32s} acc {row[2]:.3f} +- {row[3]:.3f}  AUC {row[4]:.3f} +- {row[5]:.3f}  {secs:.0f} s"
+                  f"{searches}", flush=True)
         print(f"  [{name}: {time.perf_counter() - t0:.0f} s]", flush=True)
     print(f"\n| set | model | accuracy (mean +- 95 % CI, {args.repeats} x {args.folds}-fold) | AUC | wall s |")
     print("|---|---|---|---|---|")
@@ -573,7 +577,7 @@ def fewbags_main(argv: list[str]) -> None:
         t = time.perf_counter()
         cfg = TrainConfig(head=head, folds=args.folds, seed=args.seed, device=args.device, bootstrap=0,
                           tune=args.tune, **overrides)
-        p1 = train_oof(co.features, y, cfg)[:, 1]
+        p1 = train_oof(co.features, y, cfg)[0][:, 1]
         results.append((f"{head} ({'tuned' if args.tune == 'on' else 'defaults'})", roc_auc_score(y, p1),
                         time.perf_counter() - t))
         print(f"  {results[-1][0]:36s} slide AUC {results[-1][1]:.3f}, {results[-1][2]:.0f} s", flush=True)
