@@ -45,7 +45,8 @@ from wsi_mil.mil.fitcache import CacheBudget, FitCache
 from wsi_mil.mil.heads import Choice, FloatRange, IntRange, SearchSpace, head_entry
 from wsi_mil.mil.metrics import classification_metrics
 from wsi_mil.mil.splits import assign_folds, validation_split
-from wsi_mil.mil.targets import PRIMARY, task_metrics, task_score
+from wsi_mil.mil.survival import harrell_c
+from wsi_mil.mil.targets import PRIMARY, SURVIVAL, task_metrics, task_score
 from wsi_mil.mil.training import Log, build_head, fit, predict_probs, quiet
 
 HEAD_PREFIX = "head_options."
@@ -99,6 +100,9 @@ def inner_score(y: npt.NDArray[Any], probs: npt.NDArray[np.float64], names: list
                 task: str = "classification") -> float:
     """What a search maximises: AUC, else balanced accuracy (one class only), else 0; survival: the
     c-index (0 where undefined); regression: -MAE."""
+    if task == SURVIVAL:  # Harrell's c only: the search and its selection margin score thousands of resamples
+        c = harrell_c(y[:, 0], y[:, 1], np.asarray(probs, dtype=np.float64).reshape(-1))
+        return float(c) if c is not None else 0.0
     if task != "classification":
         v = task_score(task, task_metrics(task, y, probs))
         return float(v) if v is not None else (0.0 if PRIMARY[task] == "c_index" else -1e300)
