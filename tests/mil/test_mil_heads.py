@@ -297,12 +297,12 @@ def test_registry_lists_every_head_and_rejects_unknown() -> None:
 
 def test_typed_options_are_validated_once_and_used_as_they_are() -> None:
     cfg = TrainConfig(head="weldon", head_options={"k_top": 3, "negative_weight": 1.0})
-    assert isinstance(cfg.head_options, WeldonOptions) and cfg.head_options.k_bottom == 10
+    assert isinstance(cfg.head_options, WeldonOptions) and cfg.head_options.k_bottom == "auto"
     head = create_head(cfg.head, 4, 2, cfg.head_options)
     assert head.opts is cfg.head_options  # no dict round trip, no second validation
     # the JSON form (config.json, study.yaml) stays a plain mapping with the defaults filled in
     assert config_to_dict(cfg)["head_options"] == {"bag_centring": "auto", "feature_components": "auto",
-                                                   "tile_hidden": "auto", "k_top": 3, "k_bottom": 10,
+                                                   "tile_hidden": "auto", "k_top": 3, "k_bottom": "auto",
                                                    "negative_weight": 1.0}
     assert TrainConfig.model_validate(config_to_dict(cfg)) == cfg
     assert isinstance(TrainConfig().head_options, ChowderOptions)  # the default head's defaults

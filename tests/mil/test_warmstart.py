@@ -165,3 +165,37 @@ def test_tile_hidden_auto_is_settled_from_the_training_bag_sizes(name: str) -> N
     # a head built directly (no training bags) and a run saved before the option: the linear scorer
     assert create_head(name, DIM, 2).tile_scorer_layer() is not None
     assert create_head(name, DIM, 2, tile_hidden=8).tile_scorer_layer() is None  # no outlier start
+
+
+def test_weldon_k_auto_is_half_the_bag_on_bags_of_instances_and_ten_on_slides() -> None:
+    """WELDON's ``k_top`` / ``k_bottom: auto``: half of the bag for classification below 200 tiles (median),
+    10 on slides and for the other tasks; a k set in the config is kept; settled values stay unset, so a
+    search (``train --tune on``) still searches them from the settled value."""
+    from wsi_mil.mil import tuning
+    from wsi_mil.mil.heads._registry import SLIDE_BAG_MIN_TILES
+    from wsi_mil.mil.heads.options import BAG_SHARE_K, SLIDE_K
+    from wsi_mil.mil.training import settle_bag_defaults
+
+    rng = np.random.default_rng(0)
+    small, large = SLIDE_BAG_MIN_TILES - 1, SLIDE_BAG_MIN_TILES
+    bags = BagSet([rng.standard_normal((n, DIM)).astype(np.float32) for n in (small, small, small, large, large)])
+    instances, slides = np.arange(3), np.arange(2, 5)
+    cfg = TrainConfig(head="weldon")
+    settled = settle_bag_defaults(cfg, bags, instances).head_options
+    assert (settled.k_top, settled.k_bottom) == (BAG_SHARE_K, BAG_SHARE_K) == (0.5, 0.5)
+    assert "k_top" not in settled.model_fields_set and "k_bottom" not in settled.model_fields_set
+    on_slides = settle_bag_defaults(cfg, bags, slides).head_options
+    assert (on_slides.k_top, on_slides.k_bottom) == (SLIDE_K, SLIDE_K) == (10, 10)
+    survival = settle_bag_defaults(TrainConfig(head="weldon", task="survival"), bags, instances).head_options
+    assert (survival.k_top, survival.k_bottom) == (10, 10)
+    given = settle_bag_defaults(TrainConfig(head="weldon", head_options={"k_top": 3, "k_bottom": None}), bags,
+                                instances).head_options
+    assert (given.k_top, given.k_bottom) == (3, None) and {"k_top", "k_bottom"} <= given.model_fields_set
+    space, fixed = tuning.search_space(settle_bag_defaults(cfg, bags, instances))
+    assert {"head_options.k_top", "head_options.k_bottom"} <= set(space) and not fixed
+    # a head built directly (no training bags): the slide value; the pooling reads the settled share
+    direct = create_head("weldon", DIM, 2)
+    assert direct.selection_k() == (10, 10)
+    assert create_head("weldon", DIM, 2, settled).selection_k() == (0.5, 0.5)
+    with pytest.raises(ConfigError, match="k_top.*must be auto, a whole number of tiles"):
+        TrainConfig(head="weldon", head_options={"k_top": 0})

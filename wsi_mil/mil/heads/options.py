@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal, Self
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, PlainValidator
 
 from wsi_mil.mil.heads._registry import (
     SLIDE_BAG_MIN_TILES,
@@ -32,10 +32,28 @@ def _count_or_fraction(value: int | float) -> int | float:
 #: a number of tiles (int) or a share of the bag (float in (0, 1]); see :mod:`wsi_mil.mil.minmax`
 TileCount = Annotated[int | float, AfterValidator(_count_or_fraction)]
 
+
+def _auto_or_count(value: object) -> int | float | str:
+    """``auto``, or a :data:`TileCount` > 0 (one clear error for anything else)."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError("must be auto, a whole number of tiles >= 1 or a fraction of the bag in (0, 1]")
+    return _count_or_fraction(value)
+
+
+#: ``auto`` (settled from the training bags) or a :data:`TileCount` > 0
+AutoTileCount = Annotated[int | float | Literal["auto"], PlainValidator(_auto_or_count)]
+
 #: CHOWDER's and WELDON's ``tile_hidden: auto`` is a hidden layer of AUTO_TILE_HIDDEN units when the median
 #: training bag holds fewer than SLIDE_BAG_MIN_TILES tiles (bags of instances and small slides, such as the
 #: demo's ~80; from that size on, slides keep the linear scorer the outlier start needs; docs/mil-defaults.md)
 AUTO_TILE_HIDDEN = 64
+
+#: WELDON's ``k_top`` / ``k_bottom: auto`` on slides (the paper's order of magnitude) and, as a share of the
+#: bag, on bags of instances and small slides (5 x 10-fold classic sets: docs/mil-defaults.md)
+SLIDE_K = 10
+BAG_SHARE_K = 0.5
 
 _LR = FloatRange(1e-4, 1e-2, log=True)
 #: AdamW's decoupled weight decay: the L2 of heads without an ``l2`` option
@@ -75,9 +93,37 @@ class WeldonOptions(TileHiddenOptions):
 
     centres_slides: ClassVar[bool] = True
 
-    k_top: TileCount = Field(10, gt=0, description="tiles of positive evidence")
-    k_bottom: TileCount | None = Field(10, gt=0, description="tiles of negative evidence; null = none")
+    k_top: AutoTileCount = Field(
+        "auto", description="tiles of positive evidence: a count, or a share of the bag in (0, 1]; auto = "
+                                  "half of the bag for classification when the median training bag holds < 200 tiles "
+                                  "(bags of instances, small slides), else 10 (docs/mil-defaults.md)")
+    k_bottom: AutoTileCount | None = Field(
+        "auto", description="tiles of negative evidence (as k_top; auto as k_top's); null = none")
     negative_weight: float = Field(0.5, ge=0, description="weight of the negative evidence (WILDCAT alpha)")
+
+    @property
+    def top_k(self) -> int | float:
+        """The k_top the pooling reads; ``auto`` unsettled by training (a head built directly, a run saved
+        before the option) is :data:`SLIDE_K`."""
+        return SLIDE_K if self.k_top == "auto" else self.k_top
+
+    @property
+    def bottom_k(self) -> int | float | None:
+        """The k_bottom the pooling reads (None: no negative evidence); ``auto`` unsettled is :data:`SLIDE_K`."""
+        return SLIDE_K if self.k_bottom == "auto" else self.k_bottom
+
+    def for_bags(self, task: str, median_tiles: float, tile_init: str, dim: int) -> Self:
+        """As :meth:`TileHiddenOptions.for_bags`, and ``k_top`` / ``k_bottom: auto``: :data:`BAG_SHARE_K` of the
+        bag for classification on bags of < 200 tiles (median), else :data:`SLIDE_K`. Settled values stay
+        unset (``model_fields_set``), so a search still searches them."""
+        settled = super().for_bags(task, median_tiles, tile_init, dim)
+        small = task == "classification" and median_tiles < SLIDE_BAG_MIN_TILES
+        update = {key: BAG_SHARE_K if small else SLIDE_K for key in ("k_top", "k_bottom") if getattr(self, key) == "auto"}
+        if not update:
+            return settled
+        out = settled.model_copy(update=update)
+        out.__pydantic_fields_set__ = set(self.model_fields_set)
+        return out
 
     search_space: ClassVar[SearchSpace] = {
         # counts, and fractions of the bag: 0.5 top + 0.5 bottom with negative_weight 1 is the

@@ -34,12 +34,12 @@ class Weldon(MILHead):
     def member_outputs(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Top-k + bottom-k mean of linear tile scores: slide `(B, 1, O)`, tiles `(B, N, O)` from features `(B, N, D)`, mask `(B, N)`."""
         tiles = score_tiles(self.scorer, features, mask)  # (B, N, O)
-        slide = minmax_pool(tiles, mask, self.opts.k_top, self._k_bottom(), self.opts.negative_weight)
+        slide = minmax_pool(tiles, mask, self.opts.top_k, self._k_bottom(), self.opts.negative_weight)
         return slide.unsqueeze(1), tiles
 
     def _k_bottom(self) -> KSpec | None:
         """k_bottom, or None when the bottom tiles do not count (no k_bottom, or negative_weight 0)."""
-        return self.opts.k_bottom if self.opts.negative_weight > 0 else None
+        return self.opts.bottom_k if self.opts.negative_weight > 0 else None
 
     def representation_dim(self) -> int:
         return self.n_outputs * (1 if self._k_bottom() is None else 2)
@@ -47,7 +47,7 @@ class Weldon(MILHead):
     def member_outputs_with_representation(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """As :meth:`member_outputs`, and the top-k and bottom-k means (B, 2 O) the slide score adds up."""
         tiles = score_tiles(self.scorer, features, mask)
-        top = extreme_mean(tiles, mask, self.opts.k_top, largest=True)  # (B, O)
+        top = extreme_mean(tiles, mask, self.opts.top_k, largest=True)  # (B, O)
         k_bottom = self._k_bottom()
         if k_bottom is None:
             return top.unsqueeze(1), tiles, top
@@ -56,4 +56,4 @@ class Weldon(MILHead):
         return slide.unsqueeze(1), tiles, torch.cat([top, bottom], dim=-1)
 
     def selection_k(self) -> tuple[KSpec | None, KSpec | None]:
-        return self.opts.k_top, self._k_bottom()
+        return self.opts.top_k, self._k_bottom()
