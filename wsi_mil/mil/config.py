@@ -53,7 +53,7 @@ class TrainConfig(StrictModel):
         None, ge=1, description="tiles sampled per bag per step; null = whole bags (default: a sample can miss a slide's few lesion tiles)")
     lr: float = Field(3e-3, gt=0, description="AdamW learning rate (default from docs/mil-defaults.md)")
     weight_decay: float = Field(1e-2, ge=0, description="AdamW decoupled weight decay (all parameters)")
-    tile_init: Literal["auto", "random", "outliers"] = Field(
+    tile_init: Literal["auto", "random", "outliers", "contrast"] = Field(
         "auto", description="start of the linear tile scorer: random, or fitted to the tiles that stand out from "
                             "the negative bags' tiles (few lesion tiles among many; binary classification; "
                             "wsi_mil.mil.warmstart); auto = outliers for binary classification with a linear tile "
@@ -85,8 +85,8 @@ class TrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _tile_init_task(self) -> TrainConfig:
-        if self.tile_init == "outliers" and self.task != "classification":
-            raise ValueError(f"tile_init: outliers is for binary classification, not task {self.task}; "
+        if self.tile_init in ("outliers", "contrast") and self.task != "classification":
+            raise ValueError(f"tile_init: {self.tile_init} is for binary classification, not task {self.task}; "
                              "use tile_init: random")
         return self
 

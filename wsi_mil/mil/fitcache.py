@@ -88,10 +88,11 @@ class FitCache:
         return ready
 
     def warm_start(self, key: FitKey, labels: npt.NDArray[np.int64], seed: int,
-                   make: Callable[[], tuple[npt.NDArray[np.float64], float]]) -> tuple[npt.NDArray[np.float64], float]:
+                   make: Callable[[], tuple[npt.NDArray[np.float64], float]],
+                   method: str = "outliers") -> tuple[npt.NDArray[np.float64], float]:
         """The outlier start (weight (K,), bias) of the training positions of ``key`` with 0/1 ``labels``
         (theirs, in that order) and ``seed``: kept, else ``make()`` (a few floats: always kept)."""
-        entry = (key, _digest(np.asarray(labels)), int(seed))
+        entry = (key, _digest(np.asarray(labels)), int(seed), method)
         if entry not in self.warm_starts:
             self.warm_starts[entry] = make()
         return self.warm_starts[entry]

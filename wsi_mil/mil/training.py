@@ -241,8 +241,9 @@ def fit(
     head.to(device)
     set_feature_transform(head, bags, train_pos, cfg, stats, cache)
     bags = scoring_bags(head, bags, train_pos, val_pos, cfg.eval_tiles_per_batch, cache)
-    if uses_outlier_start(cfg, head, bags, train_pos):
-        warm_start_tile_scorer(head, bags, targets, train_pos, cfg.eval_tiles_per_batch, seed, cache)
+    start = warm_start_method(cfg, head, bags, train_pos)
+    if start is not None:
+        warm_start_tile_scorer(head, bags, targets, train_pos, cfg.eval_tiles_per_batch, seed, cache, start)
     names = class_names or [str(i) for i in range(head.n_classes)]
     weights = class_weights(targets[train_pos], head.n_classes, cfg.class_weighting)
     weights_dev = weights.to(device)
@@ -307,12 +308,18 @@ def settle_bag_defaults(cfg: TrainConfig, bags: BagSet, train_pos: npt.NDArray[n
     return cfg.model_copy(update={"head_options": opts})
 
 
-def uses_outlier_start(cfg: TrainConfig, head: MILHead, bags: BagSet, train_pos: npt.NDArray[np.int64]) -> bool:
-    """Whether this fit starts its tile scorer from outlier tiles (``cfg.tile_init``; see its description)."""
+#: the start ``tile_init: auto`` takes for binary classification on slides (docs/mil-defaults.md)
+AUTO_TILE_INIT = "outliers"
+
+
+def warm_start_method(cfg: TrainConfig, head: MILHead, bags: BagSet, train_pos: npt.NDArray[np.int64]) -> str | None:
+    """How this fit starts its tile scorer (``cfg.tile_init``; see its description): ``contrast``,
+    ``outliers``, or None for the random start."""
     if cfg.tile_init != "auto":
-        return cfg.tile_init == "outliers"
-    return (head.n_classes == 2 and head.tile_scorer_layer() is not None and len(train_pos) > 0
-            and bags.median_size(train_pos) >= SLIDE_BAG_MIN_TILES)
+        return None if cfg.tile_init == "random" else cfg.tile_init
+    slides = (head.n_classes == 2 and head.tile_scorer_layer() is not None and len(train_pos) > 0
+              and bags.median_size(train_pos) >= SLIDE_BAG_MIN_TILES)
+    return AUTO_TILE_INIT if slides else None
 
 
 class _StandardisedBags(Sequence[Tensor]):
@@ -334,20 +341,22 @@ class _StandardisedBags(Sequence[Tensor]):
 
 
 def warm_start_tile_scorer(head: MILHead, bags: BagSet, targets: npt.NDArray[np.int64], train_pos: npt.NDArray[np.int64],
-                           tile_budget: int, seed: int, cache: FitCache | None = None) -> None:
+                           tile_budget: int, seed: int, cache: FitCache | None = None, method: str = "outliers") -> None:
     """``tile_init: outliers``: start ``head``'s linear tile scorer from :func:`wsi_mil.mil.warmstart.outlier_direction`
     over the standardised training bags ``train_pos`` (binary ``targets``); with ``cache``, the start computed by an
     earlier fit on the same bags, transform and seed when there."""
-    from wsi_mil.mil.warmstart import outlier_direction
+    from wsi_mil.mil.warmstart import contrast_direction, outlier_direction
 
     if head.n_classes != 2:
-        raise ValueError(f"tile_init: outliers needs two classes, not {head.n_classes}; use tile_init: random")
+        raise ValueError(f"tile_init: {method} needs two classes, not {head.n_classes}; use tile_init: random")
     labels = targets[train_pos]
+    start = contrast_direction if method == "contrast" else outlier_direction
 
     def direction() -> tuple[npt.NDArray[np.float64], float]:
-        return outlier_direction(_StandardisedBags(head, bags, train_pos, tile_budget), labels, seed=seed)
+        return start(_StandardisedBags(head, bags, train_pos, tile_budget), labels, seed=seed)
 
-    weight, bias = direction() if cache is None else cache.warm_start(fit_key(head, train_pos), labels, seed, direction)
+    weight, bias = (direction() if cache is None
+                    else cache.warm_start(fit_key(head, train_pos), labels, seed, direction, method))
     head.init_tile_scorer(torch.as_tensor(weight, dtype=torch.float32), bias)
 
 
