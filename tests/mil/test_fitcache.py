@@ -18,7 +18,7 @@ from wsi_mil.mil.fitcache import CacheBudget, FitCache
 from wsi_mil.mil.synthbags import make_synthetic_bags
 from wsi_mil.mil.training import build_head, fit, settle_bag_defaults
 
-DIM = 272  # >= 256: slides get feature_components 128, the z-score and the outlier start
+DIM = 272  # >= 256: slides get feature_components 128, the z-score and the contrast start
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def slides():
 
 @pytest.fixture
 def calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
-    """How many times each fit-setup step ran: components, preparing, outlier start."""
+    """How many times each fit-setup step ran: components, preparing, warm start."""
     seen: Counter[str] = Counter()
 
     def counted(module: object, name: str) -> None:
@@ -43,7 +43,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
 
     counted(training, "fit_feature_components")
     counted(prepared, "prepare_bags")
-    counted(warmstart, "outlier_direction")
+    counted(warmstart, "contrast_direction")  # tile_init auto on slides
     return seen
 
 
@@ -69,10 +69,10 @@ def test_fits_sharing_a_cache_set_up_once_and_fit_as_without_it(slides, calls: C
     first = _fit(cfg, bags, slides.labels, train, val, 1, cache)
     other = cfg.model_copy(update={"lr": cfg.lr * 3})  # another trial: another lr, another initialisation
     second = _fit(other, bags, slides.labels, train, val, 2, cache)
-    assert calls == {"fit_feature_components": 1, "prepare_bags": 1, "outlier_direction": 1}
+    assert calls == {"fit_feature_components": 1, "prepare_bags": 1, "contrast_direction": 1}
     assert len(cache.components) == len(cache.prepared) == len(cache.warm_starts) == 1
     alone = _fit(other, bags, slides.labels, train, val, 2, None)
-    assert calls == {"fit_feature_components": 2, "prepare_bags": 2, "outlier_direction": 2}
+    assert calls == {"fit_feature_components": 2, "prepare_bags": 2, "contrast_direction": 2}
     assert second.best_epoch == alone.best_epoch and len(second.history) == len(alone.history)
     for k, v in alone.state.items():
         assert torch.equal(second.state[k], v), k  # the same fit, to the bit
@@ -86,10 +86,10 @@ def test_other_positions_or_statistics_get_their_own_entries(slides, calls: Coun
     cache = FitCache()
     _fit(cfg, bags, slides.labels, train, val, 1, cache)
     _fit(cfg, bags, slides.labels, np.arange(2, 18), val, 1, cache)  # other training slides
-    assert calls["fit_feature_components"] == calls["prepare_bags"] == calls["outlier_direction"] == 2
+    assert calls["fit_feature_components"] == calls["prepare_bags"] == calls["contrast_direction"] == 2
     unscaled = cfg.model_copy(update={"standardize": False})  # another standardisation of the same slides
     _fit(unscaled, bags, slides.labels, train, val, 1, cache)
-    assert calls["fit_feature_components"] == calls["prepare_bags"] == calls["outlier_direction"] == 3
+    assert calls["fit_feature_components"] == calls["prepare_bags"] == calls["contrast_direction"] == 3
     assert len(cache.components) == len(cache.prepared) == len(cache.warm_starts) == 3
 
 
@@ -102,7 +102,7 @@ def test_prepared_bags_beyond_the_budget_are_prepared_but_not_kept(slides, calls
     for _ in range(2):
         _fit(cfg, bags, slides.labels, train, val, 1, tight)
     assert calls["prepare_bags"] == 2 and not tight.prepared and tight.budget.left == need - 1
-    assert calls["outlier_direction"] == 1  # a few floats: kept whatever the budget
+    assert calls["contrast_direction"] == 1  # a few floats: kept whatever the budget
     room = CacheBudget(need + 5)
     _fit(cfg, bags, slides.labels, train, val, 1, FitCache(room))
     assert room.left == 5

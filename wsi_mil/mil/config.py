@@ -54,10 +54,12 @@ class TrainConfig(StrictModel):
     lr: float = Field(3e-3, gt=0, description="AdamW learning rate (default from docs/mil-defaults.md)")
     weight_decay: float = Field(1e-2, ge=0, description="AdamW decoupled weight decay (all parameters)")
     tile_init: Literal["auto", "random", "outliers", "contrast"] = Field(
-        "auto", description="start of the linear tile scorer: random, or fitted to the tiles that stand out from "
-                            "the negative bags' tiles (few lesion tiles among many; binary classification; "
-                            "wsi_mil.mil.warmstart); auto = outliers for binary classification with a linear tile "
-                            "scorer when the median training bag holds >= 200 tiles (slides), else random")
+        "auto", description="start of the linear tile scorer (few lesion tiles among many; binary classification; "
+                            "wsi_mil.mil.warmstart): random; contrast, the direction along which the positive bags' "
+                            "tiles are more heavy-tailed than the negative bags' (fourth moments); outliers, fitted to "
+                            "the tiles that stand out from the negative bags' tiles; auto = contrast for binary "
+                            "classification with a linear tile scorer when the median training bag holds >= 200 tiles "
+                            "(slides), else random")
     standardize: bool = Field(True, description="standardise features with the training tiles' mean and std")
     class_weighting: Literal["balanced", "none"] = Field("balanced", description="loss weights n / (C * n_c)")
     seed: int = 0

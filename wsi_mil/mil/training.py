@@ -309,7 +309,7 @@ def settle_bag_defaults(cfg: TrainConfig, bags: BagSet, train_pos: npt.NDArray[n
 
 
 #: the start ``tile_init: auto`` takes for binary classification on slides (docs/mil-defaults.md)
-AUTO_TILE_INIT = "outliers"
+AUTO_TILE_INIT = "contrast"
 
 
 def warm_start_method(cfg: TrainConfig, head: MILHead, bags: BagSet, train_pos: npt.NDArray[np.int64]) -> str | None:

@@ -65,7 +65,7 @@ LOOP_SPACE: SearchSpace = {
 
 
 #: bags of at least this many tiles (median over the training bags) are slides, fewer are bags of
-#: instances: ``tile_init: auto`` starts from outlier tiles and ``bag_centring: auto`` centres on slides
+#: instances: ``tile_init: auto`` starts from the contrast direction and ``bag_centring: auto`` centres on slides
 SLIDE_BAG_MIN_TILES = 200
 
 #: ``feature_components: auto`` on slides: this many whitened principal components of the training tiles,

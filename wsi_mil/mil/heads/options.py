@@ -67,7 +67,7 @@ class TileHiddenOptions(HeadOptions):
         "auto", description="ReLU units of a hidden layer before the tile score (a non-linear tile scorer; "
                             "tile_init auto then keeps the random start); null = the paper's linear tile scorer; "
                             "auto = 64 for classification when the median training bag holds < 200 tiles (bags of "
-                            "instances, small slides), else null (slides, survival, regression, tile_init outliers; "
+                            "instances, small slides), else null (slides, survival, regression, tile_init outliers or contrast; "
                             "docs/mil-defaults.md)")
 
     @property
@@ -79,11 +79,11 @@ class TileHiddenOptions(HeadOptions):
     def for_bags(self, task: str, median_tiles: float, tile_init: str, dim: int) -> Self:
         """``bag_centring`` and ``feature_components: auto`` settled (see :class:`HeadOptions`), and
         ``tile_hidden: auto``: 64 for classification on bags of < 200 tiles (median) unless the
-        outlier start, which needs the linear scorer, is asked for; else null."""
+        outlier or contrast start, which needs the linear scorer, is asked for; else null."""
         settled = super().for_bags(task, median_tiles, tile_init, dim)
         if self.tile_hidden != "auto":
             return settled
-        small = task == "classification" and median_tiles < SLIDE_BAG_MIN_TILES and tile_init != "outliers"
+        small = task == "classification" and median_tiles < SLIDE_BAG_MIN_TILES and tile_init not in ("outliers", "contrast")
         return settled.model_copy(update={"tile_hidden": AUTO_TILE_HIDDEN if small else None})
 
 
