@@ -73,7 +73,8 @@ class FitCache:
     #: fit key -> feature projection (D, K) and shift (K,)
     components: dict[FitKey, tuple[Tensor, Tensor]] = field(default_factory=dict)
     prepared: dict[tuple[FitKey, bytes], BagSet] = field(default_factory=dict)
-    warm_starts: dict[tuple[FitKey, bytes, int], tuple[npt.NDArray[np.float64], float]] = field(default_factory=dict)
+    warm_starts: dict[tuple[FitKey, bytes, int, str],
+                      tuple[npt.NDArray[np.float64], float]] = field(default_factory=dict)
 
     def prepared_bags(self, key: FitKey, positions: npt.NDArray[np.int64], nbytes: int,
                       make: Callable[[], BagSet]) -> BagSet:

@@ -342,9 +342,10 @@ class _StandardisedBags(Sequence[Tensor]):
 
 def warm_start_tile_scorer(head: MILHead, bags: BagSet, targets: npt.NDArray[np.int64], train_pos: npt.NDArray[np.int64],
                            tile_budget: int, seed: int, cache: FitCache | None = None, method: str = "outliers") -> None:
-    """``tile_init: outliers``: start ``head``'s linear tile scorer from :func:`wsi_mil.mil.warmstart.outlier_direction`
-    over the standardised training bags ``train_pos`` (binary ``targets``); with ``cache``, the start computed by an
-    earlier fit on the same bags, transform and seed when there."""
+    """``tile_init: contrast`` or ``outliers`` (``method``): start ``head``'s linear tile scorer from
+    :func:`wsi_mil.mil.warmstart.contrast_direction` or :func:`~wsi_mil.mil.warmstart.outlier_direction` over the
+    standardised training bags ``train_pos`` (binary ``targets``); with ``cache``, the start computed by an earlier fit
+    on the same bags, transform, seed and method when there."""
     from wsi_mil.mil.warmstart import contrast_direction, outlier_direction
 
     if head.n_classes != 2:
