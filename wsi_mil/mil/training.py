@@ -18,6 +18,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -308,15 +309,20 @@ def settle_bag_defaults(cfg: TrainConfig, bags: BagSet, train_pos: npt.NDArray[n
     return cfg.model_copy(update={"head_options": opts})
 
 
+#: the warm starts of a linear tile scorer (``tile_init`` less ``auto`` and ``random``)
+WarmStart = Literal["contrast", "outliers"]
 #: the start ``tile_init: auto`` takes for binary classification on slides (docs/mil-defaults.md)
-AUTO_TILE_INIT = "contrast"
+AUTO_TILE_INIT: WarmStart = "contrast"
 
 
-def warm_start_method(cfg: TrainConfig, head: MILHead, bags: BagSet, train_pos: npt.NDArray[np.int64]) -> str | None:
+def warm_start_method(cfg: TrainConfig, head: MILHead, bags: BagSet,
+                      train_pos: npt.NDArray[np.int64]) -> WarmStart | None:
     """How this fit starts its tile scorer (``cfg.tile_init``; see its description): ``contrast``,
     ``outliers``, or None for the random start."""
+    if cfg.tile_init == "random":
+        return None
     if cfg.tile_init != "auto":
-        return None if cfg.tile_init == "random" else cfg.tile_init
+        return cfg.tile_init
     slides = (head.n_classes == 2 and head.tile_scorer_layer() is not None and len(train_pos) > 0
               and bags.median_size(train_pos) >= SLIDE_BAG_MIN_TILES)
     return AUTO_TILE_INIT if slides else None
@@ -341,7 +347,7 @@ class _StandardisedBags(Sequence[Tensor]):
 
 
 def warm_start_tile_scorer(head: MILHead, bags: BagSet, targets: npt.NDArray[np.int64], train_pos: npt.NDArray[np.int64],
-                           tile_budget: int, seed: int, cache: FitCache | None = None, method: str = "outliers") -> None:
+                           tile_budget: int, seed: int, cache: FitCache | None, method: WarmStart) -> None:
     """``tile_init: contrast`` or ``outliers`` (``method``): start ``head``'s linear tile scorer from
     :func:`wsi_mil.mil.warmstart.contrast_direction` or :func:`~wsi_mil.mil.warmstart.outlier_direction` over the
     standardised training bags ``train_pos`` (binary ``targets``); with ``cache``, the start computed by an earlier fit
