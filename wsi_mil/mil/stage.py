@@ -254,6 +254,8 @@ def cross_validate(data: TrainingData, bagset: BagSet, cfg: TrainConfig, log: Lo
         oof[held] = predict_probs(head, bagset, held.tolist(), cfg.eval_tiles_per_batch)
         m: dict[str, Any] = dict(_metrics_of(data.task, targets[held], oof[held], names))
         m.update(fold=f, n_slides=int(len(held)), best_epoch=res.best_epoch, epochs_run=res.epochs_run)
+        if res.settled:
+            m["settled_from_start"] = res.settled
         if fold_sites:
             m["site"] = fold_sites[f]
         if search is not None:
@@ -328,7 +330,7 @@ def run_train(
     oof, folds, fold_metrics, best_epochs, history = cv.oof, cv.folds, cv.fold_metrics, cv.best_epochs, cv.history
 
     metric_keys = [k for k in fold_metrics[0]
-                   if k not in ("fold", "n_slides", "best_epoch", "epochs_run", "tuning", "site")]
+                   if k not in ("fold", "n_slides", "best_epoch", "epochs_run", "tuning", "site", "settled_from_start")]
     metrics: dict[str, Any] = {
         "head": cfg.head,
         "task": task,
@@ -372,6 +374,8 @@ def run_train(
         history["final"] = res.history
         _orient(head, bagset, train_all, final_cfg)
         final_model.update(epochs=final_epochs, fold_best_epochs=best_epochs)
+        if res.settled:
+            final_model["settled_from_start"] = res.settled
         if final_search is not None:
             final_model["tuned_settings"] = final_search.chosen
             final_model["train_config"] = config_to_dict(final_cfg)
@@ -399,7 +403,8 @@ def run_train(
         split_cols = ["slide_id", "case_id", "label", *site_cols, "split", "fold"]
         pred_cols = ["slide_id", "label", *site_cols, "split", "fold", "predicted", *_prob_columns(names)]
     config = {
-        "head": cfg.head, "task": task, "head_options": config_to_dict(final_cfg.head_options), "class_names": names,
+        "head": cfg.head, "task": task, "head_options": config_to_dict(getattr(head, "opts", final_cfg.head_options)),
+        "class_names": names,
         "n_classes": len(names), "encoder_id": encoder_id, "embed_dim": embed_dim, "train_config": config_to_dict(cfg),
         "labels_csv": str(Path(labels_csv).resolve()), "features_dir": str(Path(features_dir).resolve()),
         "final_model": final_model, "cv": cfg.cv, "domain_adversarial": metrics["domain_adversarial"],

@@ -18,7 +18,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -50,12 +50,14 @@ def quiet(_: str) -> None:
 
 @dataclass
 class FitResult:
-    """The weights kept (CPU copies), the epoch they come from (1-based) and per-epoch history."""
+    """The weights kept (CPU copies), the epoch they come from (1-based), per-epoch history, and the head
+    options settled from the warm start (:meth:`MILHead.settle_from_start`; empty when none were)."""
 
     state: dict[str, Tensor]
     best_epoch: int
     epochs_run: int
     history: list[dict[str, float | None]] = field(default_factory=list)
+    settled: dict[str, Any] = field(default_factory=dict)
 
 
 def class_weights(targets: npt.NDArray[np.int64], n_classes: int, mode: str) -> Tensor:
@@ -243,8 +245,13 @@ def fit(
     set_feature_transform(head, bags, train_pos, cfg, stats, cache)
     bags = scoring_bags(head, bags, train_pos, val_pos, cfg.eval_tiles_per_batch, cache)
     start = warm_start_method(cfg, head, bags, train_pos)
+    settled: dict[str, Any] = {}
     if start is not None:
         warm_start_tile_scorer(head, bags, targets, train_pos, cfg.eval_tiles_per_batch, seed, cache, start)
+        settled = head.settle_from_start(_StandardisedBags(head, bags, train_pos, cfg.eval_tiles_per_batch),
+                                         targets[train_pos])
+        if settled and log is not None:
+            log(f"  head_options from the {start} start: {settled}")
     names = class_names or [str(i) for i in range(head.n_classes)]
     weights = class_weights(targets[train_pos], head.n_classes, cfg.class_weighting)
     weights_dev = weights.to(device)
@@ -273,7 +280,7 @@ def fit(
             break
     best_epoch = stopping.restore(head, len(history))
     state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
-    return FitResult(state, best_epoch, len(history), history)
+    return FitResult(state, best_epoch, len(history), history, settled)
 
 
 def set_feature_transform(

@@ -199,12 +199,12 @@ def contrast_direction(
         if labels[i] == 0:
             negative_sq += float((s * s).sum())
             negative_n += len(s)
-    sign = 1.0 if _auc(np.asarray(highs), np.asarray(y)) >= _auc(np.asarray(lows), np.asarray(y)) else -1.0
+    sign = 1.0 if binary_auc(np.asarray(highs), np.asarray(y)) >= binary_auc(np.asarray(lows), np.asarray(y)) else -1.0
     scale = np.sqrt(negative_sq / max(negative_n, 1)) or 1.0
     return sign * v / scale, 0.0
 
 
-def _auc(scores: npt.NDArray[np.float64], labels: npt.NDArray[np.int64]) -> float:
+def binary_auc(scores: npt.NDArray[np.float64], labels: npt.NDArray[np.int64]) -> float:
     """ROC AUC of ``scores`` for 0/1 ``labels`` (ties count half), 0.5 when a class is missing."""
     from sklearn.metrics import roc_auc_score
 

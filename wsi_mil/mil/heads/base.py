@@ -45,9 +45,11 @@ embedding), says what it is in the class attribute ``representation`` and its si
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
-from typing import ClassVar
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, ClassVar
 
+import numpy as np
+import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
@@ -212,6 +214,12 @@ class MILHead(nn.Module):
                              "from outlier tiles")
         layer.weight.copy_(weight.to(layer.weight).unsqueeze(0).expand_as(layer.weight))
         layer.bias.fill_(float(bias))
+
+    def settle_from_start(self, bags: Sequence[Tensor], labels: npt.NDArray[np.int64]) -> dict[str, Any]:
+        """Settle options that read the warm start (called once after :meth:`init_tile_scorer`, before training):
+        ``bags[i]`` the standardised training bags (N_i, ``score_dim``), ``labels`` their 0/1 classes. Returns what
+        was settled (JSON-ready; empty: nothing, the default)."""
+        return {}
 
     # -- to implement ------------------------------------------------------------------------
     def member_outputs(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:

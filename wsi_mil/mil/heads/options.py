@@ -96,7 +96,9 @@ class WeldonOptions(TileHiddenOptions):
     k_top: AutoTileCount = Field(
         "auto", description="tiles of positive evidence: a count, or a share of the bag in (0, 1]; auto = "
                                   "half of the bag for classification when the median training bag holds < 200 tiles "
-                                  "(bags of instances, small slides), else 10 (docs/mil-defaults.md)")
+                                  "(bags of instances, small slides); on larger slides, the k of 1, 2, 3, 5, 10, 1 %, "
+                                  "2 % or 5 % whose pooling of the warm start's tile scores best separates the training "
+                                  "slides; 10 for survival, regression or without a start (docs/mil-defaults.md)")
     k_bottom: AutoTileCount | None = Field(
         "auto", description="tiles of negative evidence (as k_top; auto as k_top's); null = none")
     negative_weight: float = Field(0.5, ge=0, description="weight of the negative evidence (WILDCAT alpha)")
@@ -114,10 +116,15 @@ class WeldonOptions(TileHiddenOptions):
 
     def for_bags(self, task: str, median_tiles: float, tile_init: str, dim: int) -> Self:
         """As :meth:`TileHiddenOptions.for_bags`, and ``k_top`` / ``k_bottom: auto``: :data:`BAG_SHARE_K` of the
-        bag for classification on bags of < 200 tiles (median), else :data:`SLIDE_K`. Settled values stay
+        bag for classification on bags of < 200 tiles (median); left ``auto`` for classification on larger bags
+        with a linear tile scorer and a warm start (``tile_init`` not random): the fit chooses them from the start
+        (:mod:`wsi_mil.mil.kchoice`), and they read as :data:`SLIDE_K` where no start runs (more than two classes);
+        else :data:`SLIDE_K` (survival, regression, a hidden tile scorer, the random start). Settled values stay
         unset (``model_fields_set``), so a search still searches them."""
         settled = super().for_bags(task, median_tiles, tile_init, dim)
         small = task == "classification" and median_tiles < SLIDE_BAG_MIN_TILES
+        if task == "classification" and not small and tile_init != "random" and settled.tile_hidden is None:
+            return settled  # chosen from the warm start at fit time (Weldon.settle_from_start); SLIDE_K without one
         update = {key: BAG_SHARE_K if small else SLIDE_K for key in ("k_top", "k_bottom") if getattr(self, key) == "auto"}
         if not update:
             return settled

@@ -7,6 +7,11 @@ highest + ``negative_weight`` x mean of the ``k_bottom`` lowest.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 import torch
 from torch import Tensor
 
@@ -54,6 +59,29 @@ class Weldon(MILHead):
         bottom = extreme_mean(tiles, mask, k_bottom, largest=False)
         slide = top + self.opts.negative_weight * bottom
         return slide.unsqueeze(1), tiles, torch.cat([top, bottom], dim=-1)
+
+    @torch.no_grad()
+    def settle_from_start(self, bags: Sequence[Tensor], labels: npt.NDArray[np.int64]) -> dict[str, Any]:
+        """``k_top`` / ``k_bottom`` still ``auto`` (slides: :meth:`WeldonOptions.for_bags`) chosen from the started tile
+        scorer by :func:`wsi_mil.mil.kchoice.choose_k` over the training ``bags`` (N_i, score_dim) and 0/1 ``labels``."""
+        from wsi_mil.mil.kchoice import choose_k
+
+        top_auto, bottom_auto = self.opts.k_top == "auto", self.opts.k_bottom == "auto"
+        if not (top_auto or bottom_auto) or self.n_outputs != 1:
+            return {}
+        uses_bottom = self.opts.negative_weight > 0 and self.opts.k_bottom is not None
+        scores = [self.scorer(bags[i])[:, 0] for i in range(len(bags))]
+        k_top, k_bottom, aucs = choose_k(
+            scores, labels, None if top_auto else self.opts.top_k, self.opts.bottom_k if uses_bottom else None,
+            self.opts.negative_weight, bottom_auto and uses_bottom)
+        if bottom_auto and not uses_bottom:
+            k_bottom = k_top  # negative_weight 0: k_bottom is not read; it follows k_top
+        update = {key: value for key, value in (("k_top", k_top), ("k_bottom", k_bottom))
+                  if getattr(self.opts, key) == "auto"}
+        fields_set = set(self.opts.model_fields_set)
+        self.opts = self.opts.model_copy(update=update)
+        self.opts.__pydantic_fields_set__ = fields_set
+        return {**update, "training_auc_per_k": aucs}
 
     def selection_k(self) -> tuple[KSpec | None, KSpec | None]:
         return self.opts.top_k, self._k_bottom()
