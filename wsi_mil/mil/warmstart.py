@@ -205,7 +205,8 @@ def contrast_direction(
 
 
 def binary_auc(scores: npt.NDArray[np.float64], labels: npt.NDArray[np.int64]) -> float:
-    """ROC AUC of ``scores`` for 0/1 ``labels`` (ties count half), 0.5 when a class is missing."""
-    from sklearn.metrics import roc_auc_score
+    """:func:`wsi_mil.mil.metrics.roc_auc` of ``scores`` for 0/1 ``labels``, 0.5 when a class is missing."""
+    from wsi_mil.mil.metrics import roc_auc
 
-    return float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else 0.5
+    auc = roc_auc(scores, np.asarray(labels) == 1)
+    return 0.5 if auc is None else auc
