@@ -48,16 +48,14 @@ def choose_k(tile_scores: Sequence[Tensor], labels: npt.NDArray[np.int64], k_top
     candidate of the highest AUC wins.
     """
     labels = np.asarray(labels)
-    aucs: dict[str, float] = {}
-    best: tuple[float, KSpec, KSpec | None] | None = None
+    if k_top is not None and not bottom_auto:
+        candidates = candidates[:1]  # nothing to choose: one readout
+    if not candidates:
+        raise ValueError("choose_k needs at least one candidate k")
+    rows = []
     for c in candidates:
         top = c if k_top is None else k_top
         bottom = c if bottom_auto else k_bottom
-        auc = binary_auc(pooled_scores(tile_scores, top, bottom, negative_weight), labels)
-        aucs[str(c)] = round(auc, 4)
-        if best is None or auc > best[0]:
-            best = (auc, top, bottom)
-        if k_top is not None and not bottom_auto:
-            break  # nothing to choose
-    assert best is not None
-    return best[1], best[2], aucs
+        rows.append((str(c), binary_auc(pooled_scores(tile_scores, top, bottom, negative_weight), labels), top, bottom))
+    _, _, best_top, best_bottom = max(rows, key=lambda row: row[1])  # the first of the highest AUC
+    return best_top, best_bottom, {name: round(auc, 4) for name, auc, _, _ in rows}
