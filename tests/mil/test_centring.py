@@ -130,11 +130,11 @@ def test_feature_stats_of_centred_tiles() -> None:
             for n in (7, 12, 9)]
     centred = np.concatenate([b - _lower_median(b) for b in bags])
     bagset = BagSet(bags, torch.device("cpu"))
-    mean, std = bagset.feature_stats([0, 1, 2], centring="median")
+    mean, std, *_ = bagset.feature_stats([0, 1, 2], centring="median")
     np.testing.assert_allclose(mean.numpy(), centred.mean(axis=0), atol=1e-5)
     np.testing.assert_allclose(std.numpy(), centred.std(axis=0), rtol=1e-5)
     by_mean = np.concatenate([b - b.mean(axis=0) for b in bags])
-    mean, std = bagset.feature_stats([0, 1, 2], centring="mean")
+    mean, std, *_ = bagset.feature_stats([0, 1, 2], centring="mean")
     np.testing.assert_allclose(mean.numpy(), 0.0, atol=1e-5)
     np.testing.assert_allclose(std.numpy(), by_mean.std(axis=0), rtol=1e-5)
 
@@ -168,7 +168,7 @@ def test_zscore_scales_by_one_common_scale_so_features_that_hardly_vary_stay_sma
             for _ in range(4)]
     bagset = BagSet(bags, torch.device("cpu"))
     head = create_head("chowder", DIM, 2, bag_centring="zscore")
-    head.set_standardization(*bagset.feature_stats([0, 1, 2, 3], "zscore"))
+    head.set_standardization(*bagset.feature_stats([0, 1, 2, 3], "zscore")[:2])
     scale = head.feature_scale.numpy()
     np.testing.assert_allclose(scale, scale[0])  # one scale for every feature
     with torch.no_grad():
@@ -176,5 +176,5 @@ def test_zscore_scales_by_one_common_scale_so_features_that_hardly_vary_stay_sma
     np.testing.assert_allclose(x[:, 1:].std(axis=0), 1.0, rtol=1e-3)  # the bag's own std divides each feature
     assert x[:, 0].std() < 1e-2  # the nearly dead feature: divided by the floor, not by its own tiny std
     per_feature = create_head("chowder", DIM, 2, bag_centring="mean")
-    per_feature.set_standardization(*bagset.feature_stats([0, 1, 2, 3], "mean"))
+    per_feature.set_standardization(*bagset.feature_stats([0, 1, 2, 3], "mean")[:2])
     assert per_feature.feature_scale[0] > 1000 * per_feature.feature_scale[1]  # other centrings: per feature

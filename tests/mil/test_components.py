@@ -74,7 +74,7 @@ def _fitted_head(name: str = "chowder", centring: str = "zscore", k: int = 4, se
     bagset = BagSet(bags, torch.device("cpu"))
     torch.manual_seed(seed)
     head = create_head(name, DIM, 2, bag_centring=centring, feature_components=k)
-    head.set_standardization(*bagset.feature_stats(list(range(8)), centring))
+    head.set_standardization(*bagset.feature_stats(list(range(8)), centring)[:2])
     fit_feature_components(head, bagset, list(range(8)))
     return head.eval(), bags
 

@@ -87,7 +87,7 @@ def test_other_positions_or_statistics_get_their_own_entries(slides, calls: Coun
     _fit(cfg, bags, slides.labels, train, val, 1, cache)
     _fit(cfg, bags, slides.labels, np.arange(2, 18), val, 1, cache)  # other training slides
     assert calls["fit_feature_components"] == calls["prepare_bags"] == calls["contrast_direction"] == 2
-    unscaled = cfg.model_copy(update={"standardize": False})  # another standardisation of the same slides
+    unscaled = cfg.model_copy(update={"standardize": "none"})  # another standardisation of the same slides
     _fit(unscaled, bags, slides.labels, train, val, 1, cache)
     assert calls["fit_feature_components"] == calls["prepare_bags"] == calls["contrast_direction"] == 3
     assert len(cache.components) == len(cache.prepared) == len(cache.warm_starts) == 3

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from wsi_mil.errors import StoreError
 from wsi_mil.mil.centring import bag_centres, masked_sum
+from wsi_mil.mil.scaling import FeatureStats
 from wsi_mil.stores.features import check_encoder, read_feature_attrs, read_feature_file
 
 #: share of the free GPU memory the bags may take before they are kept in host memory instead
@@ -199,24 +200,29 @@ class BagSet:
         """Median tiles per bag over ``positions`` (0 for none): what the ``auto`` defaults read."""
         return float(np.median(self.sizes[positions])) if len(positions) else 0.0
 
-    def feature_stats(self, positions: Sequence[int], centring: str = "none") -> tuple[Tensor, Tensor]:
-        """Mean and standard deviation (D,) float32 of every tile of the bags at ``positions``;
+    def feature_stats(self, positions: Sequence[int], centring: str = "none") -> FeatureStats:
+        """Statistics of every tile of the bags at ``positions``: mean and standard deviation (D,) float32;
         ``centring`` ``mean`` / ``median``: of the tiles minus their bag's mean / median tile
-        (``head_options.bag_centring``)."""
+        (``head_options.bag_centring``); the largest absolute value (D,) and the share of zero values of
+        the tiles as stored."""
         dim = self.bags[positions[0]].shape[1]
         total = torch.zeros(dim, dtype=torch.float64, device=self.device)
         squares = torch.zeros(dim, dtype=torch.float64, device=self.device)
-        count = 0
+        max_abs = torch.zeros(dim, dtype=torch.float32, device=self.device)
+        count = zeros = 0
         for p in positions:  # one bag's sums in float32 blocks (no bag-sized temporaries), the cohort's in float64
             x = self.bags[p].to(self.device, torch.float32)[None]
             mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
             centres = bag_centres(x, mask, centring)
             total += masked_sum(x, mask, centres)[0, 0].double()
             squares += masked_sum(x, mask, centres, square=True)[0, 0].double()
+            if x.shape[1]:
+                torch.maximum(max_abs, x[0].abs().amax(dim=0), out=max_abs)
+            zeros += int(x.numel()) - int(torch.count_nonzero(x))
             count += x.shape[1]
         mean = total / max(count, 1)
         var = (squares / max(count, 1) - mean * mean).clamp(min=0)
-        return mean.float(), var.sqrt().float()
+        return FeatureStats(mean.float(), var.sqrt().float(), max_abs, zeros / max(count * dim, 1))
 
     def whole_batches(
         self, positions: Sequence[int], tile_budget: int

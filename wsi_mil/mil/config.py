@@ -60,7 +60,11 @@ class TrainConfig(StrictModel):
                             "the tiles that stand out from the negative bags' tiles; auto = contrast for binary "
                             "classification with a linear tile scorer when the median training bag holds >= 200 tiles "
                             "(slides), else random")
-    standardize: bool = Field(True, description="standardise features with the training tiles' mean and std")
+    standardize: Literal["auto", "zscore", "maxabs", "none"] = Field(
+        "auto", description="feature scaling from the training tiles (wsi_mil.mil.scaling): zscore, each feature's mean "
+                            "and std; maxabs, each feature over its largest absolute value, not centred (sparse "
+                            "features); auto = maxabs when >= 90 % of the training tiles' values are 0 and the bags "
+                            "are not centred, else zscore; none; true / false read as zscore / none")
     class_weighting: Literal["balanced", "none"] = Field("balanced", description="loss weights n / (C * n_c)")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -98,6 +102,14 @@ class TrainConfig(StrictModel):
         """YAML 1.1 reads a bare ``on``/``off`` (``tune: off``, ``--set tune=off``) as a boolean: take it back."""
         if isinstance(value, bool):
             return "on" if value else "off"
+        return value
+
+    @field_validator("standardize", mode="before")
+    @classmethod
+    def _standardize_bool(cls, value: Any) -> Any:
+        """``standardize: true / false`` (the boolean of earlier configs) reads as ``zscore`` / ``none``."""
+        if isinstance(value, bool):
+            return "zscore" if value else "none"
         return value
 
     @field_validator("head_options", mode="before")

@@ -253,7 +253,8 @@ def cross_validate(data: TrainingData, bagset: BagSet, cfg: TrainConfig, log: Lo
             _orient(head, bagset, rest, fcfg)  # exact (predictions unchanged): the fold model may join the final one
         oof[held] = predict_probs(head, bagset, held.tolist(), cfg.eval_tiles_per_batch)
         m: dict[str, Any] = dict(_metrics_of(data.task, targets[held], oof[held], names))
-        m.update(fold=f, n_slides=int(len(held)), best_epoch=res.best_epoch, epochs_run=res.epochs_run)
+        m.update(fold=f, n_slides=int(len(held)), best_epoch=res.best_epoch, epochs_run=res.epochs_run,
+                 feature_scaling=res.scaling)
         if res.settled:
             m["settled_from_start"] = res.settled
         if fold_sites:
@@ -330,7 +331,8 @@ def run_train(
     oof, folds, fold_metrics, best_epochs, history = cv.oof, cv.folds, cv.fold_metrics, cv.best_epochs, cv.history
 
     metric_keys = [k for k in fold_metrics[0]
-                   if k not in ("fold", "n_slides", "best_epoch", "epochs_run", "tuning", "site", "settled_from_start")]
+                   if k not in ("fold", "n_slides", "best_epoch", "epochs_run", "tuning", "site", "settled_from_start",
+                                 "feature_scaling")]
     metrics: dict[str, Any] = {
         "head": cfg.head,
         "task": task,
@@ -373,7 +375,8 @@ def run_train(
                   domains=data.domains)
         history["final"] = res.history
         _orient(head, bagset, train_all, final_cfg)
-        final_model.update(epochs=final_epochs, fold_best_epochs=best_epochs)
+        final_model.update(epochs=final_epochs, fold_best_epochs=best_epochs, feature_scaling=res.scaling)
+        log(f"final model: feature scaling {res.scaling} (standardize: {final_cfg.standardize})")
         if res.settled:
             final_model["settled_from_start"] = res.settled
         if final_search is not None:

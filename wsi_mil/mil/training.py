@@ -37,6 +37,7 @@ from wsi_mil.mil.metrics import classification_metrics
 from wsi_mil.mil.prepared import scoring_bags
 from wsi_mil.mil.registry import create_head
 from wsi_mil.mil.regression import regression_loss
+from wsi_mil.mil.scaling import FeatureStats, apply_scaling
 from wsi_mil.mil.survival import cox_loss
 from wsi_mil.mil.targets import SURVIVAL, task_metrics, task_score
 
@@ -58,6 +59,8 @@ class FitResult:
     epochs_run: int
     history: list[dict[str, float | None]] = field(default_factory=list)
     settled: dict[str, Any] = field(default_factory=dict)
+    #: the feature scaling applied (``standardize`` resolved: zscore, maxabs or none; :mod:`wsi_mil.mil.scaling`)
+    scaling: str = "zscore"
 
 
 def class_weights(targets: npt.NDArray[np.int64], n_classes: int, mode: str) -> Tensor:
@@ -222,12 +225,12 @@ def fit(
     head: MILHead, bags: BagSet, targets: npt.NDArray[np.int64], train_pos: npt.NDArray[np.int64],
     val_pos: npt.NDArray[np.int64],
     cfg: TrainConfig, seed: int, n_epochs: int | None = None, log: Log | None = None, class_names: list[str] | None = None,
-    stats: tuple[Tensor, Tensor] | None = None, domains: npt.NDArray[np.int64] | None = None,
+    stats: FeatureStats | None = None, domains: npt.NDArray[np.int64] | None = None,
     cache: FitCache | None = None,
 ) -> FitResult:
     """Train ``head`` on ``train_pos``; early-stop on ``val_pos`` unless it is empty or ``n_epochs`` is set.
 
-    ``targets`` (n_bags,) int class index per bag position. ``stats``: the (D,) mean and std of
+    ``targets`` (n_bags,) int class index per bag position. ``stats``: the feature statistics of
     the ``train_pos`` tiles when already computed (a search reuses them across its trials);
     ``cache``: what fits on the same ``train_pos``, ``val_pos`` and ``stats`` share (the feature components,
     the prepared bags, the outlier start: a search's trials on one inner fold, :mod:`wsi_mil.mil.fitcache`).
@@ -242,7 +245,7 @@ def fit(
                         log, stats, domains, cache)
     device = bags.device
     head.to(device)
-    set_feature_transform(head, bags, train_pos, cfg, stats, cache)
+    scaling = set_feature_transform(head, bags, train_pos, cfg, stats, cache)
     bags = scoring_bags(head, bags, train_pos, val_pos, cfg.eval_tiles_per_batch, cache)
     start = warm_start_method(cfg, head, bags, train_pos)
     settled: dict[str, Any] = {}
@@ -280,27 +283,31 @@ def fit(
             break
     best_epoch = stopping.restore(head, len(history))
     state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
-    return FitResult(state, best_epoch, len(history), history, settled)
+    return FitResult(state, best_epoch, len(history), history, settled, scaling)
 
 
 def set_feature_transform(
     head: MILHead, bags: BagSet, train_pos: npt.NDArray[np.int64], cfg: TrainConfig,
-    stats: tuple[Tensor, Tensor] | None = None, cache: FitCache | None = None,
-) -> None:
-    """Set ``head``'s standardisation (``stats``, or those of the ``train_pos`` tiles) and fit its
-    ``feature_components`` on those tiles, label-free. With ``cache``, fits on the same positions
-    and standardisation share them: taken from it when there, else fitted and stored in it."""
-    if cfg.standardize:
-        head.set_standardization(*(stats if stats is not None else bags.feature_stats(train_pos.tolist(), head.bag_centring())))
+    stats: FeatureStats | None = None, cache: FitCache | None = None,
+) -> str:
+    """Set ``head``'s feature scaling (``cfg.standardize`` from ``stats``, or those of the ``train_pos`` tiles)
+    and fit its ``feature_components`` on those tiles, label-free. With ``cache``, fits on the same positions
+    and standardisation share them: taken from it when there, else fitted and stored in it. Returns the
+    scaling applied (:func:`wsi_mil.mil.scaling.apply_scaling`)."""
+    scaling = "none"
+    if cfg.standardize != "none":
+        scaling = apply_scaling(head, stats if stats is not None
+                                else bags.feature_stats(train_pos.tolist(), head.bag_centring()), cfg.standardize)
     if not head.projects_features():
-        return
+        return scaling
     key = fit_key(head, train_pos)
     if cache is not None and key in cache.components:
         head.set_projection(*cache.components[key])
-        return
+        return scaling
     fit_feature_components(head, bags, train_pos.tolist())
     if cache is not None:
         cache.components[key] = (head.feature_projection.clone(), head.projection_shift.clone())
+    return scaling
 
 
 def settle_bag_defaults(cfg: TrainConfig, bags: BagSet, train_pos: npt.NDArray[np.int64], log: Log = quiet) -> TrainConfig:
@@ -400,7 +407,7 @@ def task_loss(head: MILHead, logits: Tensor, y: Tensor, task: str, kind: str) ->
 def fit_task(
     head: MILHead, bags: BagSet, y: npt.NDArray[np.float64], train_pos: npt.NDArray[np.int64],
     val_pos: npt.NDArray[np.int64], cfg: TrainConfig, seed: int, n_epochs: int | None = None, log: Log | None = None,
-    stats: tuple[Tensor, Tensor] | None = None, domains: npt.NDArray[np.int64] | None = None,
+    stats: FeatureStats | None = None, domains: npt.NDArray[np.int64] | None = None,
     cache: FitCache | None = None,
 ) -> FitResult:
     """:func:`fit` for a one-output head (``n_classes = 1``): survival (``y`` (n_bags, 2) time, event)
@@ -410,7 +417,7 @@ def fit_task(
     device = bags.device
     head.to(device)
     task = cfg.task
-    set_feature_transform(head, bags, train_pos, cfg, stats, cache)
+    scaling = set_feature_transform(head, bags, train_pos, cfg, stats, cache)
     bags = scoring_bags(head, bags, train_pos, val_pos, cfg.eval_tiles_per_batch, cache)
     if task == SURVIVAL:
         y_loss = y
@@ -463,7 +470,7 @@ def fit_task(
     if task == SURVIVAL:
         _center_risk(head, bags, train_pos, cfg.eval_tiles_per_batch)
     state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
-    return FitResult(state, best_epoch, len(history), history)
+    return FitResult(state, best_epoch, len(history), history, scaling=scaling)
 
 
 def _center_risk(head: MILHead, bags: BagSet, train_pos: npt.NDArray[np.int64], tile_budget: int) -> None:

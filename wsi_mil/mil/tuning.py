@@ -36,7 +36,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import optuna
-from torch import Tensor
 
 from wsi_mil.config import config_to_dict
 from wsi_mil.mil.bags import DENSE_BYTES, BagSet
@@ -44,6 +43,7 @@ from wsi_mil.mil.config import TrainConfig
 from wsi_mil.mil.fitcache import CacheBudget, FitCache
 from wsi_mil.mil.heads import Choice, FloatRange, IntRange, SearchSpace, head_entry
 from wsi_mil.mil.metrics import classification_metrics
+from wsi_mil.mil.scaling import FeatureStats
 from wsi_mil.mil.splits import assign_folds, validation_split
 from wsi_mil.mil.survival import harrell_c
 from wsi_mil.mil.targets import PRIMARY, SURVIVAL, task_metrics, task_score
@@ -147,7 +147,7 @@ class _InnerFold:
     train: npt.NDArray[np.int64]
     val: npt.NDArray[np.int64]
     held: npt.NDArray[np.int64]
-    stats: tuple[Tensor, Tensor] | None
+    stats: FeatureStats | None
     #: the feature components, prepared bags and outlier start of ``train``: computed by the first trial, reused
     cache: FitCache = field(default_factory=FitCache)
 
@@ -176,7 +176,7 @@ def _inner_folds(
     for j in range(k):
         held, rest = pool[fold_of == j], pool[fold_of != j]
         tr, va = validation_split(rest, targets, groups, cfg.val_fraction, seed + j)
-        stats = bagset.feature_stats(tr.tolist(), cfg.head_options.bag_centring) if cfg.standardize else None
+        stats = bagset.feature_stats(tr.tolist(), cfg.head_options.bag_centring) if cfg.standardize != "none" else None
         out.append(_InnerFold(tr, va, held, stats, FitCache(budget)))
     return out
 

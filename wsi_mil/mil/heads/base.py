@@ -157,6 +157,14 @@ class MILHead(nn.Module):
         self.feature_scale.copy_(scale)
         self.feature_shift.copy_(-mean * scale)
 
+    @torch.no_grad()
+    def set_max_abs_scaling(self, max_abs: Tensor, eps: float = 1e-12) -> None:
+        """Score ``x / max_abs`` per feature, not centred (sparse features: :mod:`wsi_mil.mil.scaling`);
+        features that are 0 on every training tile get weight 0."""
+        max_abs = max_abs.to(self.feature_scale)
+        self.feature_scale.copy_(torch.where(max_abs > eps, 1.0 / max_abs.clamp(min=eps), torch.zeros_like(max_abs)))
+        self.feature_shift.zero_()
+
     def standardize(self, features: Tensor) -> Tensor:
         """(B, N, D) features -> standardised features (a new tensor; the input is not modified)."""
         return torch.addcmul(self.feature_shift, features, self.feature_scale)
