@@ -22,6 +22,10 @@ class DomainAdversarialConfig(StrictModel):
     hidden: int = Field(64, ge=1, description="hidden units of the site classifier (one ReLU layer)")
 
 
+#: fields whose options are words that a boolean stands for: field -> (word for true, word for false)
+BOOLEAN_READINGS: dict[str, tuple[str, str]] = {"tune": ("on", "off"), "standardize": ("zscore", "none")}
+
+
 class TrainConfig(StrictModel):
     """How ``wsi-mil train`` fits and evaluates a MIL head. Epoch = one pass over the training bags."""
 
@@ -96,20 +100,14 @@ class TrainConfig(StrictModel):
                              "use tile_init: random")
         return self
 
-    @field_validator("tune", mode="before")
+    @field_validator(*BOOLEAN_READINGS, mode="before")
     @classmethod
-    def _yaml_on_off(cls, value: Any) -> Any:
-        """YAML 1.1 reads a bare ``on``/``off`` (``tune: off``, ``--set tune=off``) as a boolean: take it back."""
-        if isinstance(value, bool):
-            return "on" if value else "off"
-        return value
-
-    @field_validator("standardize", mode="before")
-    @classmethod
-    def _standardize_bool(cls, value: Any) -> Any:
-        """``standardize: true / false`` (the boolean of earlier configs) reads as ``zscore`` / ``none``."""
-        if isinstance(value, bool):
-            return "zscore" if value else "none"
+    def _booleans_as_words(cls, value: Any, info: ValidationInfo) -> Any:
+        """A boolean where a word is expected, read as :data:`BOOLEAN_READINGS` says: YAML 1.1 reads a bare
+        ``on``/``off`` (``tune: off``, ``--set tune=off``) as one, and earlier configs wrote ``standardize: true``."""
+        if isinstance(value, bool) and info.field_name is not None:
+            yes, no = BOOLEAN_READINGS[info.field_name]
+            return yes if value else no
         return value
 
     @field_validator("head_options", mode="before")
