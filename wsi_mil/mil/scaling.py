@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 #: ``standardize: auto`` reads the features as sparse (``maxabs``) when at least this share of the
 #: training tiles' values are exactly 0 (web_recommendation_1: 0.997; ResNet features: ~0.2)
 SPARSE_ZERO_SHARE = 0.9
-SCALINGS = ("zscore", "maxabs", "none")
 
 
 class FeatureStats(NamedTuple):
@@ -38,7 +37,7 @@ class FeatureStats(NamedTuple):
 
 
 def applied_scaling(mode: str, stats: FeatureStats, centring: str) -> str:
-    """``mode`` (``auto`` or one of :data:`SCALINGS`) as it applies to features with ``stats`` and bags centred
+    """``mode`` (``auto``, ``zscore``, ``maxabs`` or ``none``) as it applies to features with ``stats`` and bags centred
     as ``centring`` says (the head's resolved ``bag_centring``)."""
     if mode != "auto":
         return mode

@@ -99,6 +99,11 @@ def score_tiles(layers: Callable[[Tensor], Tensor], features: Tensor, mask: Tens
     return out
 
 
+def _reciprocal_or_zero(spread: Tensor, eps: float) -> Tensor:
+    """(D,) per-feature scale ``1 / spread``, 0 where ``spread <= eps`` (a feature that does not vary in training)."""
+    return torch.where(spread > eps, 1.0 / spread.clamp(min=eps), torch.zeros_like(spread))
+
+
 class MILHead(nn.Module):
     """Base class: subclasses implement :meth:`member_outputs` and optionally the hooks below."""
 
@@ -153,7 +158,7 @@ class MILHead(nn.Module):
             # one scale for every feature (their median std): each bag's own std then scales each feature,
             # floored (BAG_STD_FLOOR) in units of this common scale, so features that hardly vary stay small
             std = torch.where(std > eps, std[std > eps].median(), std)
-        scale = torch.where(std > eps, 1.0 / std.clamp(min=eps), torch.zeros_like(std))
+        scale = _reciprocal_or_zero(std, eps)
         self.feature_scale.copy_(scale)
         self.feature_shift.copy_(-mean * scale)
 
@@ -161,8 +166,7 @@ class MILHead(nn.Module):
     def set_max_abs_scaling(self, max_abs: Tensor, eps: float = 1e-12) -> None:
         """Score ``x / max_abs`` per feature, not centred (sparse features: :mod:`wsi_mil.mil.scaling`);
         features that are 0 on every training tile get weight 0."""
-        max_abs = max_abs.to(self.feature_scale)
-        self.feature_scale.copy_(torch.where(max_abs > eps, 1.0 / max_abs.clamp(min=eps), torch.zeros_like(max_abs)))
+        self.feature_scale.copy_(_reciprocal_or_zero(max_abs.to(self.feature_scale), eps))
         self.feature_shift.zero_()
 
     def standardize(self, features: Tensor) -> Tensor:
