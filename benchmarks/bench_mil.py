@@ -451,6 +451,9 @@ def classic_main(argv: list[str]) -> None:
                 auc, acc = _binary_metrics(y, p1)
                 aucs.append(auc)
                 accs.append(acc)
+                if args.repeats > 1 and head is not None:  # a long run stays readable if it is stopped
+                    print(f"    {label} ({mode}) seed {r}: acc {acc:.3f}  AUC {auc:.3f}  "
+                          f"{time.perf_counter() - t:.0f} s so far", flush=True)
             secs = time.perf_counter() - t
             row = (name, label if head is None else f"{head} ({mode})", *_interval(accs), *_interval(aucs), secs)
             rows.append(row)

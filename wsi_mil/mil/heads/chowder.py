@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from wsi_mil.mil.heads._registry import register_head
 from wsi_mil.mil.heads.base import MILHead, score_tiles
+from wsi_mil.mil.heads.fused_scorer import hidden_tile_scores, use_fused
 from wsi_mil.mil.heads.options import ChowderOptions
 from wsi_mil.mil.minmax import KSpec, extreme_quantiles, extreme_values, is_fraction
 
@@ -102,9 +103,24 @@ class Chowder(MILHead):
         ``mask`` (B, N), a batch mostly of padding is scored on its real tiles only (:func:`score_tiles`)."""
         if self.tile_hidden is None:
             return self.embedding(features)
+        if use_fused(features.shape[-1], self.tile_hidden_layer.out_features, features):
+            return self._fused_scores(features, mask)
         if mask is None:
             return self._hidden_scores(features)
         return score_tiles(self._hidden_scores, features, mask)
+
+    def _fused_scores(self, features: Tensor, mask: Tensor | None) -> Tensor:
+        """The hidden tile scorer on narrow features (:mod:`~wsi_mil.mil.heads.fused_scorer`): (B, N, D) ->
+        (B, N, E * O), on the real tiles only where a ``mask`` (B, N) is given (padding gets 0)."""
+        layer = self.tile_hidden_layer
+        if mask is None:
+            flat = hidden_tile_scores(features.reshape(-1, features.shape[-1]), layer.weight, layer.bias,
+                                      self.tile_out_weight, self.tile_out_bias)
+            return flat.reshape(*features.shape[:-1], -1)
+        packed = hidden_tile_scores(features[mask], layer.weight, layer.bias, self.tile_out_weight, self.tile_out_bias)
+        out = packed.new_zeros(*mask.shape, packed.shape[-1])
+        out[mask] = packed
+        return out
 
     def _hidden_scores(self, features: Tensor) -> Tensor:
         """Hidden tile scorer: features (..., D) -> every member's scores (..., E * O)."""
