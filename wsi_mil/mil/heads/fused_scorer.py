@@ -44,30 +44,33 @@ def _member_scores(hidden: Tensor, w2: Tensor) -> Tensor:
 
 
 class _HiddenTileScores(torch.autograd.Function):
+    """The bias of the first layer rides in its product: the tiles get a column of ones and W1^T a row b1
+    (no broadcast copy of b1 per chunk; its gradient comes out of the same product as W1's)."""
+
     @staticmethod
     def forward(ctx: Any, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
         e, h, o = w2.shape
         rows = _chunk_rows(e * h)
-        w1t = w1.t()
+        ones = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)  # (T, D + 1)
+        w1b = torch.cat([w1.t(), b1[None]], dim=0)  # (D + 1, E * H)
         out = x.new_empty(x.shape[0], e, o)
         for start in range(0, x.shape[0], rows):
-            hidden = torch.addmm(b1, x[start:start + rows], w1t).clamp_min_(0).view(-1, e, h)
+            hidden = torch.mm(ones[start:start + rows], w1b).clamp_min_(0).view(-1, e, h)
             out[start:start + rows] = _member_scores(hidden, w2)
         out += b2
-        ctx.save_for_backward(x, w1, b1, w2)
+        ctx.save_for_backward(ones, w1b, w2)
         return out.view(x.shape[0], e * o)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor, Tensor, Tensor, Tensor]:
-        x, w1, b1, w2 = ctx.saved_tensors
+        ones, w1b, w2 = ctx.saved_tensors
         e, h, o = w2.shape
         rows = _chunk_rows(e * h)
-        grad = grad.reshape(x.shape[0], e, o)
-        w1t = w1.t()
-        g_w1, g_b1, g_w2 = torch.zeros_like(w1), torch.zeros_like(b1), torch.zeros_like(w2)
-        for start in range(0, x.shape[0], rows):
-            xc, gc = x[start:start + rows], grad[start:start + rows]  # (c, D), (c, E, O)
-            pre = torch.addmm(b1, xc, w1t)
+        grad = grad.reshape(ones.shape[0], e, o)
+        g_w1b, g_w2 = torch.zeros_like(w1b), torch.zeros_like(w2)
+        for start in range(0, ones.shape[0], rows):
+            xc, gc = ones[start:start + rows], grad[start:start + rows]  # (c, D + 1), (c, E, O)
+            pre = torch.mm(xc, w1b)
             active = pre > 0
             hidden = pre.clamp_min_(0).view(-1, e, h)
             if o == 1:
@@ -76,10 +79,8 @@ class _HiddenTileScores(torch.autograd.Function):
             else:
                 g_w2 += torch.einsum("ceh,ceo->eho", hidden, gc)
                 g_hidden = torch.einsum("ceo,eho->ceh", gc, w2)
-            g_hidden = g_hidden.reshape(-1, e * h).mul_(active)
-            g_w1.addmm_(g_hidden.t(), xc)
-            g_b1 += g_hidden.sum(dim=0)
-        return None, g_w1, g_b1, g_w2, grad.sum(dim=0)
+            g_w1b.addmm_(xc.t(), g_hidden.reshape(-1, e * h).mul_(active))
+        return None, g_w1b[:-1].t(), g_w1b[-1], g_w2, grad.sum(dim=0)
 
 
 def hidden_tile_scores(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
