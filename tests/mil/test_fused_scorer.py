@@ -55,6 +55,7 @@ def test_the_fused_path_is_taken_only_where_it_pays() -> None:
     assert use_fused(9, 640, narrow)
     assert not use_fused(5_863, 640, wide)  # web-like features: recomputing the first layer would cost more
     assert not use_fused(9, 640, narrow.requires_grad_(True))  # a gradient for the features: autograd's path
+    assert not use_fused(9, 640, torch.zeros(2, 9, device="meta"))  # not on CPU: the chunks are sized for its cache
 
 
 def test_chowder_on_narrow_features_gives_the_plain_results(monkeypatch: pytest.MonkeyPatch) -> None:

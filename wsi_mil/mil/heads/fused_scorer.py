@@ -28,8 +28,10 @@ MAX_DIM_SHARE = 1 / 8
 
 
 def use_fused(in_dim: int, hidden_width: int, features: Tensor) -> bool:
-    """Whether :func:`hidden_tile_scores` pays on ``features`` of ``in_dim`` into ``hidden_width`` (E * H) units."""
-    return in_dim <= MAX_DIM_SHARE * hidden_width and not features.requires_grad
+    """Whether :func:`hidden_tile_scores` pays on ``features`` of ``in_dim`` into ``hidden_width`` (E * H) units:
+    on CPU (the chunks are sized for its cache; on a GPU they would be many small kernel launches), narrow
+    features, and no gradient asked for the features."""
+    return features.device.type == "cpu" and in_dim <= MAX_DIM_SHARE * hidden_width and not features.requires_grad
 
 
 def _chunk_rows(hidden_width: int) -> int:
