@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -30,6 +29,7 @@ from _common import machine, peak_rss_mb  # noqa: E402
 from wsi_mil.mil.heads import fused_scorer  # noqa: E402
 from wsi_mil.mil.heads.chowder import Chowder  # noqa: E402
 from wsi_mil.mil.heads.options import ChowderOptions  # noqa: E402
+from wsi_mil.mil.training import logits_loss  # noqa: E402
 
 #: (name, feature width, smallest and largest bag) of the classic sets' batches
 SHAPES = (("protein-like", 9, 35, 189), ("birds-like", 38, 2, 43), ("corel-like", 9, 2, 13))
@@ -41,10 +41,10 @@ def ms_per_step(dim: int, x: torch.Tensor, mask: torch.Tensor, y: torch.Tensor, 
     head = Chowder(dim, 2, ChowderOptions(tile_hidden=64))
     opt = torch.optim.AdamW(head.parameters(), lr=3e-3, foreach=True)
 
+    weights = torch.ones(2)
+
     def step() -> None:
-        logits = head.member_logits(x, mask, False)
-        b, e, c = logits.shape
-        loss = F.cross_entropy(logits.reshape(b * e, c), y.repeat_interleave(e)) + head.regularization()
+        loss = logits_loss(head, head.member_logits(x, mask, False), y, weights)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -93,6 +93,11 @@ def score_tiles(layers: Callable[[Tensor], Tensor], features: Tensor, mask: Tens
     real = int(mask.sum())
     if real > PACK_REAL_SHARE * mask.numel():
         return layers(features)
+    return score_real_tiles(layers, features, mask)
+
+
+def score_real_tiles(layers: Callable[[Tensor], Tensor], features: Tensor, mask: Tensor) -> Tensor:
+    """Per-tile ``layers`` on the real tiles only: (B, N, D) features, (B, N) mask -> (B, N, K), padding 0."""
     packed = layers(features[mask])  # (real, K)
     out = packed.new_zeros(*mask.shape, packed.shape[-1])
     out[mask] = packed

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from wsi_mil.mil.heads._registry import register_head
-from wsi_mil.mil.heads.base import MILHead, score_tiles
+from wsi_mil.mil.heads.base import MILHead, score_real_tiles, score_tiles
 from wsi_mil.mil.heads.fused_scorer import hidden_tile_scores, use_fused
 from wsi_mil.mil.heads.options import ChowderOptions
 from wsi_mil.mil.minmax import KSpec, extreme_quantiles, extreme_values, is_fraction
@@ -113,14 +113,11 @@ class Chowder(MILHead):
         """The hidden tile scorer on narrow features (:mod:`~wsi_mil.mil.heads.fused_scorer`): (B, N, D) ->
         (B, N, E * O), on the real tiles only where a ``mask`` (B, N) is given (padding gets 0)."""
         layer = self.tile_hidden_layer
-        if mask is None:
-            flat = hidden_tile_scores(features.reshape(-1, features.shape[-1]), layer.weight, layer.bias,
-                                      self.tile_out_weight, self.tile_out_bias)
-            return flat.reshape(*features.shape[:-1], -1)
-        packed = hidden_tile_scores(features[mask], layer.weight, layer.bias, self.tile_out_weight, self.tile_out_bias)
-        out = packed.new_zeros(*mask.shape, packed.shape[-1])
-        out[mask] = packed
-        return out
+
+        def scores(x: Tensor) -> Tensor:
+            return hidden_tile_scores(x, layer.weight, layer.bias, self.tile_out_weight, self.tile_out_bias)
+
+        return scores(features) if mask is None else score_real_tiles(scores, features, mask)
 
     def _hidden_scores(self, features: Tensor) -> Tensor:
         """Hidden tile scorer: features (..., D) -> every member's scores (..., E * O)."""

@@ -8,7 +8,7 @@ product, ReLU's backward, each a full pass over a (T, E * H) array that does not
 
 :func:`hidden_tile_scores` computes the same function in chunks of tiles whose hidden block fits in cache and
 keeps no hidden activations for backward: backward recomputes each chunk's ``W1 x + b1`` (a product of depth
-D, cheap when D is small) and accumulates the five gradients chunk by chunk. Same values as the plain path up
+D, cheap when D is small) and accumulates the four weight gradients chunk by chunk. Same values as the plain path up
 to float rounding (a test compares both, value and every gradient). It is used where the recomputation is
 cheap (:func:`use_fused`); features that need a gradient take the plain autograd path.
 """
@@ -53,25 +53,25 @@ class _HiddenTileScores(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
         e, h, o = w2.shape
         rows = _chunk_rows(e * h)
-        ones = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)  # (T, D + 1)
+        x_one = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)  # (T, D + 1): a column of ones
         w1b = torch.cat([w1.t(), b1[None]], dim=0)  # (D + 1, E * H)
         out = x.new_empty(x.shape[0], e, o)
         for start in range(0, x.shape[0], rows):
-            hidden = torch.mm(ones[start:start + rows], w1b).clamp_min_(0).view(-1, e, h)
+            hidden = torch.mm(x_one[start:start + rows], w1b).clamp_min_(0).view(-1, e, h)
             out[start:start + rows] = _member_scores(hidden, w2)
         out += b2
-        ctx.save_for_backward(ones, w1b, w2)
+        ctx.save_for_backward(x_one, w1b, w2)
         return out.view(x.shape[0], e * o)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor, Tensor, Tensor, Tensor]:
-        ones, w1b, w2 = ctx.saved_tensors
+        x_one, w1b, w2 = ctx.saved_tensors
         e, h, o = w2.shape
         rows = _chunk_rows(e * h)
-        grad = grad.reshape(ones.shape[0], e, o)
+        grad = grad.reshape(x_one.shape[0], e, o)
         g_w1b, g_w2 = torch.zeros_like(w1b), torch.zeros_like(w2)
-        for start in range(0, ones.shape[0], rows):
-            xc, gc = ones[start:start + rows], grad[start:start + rows]  # (c, D + 1), (c, E, O)
+        for start in range(0, x_one.shape[0], rows):
+            xc, gc = x_one[start:start + rows], grad[start:start + rows]  # (c, D + 1), (c, E, O)
             pre = torch.mm(xc, w1b)
             active = pre > 0
             hidden = pre.clamp_min_(0).view(-1, e, h)
@@ -86,7 +86,7 @@ class _HiddenTileScores(torch.autograd.Function):
 
 
 def hidden_tile_scores(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
-    """Member scores (T, E * O) of tiles ``x`` (T, D): ``relu(x W1^T + b1)`` per member (W1 (E * H, D), b1 (E * H,))
-    then its H units times W2 (E, H, O) plus b2 (E, O). ``x`` gets no gradient (see :func:`use_fused`)."""
-    out: Tensor = _HiddenTileScores.apply(x.contiguous(), w1, b1, w2, b2)
-    return out
+    """Member scores (..., E * O) of tiles ``x`` (..., D): ``relu(x W1^T + b1)`` per member (W1 (E * H, D),
+    b1 (E * H,)) then its H units times W2 (E, H, O) plus b2 (E, O). ``x`` gets no gradient (see :func:`use_fused`)."""
+    out: Tensor = _HiddenTileScores.apply(x.reshape(-1, x.shape[-1]), w1, b1, w2, b2)
+    return out.reshape(*x.shape[:-1], out.shape[-1])
