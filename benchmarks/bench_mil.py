@@ -416,7 +416,9 @@ def classic_main(argv: list[str]) -> None:
     ap.add_argument("--data", type=Path, default=CLASSIC_DIR)
     ap.add_argument("--sets", default=",".join(CLASSIC_SETS), help="comma-separated set names (file stems)")
     ap.add_argument("--heads", default="chowder,weldon,attention", help="comma-separated registered heads")
-    ap.add_argument("--repeats", type=int, default=5, help="repeats of K-fold CV (seeds 0..R-1)")
+    ap.add_argument("--repeats", type=int, default=5, help="repeats of K-fold CV (seeds S..S+R-1)")
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="S: the first repeat's seed (to split one study's repeats across runs or cores)")
     ap.add_argument("--folds", type=int, default=10)
     ap.add_argument("--tuned", choices=("auto", "yes", "no"), default="auto",
                     help="also run tune=on (auto = yes)")
@@ -428,7 +430,8 @@ def classic_main(argv: list[str]) -> None:
         args.repeats, args.folds, args.tuned = 1, 5, "no"
     modes = ["defaults"] + (["tuned"] if args.tuned != "no" else [])
     overrides = apply_overrides({}, args.overrides)
-    print(f"classic MIL sets, {args.repeats} x {args.folds}-fold CV, torch threads {torch.get_num_threads()}, "
+    print(f"classic MIL sets, {args.repeats} x {args.folds}-fold CV (seeds {args.first_seed}.."
+          f"{args.first_seed + args.repeats - 1}), torch threads {torch.get_num_threads()}, "
           f"modes {modes}", flush=True)
     rows = []
     for name in args.sets.split(","):
@@ -440,7 +443,7 @@ def classic_main(argv: list[str]) -> None:
         runs += [(head, head, mode) for head in args.heads.split(",") for mode in modes]
         for label, head, mode in runs:
             aucs, accs, t, kept = [], [], time.perf_counter(), 0
-            for r in range(args.repeats):
+            for r in range(args.first_seed, args.first_seed + args.repeats):
                 if head is None:
                     p1 = logreg_oof(bags, y, args.folds, r)
                 else:

@@ -26,10 +26,11 @@ sys.path.insert(0, str(HERE.parent))
 
 from _common import machine, peak_rss_mb  # noqa: E402
 
+from wsi_mil.mil.config import TrainConfig  # noqa: E402
 from wsi_mil.mil.heads import fused_scorer  # noqa: E402
 from wsi_mil.mil.heads.chowder import Chowder  # noqa: E402
 from wsi_mil.mil.heads.options import ChowderOptions  # noqa: E402
-from wsi_mil.mil.training import logits_loss  # noqa: E402
+from wsi_mil.mil.training import logits_loss, make_optimizer  # noqa: E402
 
 #: (name, feature width, smallest and largest bag) of the classic sets' batches
 SHAPES = (("protein-like", 9, 35, 189), ("birds-like", 38, 2, 43), ("corel-like", 9, 2, 13))
@@ -39,7 +40,7 @@ def ms_per_step(dim: int, x: torch.Tensor, mask: torch.Tensor, y: torch.Tensor, 
     """ms per step over ``steps`` AdamW steps of a fresh default CHOWDER (after 5 warm-up steps)."""
     torch.manual_seed(0)
     head = Chowder(dim, 2, ChowderOptions(tile_hidden=64))
-    opt = torch.optim.AdamW(head.parameters(), lr=3e-3, foreach=True)
+    opt = make_optimizer(list(head.parameters()), TrainConfig(lr=3e-3))
 
     weights = torch.ones(2)
 

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from wsi_mil.mil.heads._registry import register_head
 from wsi_mil.mil.heads.base import MILHead, score_real_tiles, score_tiles
+from wsi_mil.mil.heads.dropout import CheapDropout
 from wsi_mil.mil.heads.fused_scorer import hidden_tile_scores, use_fused
 from wsi_mil.mil.heads.options import ChowderOptions
 from wsi_mil.mil.minmax import KSpec, extreme_quantiles, extreme_values, is_fraction
@@ -68,7 +69,7 @@ class Chowder(MILHead):
             bound = 1.0 / math.sqrt(fan_in)
             self.weights.append(nn.Parameter(torch.empty(e, o, fan_in, fan_out).uniform_(-bound, bound)))
             self.biases.append(nn.Parameter(torch.empty(e, o, 1, fan_out).uniform_(-bound, bound)))
-        self.dropout = nn.Dropout(self.opts.dropout if self.opts.dropout is not None else (
+        self.dropout = CheapDropout(self.opts.dropout if self.opts.dropout is not None else (
             DEFAULT_DROPOUT_ONE_OUTPUT if n_classes == 1 else DEFAULT_DROPOUT_CLASSES))
 
     @property
