@@ -56,6 +56,7 @@ from torch import Tensor, nn
 from wsi_mil.mil.centring import applied_centring, centre_bags_
 from wsi_mil.mil.heads._registry import HeadOptions, too_many_components
 from wsi_mil.mil.heads.dropout import CheapDropout
+from wsi_mil.mil.heads.sparse_linear import SparseAwareLinear
 from wsi_mil.mil.minmax import KSpec, selection_marks
 
 
@@ -72,7 +73,7 @@ def tile_scorer(in_dim: int, out: int, hidden: int | None, dropout: float = 0.0)
     (then dropout) before it (``nn.Sequential``: Linear, ReLU, Dropout, Linear)."""
     if hidden is None:
         return nn.Linear(in_dim, out)
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), CheapDropout(dropout), nn.Linear(hidden, out))
+    return nn.Sequential(SparseAwareLinear(in_dim, hidden), nn.ReLU(), CheapDropout(dropout), nn.Linear(hidden, out))
 
 
 #: a batch's real tiles are packed before a hidden tile layer when at most this share of its (B, N) positions

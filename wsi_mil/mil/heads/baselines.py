@@ -19,6 +19,7 @@ from wsi_mil.mil.heads._registry import register_head
 from wsi_mil.mil.heads.base import MILHead, score_tiles, tile_scorer
 from wsi_mil.mil.heads.dropout import CheapDropout
 from wsi_mil.mil.heads.options import AttentionOptions, PoolOptions
+from wsi_mil.mil.heads.sparse_linear import SparseAwareLinear
 from wsi_mil.mil.minmax import KSpec, extreme_mean
 
 
@@ -86,7 +87,7 @@ class AttentionMIL(MILHead):
         super().__init__(in_dim, n_classes, opts)
         self.opts = opts
         o = self.opts
-        self.embed = nn.Sequential(nn.Linear(self.score_dim, o.hidden), nn.ReLU(), CheapDropout(o.dropout))
+        self.embed = nn.Sequential(SparseAwareLinear(self.score_dim, o.hidden), nn.ReLU(), CheapDropout(o.dropout))
         self.att_v = nn.Linear(o.hidden, o.attention_dim)
         self.att_u = nn.Linear(o.hidden, o.attention_dim) if o.gated else None
         self.att_w = nn.Linear(o.attention_dim, 1)

@@ -30,6 +30,7 @@ from wsi_mil.mil.heads.base import MILHead, score_real_tiles, score_tiles
 from wsi_mil.mil.heads.dropout import CheapDropout
 from wsi_mil.mil.heads.fused_scorer import hidden_tile_scores, use_fused
 from wsi_mil.mil.heads.options import ChowderOptions
+from wsi_mil.mil.heads.sparse_linear import SparseAwareLinear
 from wsi_mil.mil.minmax import KSpec, extreme_quantiles, extreme_values, is_fraction
 
 #: default ``r`` of a classification head and of a survival/regression head (shares of the bag; docs/mil-defaults.md)
@@ -58,7 +59,7 @@ class Chowder(MILHead):
         if h is None:  # the paper's 1-d linear tile embedding
             self.embedding = nn.Linear(self.score_dim, e * o)  # column e * O + o: member e, output o
         else:  # a ReLU layer of h units per member before its tile score (members keep disjoint parameters)
-            self.tile_hidden_layer = nn.Linear(self.score_dim, e * h)
+            self.tile_hidden_layer = SparseAwareLinear(self.score_dim, e * h)
             bound = 1.0 / math.sqrt(h)
             self.tile_out_weight = nn.Parameter(torch.empty(e, h, o).uniform_(-bound, bound))
             self.tile_out_bias = nn.Parameter(torch.empty(e, o).uniform_(-bound, bound))
