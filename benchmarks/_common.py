@@ -11,7 +11,9 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = ROOT / "bench_output"
@@ -33,8 +35,15 @@ def machine(device: object | None = None) -> str:
     if device is not None and getattr(device, "type", str(device)).startswith("cuda"):
         import torch
 
-        line += f", {torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+        line += f", {torch.cuda.get_device_name(torch.device(str(device)))}, torch {torch.__version__}"
     return line
+
+
+def known(value: T | None, what: str) -> T:
+    """``value``, or exit with a one-line error when a metric is undefined (one class only, no comparable pairs)."""
+    if value is None:
+        raise SystemExit(f"benchmark: {what} is undefined on this data (one class only, or no comparable pairs)")
+    return value
 
 
 def peak_rss_mb() -> float:

@@ -44,7 +44,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -223,8 +223,12 @@ def ours_end_to_end(engine: Any, stores: list[Path], out_dir: Path, num_workers:
     runner.make_loader = timed_loader
     try:
         t0 = time.perf_counter()
-        jobs = prepare_slides([(p, out_dir / f"{p.stem}.h5") for p in stores], encoder_id)
+        prepared = prepare_slides([(p, out_dir / f"{p.stem}.h5") for p in stores], encoder_id)
         t_open = time.perf_counter()
+        jobs = [j for j in prepared if isinstance(j, runner.SlideJob)]
+        if len(jobs) < len(prepared):
+            failed = next(j for j in prepared if not isinstance(j, runner.SlideJob))
+            raise SystemExit(f"preparing {failed.slide_id} failed: {failed.reason}")
         statuses = runner.run_slides(engine, jobs, encoder_attrs, embed_dim, lambda s: None, num_workers,
                                      loader=loader)
         engine.synchronize()
@@ -250,8 +254,8 @@ def ours_loader_only(stores: list[Path], device: Any, batch: int, num_workers: i
         ranges += plan_ranges(i, p, store.chunk_ranges(), batch, store.tile_size)
     n, t0 = 0, time.perf_counter()
     for item in make_loader(ranges, device, num_workers, mode=mode):
-        if item.error:
-            raise SystemExit(item.error)
+        if item.error or item.tiles is None:
+            raise SystemExit(item.error or "the loader returned a batch without tiles")
         n += item.tiles.shape[0]
     return n / (time.perf_counter() - t0)
 
@@ -264,7 +268,7 @@ class OpenSlideTiles:
         self.slide, self.coords, self.size = slide, coords, size
         self.mean = np.asarray(mean, np.float32).reshape(3, 1, 1)
         self.std = np.asarray(std, np.float32).reshape(3, 1, 1)
-        self._osr = None
+        self._osr: Any = None  # an openslide.OpenSlide, opened in the worker that reads
 
     def __len__(self) -> int:
         return len(self.coords)
@@ -297,7 +301,7 @@ def clam_style(model: Any, slide: Path, coords: np.ndarray, n_slides: int, size:
     n, t0 = 0, time.perf_counter()
     for s in range(n_slides):
         ds = OpenSlideTiles(str(slide), coords, size, mean, std)
-        loader = DataLoader(ds, batch_size=batch, num_workers=workers, pin_memory=device.type == "cuda")
+        loader: DataLoader[Any] = DataLoader(cast(Any, ds), batch_size=batch, num_workers=workers, pin_memory=device.type == "cuda")
         feats = []
         for x in loader:
             n += x.shape[0]
@@ -432,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     head = ("model", "mode", "prec", "limit img/s", "ours tiles/s", "ours/limit (target)", "CLAM tiles/s", "ours/CLAM",
             "dev GB ours/CLAM", "host GB ours/CLAM")
-    rows = [head]
+    rows: list[tuple[str, ...]] = [head]
 
     def rate(v: float) -> str:
         return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
@@ -441,9 +445,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((r["model"], r["mode"], r["precision"], rate(r["limit"]), rate(r["ours"]),
                      f"{r['ours/limit']:.2f} ({r['target']})", rate(r["clam"]), f"{r['ours/clam']:.2f}x",
                      f"{r['dev_gb_ours']:.1f}/{r['dev_gb_clam']:.1f}", f"{r['host_gb_ours']:.1f}/{r['host_gb_clam']:.1f}"))
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
-    for k, row in enumerate(rows):
-        print(" | ".join(str(v).rjust(w) for v, w in zip(row, widths)))
+    widths = [max(len(str(line[i])) for line in rows) for i in range(len(head))]
+    for k, line in enumerate(rows):
+        print(" | ".join(str(v).rjust(w) for v, w in zip(line, widths)))
         if k == 0:
             print("-+-".join("-" * w for w in widths))
     print(f"\ndata paths alone: ours {loader_tps:,.0f} tiles/s ({workers} workers), "

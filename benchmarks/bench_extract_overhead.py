@@ -40,6 +40,7 @@ from bench_extract import DEFAULT_SLIDE, PeakHostMemory, ours_end_to_end, prepar
 
 from wsi_mil.encoders.dataconfig import DataConfig  # noqa: E402
 from wsi_mil.extract.engine import InferenceEngine  # noqa: E402
+from wsi_mil.stain.base import FittedStain  # noqa: E402
 
 #: ViT-S/16 limit / our threaded loader alone, both on one H100 node (BENCHMARKS.md)
 H100_VIT_S_TO_LOADER = 19_632 / 27_543
@@ -66,7 +67,8 @@ class PacedEngine(InferenceEngine):
             time.sleep(n / self.rate)
             self._queue.task_done()
 
-    def embed(self, tiles: torch.Tensor) -> torch.Tensor:
+    def embed(self, tiles: torch.Tensor, stain: FittedStain | None = None) -> torch.Tensor:
+        """Queue ``tiles`` (n, S, S, 3) for the paced device; (n, D) zeros (``stain`` is ignored)."""
         n = int(tiles.shape[0])
         self._queue.put(n)
         return torch.zeros((n, self.dim), dtype=self.out_dtype)
@@ -98,8 +100,8 @@ def loader_alone(stores: list[Path], batch: int, threads: int, mode: str) -> tup
         ranges += plan_ranges(i, p, s.chunk_ranges(), batch, s.tile_size)
     n, t0, first = 0, time.perf_counter(), float("nan")
     for item in make_loader(ranges, torch.device("cpu"), threads, mode=mode):
-        if item.error:
-            raise SystemExit(item.error)
+        if item.error or item.tiles is None:
+            raise SystemExit(item.error or "the loader returned a batch without tiles")
         if n == 0:
             first = time.perf_counter() - t0
         n += item.tiles.shape[0]

@@ -88,11 +88,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _common import known  # noqa: E402
 
 from wsi_mil.config import apply_overrides  # noqa: E402
 from wsi_mil.mil.bags import BagSet  # noqa: E402
@@ -130,8 +133,8 @@ def make_bags(n_bags: int, n_tiles: int, dim: int, distinct: int, device: torch.
     return [bank[i % k] for i in range(n_bags)]
 
 
-def data_epoch(bags: BagSet, positions: np.ndarray, cfg: TrainConfig, gen: torch.Generator) -> float:
-    """Build every batch of one epoch without a model; returns seconds."""
+def data_epoch(bags: BagSet, positions: np.ndarray, cfg: TrainConfig, gen: torch.Generator) -> tuple[float, float]:
+    """Build every batch of one epoch without a model; returns (wall, CPU) seconds."""
     _sync(bags.device)
     t, c = time.perf_counter(), time.process_time()
     acc = torch.zeros((), device=bags.device)
@@ -249,7 +252,7 @@ def tile_oracle(feats: Path, labels: Path, truth, args: argparse.Namespace) -> d
         model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, class_weight="balanced", max_iter=5000))
         return model.fit(np.concatenate(xs), np.concatenate(ls))
 
-    def tile_probs(model, i: int) -> np.ndarray:
+    def tile_probs(model: Any, i: int | np.integer) -> np.ndarray:
         return model.predict_proba(x[i])[:, 1]
 
     train_idx, test_idx = np.flatnonzero(~test_arr), np.flatnonzero(test_arr)
@@ -397,7 +400,8 @@ def _binary_metrics(y: np.ndarray, p1: np.ndarray) -> tuple[float, float]:
     """(AUC, accuracy at 0.5) of positive-class probabilities."""
     from wsi_mil.mil.metrics import roc_auc
 
-    return float(roc_auc(p1, y.astype(bool))), float(((p1 >= 0.5).astype(np.int64) == y).mean())
+    auc = known(roc_auc(p1, y.astype(bool)), "AUC")
+    return float(auc), float(((p1 >= 0.5).astype(np.int64) == y).mean())
 
 
 def _interval(values: list[float]) -> tuple[float, float]:
@@ -501,7 +505,7 @@ def survival_main(argv: list[str]) -> None:
     time_, event = tc.time, tc.event
     print(f"{args.slides} synthetic bags, {args.tiles[0]}-{args.tiles[1]} tiles, {args.dim}-d; hazard exp({args.beta} z), "
           f"z = standardised lesion fraction; censored {1 - event.mean():.0%}; {args.folds}-fold CV, seed {args.seed}")
-    ceiling = harrell_c(time_, event, tc.lesion_fraction)
+    ceiling = known(harrell_c(time_, event, tc.lesion_fraction), "the ceiling's c-index")
     # baseline: Cox on standardised mean-pooled features, the same folds as the heads (event-stratified)
     folds = assign_folds(event, np.array(ids), args.folds, args.seed)
     x = np.stack([f.mean(axis=0) for f in tc.cohort.features]).astype(np.float64)
@@ -515,10 +519,11 @@ def survival_main(argv: list[str]) -> None:
         risk_tr = ((x[tr] - mu) / sd) @ cph.params_.values
         risk = ((x[te] - mu) / sd) @ cph.params_.values
         oof[te] = (risk - risk_tr.mean()) / (risk_tr.std() or 1.0)  # as the heads: z-scored on training slides
-    baseline = harrell_c(time_, event, oof)
-    results = [("true lesion fraction (ceiling)", ceiling, uno_c(time_, event, tc.lesion_fraction), None, 0.0),
-               ("mean-pooled Cox (lifelines, baseline)", baseline, uno_c(time_, event, oof), None,
-                time.perf_counter() - tb)]
+    baseline = known(harrell_c(time_, event, oof), "the baseline's c-index")
+    Row = tuple[str, float, float | None, float | None, float]  # name, Harrell, Uno, fold mean, seconds
+    results: list[Row] = [("true lesion fraction (ceiling)", ceiling, uno_c(time_, event, tc.lesion_fraction), None, 0.0),
+                          ("mean-pooled Cox (lifelines, baseline)", baseline, uno_c(time_, event, oof), None,
+                           time.perf_counter() - tb)]
     print(f"  {results[0][0]:40s} c-index {ceiling:.3f}")
     print(f"  {results[1][0]:40s} c-index {baseline:.3f}", flush=True)
     overrides = apply_overrides({}, args.sets)
@@ -529,7 +534,8 @@ def survival_main(argv: list[str]) -> None:
         cv = stage.cross_validate(data, bagset, cfg)
         risk = cv.oof[:, 0]
         fold_c = float(np.mean([m["c_index"] for m in cv.fold_metrics]))
-        results.append((f"{head} ({'tuned' if args.tune == 'on' else 'defaults'})", harrell_c(time_, event, risk),
+        results.append((f"{head} ({'tuned' if args.tune == 'on' else 'defaults'})",
+                        known(harrell_c(time_, event, risk), f"{head}'s c-index"),
                         uno_c(time_, event, risk), fold_c, time.perf_counter() - t))
         r = results[-1]
         print(f"  {r[0]:40s} c-index {r[1]:.3f} (fold mean {fold_c:.3f}), {r[4]:.0f} s", flush=True)
@@ -537,7 +543,7 @@ def survival_main(argv: list[str]) -> None:
     print("\n| model | out-of-fold c-index (Harrell) | Uno | mean fold c-index | - ceiling | / baseline | wall s |")
     print("|---|---|---|---|---|---|---|")
     for name, c, u, fc, secs in results:
-        print(f"| {name} | {c:.3f} | {u:.3f} | {'' if fc is None else f'{fc:.3f}'} | {c - ceiling:+.3f} | "
+        print(f"| {name} | {c:.3f} | {'' if u is None else f'{u:.3f}'} | {'' if fc is None else f'{fc:.3f}'} | {c - ceiling:+.3f} | "
               f"{c / baseline:.3f} | {secs:.0f} |")
     print(f"peak RSS {peak:.2f} GB; total {time.perf_counter() - t0:.0f} s")
 
@@ -776,16 +782,17 @@ def main() -> None:
           f"{args.distinct or args.bags} distinct), generated in {time.perf_counter() - t0:.1f} s")
     targets = np.arange(args.bags) % 2
     positions = np.arange(args.bags)
-    modes = [("sampled", args.tiles_per_bag)] + ([] if args.no_whole else [("whole", None)])
-    base = {}
-    for mode, tpb in modes:
+    epoch_modes: list[tuple[str, int | None]] = [("sampled", args.tiles_per_bag)]
+    epoch_modes += [] if args.no_whole else [("whole", None)]
+    base: dict[str, float] = {}
+    for mode, tpb in epoch_modes:
         cfg = TrainConfig(tiles_per_bag=tpb, batch_size=args.batch_size, device=device.type)
         data_epoch(bags, positions[: args.batch_size], cfg, torch.Generator().manual_seed(0))  # warm-up
         base[mode], cpu = data_epoch(bags, positions, cfg, torch.Generator().manual_seed(0))
         print(f"data    {mode:7s} epoch {base[mode]:8.3f} s wall, {cpu:8.3f} s CPU (baseline: batches without a model)")
     print(f"{'head':10s} {'mode':8s} {'s/epoch':>9s} {'CPU s':>8s} {'x data':>7s} {'peak GB':>8s}")
     for head_name in args.heads.split(","):
-        for mode, tpb in modes:
+        for mode, tpb in epoch_modes:
             cfg = TrainConfig(head=head_name, tiles_per_bag=tpb, batch_size=args.batch_size, device=device.type)
             head = build_head(cfg, args.dim, 2, seed=0).to(device)
             opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr)

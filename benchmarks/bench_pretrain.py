@@ -65,15 +65,14 @@ def mib(v: float | None) -> str:
     return "n/a" if v is None else f"{v:,.0f} MiB"
 
 
-def backbone_baseline(cfg: PretrainConfig, device: torch.device, steps: int, warmup: int) -> dict[str, float | None]:
-    """Backbone alone: forward + backward on random (2B, 3, H, W) tensors; images/s."""
+def backbone_baseline(cfg: PretrainConfig, device: torch.device, steps: int, warmup: int) -> tuple[float, float | None]:
+    """Backbone alone: forward + backward on random (2B, 3, H, W) tensors; (images/s, GPU peak MiB or None)."""
     backbone, _, _, size = prepare_backbone(cfg)
     model = backbone.to(device).train()
     channels_last = cfg.channels_last and device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if cfg.compile:
-        model = torch.compile(model)
+    step = torch.compile(model) if cfg.compile else model
     bf16 = use_bf16(cfg, device)
     x = torch.randn(2 * cfg.batch_size, 3, size, size, device=device)
     if channels_last:
@@ -86,16 +85,16 @@ def backbone_baseline(cfg: PretrainConfig, device: torch.device, steps: int, war
             t0 = time.perf_counter()
         model.zero_grad(set_to_none=True)
         with _autocast(bf16, device):
-            out = model(x)
+            out = step(x)
         out.float().pow(2).mean().backward()
     sync(device)
     dt = time.perf_counter() - t0
-    return {"images_per_s": steps * x.shape[0] / dt, "gpu_peak_mib": gpu_peak_mib(device)}
+    return steps * x.shape[0] / dt, gpu_peak_mib(device)
 
 
 def training_rate(cfg: PretrainConfig, device: torch.device, steps: int, warmup: int, tile_size: int,
-                  job: Path | None) -> dict[str, float | None]:
-    """The SimCLR loop itself: tiles/s over ``steps`` steps after ``warmup`` steps."""
+                  job: Path | None) -> tuple[float, float | None]:
+    """The SimCLR loop itself: (tiles/s over ``steps`` steps after ``warmup`` steps, GPU peak MiB or None)."""
     if job is not None:
         from wsi_mil.ssl.stage import open_job_stores
 
@@ -120,7 +119,7 @@ def training_rate(cfg: PretrainConfig, device: torch.device, steps: int, warmup:
     train_simclr(backbone, dim, sources, names, run_cfg, size, dc["mean"], dc["std"], None,
                  dist_info=DistInfo(device=device), on_step_end=hook)
     dt = marks[warmup + steps] - marks[warmup]
-    return {"tiles_per_s": steps * cfg.batch_size / dt, "gpu_peak_mib": gpu_peak_mib(device)}
+    return steps * cfg.batch_size / dt, gpu_peak_mib(device)
 
 
 def cmd_throughput(a: argparse.Namespace) -> None:
@@ -138,23 +137,22 @@ def cmd_throughput(a: argparse.Namespace) -> None:
           f"{'torch.compile  ' if a.compile else ''}"
           f"source {'job ' + str(a.job) if a.job else 'memory'}")
     # baseline before and after the training run (their mean), so drifting machine load hits both
-    before = backbone_baseline(cfg, device, a.steps, a.warmup)
-    train = training_rate(cfg, device, a.steps, a.warmup, a.tile_size, a.job)
-    after = backbone_baseline(cfg, device, a.steps, a.warmup)
-    base = {"images_per_s": (before["images_per_s"] + after["images_per_s"]) / 2,
-            "gpu_peak_mib": before["gpu_peak_mib"]}
-    print(f"backbone baseline before / after: {before['images_per_s']:,.1f} / {after['images_per_s']:,.1f} img/s")
-    ceiling = base["images_per_s"] / 2
-    ratio = train["tiles_per_s"] / ceiling
-    print(f"backbone fwd+bwd (random tensors): {base['images_per_s']:,.1f} img/s = {ceiling:,.1f} tiles/s ceiling; "
-          f"GPU peak {mib(base['gpu_peak_mib'])}")
-    print(f"SimCLR training loop:              {train['tiles_per_s']:,.1f} tiles/s; GPU peak {mib(train['gpu_peak_mib'])}")
+    before, base_peak = backbone_baseline(cfg, device, a.steps, a.warmup)
+    train_rate, train_peak = training_rate(cfg, device, a.steps, a.warmup, a.tile_size, a.job)
+    after, _ = backbone_baseline(cfg, device, a.steps, a.warmup)
+    base_rate = (before + after) / 2
+    print(f"backbone baseline before / after: {before:,.1f} / {after:,.1f} img/s")
+    ceiling = base_rate / 2
+    ratio = train_rate / ceiling
+    print(f"backbone fwd+bwd (random tensors): {base_rate:,.1f} img/s = {ceiling:,.1f} tiles/s ceiling; "
+          f"GPU peak {mib(base_peak)}")
+    print(f"SimCLR training loop:              {train_rate:,.1f} tiles/s; GPU peak {mib(train_peak)}")
     print(f"ratio training / ceiling: {ratio:.2f}   (target >= 0.7 on GPU)")
     print(f"process peak RSS: {rss_peak_mib():,.0f} MiB")
     print(json.dumps({"arch": a.arch, "batch_size": a.batch_size, "device": str(device),
-                      "backbone_images_per_s": base["images_per_s"], "train_tiles_per_s": train["tiles_per_s"],
-                      "ratio": ratio, "gpu_peak_mib_backbone": base["gpu_peak_mib"],
-                      "gpu_peak_mib_train": train["gpu_peak_mib"], "rss_peak_mib": rss_peak_mib()}))
+                      "backbone_images_per_s": base_rate, "train_tiles_per_s": train_rate,
+                      "ratio": ratio, "gpu_peak_mib_backbone": base_peak,
+                      "gpu_peak_mib_train": train_peak, "rss_peak_mib": rss_peak_mib()}))
 
 
 def cmd_probe(a: argparse.Namespace) -> None:

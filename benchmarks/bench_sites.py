@@ -114,7 +114,7 @@ def _auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
 
     if labels.min() == labels.max():
         return None
-    return float(roc_auc(scores, labels.astype(bool)))
+    return roc_auc(scores, labels.astype(bool))
 
 
 def score_run(run: Path, sites: dict[str, str]) -> dict[str, float | None]:
