@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import torch  # noqa: E402
 from _common import machine  # noqa: E402
-from bench_extract import DEFAULT_SLIDE, PeakHostMemory, ours_end_to_end, prepare_stores  # noqa: E402
+from bench_extract import DEFAULT_SLIDE, PeakHostMemory, ours_end_to_end, ours_loader_only, prepare_stores  # noqa: E402
 
 from wsi_mil.encoders.dataconfig import DataConfig  # noqa: E402
 from wsi_mil.extract.engine import InferenceEngine  # noqa: E402
@@ -89,25 +89,6 @@ def measured_rate(engine: PacedEngine, batch: int, seconds: float = 2.0) -> floa
     return n / (time.perf_counter() - t0)
 
 
-def loader_alone(stores: list[Path], batch: int, threads: int, mode: str) -> tuple[float, float]:
-    """(tiles/s, seconds to the first batch) of our loader with no model."""
-    from wsi_mil.extract.data import make_loader, plan_ranges
-    from wsi_mil.stores.patches import open_patch_store
-
-    ranges = []
-    for i, p in enumerate(stores):
-        s = open_patch_store(p)
-        ranges += plan_ranges(i, p, s.chunk_ranges(), batch, s.tile_size)
-    n, t0, first = 0, time.perf_counter(), float("nan")
-    for item in make_loader(ranges, torch.device("cpu"), threads, mode=mode):
-        if item.error or item.tiles is None:
-            raise SystemExit(item.error or "the loader returned a batch without tiles")
-        if n == 0:
-            first = time.perf_counter() - t0
-        n += item.tiles.shape[0]
-    return n / (time.perf_counter() - t0), first
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--slides", type=int, default=16, help="patch stores [16]")
@@ -129,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     _, stores = prepare_stores(DEFAULT_SLIDE, args.out, args.slides, args.tiles_per_slide)
     print(f"{args.slides} stores x {args.tiles_per_slide} tiles of 224 px prepared in {time.perf_counter() - t:.1f} s; "
           f"batch {args.batch_size}, {threads} loader threads/processes")
-    alone = {mode: loader_alone(stores, args.batch_size, threads, mode) for mode in args.loaders.split(",")}
+    alone = {mode: ours_loader_only(stores, torch.device("cpu"), args.batch_size, threads, mode)
+             for mode in args.loaders.split(",")}
     for mode, (tps, first) in alone.items():
         print(f"loader alone ({mode}): {tps:,.0f} tiles/s, first batch after {first * 1000:.0f} ms")
     threads_tps = alone.get("threads", next(iter(alone.values())))[0]

@@ -112,9 +112,7 @@ def build_cohort(args: argparse.Namespace) -> tuple[Path, Path, dict[str, Path],
 def _auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
     from wsi_mil.mil.metrics import roc_auc
 
-    if labels.min() == labels.max():
-        return None
-    return roc_auc(scores, labels.astype(bool))
+    return roc_auc(scores, labels.astype(bool))  # None when the labels hold one class
 
 
 def score_run(run: Path, sites: dict[str, str]) -> dict[str, float | None]:
