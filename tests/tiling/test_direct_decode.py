@@ -68,12 +68,15 @@ def test_other_formats_fall_back_with_a_reason(shared_slides: Path, synth_40x: P
         assert "not an integer" in find_jpeg_layout(s, 1)[1]
     with open_slide(shared_slides / "boxes.tiff", mpp=1.0) as s:  # Deflate
         assert "not JPEG" in find_jpeg_layout(s, 0)[1]
-    with open_slide(shared_slides / "dicom_openslide_boxes") as s:
-        layout, why = find_jpeg_layout(s, 0)
-        assert layout is None and why
+    with open_slide(shared_slides / "dicom_openslide_boxes") as s:  # DICOM JPEG frames: decoded directly
         plan = plan_reads(s, s.mpp, 8)
         reader = open_tile_reader(s, plan, 8, np.zeros((1, 2), np.int64), DecodeOptions())
-        assert isinstance(reader, OpenSlideTileReader) and reader.fallback_reason == why
+        assert isinstance(reader, DirectTileReader), reader.fallback_reason
+        direct, why = open_direct_level(s, 0)
+        assert direct is not None, why
+        with direct:
+            assert np.array_equal(direct.read(-3, -2, 20, 20), s.read_region((-3, -2), 0, (20, 20)))
+        reader.close()
     with open_slide(shared_slides / "edge_cases" / "unreadable.svs") as s:  # corrupt JPEG: the probe refuses it
         direct, why = open_direct_level(s, 0)
         assert direct is None and "cannot decode" in why

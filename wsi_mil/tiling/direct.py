@@ -1,4 +1,5 @@
-"""Direct tile decoding for pyramid levels stored as tiled JPEG TIFF (Aperio SVS, generic tiled TIFF).
+"""Direct tile decoding for pyramid levels stored as tiled JPEG TIFF (Aperio SVS, generic tiled TIFF)
+or as DICOM whole-slide JPEG frames (TILED_FULL; layout from :mod:`wsi_mil.tiling.dicom_frames`).
 
 OpenSlide's ``read_region`` decodes the slide's JPEG tiles, paints them into an RGBA surface and
 we then drop alpha: a copy and a conversion per read, and a tile cache shared by all reads. Here
@@ -94,14 +95,31 @@ def _name(value: object) -> str:
 
 def find_jpeg_layout(slide: Slide, level: int) -> tuple[JpegTileLayout | None, str]:
     """The tiled-JPEG layout of ``level``, or (None, why the level cannot be decoded directly)."""
-    path = Path(slide.path)
-    if slide.vendor not in DIRECT_VENDORS:
-        return None, f"vendor {slide.vendor!r} is not a plain TIFF tile grid"
-    if not path.is_file():
-        return None, "not a single TIFF file"
+    if slide.vendor not in DIRECT_VENDORS + ("dicom",):
+        return None, f"vendor {slide.vendor!r} is not a plain TIFF tile grid or DICOM frames"
     ds = slide.level_downsamples[level]
     if abs(ds - round(ds)) > 1e-9:
         return None, f"level {level} downsample {ds:g} is not an integer (OpenSlide interpolates sub-pixel)"
+    if slide.vendor == "dicom":
+        from wsi_mil.tiling.dicom_frames import find_dicom_layout
+
+        layout, why = find_dicom_layout(slide, level)
+    else:
+        layout, why = _tiff_layout(slide, level)
+    if layout is None:
+        return None, why
+    if len(layout.offsets) != layout.tiles_across * layout.tiles_down:
+        return None, "tile offsets do not match the tile grid"
+    if layout.tile_w % 8 or layout.tile_h % 8:
+        return None, f"tile size {layout.tile_w}x{layout.tile_h} is not a multiple of 8"
+    return layout, ""
+
+
+def _tiff_layout(slide: Slide, level: int) -> tuple[JpegTileLayout | None, str]:
+    """The JPEG tile layout of ``level`` of a TIFF slide, or (None, why not)."""
+    path = Path(slide.path)
+    if not path.is_file():
+        return None, "not a single TIFF file"
     want = tuple(slide.level_dimensions[level])
     try:
         with tifffile.TiffFile(path) as tf:
@@ -118,18 +136,11 @@ def find_jpeg_layout(slide: Slide, level: int) -> tuple[JpegTileLayout | None, s
             photometric = int(p.photometric)
             if photometric not in (2, 6):
                 return None, f"photometric {_name(p.photometric)} is neither RGB nor YCbCr"
-            offsets = np.asarray(p.dataoffsets, dtype=np.int64)
-            counts = np.asarray(p.databytecounts, dtype=np.int64)
-            layout = JpegTileLayout(path, int(p.imagewidth), int(p.imagelength), int(p.tilewidth),
-                                    int(p.tilelength), offsets, counts, p.jpegtables or None,
-                                    "RGB" if photometric == 2 else "YCbCr")
+            return JpegTileLayout(path, int(p.imagewidth), int(p.imagelength), int(p.tilewidth), int(p.tilelength),
+                                  np.asarray(p.dataoffsets, dtype=np.int64), np.asarray(p.databytecounts, dtype=np.int64),
+                                  p.jpegtables or None, "RGB" if photometric == 2 else "YCbCr"), ""
     except (tifffile.TiffFileError, OSError, ValueError) as exc:
         return None, f"tifffile cannot read the layout: {exc}"
-    if len(offsets) != layout.tiles_across * layout.tiles_down:
-        return None, "tile offsets do not match the tile grid"
-    if layout.tile_w % 8 or layout.tile_h % 8:
-        return None, f"tile size {layout.tile_w}x{layout.tile_h} is not a multiple of 8"
-    return layout, ""
 
 
 DecodeFn = Callable[[tuple[int, int, int], "NDArray[np.uint8] | None"], "NDArray[np.uint8] | None"]

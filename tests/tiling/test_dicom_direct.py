@@ -1,0 +1,134 @@
+"""Direct decoding of DICOM whole-slide JPEG frames: same pixels as OpenSlide, fallbacks named.
+
+The DICOM pyramids are written at test time from real tissue (CMU-1-Small-Region.svs) by
+:func:`wsi_mil.synth.dicom.write_dicom_pyramid`: one VOLUME instance per level on the header of
+OpenSlide's own DICOM test fixture (boxes_0.dcm), with 256 px JPEG frames in its Pixel Data.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from wsi_mil.slide import open_slide
+from wsi_mil.synth.dicom import write_dicom_pyramid
+from wsi_mil.tiling.config import TilingConfig
+from wsi_mil.tiling.dicom_frames import _frame_extents, find_dicom_layout
+from wsi_mil.tiling.direct import find_jpeg_layout, open_direct_level
+from wsi_mil.tiling.readers import DecodeOptions, OpenSlideTileReader, open_tile_reader
+from wsi_mil.tiling.stage import plan_reads, run_tile
+
+
+@pytest.fixture(scope="module")
+def tissue(cmu_slide: Path) -> np.ndarray:
+    """1,500 x 1,100 px of real H&E (not a multiple of the 256 px frames: partial edge frames)."""
+    with open_slide(cmu_slide) as s:
+        return s.read_region((300, 900), 0, (1500, 1100))
+
+
+@pytest.fixture(scope="module")
+def template(shared_slides: Path) -> Path:
+    return shared_slides / "dicom_openslide_boxes" / "boxes_0.dcm"
+
+
+def _random_regions(w: int, h: int, n: int, seed: int) -> list[tuple[int, int, int, int]]:
+    rng = np.random.default_rng(seed)
+    out = [(w - 37, h - 41, 80, 90), (-20, -30, 64, 64), (0, 0, w, h)]  # edges, outside, whole level
+    for _ in range(n):
+        out.append((int(rng.integers(-40, w)), int(rng.integers(-40, h)), int(rng.integers(1, 400)),
+                    int(rng.integers(1, 400))))
+    return out
+
+
+@pytest.mark.parametrize("photometric", ["YBR_FULL_422", "RGB"])
+def test_dicom_frames_decode_as_openslide_bit_for_bit(photometric: str, tissue: np.ndarray, template: Path,
+                                                      tmp_path: Path) -> None:
+    folder = write_dicom_pyramid(tmp_path / photometric, template, tissue, photometric=photometric)
+    with open_slide(folder) as slide:
+        assert slide.vendor == "dicom" and slide.level_count == 2
+        for level in range(2):
+            direct, why = open_direct_level(slide, level)
+            assert direct is not None, why
+            assert direct.layout.path.name == f"level_{level}.dcm"
+            assert direct.layout.colorspace == ("RGB" if photometric == "RGB" else "YCbCr")
+            w, h = slide.level_dimensions[level]
+            ds = int(round(slide.level_downsamples[level]))
+            with direct:
+                for x, y, rw, rh in _random_regions(w, h, 12, seed=level):
+                    ours = direct.read(x, y, rw, rh)
+                    theirs = slide.read_region((x * ds, y * ds), level, (rw, rh))
+                    assert np.array_equal(ours, theirs), (level, x, y, rw, rh)
+
+
+def test_dicom_slide_opened_by_one_instance_file_finds_its_level(tissue: np.ndarray, template: Path,
+                                                                 tmp_path: Path) -> None:
+    folder = write_dicom_pyramid(tmp_path / "d", template, tissue)
+    with open_slide(folder / "level_0.dcm") as slide:
+        layout, why = find_jpeg_layout(slide, 1)
+        assert layout is not None, why
+        assert layout.path.name == "level_1.dcm" and (layout.width, layout.height) == (750, 550)
+        assert len(layout.offsets) == 3 * 3 and (layout.bytecounts > 100).all()
+
+
+def _tile_with(path: Path, job: Path, monkeypatch: pytest.MonkeyPatch, cfg: TilingConfig, **env: str):  # type: ignore[no-untyped-def]
+    from wsi_mil.stores.patches import open_patch_store
+
+    for k in ("DECODER", "THREADS", "REDUCED", "DEVICE"):
+        monkeypatch.delenv(f"WSI_MIL_TILE_{k}", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(f"WSI_MIL_TILE_{k.upper()}", v)
+    rep = run_tile([path], job, cfg, workers=0, progress=False)
+    assert rep.statuses[0].status == "done", rep.statuses[0].reason
+    return open_patch_store(job / "patches" / f"{rep.statuses[0].slide_id}.zarr")
+
+
+def test_dicom_stage_store_equals_the_openslide_path(tissue: np.ndarray, template: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = write_dicom_pyramid(tmp_path / "slide", template, tissue)
+    cfg = TilingConfig(target_mpp=0.5, tiles_per_chunk=8, chunks_per_shard=2)
+    ref = _tile_with(folder, tmp_path / "a", monkeypatch, cfg, decoder="openslide", threads="1")
+    new = _tile_with(folder, tmp_path / "b", monkeypatch, cfg, threads="2")
+    assert ref.attrs["tile_decoder"] == "openslide"
+    assert new.attrs["tile_decoder"].startswith("direct-jpeg (simplejpeg")
+    assert new.n_tiles == ref.n_tiles > 8 and np.array_equal(new.coords, ref.coords)
+    assert np.array_equal(new.read_tiles(), ref.read_tiles())
+
+
+def test_dicom_frames_in_fragments_fall_back_to_openslide_with_the_reason(tissue: np.ndarray, template: Path,
+                                                                         tmp_path: Path) -> None:
+    folder = write_dicom_pyramid(tmp_path / "frag", template, tissue, levels=1, fragments_per_frame=2)
+    with open_slide(folder) as slide:
+        layout, why = find_dicom_layout(slide, 0)
+        assert layout is None and "fragments" in why and "level_0.dcm" in why
+        plan = plan_reads(slide, slide.mpp, 224)
+        reader = open_tile_reader(slide, plan, 224, np.zeros((1, 2), np.int64), DecodeOptions())
+        assert isinstance(reader, OpenSlideTileReader) and reader.fallback_reason == why
+
+
+def test_frame_walk_names_a_truncated_file(tissue: np.ndarray, template: Path, tmp_path: Path) -> None:
+    folder = write_dicom_pyramid(tmp_path / "t", template, tissue, levels=1)
+    path = folder / "level_0.dcm"
+    with open(path, "rb") as f:
+        pydicom.dcmread(f, stop_before_pixels=True)
+        start = f.tell()
+    data = path.read_bytes()
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(data[: len(data) - 3000])  # the last frame (and the sequence's end) missing
+    fd = os.open(cut, os.O_RDONLY)
+    try:
+        why = _frame_extents(fd, start, 30)
+        assert isinstance(why, str) and "truncated" in why
+        assert isinstance(_frame_extents(fd, start - 4, 30), str)  # not at the Pixel Data element
+    finally:
+        os.close(fd)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        extents = _frame_extents(fd, start, 30)
+        assert not isinstance(extents, str)
+        assert "more items" in str(_frame_extents(fd, start, 29)) and "30 items" in str(_frame_extents(fd, start, 31))
+    finally:
+        os.close(fd)
