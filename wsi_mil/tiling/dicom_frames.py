@@ -6,7 +6,7 @@ complete baseline JPEG (transfer syntax 1.2.840.10008.1.2.4.50) in the encapsula
 one item per frame after the Basic Offset Table. :func:`find_dicom_layout` finds the level's
 instance, checks it is such a grid and reads each frame's file offset and size by walking the items'
 8-byte headers (a few bytes per frame, never the pixel data), giving the same
-:class:`~wsi_mil.tiling.direct.JpegTileLayout` a tiled JPEG TIFF gives. Anything else (other
+:class:`~wsi_mil.tiling.jpeg_layout.JpegTileLayout` a tiled JPEG TIFF gives. Anything else (other
 transfer syntaxes, TILED_SPARSE, several focal planes or optical paths, frames split into several
 fragments, concatenations) returns None with the reason, and the caller keeps OpenSlide.
 """
@@ -16,15 +16,12 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from wsi_mil.slide import Slide
 from wsi_mil.slide_formats import dicom_folder
-
-if TYPE_CHECKING:
-    from wsi_mil.tiling.direct import JpegTileLayout
+from wsi_mil.tiling.jpeg_layout import JpegTileLayout
 
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
@@ -87,8 +84,6 @@ def find_dicom_layout(slide: Slide, level: int) -> tuple[JpegTileLayout | None, 
     """The JPEG frame layout of ``level``, or (None, why the level cannot be decoded directly)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
-
-    from wsi_mil.tiling.direct import JpegTileLayout  # noqa: F811 (the runtime import: direct imports this module)
 
     want = tuple(slide.level_dimensions[level])
     candidates = []

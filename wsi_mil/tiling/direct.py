@@ -35,7 +35,6 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +45,8 @@ from PIL import Image
 
 from wsi_mil.errors import SlideError
 from wsi_mil.slide import Slide
+from wsi_mil.tiling.dicom_frames import find_dicom_layout
+from wsi_mil.tiling.jpeg_layout import JpegTileLayout
 
 #: OpenSlide vendors whose levels are plain, non-overlapping TIFF tile grids
 DIRECT_VENDORS = ("aperio", "generic-tiff")
@@ -65,29 +66,6 @@ PROBE_SIDE = 256
 EDGE_PROBE_SIDE = 32
 
 
-@dataclass(frozen=True)
-class JpegTileLayout:
-    """Where a level's JPEG tiles lie in the file and how to decode them."""
-
-    path: Path
-    width: int  # level pixels
-    height: int
-    tile_w: int
-    tile_h: int
-    offsets: NDArray[np.int64]  # (tiles_down * tiles_across,) row-major
-    bytecounts: NDArray[np.int64]
-    tables: bytes | None  # the level's JPEGTables (abbreviated table stream) or None
-    colorspace: str  # "RGB" (Photometric RGB) or "YCbCr"
-
-    @property
-    def tiles_across(self) -> int:
-        return -(-self.width // self.tile_w)
-
-    @property
-    def tiles_down(self) -> int:
-        return -(-self.height // self.tile_h)
-
-
 def _name(value: object) -> str:
     """A TIFF enum's name (tifffile gives enums, or ints for unknown values)."""
     return str(getattr(value, "name", value))
@@ -101,8 +79,6 @@ def find_jpeg_layout(slide: Slide, level: int) -> tuple[JpegTileLayout | None, s
     if abs(ds - round(ds)) > 1e-9:
         return None, f"level {level} downsample {ds:g} is not an integer (OpenSlide interpolates sub-pixel)"
     if slide.vendor == "dicom":
-        from wsi_mil.tiling.dicom_frames import find_dicom_layout
-
         layout, why = find_dicom_layout(slide, level)
     else:
         layout, why = _tiff_layout(slide, level)
