@@ -8,6 +8,7 @@ OpenSlide's own DICOM test fixture (boxes_0.dcm), with 256 px JPEG frames in its
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +16,13 @@ import pydicom
 import pytest
 
 from wsi_mil.slide import open_slide
+from wsi_mil.stores.patches import PatchStore
 from wsi_mil.synth.dicom import write_dicom_pyramid
 from wsi_mil.tiling.config import TilingConfig
 from wsi_mil.tiling.dicom_frames import _frame_extents, find_dicom_layout
 from wsi_mil.tiling.direct import find_jpeg_layout, open_direct_level
 from wsi_mil.tiling.readers import DecodeOptions, OpenSlideTileReader, open_tile_reader
-from wsi_mil.tiling.stage import plan_reads, run_tile
+from wsi_mil.tiling.stage import plan_reads
 
 
 @pytest.fixture(scope="module")
@@ -35,18 +37,9 @@ def template(shared_slides: Path) -> Path:
     return shared_slides / "dicom_openslide_boxes" / "boxes_0.dcm"
 
 
-def _random_regions(w: int, h: int, n: int, seed: int) -> list[tuple[int, int, int, int]]:
-    rng = np.random.default_rng(seed)
-    out = [(w - 37, h - 41, 80, 90), (-20, -30, 64, 64), (0, 0, w, h)]  # edges, outside, whole level
-    for _ in range(n):
-        out.append((int(rng.integers(-40, w)), int(rng.integers(-40, h)), int(rng.integers(1, 400)),
-                    int(rng.integers(1, 400))))
-    return out
-
-
 @pytest.mark.parametrize("photometric", ["YBR_FULL_422", "RGB"])
 def test_dicom_frames_decode_as_openslide_bit_for_bit(photometric: str, tissue: np.ndarray, template: Path,
-                                                      tmp_path: Path) -> None:
+                                                      tmp_path: Path, random_regions: Callable[..., list[tuple[int, int, int, int]]]) -> None:
     folder = write_dicom_pyramid(tmp_path / photometric, template, tissue, photometric=photometric)
     with open_slide(folder) as slide:
         assert slide.vendor == "dicom" and slide.level_count == 2
@@ -58,7 +51,7 @@ def test_dicom_frames_decode_as_openslide_bit_for_bit(photometric: str, tissue: 
             w, h = slide.level_dimensions[level]
             ds = int(round(slide.level_downsamples[level]))
             with direct:
-                for x, y, rw, rh in _random_regions(w, h, 12, seed=level):
+                for x, y, rw, rh in random_regions(w, h, 12, level):
                     ours = direct.read(x, y, rw, rh)
                     theirs = slide.read_region((x * ds, y * ds), level, (rw, rh))
                     assert np.array_equal(ours, theirs), (level, x, y, rw, rh)
@@ -74,24 +67,12 @@ def test_dicom_slide_opened_by_one_instance_file_finds_its_level(tissue: np.ndar
         assert len(layout.offsets) == 3 * 3 and (layout.bytecounts > 100).all()
 
 
-def _tile_with(path: Path, job: Path, monkeypatch: pytest.MonkeyPatch, cfg: TilingConfig, **env: str):  # type: ignore[no-untyped-def]
-    from wsi_mil.stores.patches import open_patch_store
-
-    for k in ("DECODER", "THREADS", "REDUCED", "DEVICE"):
-        monkeypatch.delenv(f"WSI_MIL_TILE_{k}", raising=False)
-    for k, v in env.items():
-        monkeypatch.setenv(f"WSI_MIL_TILE_{k.upper()}", v)
-    rep = run_tile([path], job, cfg, workers=0, progress=False)
-    assert rep.statuses[0].status == "done", rep.statuses[0].reason
-    return open_patch_store(job / "patches" / f"{rep.statuses[0].slide_id}.zarr")
-
-
 def test_dicom_stage_store_equals_the_openslide_path(tissue: np.ndarray, template: Path, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+                                                     tile_with: Callable[..., PatchStore]) -> None:
     folder = write_dicom_pyramid(tmp_path / "slide", template, tissue)
     cfg = TilingConfig(target_mpp=0.5, tiles_per_chunk=8, chunks_per_shard=2)
-    ref = _tile_with(folder, tmp_path / "a", monkeypatch, cfg, decoder="openslide", threads="1")
-    new = _tile_with(folder, tmp_path / "b", monkeypatch, cfg, threads="2")
+    ref = tile_with(folder, tmp_path / "a", cfg, decoder="openslide", threads="1")
+    new = tile_with(folder, tmp_path / "b", cfg, threads="2")
     assert ref.attrs["tile_decoder"] == "openslide"
     assert new.attrs["tile_decoder"].startswith("direct-jpeg (simplejpeg")
     assert new.n_tiles == ref.n_tiles > 8 and np.array_equal(new.coords, ref.coords)

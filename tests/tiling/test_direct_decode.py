@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +12,13 @@ import pytest
 from wsi_mil.errors import ConfigError, StoreError
 from wsi_mil.slide import open_slide
 from wsi_mil.stores.codecs import encode_tile_chunk
-from wsi_mil.stores.patches import PatchStoreWriter, open_patch_store
+from wsi_mil.stores.patches import PatchStore, PatchStoreWriter, open_patch_store
 from wsi_mil.synth import make_slide
 from wsi_mil.tiling.config import TilingConfig
 from wsi_mil.tiling.direct import DirectJpegLevel, find_jpeg_layout, open_direct_level
 from wsi_mil.tiling.grid import make_tile_grid
 from wsi_mil.tiling.readers import DecodeOptions, DirectTileReader, OpenSlideTileReader, open_tile_reader
-from wsi_mil.tiling.stage import plan_reads, run_tile
+from wsi_mil.tiling.stage import plan_reads
 
 
 @pytest.fixture(scope="module")
@@ -28,17 +29,9 @@ def synth_40x(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _random_regions(w: int, h: int, n: int, seed: int) -> list[tuple[int, int, int, int]]:
-    rng = np.random.default_rng(seed)
-    out = [(w - 37, h - 41, 80, 90), (-20, -30, 64, 64), (0, 0, w, h)]  # edges, outside, whole level
-    for _ in range(n):
-        out.append((int(rng.integers(-40, w)), int(rng.integers(-40, h)), int(rng.integers(1, 400)),
-                    int(rng.integers(1, 400))))
-    return out
-
-
 @pytest.mark.parametrize("which", ["cmu", "synth"])
-def test_direct_regions_equal_openslide_bit_for_bit(which: str, cmu_slide: Path, synth_40x: Path) -> None:
+def test_direct_regions_equal_openslide_bit_for_bit(which: str, cmu_slide: Path, synth_40x: Path,
+                                                    random_regions: Callable[..., list[tuple[int, int, int, int]]]) -> None:
     path = cmu_slide if which == "cmu" else synth_40x
     with open_slide(path) as slide:
         checked = 0
@@ -51,7 +44,7 @@ def test_direct_regions_equal_openslide_bit_for_bit(which: str, cmu_slide: Path,
             assert direct is not None, why
             w, h = slide.level_dimensions[level]
             with direct:
-                for x, y, rw, rh in _random_regions(w, h, 12, seed=level):
+                for x, y, rw, rh in random_regions(w, h, 12, level):
                     ours = direct.read(x, y, rw, rh)
                     theirs = slide.read_region((x * int(ds), y * int(ds)), level, (rw, rh))
                     assert np.array_equal(ours, theirs), (level, x, y, rw, rh)
@@ -92,26 +85,16 @@ def test_other_formats_fall_back_with_a_reason(shared_slides: Path, synth_40x: P
         even.close()
 
 
-def _tile_with(path: Path, job: Path, monkeypatch: pytest.MonkeyPatch, cfg: TilingConfig, **env: str):  # type: ignore[no-untyped-def]
-    for k in ("DECODER", "THREADS", "REDUCED", "DEVICE"):
-        monkeypatch.delenv(f"WSI_MIL_TILE_{k}", raising=False)
-    for k, v in env.items():
-        monkeypatch.setenv(f"WSI_MIL_TILE_{k.upper()}", v)
-    rep = run_tile([path], job, cfg, workers=0, progress=False)
-    assert rep.statuses[0].status == "done", rep.statuses[0].reason
-    return open_patch_store(job / "patches" / f"{path.stem}.zarr")
-
-
 def _shards(store_path: Path) -> list[bytes]:
     return [p.read_bytes() for p in sorted((store_path / "tiles" / "c").rglob("*")) if p.is_file()]
 
 
 @pytest.mark.parametrize("target_mpp", [0.499, 0.7])  # native (level read as is) and resampled at level 0
 def test_stage_store_is_byte_identical_to_the_openslide_path(cmu_slide: Path, tmp_path: Path, target_mpp: float,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+                                                             tile_with: Callable[..., PatchStore]) -> None:
     cfg = TilingConfig(target_mpp=target_mpp, tiles_per_chunk=8, chunks_per_shard=2)
-    ref = _tile_with(cmu_slide, tmp_path / "a", monkeypatch, cfg, decoder="openslide", threads="1")
-    new = _tile_with(cmu_slide, tmp_path / "b", monkeypatch, cfg, threads="3")
+    ref = tile_with(cmu_slide, tmp_path / "a", cfg, decoder="openslide", threads="1")
+    new = tile_with(cmu_slide, tmp_path / "b", cfg, threads="3")
     assert ref.attrs["tile_decoder"] == "openslide"
     assert new.attrs["tile_decoder"].startswith("direct-jpeg (simplejpeg")
     assert new.attrs["tile_decode_scale"] == 1 and new.attrs["tile_threads"] == 3
