@@ -30,6 +30,8 @@ SEQUENCE_END_TAG = b"\xfe\xff\xdd\xe0"  # (FFFE,E0DD)
 UNDEFINED_LENGTH = 0xFFFFFFFF
 #: photometric interpretations of 3-sample 8-bit JPEG frames, and the colour space the JPEG holds
 PHOTOMETRIC = {"RGB": "RGB", "YBR_FULL_422": "YCbCr", "YBR_FULL": "YCbCr"}
+#: what picks a level's instance and rules out the rest before its whole header is read
+SCREEN_TAGS = ["ImageType", "TotalPixelMatrixColumns", "TotalPixelMatrixRows", "DimensionOrganizationType"]
 
 
 def series_instances(slide_path: Path) -> list[Path]:
@@ -87,24 +89,28 @@ def find_dicom_layout(slide: Slide, level: int) -> tuple[JpegTileLayout | None, 
 
     want = tuple(slide.level_dimensions[level])
     candidates = []
-    for path in series_instances(Path(slide.path)):
+    for path in series_instances(Path(slide.path)):  # a first pass over a few tags: no per-frame sequences parsed
         try:
-            with open(path, "rb") as f:
-                ds = pydicom.dcmread(f, stop_before_pixels=True)
-                pixels_at = f.tell()  # pydicom stops at the start of the Pixel Data element
+            head = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=SCREEN_TAGS)
         except (InvalidDicomError, OSError, ValueError, EOFError, struct.error):
             continue
-        if "VOLUME" in [str(v) for v in ds.get("ImageType", [])] and \
-                (int(ds.get("TotalPixelMatrixColumns", 0)), int(ds.get("TotalPixelMatrixRows", 0))) == want:
-            candidates.append((path, ds, pixels_at))
+        if "VOLUME" in [str(v) for v in head.get("ImageType", [])] and \
+                (int(head.get("TotalPixelMatrixColumns", 0)), int(head.get("TotalPixelMatrixRows", 0))) == want:
+            candidates.append((path, head))
     if len(candidates) != 1:
         return None, f"{len(candidates)} DICOM VOLUME instances of {want[0]}x{want[1]} px in the series"
-    path, ds, pixels_at = candidates[0]
-    syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
+    path, head = candidates[0]
+    syntax = str(head.file_meta.get("TransferSyntaxUID", ""))
     if syntax != JPEG_BASELINE:
         return None, f"DICOM transfer syntax {syntax} is not baseline JPEG"
-    if str(ds.get("DimensionOrganizationType", "")) != "TILED_FULL":
-        return None, f"DICOM frames are organised {ds.get('DimensionOrganizationType', 'without a type')}, not TILED_FULL"
+    if str(head.get("DimensionOrganizationType", "")) != "TILED_FULL":
+        return None, f"DICOM frames are organised {head.get('DimensionOrganizationType', 'without a type')}, not TILED_FULL"
+    try:
+        with open(path, "rb") as f:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+            pixels_at = f.tell()  # pydicom stops at the start of the Pixel Data element
+    except (InvalidDicomError, OSError, ValueError, EOFError, struct.error) as exc:
+        return None, f"{path.name}: cannot read its DICOM header ({exc})"
     if int(ds.get("TotalPixelMatrixFocalPlanes", 1)) != 1 or int(ds.get("NumberOfOpticalPaths", 1)) != 1:
         return None, "several DICOM focal planes or optical paths"
     if "ConcatenationUID" in ds:
