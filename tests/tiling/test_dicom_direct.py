@@ -20,7 +20,7 @@ from wsi_mil.stores.patches import PatchStore
 from wsi_mil.synth.dicom import write_dicom_pyramid
 from wsi_mil.tiling.config import TilingConfig
 from wsi_mil.tiling.dicom_frames import _frame_extents, find_dicom_layout
-from wsi_mil.tiling.direct import find_jpeg_layout, open_direct_level
+from wsi_mil.tiling.direct import find_jpeg_layout, open_direct_level, verify_reduced
 from wsi_mil.tiling.readers import DecodeOptions, OpenSlideTileReader, open_tile_reader
 from wsi_mil.tiling.stage import plan_reads
 
@@ -113,3 +113,22 @@ def test_frame_walk_names_a_truncated_file(tissue: np.ndarray, template: Path, t
         assert "more items" in str(_frame_extents(fd, start, 29)) and "30 items" in str(_frame_extents(fd, start, 31))
     finally:
         os.close(fd)
+
+
+def test_a_40x_dicom_level_is_decoded_at_half_size_in_the_dct_where_exact_enough(
+        tissue: np.ndarray, template: Path, tmp_path: Path, tile_with: Callable[..., PatchStore]) -> None:
+    cfg = TilingConfig(target_mpp=0.5, tiles_per_chunk=8)
+    rgb = write_dicom_pyramid(tmp_path / "rgb", template, tissue, photometric="RGB", levels=1, mpp=0.25)  # no 0.5 mpp level
+    store = tile_with(rgb, tmp_path / "a", cfg)
+    assert store.attrs["tile_decoder"].startswith("direct-jpeg-1/2") and store.attrs["tile_decode_scale"] == 2
+    assert store.n_tiles > 0 and store.attrs["read_level"] == 0
+    # the same dense tissue with 4:2:2 chroma: 1/2 scale differs from full decoding by more than the
+    # probe allows (4.1 > 3.0 grey levels), so level 0 is decoded at full size
+    ybr = write_dicom_pyramid(tmp_path / "ybr", template, tissue, levels=1, mpp=0.25)
+    with open_slide(ybr) as slide:
+        direct, why = open_direct_level(slide, 0)
+        assert direct is not None, why
+        with direct:
+            assert "differs from full decoding" in verify_reduced(direct, 2)
+    full = tile_with(ybr, tmp_path / "b", cfg)
+    assert full.attrs["tile_decode_scale"] == 1 and full.attrs["tile_decoder"].startswith("direct-jpeg (")
