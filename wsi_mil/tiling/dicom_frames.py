@@ -89,7 +89,11 @@ def find_dicom_layout(slide: Slide, level: int) -> tuple[JpegTileLayout | None, 
 
     want = tuple(slide.level_dimensions[level])
     candidates = []
-    for path in series_instances(Path(slide.path)):  # a first pass over a few tags: no per-frame sequences parsed
+    try:
+        instances = series_instances(Path(slide.path))
+    except (InvalidDicomError, OSError, ValueError, EOFError, struct.error) as exc:
+        return None, f"cannot read the DICOM series: {' '.join(str(exc).split())[:160]}"
+    for path in instances:  # a first pass over a few tags: no per-frame sequences parsed
         try:
             head = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=SCREEN_TAGS)
         except (InvalidDicomError, OSError, ValueError, EOFError, struct.error):
