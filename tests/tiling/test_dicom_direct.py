@@ -132,3 +132,22 @@ def test_a_40x_dicom_level_is_decoded_at_half_size_in_the_dct_where_exact_enough
             assert "differs from full decoding" in verify_reduced(direct, 2)
     full = tile_with(ybr, tmp_path / "b", cfg)
     assert full.attrs["tile_decode_scale"] == 1 and full.attrs["tile_decoder"].startswith("direct-jpeg (")
+
+
+def test_rgb_labelled_jfif_frames_decode_as_the_reader_decodes_them(tissue: np.ndarray, template: Path,
+                                                                    tmp_path: Path) -> None:
+    """Frames with a JFIF marker in an instance labelled RGB: OpenSlide decodes them as RGB (as declared),
+    so must we (libjpeg alone would take JFIF for YCbCr, despite the Adobe marker)."""
+    folder = write_dicom_pyramid(tmp_path / "mislabelled", template, tissue, levels=1)  # JFIF frames
+    path = folder / "level_0.dcm"
+    ds = pydicom.dcmread(path)
+    ds.PhotometricInterpretation = "RGB"  # as some converters label them
+    ds.save_as(path, enforce_file_format=True)
+    with open_slide(folder) as slide:
+        layout, _ = find_jpeg_layout(slide, 0)
+        assert layout is not None and layout.colorspace == "RGB"
+        direct, why = open_direct_level(slide, 0)
+        assert direct is not None, why
+        with direct:
+            w, h = slide.level_dimensions[0]
+            assert np.array_equal(direct.read(0, 0, w, h), slide.read_region((0, 0), 0, (w, h)))

@@ -300,7 +300,8 @@ class DirectJpegLevel:
             self._splice_head = layout.tables[:-2]  # SOI + tables, then the tile without its SOI
         else:
             self._splice_head = b"\xff\xd8"
-        if layout.colorspace == "RGB":
+        self._rgb = layout.colorspace == "RGB"
+        if self._rgb:
             self._splice_head = b"\xff\xd8" + ADOBE_RGB + self._splice_head[2:]
 
     def close(self) -> None:
@@ -367,7 +368,14 @@ class DirectJpegLevel:
         return data
 
     def jpeg_stream(self, data: bytes) -> bytes:
-        """A stand-alone JPEG of one tile's bytes: tables spliced in, Adobe RGB marker for RGB data."""
+        """A stand-alone JPEG of one tile's bytes: tables spliced in, Adobe RGB marker for RGB data.
+
+        For RGB data a JFIF segment right after SOI is dropped: libjpeg reads JFIF as YCbCr whatever
+        the Adobe marker says, while the readers decode the level as its container (TIFF Photometric,
+        DICOM Photometric Interpretation) declares it.
+        """
+        if self._rgb and data[2:4] == b"\xff\xe0" and len(data) > 6:
+            return self._splice_head + data[4 + int.from_bytes(data[4:6], "big"):]
         return self._splice_head + data[2:]
 
     def _decode(self, key: tuple[int, int, int], out: NDArray[np.uint8] | None = None) -> NDArray[np.uint8] | None:
