@@ -31,7 +31,8 @@ step() {  # step NAME SECONDS COMMAND...: run COMMAND under a limit, log to $OUT
 cat "$OUT/01_machine.log"
 
 step 10_pytest_gpu "${T_PYTEST:-90}" python3 -m pytest -m gpu -q -p no:cacheprovider \
-  tests/tiling/test_gpu_tiles.py tests/mil/test_mil_gpu.py tests/ssl/test_ssl_gpu.py tests/extract/test_extract.py
+  tests/tiling/test_gpu_tiles.py tests/tiling/test_dicom_direct.py tests/mil/test_mil_gpu.py tests/ssl/test_ssl_gpu.py \
+  tests/extract/test_extract.py
 step 50_tiling_gpu "${T_TILING:-50}" python3 benchmarks/bench_tiling.py --gpu-only --device cuda \
   --sizes 10000 --threads "$NCPU" --cache /tmp/bench_tiling
 step 51_tiling_gpu_30k "${T_TILING30:-60}" python3 benchmarks/bench_tiling.py --gpu-only --device cuda \

@@ -151,3 +151,33 @@ def test_rgb_labelled_jfif_frames_decode_as_the_reader_decodes_them(tissue: np.n
         with direct:
             w, h = slide.level_dimensions[0]
             assert np.array_equal(direct.read(0, 0, w, h), slide.read_region((0, 0), 0, (w, h)))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_dicom_frames_through_the_torch_tile_reader(device: str, tissue: np.ndarray, template: Path,
+                                                    tmp_path: Path) -> None:
+    """The GPU tile path on YCbCr DICOM frames: its logic with torchvision's CPU decoder here, nvJPEG on CUDA."""
+    from wsi_mil.tiling import gpu
+    from wsi_mil.tiling.readers import DirectTileReader
+
+    if device == "cuda":
+        assert gpu.cuda_reason() == ""
+    folder = write_dicom_pyramid(tmp_path / "gpu", template, tissue, levels=1)
+    with open_slide(folder) as slide:
+        plan = plan_reads(slide, slide.mpp, 224)
+        xs, ys = np.meshgrid(np.arange(0, 1500 - 224, 224), np.arange(0, 1100 - 224, 224))
+        coords = np.stack([xs.ravel(), ys.ravel()], 1).astype(np.int64)
+        direct, why = open_direct_level(slide, plan.level)
+        assert direct is not None and gpu.rgb_reason(direct) == "", why
+        reader, why = gpu.open_gpu_reader(direct, plan, 224, device=device)
+        assert reader is not None, why
+        ours = np.empty((len(coords), 224, 224, 3), np.uint8)
+        reader.read_tiles(coords, ours)
+        ref = np.empty_like(ours)
+        DirectTileReader(direct, plan, 224).read_tiles(coords, ref)
+        err = np.abs(ours.astype(int) - ref)
+        if device == "cpu":  # torchvision's CPU decoder is libjpeg-turbo too: the same pixels
+            assert err.max() == 0
+        else:  # nvJPEG's IDCT and chroma upsampling differ slightly
+            assert err.mean() < 1.0
+        reader.close()
