@@ -165,6 +165,8 @@ def test_streamed_shards_are_the_joined_layout(tmp_path: Path) -> None:
         chunks = _shard_chunks(shard, 4)
         assert shard.read_bytes() == shard_bytes(chunks, 4)
     assert len(_shard_chunks(shards[1], 4)) == 2  # 45 tiles: 6 chunks, the last shard half full
+    store = open_patch_store(path)  # each chunk's bytes as stored, shard by shard
+    assert [store.chunk_bytes(j) for j in range(6)] == _shard_chunks(shards[0], 4) + _shard_chunks(shards[1], 4)
 
 
 def test_chunk_encoder_gives_plain_imagecodecs_bytes_through_its_reused_buffer() -> None:

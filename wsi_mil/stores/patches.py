@@ -321,9 +321,12 @@ class PatchStore:
             raise StoreError(f"{self.path}: cannot read tiles {start}-{stop}: {exc}; the store is "
                              "damaged: delete it and re-run 'wsi-mil tile --overwrite'") from exc
 
-    def _read_chunk(self, j: int, out: np.ndarray | None = None) -> np.ndarray:
-        """Chunk ``j`` (k, S, S, 3), decoded from its shard file without zarr's machinery."""
+    def chunk_bytes(self, j: int) -> bytes:
+        """The encoded bytes of chunk ``j`` as stored (one JPEG of its tiles stacked vertically, or zstd),
+        read from its shard file without zarr's machinery."""
         cps = self._chunks_per_shard
+        if not self._direct:
+            raise StoreError(f"{self.path}: its chunks are not stored one per shard slot ({self.codec}); read tiles instead")
         shard, local = divmod(j, cps)
         path = self.path / "tiles" / "c" / str(shard) / "0" / "0" / "0"
         with open(path, "rb") as f:
@@ -332,9 +335,12 @@ class PatchStore:
                 index = self._indexes[shard] = read_shard_index(f, cps)
             offset, nbytes = (int(v) for v in index[local])
             f.seek(offset)
-            data = f.read(nbytes)
+            return f.read(nbytes)
+
+    def _read_chunk(self, j: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Chunk ``j`` (k, S, S, 3), decoded from its shard file without zarr's machinery."""
         s = self.tile_size
-        return decode_tile_chunk(data, (self.chunk_size, s, s, 3), self.codec, out)
+        return decode_tile_chunk(self.chunk_bytes(j), (self.chunk_size, s, s, 3), self.codec, out)
 
     def read_tile_indices(self, indices: np.ndarray) -> np.ndarray:
         """Tiles at arbitrary ids (sorted internally, returned in the order given)."""
