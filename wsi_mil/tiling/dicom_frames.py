@@ -36,18 +36,14 @@ SCREEN_TAGS = ["ImageType", "TotalPixelMatrixColumns", "TotalPixelMatrixRows", "
 
 def series_instances(slide_path: Path) -> list[Path]:
     """The instance files of the series OpenSlide opens for ``slide_path`` (a folder of one series, or
-    one instance file: its series in its folder)."""
-    import pydicom
-
+    one instance file: the series :func:`~wsi_mil.slide_formats.dicom_folder` put it in)."""
     folder = slide_path if slide_path.is_dir() else slide_path.parent
     found = dicom_folder(folder)
     if found is None:
         return []
     if slide_path.is_dir():
         return list(found.series[0].instances) if len(found.series) == 1 else []
-    uid = str(pydicom.dcmread(slide_path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
-              .get("SeriesInstanceUID", ""))
-    return next((list(s.instances) for s in found.series if s.uid == uid), [])
+    return next((list(s.instances) for s in found.series if any(p.name == slide_path.name for p in s.instances)), [])
 
 
 def _frame_extents(fd: int, start: int, n_frames: int) -> tuple[np.ndarray, np.ndarray] | str:
@@ -87,16 +83,17 @@ def find_dicom_layout(slide: Slide, level: int) -> tuple[JpegTileLayout | None, 
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    read_errors = (InvalidDicomError, OSError, ValueError, EOFError, struct.error)
     want = tuple(slide.level_dimensions[level])
     candidates = []
     try:
         instances = series_instances(Path(slide.path))
-    except (InvalidDicomError, OSError, ValueError, EOFError, struct.error) as exc:
+    except read_errors as exc:
         return None, f"cannot read the DICOM series: {' '.join(str(exc).split())[:160]}"
     for path in instances:  # a first pass over a few tags: no per-frame sequences parsed
         try:
             head = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=SCREEN_TAGS)
-        except (InvalidDicomError, OSError, ValueError, EOFError, struct.error):
+        except read_errors:
             continue
         if "VOLUME" in [str(v) for v in head.get("ImageType", [])] and \
                 (int(head.get("TotalPixelMatrixColumns", 0)), int(head.get("TotalPixelMatrixRows", 0))) == want:
@@ -113,7 +110,7 @@ def find_dicom_layout(slide: Slide, level: int) -> tuple[JpegTileLayout | None, 
         with open(path, "rb") as f:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
             pixels_at = f.tell()  # pydicom stops at the start of the Pixel Data element
-    except (InvalidDicomError, OSError, ValueError, EOFError, struct.error) as exc:
+    except read_errors as exc:
         return None, f"{path.name}: cannot read its DICOM header ({exc})"
     if int(ds.get("TotalPixelMatrixFocalPlanes", 1)) != 1 or int(ds.get("NumberOfOpticalPaths", 1)) != 1:
         return None, "several DICOM focal planes or optical paths"
