@@ -181,6 +181,12 @@ def with_tables(segs: list[tuple[int, bytes]], tables: dict[Key, Table], data: b
     return out + data + b"\xff\xd9"
 
 
+def chunk_symbols(data: bytes) -> tuple[list[tuple[int, bytes]], list[Symbol]]:
+    """A chunk's marker segments and every Huffman symbol of its scan."""
+    segs, entropy = segments(data)
+    return segs, decode_symbols(entropy, huffman_tables(segs), mcu_layout(segs))
+
+
 def counts(symbols: list[Symbol]) -> dict[Key, dict[int, int]]:
     out: dict[Key, dict[int, int]] = {}
     for key, s, _, _ in symbols:
@@ -210,19 +216,12 @@ def main() -> None:
     pick = np.random.default_rng(0).choice(full, min(args.chunks, len(full)), replace=False)
     chunks = [store.chunk_bytes(int(j)) for j in pick]  # the store's own JPEG bytes
     half = len(chunks) // 2
-    freq: dict[Key, dict[int, int]] = {}
-    for data in chunks[:half]:
-        segs, ent = segments(data)
-        for key, c in counts(decode_symbols(ent, huffman_tables(segs), mcu_layout(segs))).items():
-            for s, n in c.items():
-                freq.setdefault(key, {}).setdefault(s, 0)
-                freq[key][s] += n
+    freq = counts([s for data in chunks[:half] for s in chunk_symbols(data)[1]])
     fixed = {key: optimal_table({s: 1 + c.get(s, 0) for s in ALL_SYMBOLS[key[0]]}) for key, c in freq.items()}
     rates: dict[str, list[float]] = {"standard": [], "fixed": [], "own": []}
     size = dict.fromkeys(rates, 0)
     for data in chunks[half:]:
-        segs, ent = segments(data)
-        symbols = decode_symbols(ent, huffman_tables(segs), mcu_layout(segs))
+        segs, symbols = chunk_symbols(data)
         own = {key: optimal_table(c) for key, c in counts(symbols).items()}
         streams = {"standard": data, "fixed": with_tables(segs, fixed, encode_symbols(symbols, fixed)),
                    "own": with_tables(segs, own, encode_symbols(symbols, own))}
